@@ -55,21 +55,25 @@ def one_of(*choices: str) -> Check:
 
 
 def _check_static_peers(value: Any) -> str | None:
+    from daemon.discovery import StaticPeerError, parse_static_peer
+
     for entry in value:
-        host, _, rest = entry.rpartition(":")
-        host, _, port = host.rpartition(":")
-        if not host or not port.isdigit() or not rest:
-            return f"entries must look like host:port:key, got {_show(entry)}"
-        if not 1 <= int(port) <= 65535:
-            return f"port must be 1..65535 in {_show(entry)}"
+        try:
+            parse_static_peer(entry)
+        except StaticPeerError as error:
+            return str(error)
     return None
 
 
 def _check_name(value: Any) -> str | None:
-    if len(value) > 63:
-        return f"must be at most 63 characters, got {len(value)}"
-    if any(not ch.isprintable() for ch in value):
-        return "must contain only printable characters"
+    if value == "":
+        return None  # the host's name, made acceptable at start
+    from daemon.peers import InvalidPeerNameError, validate_peer_name
+
+    try:
+        validate_peer_name(value)
+    except InvalidPeerNameError as error:
+        return str(error)
     return None
 
 

@@ -6,7 +6,6 @@ is refused rather than silently used, as ssh does.
 
 from __future__ import annotations
 
-import base64
 import os
 import stat
 from dataclasses import dataclass
@@ -21,22 +20,13 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from daemon.atomic import write_atomic
+from daemon.peers import format_peer_id, short_peer_id
 
 KEY_LENGTH = 32
-SHORT_ID_LENGTH = 16
 
 
 class IdentityError(Exception):
     """An identity file that cannot be used; ``str()`` is the one line to show the user."""
-
-
-def format_peer_id(public_key: bytes) -> str:
-    """A peer id as people see it: the public key in lowercase base32 without padding."""
-    return base64.b32encode(public_key).decode("ascii").rstrip("=").lower()
-
-
-def short_peer_id(public_key: bytes) -> str:
-    return format_peer_id(public_key)[:SHORT_ID_LENGTH]
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -14,6 +14,8 @@ from daemon.config import (
     render_default_config,
 )
 
+KEY_HEX = "ab" * 32
+
 
 def write(tmp_path, text: str):
     path = tmp_path / "config.toml"
@@ -52,12 +54,12 @@ def test_values_are_loaded(tmp_path):
         write(
             tmp_path,
             '[listen]\nport = 9000\nhost = "127.0.0.1"\n'
-            '[discovery]\nstatic_peers = ["10.1.2.3:7405:abc"]\ninterfaces = ["127.0.0.1"]\n'
+            f'[discovery]\nstatic_peers = ["10.1.2.3:7405:{KEY_HEX}"]\ninterfaces = ["127.0.0.1"]\n'
             "[fl]\nalpha = 1\n",
         )
     )
     assert config.listen.port == 9000
-    assert config.discovery.static_peers == ("10.1.2.3:7405:abc",)
+    assert config.discovery.static_peers == (f"10.1.2.3:7405:{KEY_HEX}",)
     assert config.fl.alpha == 1.0 and isinstance(config.fl.alpha, float)
 
 
@@ -87,7 +89,7 @@ def test_values_are_loaded(tmp_path):
         ),
         (
             '[discovery]\nstatic_peers = ["nohost"]\n',
-            "discovery.static_peers: entries must look like host:port:key, got 'nohost'",
+            "discovery.static_peers: static peer 'nohost': expected host:port:key",
         ),
     ],
 )
@@ -138,3 +140,22 @@ def test_config_objects_are_frozen_and_validated_on_replace():
         config.replace("listen", port=0)
     with pytest.raises(InvalidSetting, match="fl.alpha: must be 0..1, got 2.0"):
         FlSection(alpha=2)
+
+
+def test_static_peer_with_a_bad_key_is_refused(tmp_path):
+    path = write(tmp_path, '[discovery]\nstatic_peers = ["10.1.2.3:7405:abc"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"{path}: discovery.static_peers: static peer '10.1.2.3:7405:abc': not a peer key: "
+        "'abc' (expected 52 base32 characters or 64 hex digits)"
+    )
+
+
+def test_node_name_must_be_a_plain_ascii_name(tmp_path):
+    path = write(tmp_path, "[node]\nname = \"\u0430lice\"\n")  # Cyrillic a: a look-alike
+    with pytest.raises(ConfigError, match=r"node\.name: invalid peer name"):
+        load_config(path)
+    assert (
+        load_config(write(tmp_path, '[node]\nname = "alice-laptop"\n')).node.name == "alice-laptop"
+    )

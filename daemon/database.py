@@ -1,0 +1,700 @@
+"""The node's one SQLite database (``node.db`` in the node home): peers, FL rounds, caption jobs.
+
+Theory of operation
+-------------------
+SQLite gives the crash safety DESIGN.md §10 asks for without hand-rolled temp-file dances: the
+database runs in WAL mode with ``synchronous=FULL``, so a committed transaction survives a
+``kill -9`` or a power cut, and an interrupted one is rolled back on the next open.
+
+The schema is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` is an append-only list,
+entry *i* takes the schema from version *i* to *i + 1*, and :func:`open_database` applies the
+missing ones inside one transaction each. A file written by a newer parley (a version we do not
+know) is refused rather than guessed at.
+
+The three repositories (:class:`PeerStore`, :class:`RoundStore`, :class:`JobStore`) are small and
+synchronous: each call is one short transaction, fast enough for the node to call from trio
+directly, and safe to call from a worker thread (``trio.to_thread.run_sync``) because every
+transaction holds the database's lock. Rows come back as frozen dataclasses, never as tuples.
+
+Job status is a small state machine (:data:`JOB_TRANSITIONS`): ``pending → processing →
+ready | failed``. A job found in ``processing`` when the node starts was interrupted by a crash:
+:meth:`JobStore.recover_interrupted` puts it back to ``pending`` (the node calls it once at
+startup, before any worker runs). Rounds found ``running`` at startup are marked ``abandoned`` the
+same way, since a half-done round cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DATABASE_FILENAME",
+    "JOB_TRANSITIONS",
+    "MIGRATIONS",
+    "PUBLIC_KEY_BYTES",
+    "Database",
+    "DatabaseError",
+    "JobRecord",
+    "JobStateError",
+    "JobStatus",
+    "JobStore",
+    "KeyChangeEvent",
+    "PeerRecord",
+    "PeerSource",
+    "PeerStore",
+    "RoundRecord",
+    "RoundStatus",
+    "RoundStore",
+    "TrustState",
+    "open_database",
+]
+
+DATABASE_FILENAME = "node.db"
+PUBLIC_KEY_BYTES = 32
+# How long a writer waits for another connection's lock before failing (another process, e.g. a
+# CLI reading the db while the node writes; WAL lets readers proceed anyway).
+BUSY_TIMEOUT_MS = 5000
+
+Clock = Callable[[], float]
+
+
+class DatabaseError(Exception):
+    """The database file cannot be used; the message is one line and names the file."""
+
+
+class JobStateError(DatabaseError):
+    """A job status change the state machine forbids (or an unknown job id)."""
+
+
+class PeerSource(enum.StrEnum):
+    """How we last learned of a peer."""
+
+    MDNS = "mdns"
+    STATIC = "static"
+    INBOUND = "inbound"
+
+
+class TrustState(enum.StrEnum):
+    """Trust list state. ``known`` is trust-on-first-use pinned but not trusted with weights."""
+
+    TRUSTED = "trusted"
+    KNOWN = "known"
+    BLOCKED = "blocked"
+
+
+class RoundStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+JOB_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.PROCESSING, JobStatus.FAILED}),
+    # processing → pending is crash recovery only (recover_interrupted).
+    JobStatus.PROCESSING: frozenset({JobStatus.READY, JobStatus.FAILED, JobStatus.PENDING}),
+    JobStatus.READY: frozenset(),
+    JobStatus.FAILED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    public_key: bytes
+    name: str | None
+    addresses: tuple[tuple[str, int], ...]
+    source: PeerSource
+    first_seen: float
+    last_seen: float
+    last_handshake: float | None
+    trust: TrustState
+
+    def __post_init__(self) -> None:
+        if len(self.public_key) != PUBLIC_KEY_BYTES:
+            raise ValueError(f"peer public key must be {PUBLIC_KEY_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChangeEvent:
+    """A known name announced with a different key: refused and kept for the user to see."""
+
+    event_id: int
+    name: str
+    pinned_key: bytes
+    offered_key: bytes
+    source: PeerSource
+    address: str | None
+    seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    round_number: int
+    started_at: float
+    finished_at: float | None
+    status: RoundStatus
+    peers: tuple[str, ...]
+    n: int | None
+    alpha: float
+    loss_before: float | None
+    loss_after: float | None
+    record: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    job_id: str
+    kind: str
+    input_path: str
+    options: Mapping[str, object]
+    status: JobStatus
+    reason: str | None
+    created_at: float
+    updated_at: float
+    outputs: Mapping[str, object]
+
+
+_MIGRATION_1 = (
+    """
+    CREATE TABLE peers (
+        public_key BLOB PRIMARY KEY CHECK (length(public_key) = 32),
+        name TEXT,
+        addresses TEXT NOT NULL DEFAULT '[]',
+        source TEXT NOT NULL CHECK (source IN ('mdns', 'static', 'inbound')),
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        last_handshake REAL,
+        trust TEXT NOT NULL CHECK (trust IN ('trusted', 'known', 'blocked'))
+    ) STRICT
+    """,
+    "CREATE INDEX peers_by_name ON peers (name)",
+    """
+    CREATE TABLE key_changes (
+        event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        pinned_key BLOB NOT NULL,
+        offered_key BLOB NOT NULL,
+        source TEXT NOT NULL,
+        address TEXT,
+        seen_at REAL NOT NULL
+    ) STRICT
+    """,
+    """
+    CREATE TABLE rounds (
+        round_number INTEGER PRIMARY KEY,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'abandoned')),
+        peers TEXT NOT NULL DEFAULT '[]',
+        n INTEGER,
+        alpha REAL NOT NULL,
+        loss_before REAL,
+        loss_after REAL,
+        record TEXT NOT NULL DEFAULT '{}'
+    ) STRICT
+    """,
+    """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        input_path TEXT NOT NULL,
+        options TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL CHECK (status IN ('pending', 'processing', 'ready', 'failed')),
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        outputs TEXT NOT NULL DEFAULT '{}'
+    ) STRICT
+    """,
+    "CREATE INDEX jobs_by_status ON jobs (status, created_at)",
+)
+
+
+# Append-only: never edit a shipped migration, add a new one. Each is a tuple of single SQL
+# statements run with execute(), not executescript(), which would COMMIT our transaction early.
+MIGRATIONS: Sequence[Sequence[str]] = (_MIGRATION_1,)
+
+
+class Database:
+    """One open ``node.db``. Use :func:`open_database`; close it (or use ``with``) when done."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._connection = connection
+        self._lock = threading.RLock()
+        self.path = path
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self.transaction(write=False) as connection:
+            return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed on success, rolled back on any exception.
+
+        Writers take SQLite's write lock up front (``BEGIN IMMEDIATE``) so a read-then-write
+        cannot fail half-way with SQLITE_BUSY; readers use a deferred one and never block.
+        """
+        with self._lock:
+            try:
+                self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                raise DatabaseError(_describe(self.path, exc)) from exc
+            try:
+                yield self._connection
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            try:
+                self._connection.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise DatabaseError(_describe(self.path, exc)) from exc
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.replace("*", " ").split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _describe(path: Path, exc: sqlite3.Error) -> str:
+    reason = _one_line(str(exc)) or type(exc).__name__
+    return f"{path}: cannot use the node database ({reason})"
+
+
+def open_database(path: Path) -> Database:
+    """Open (creating if needed) and migrate the database at ``path``.
+
+    Raises :class:`DatabaseError` with a one-line message naming the file when it is corrupt,
+    not a database, unreadable, or from a newer parley.
+    """
+    try:
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise DatabaseError(_describe(path, exc)) from exc
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # journal_mode answers with the mode actually in force; WAL can be refused (e.g. on some
+        # network filesystems) and then the crash-safety promise would silently not hold.
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise DatabaseError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        # quick_check reads every page: catches a damaged file at startup, not mid-round.
+        check = str(connection.execute("PRAGMA quick_check").fetchone()[0])
+        if check != "ok":
+            raise DatabaseError(f"{path}: the node database is corrupt ({_one_line(check)})")
+        database = Database(connection, path)
+        _migrate(database)
+    except sqlite3.Error as exc:
+        connection.close()
+        raise DatabaseError(_describe(path, exc)) from exc
+    except BaseException:
+        connection.close()
+        raise
+    return database
+
+
+def _migrate(database: Database) -> None:
+    with database.transaction() as connection:
+        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise DatabaseError(
+                f"{database.path}: schema version {version} is newer than this parley "
+                f"understands ({len(MIGRATIONS)}); upgrade parley"
+            )
+        for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                connection.execute(statement)
+            # PRAGMA takes no bound parameters; target is our own int.
+            connection.execute(f"PRAGMA user_version = {int(target)}")
+
+
+def _dump_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _load_mapping(text: str) -> Mapping[str, object]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise DatabaseError(f"expected a JSON object in the database, got {type(value).__name__}")
+    return value
+
+
+class PeerStore:
+    """Persistent peer records and key-change events (the known-peers/trust list)."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def upsert(self, record: PeerRecord) -> None:
+        with self._database.transaction() as connection:
+            connection.execute(
+                """
+                INSERT INTO peers (public_key, name, addresses, source, first_seen, last_seen,
+                                   last_handshake, trust)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (public_key) DO UPDATE SET
+                    name = excluded.name, addresses = excluded.addresses,
+                    source = excluded.source, first_seen = excluded.first_seen,
+                    last_seen = excluded.last_seen, last_handshake = excluded.last_handshake,
+                    trust = excluded.trust
+                """,
+                (
+                    record.public_key,
+                    record.name,
+                    _dump_json([list(address) for address in record.addresses]),
+                    record.source.value,
+                    record.first_seen,
+                    record.last_seen,
+                    record.last_handshake,
+                    record.trust.value,
+                ),
+            )
+
+    def get(self, public_key: bytes) -> PeerRecord | None:
+        with self._database.transaction(write=False) as connection:
+            row = connection.execute(
+                "SELECT * FROM peers WHERE public_key = ?", (public_key,)
+            ).fetchone()
+        return None if row is None else _peer_from_row(row)
+
+    def find_by_name(self, name: str) -> list[PeerRecord]:
+        with self._database.transaction(write=False) as connection:
+            rows = connection.execute(
+                "SELECT * FROM peers WHERE name = ? ORDER BY first_seen", (name,)
+            ).fetchall()
+        return [_peer_from_row(row) for row in rows]
+
+    def all(self) -> list[PeerRecord]:
+        with self._database.transaction(write=False) as connection:
+            rows = connection.execute("SELECT * FROM peers ORDER BY first_seen").fetchall()
+        return [_peer_from_row(row) for row in rows]
+
+    def delete(self, public_key: bytes) -> bool:
+        with self._database.transaction() as connection:
+            cursor = connection.execute("DELETE FROM peers WHERE public_key = ?", (public_key,))
+        return cursor.rowcount > 0
+
+    def record_key_change(
+        self,
+        *,
+        name: str,
+        pinned_key: bytes,
+        offered_key: bytes,
+        source: PeerSource,
+        address: str | None,
+        seen_at: float,
+    ) -> KeyChangeEvent:
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                """
+                INSERT INTO key_changes (name, pinned_key, offered_key, source, address, seen_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """,
+                (name, pinned_key, offered_key, source.value, address, seen_at),
+            )
+            event_id = cursor.lastrowid
+        assert event_id is not None  # an INSERT into an AUTOINCREMENT table always sets it
+        return KeyChangeEvent(
+            event_id=event_id,
+            name=name,
+            pinned_key=pinned_key,
+            offered_key=offered_key,
+            source=source,
+            address=address,
+            seen_at=seen_at,
+        )
+
+    def key_changes(self, *, limit: int = 100) -> list[KeyChangeEvent]:
+        with self._database.transaction(write=False) as connection:
+            rows = connection.execute(
+                "SELECT event_id, name, pinned_key, offered_key, source, address, seen_at "
+                "FROM key_changes ORDER BY event_id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            KeyChangeEvent(
+                event_id=row[0],
+                name=row[1],
+                pinned_key=bytes(row[2]),
+                offered_key=bytes(row[3]),
+                source=PeerSource(row[4]),
+                address=row[5],
+                seen_at=row[6],
+            )
+            for row in rows
+        ]
+
+
+def _peer_from_row(row: Sequence[object]) -> PeerRecord:
+    public_key, name, addresses, source, first_seen, last_seen, last_handshake, trust = row
+    assert isinstance(public_key, bytes) and isinstance(addresses, str)
+    assert isinstance(source, str) and isinstance(trust, str)
+    assert isinstance(first_seen, float) and isinstance(last_seen, float)
+    assert name is None or isinstance(name, str)
+    assert last_handshake is None or isinstance(last_handshake, float)
+    return PeerRecord(
+        public_key=public_key,
+        name=name,
+        addresses=tuple((str(host), int(port)) for host, port in json.loads(addresses)),
+        source=PeerSource(source),
+        first_seen=first_seen,
+        last_seen=last_seen,
+        last_handshake=last_handshake,
+        trust=TrustState(trust),
+    )
+
+
+class RoundStore:
+    """The FL round history: one row per round, begun then finished."""
+
+    def __init__(self, database: Database, *, clock: Clock = time.time) -> None:
+        self._database = database
+        self._clock = clock
+
+    def begin(self, *, alpha: float, peers: Sequence[str]) -> RoundRecord:
+        """Start the next round (numbers are consecutive from 1) and return its record."""
+        now = self._clock()
+        with self._database.transaction() as connection:
+            (last,) = connection.execute("SELECT max(round_number) FROM rounds").fetchone()
+            round_number = 1 if last is None else int(last) + 1
+            connection.execute(
+                "INSERT INTO rounds (round_number, started_at, status, peers, alpha) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (round_number, now, RoundStatus.RUNNING.value, _dump_json(list(peers)), alpha),
+            )
+        record = self.get(round_number)
+        assert record is not None
+        return record
+
+    def finish(
+        self,
+        round_number: int,
+        *,
+        status: RoundStatus,
+        peers: Sequence[str],
+        n: int | None,
+        loss_before: float | None,
+        loss_after: float | None,
+        record: Mapping[str, object],
+    ) -> RoundRecord:
+        if status is RoundStatus.RUNNING:
+            raise ValueError("finish() needs a final status, not running")
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                """
+                UPDATE rounds SET finished_at = ?, status = ?, peers = ?, n = ?,
+                                  loss_before = ?, loss_after = ?, record = ?
+                WHERE round_number = ? AND status = 'running'
+                """,
+                (
+                    self._clock(),
+                    status.value,
+                    _dump_json(list(peers)),
+                    n,
+                    loss_before,
+                    loss_after,
+                    _dump_json(dict(record)),
+                    round_number,
+                ),
+            )
+            if cursor.rowcount != 1:
+                raise DatabaseError(f"round {round_number} is not running")
+        result = self.get(round_number)
+        assert result is not None
+        return result
+
+    def get(self, round_number: int) -> RoundRecord | None:
+        with self._database.transaction(write=False) as connection:
+            row = connection.execute(
+                "SELECT * FROM rounds WHERE round_number = ?", (round_number,)
+            ).fetchone()
+        return None if row is None else _round_from_row(row)
+
+    def recent(self, *, limit: int = 20) -> list[RoundRecord]:
+        """The latest ``limit`` rounds, newest first."""
+        with self._database.transaction(write=False) as connection:
+            rows = connection.execute(
+                "SELECT * FROM rounds ORDER BY round_number DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_round_from_row(row) for row in rows]
+
+    def abandon_interrupted(self) -> int:
+        """Mark rounds left ``running`` by a crash as ``abandoned``; call once at startup."""
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE rounds SET status = 'abandoned', finished_at = ? WHERE status = 'running'",
+                (self._clock(),),
+            )
+        return cursor.rowcount
+
+
+def _round_from_row(row: Sequence[object]) -> RoundRecord:
+    (round_number, started_at, finished_at, status, peers, n, alpha, before, after, record) = row
+    assert isinstance(round_number, int) and isinstance(started_at, float)
+    assert isinstance(status, str) and isinstance(peers, str) and isinstance(record, str)
+    assert isinstance(alpha, float)
+    assert finished_at is None or isinstance(finished_at, float)
+    assert n is None or isinstance(n, int)
+    assert before is None or isinstance(before, float)
+    assert after is None or isinstance(after, float)
+    return RoundRecord(
+        round_number=round_number,
+        started_at=started_at,
+        finished_at=finished_at,
+        status=RoundStatus(status),
+        peers=tuple(str(peer) for peer in json.loads(peers)),
+        n=n,
+        alpha=alpha,
+        loss_before=before,
+        loss_after=after,
+        record=_load_mapping(record),
+    )
+
+
+class JobStore:
+    """Caption jobs and their status machine (see :data:`JOB_TRANSITIONS`)."""
+
+    def __init__(self, database: Database, *, clock: Clock = time.time) -> None:
+        self._database = database
+        self._clock = clock
+
+    def create(self, *, kind: str, input_path: str, options: Mapping[str, object]) -> JobRecord:
+        job_id = uuid.uuid4().hex
+        now = self._clock()
+        with self._database.transaction() as connection:
+            connection.execute(
+                "INSERT INTO jobs (job_id, kind, input_path, options, status, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                (job_id, kind, input_path, _dump_json(dict(options)), now, now),
+            )
+        return self._require(job_id)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._database.transaction(write=False) as connection:
+            row = connection.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        """Jobs oldest first, optionally only those in ``status``."""
+        with self._database.transaction() as connection:
+            if status is None:
+                rows = connection.execute(
+                    "SELECT * FROM jobs ORDER BY created_at, job_id LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = connection.execute(
+                    "SELECT * FROM jobs WHERE status = ? ORDER BY created_at, job_id LIMIT ?",
+                    (status.value, limit),
+                ).fetchall()
+        return [_job_from_row(row) for row in rows]
+
+    def claim_next(self) -> JobRecord | None:
+        """Move the oldest pending job to ``processing`` and return it (atomically)."""
+        with self._database.transaction(write=False) as connection:
+            row = connection.execute(
+                "SELECT job_id FROM jobs WHERE status = 'pending' "
+                "ORDER BY created_at, job_id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            self._move(connection, row[0], JobStatus.PROCESSING, reason=None, outputs=None)
+        return self._require(row[0])
+
+    def mark_ready(self, job_id: str, *, outputs: Mapping[str, object]) -> JobRecord:
+        with self._database.transaction() as connection:
+            self._move(connection, job_id, JobStatus.READY, reason=None, outputs=outputs)
+        return self._require(job_id)
+
+    def mark_failed(self, job_id: str, *, reason: str) -> JobRecord:
+        with self._database.transaction() as connection:
+            self._move(connection, job_id, JobStatus.FAILED, reason=reason, outputs=None)
+        return self._require(job_id)
+
+    def recover_interrupted(self) -> int:
+        """Put jobs a crash left in ``processing`` back to ``pending``; call once at startup."""
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET status = 'pending', updated_at = ? WHERE status = 'processing'",
+                (self._clock(),),
+            )
+        return cursor.rowcount
+
+    def _move(
+        self,
+        connection: sqlite3.Connection,
+        job_id: str,
+        target: JobStatus,
+        *,
+        reason: str | None,
+        outputs: Mapping[str, object] | None,
+    ) -> None:
+        row = connection.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobStateError(f"no job with id {job_id!r}")
+        current = JobStatus(row[0])
+        if target not in JOB_TRANSITIONS[current]:
+            raise JobStateError(f"job {job_id} cannot go from {current} to {target}")
+        connection.execute(
+            "UPDATE jobs SET status = ?, reason = ?, updated_at = ?, "
+            "outputs = coalesce(?, outputs) WHERE job_id = ?",
+            (
+                target.value,
+                reason,
+                self._clock(),
+                None if outputs is None else _dump_json(dict(outputs)),
+                job_id,
+            ),
+        )
+
+    def _require(self, job_id: str) -> JobRecord:
+        record = self.get(job_id)
+        if record is None:
+            raise JobStateError(f"no job with id {job_id!r}")
+        return record
+
+
+def _job_from_row(row: Sequence[object]) -> JobRecord:
+    job_id, kind, input_path, options, status, reason, created_at, updated_at, outputs = row
+    assert isinstance(job_id, str) and isinstance(kind, str) and isinstance(input_path, str)
+    assert isinstance(options, str) and isinstance(status, str) and isinstance(outputs, str)
+    assert reason is None or isinstance(reason, str)
+    assert isinstance(created_at, float) and isinstance(updated_at, float)
+    return JobRecord(
+        job_id=job_id,
+        kind=kind,
+        input_path=input_path,
+        options=_load_mapping(options),
+        status=JobStatus(status),
+        reason=reason,
+        created_at=created_at,
+        updated_at=updated_at,
+        outputs=_load_mapping(outputs),
+    )

@@ -1,0 +1,395 @@
+"""Peer ids and the peer table: who is around, who we know, whom we trust.
+
+Theory of operation
+-------------------
+A peer *is* its 32-byte X25519 static public key. People see it as lowercase base32 without
+padding (:func:`format_peer_id`, 52 characters; the first 16 are the short id), and may type it
+as that or as 64 hex digits (:func:`parse_peer_key`).
+
+:class:`PeerTable` sits over :class:`~daemon.database.PeerStore`. The store is the persistent
+known-peers/trust list (every key we ever saw, its trust state, last handshake); the table adds
+the in-memory *presence* view: which peers announced themselves within the last ``ttl`` seconds.
+:meth:`PeerTable.expire` drops the silent ones (static peers, which never announce, never
+expire).
+
+Names come from untrusted mDNS TXT records, so the table pins them trust-on-first-use: the first
+key seen with a name owns that name. A later announcement of the same name with another key is
+refused with :class:`KeyChangedError` and recorded as a key-change event for the user to review;
+the user accepts the new key by forgetting the old one (:meth:`PeerTable.forget`). The Noise
+handshake against the announced key is what authenticates a peer; this pinning only stops a
+neighbour from impersonating a familiar *name*.
+
+Trust states: ``known`` (pinned on first use, may call us), ``trusted`` (receives our weights and
+is aggregated), ``blocked`` (ignored). New peers start ``known``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from daemon.database import (
+    PUBLIC_KEY_BYTES,
+    KeyChangeEvent,
+    PeerRecord,
+    PeerSource,
+    PeerStore,
+    TrustState,
+)
+
+__all__ = [
+    "MAX_ADDRESSES_PER_PEER",
+    "MAX_NAME_LENGTH",
+    "MIN_ID_PREFIX_LENGTH",
+    "SHORT_ID_LENGTH",
+    "AmbiguousPeerError",
+    "InvalidPeerKeyError",
+    "InvalidPeerNameError",
+    "KeyChangedError",
+    "PeerError",
+    "PeerTable",
+    "UnknownPeerError",
+    "format_peer_id",
+    "parse_peer_key",
+    "sanitize_peer_name",
+    "short_peer_id",
+    "validate_peer_name",
+]
+
+SHORT_ID_LENGTH = 16
+# A prefix this short could match by accident in a large table; ambiguity is reported anyway.
+MIN_ID_PREFIX_LENGTH = 4
+MAX_NAME_LENGTH = 63
+MAX_ADDRESSES_PER_PEER = 4
+# Names are shown in terminals and logs: printable ASCII letters, digits and a few separators,
+# no leading/trailing space, so a TXT record cannot smuggle control characters or look-alikes.
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]*[A-Za-z0-9._-])?")
+_HEX_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+_BASE32_ID_LENGTH = 52  # ceil(32 * 8 / 5)
+
+
+class PeerError(Exception):
+    """Root of peer table errors; messages are one line."""
+
+
+class InvalidPeerKeyError(PeerError, ValueError):
+    """Text that is not a peer key (base32 or hex of 32 bytes)."""
+
+
+class InvalidPeerNameError(PeerError, ValueError):
+    """A display name outside the allowed length or character set."""
+
+
+class UnknownPeerError(PeerError, LookupError):
+    """No known peer matches the given key, name or id prefix."""
+
+
+class AmbiguousPeerError(PeerError, LookupError):
+    """More than one known peer matches the given name or id prefix."""
+
+
+class KeyChangedError(PeerError):
+    """A known name was announced with a different key; refused and recorded."""
+
+    def __init__(self, event: KeyChangeEvent) -> None:
+        super().__init__(
+            f"peer {event.name!r} announced key {short_peer_id(event.offered_key)} but is pinned "
+            f"to {short_peer_id(event.pinned_key)}; refused (forget the old key to accept it)"
+        )
+        self.event = event
+
+
+def format_peer_id(public_key: bytes) -> str:
+    """The display form of a peer id: lowercase base32 of the key, no padding (52 chars)."""
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise InvalidPeerKeyError(
+            f"a peer key is {PUBLIC_KEY_BYTES} bytes, got {len(public_key)} bytes"
+        )
+    return base64.b32encode(public_key).decode("ascii").rstrip("=").lower()
+
+
+def short_peer_id(public_key: bytes) -> str:
+    """The first :data:`SHORT_ID_LENGTH` characters of :func:`format_peer_id`."""
+    return format_peer_id(public_key)[:SHORT_ID_LENGTH]
+
+
+def parse_peer_key(text: str) -> bytes:
+    """Parse a peer key typed or configured as base32 (52 chars) or hex (64 chars)."""
+    stripped = text.strip()
+    if _HEX_PATTERN.fullmatch(stripped):
+        return bytes.fromhex(stripped)
+    if len(stripped) == _BASE32_ID_LENGTH:
+        try:
+            key = base64.b32decode(stripped.upper() + "====", casefold=False)
+        except binascii.Error:
+            pass
+        else:
+            # b32decode ignores non-zero trailing bits; re-encoding rejects such aliases so every
+            # key has exactly one accepted base32 spelling.
+            if len(key) == PUBLIC_KEY_BYTES and format_peer_id(key) == stripped.lower():
+                return key
+    shown = stripped if len(stripped) <= 70 else stripped[:67] + "..."
+    raise InvalidPeerKeyError(
+        f"not a peer key: {shown!r} (expected 52 base32 characters or 64 hex digits)"
+    )
+
+
+def validate_peer_name(name: str) -> str:
+    """Return ``name`` if it is an acceptable display name, else raise a one-line error."""
+    if not 1 <= len(name) <= MAX_NAME_LENGTH or not _NAME_PATTERN.fullmatch(name):
+        shown = name if len(name) <= 70 else name[:67] + "..."
+        raise InvalidPeerNameError(
+            f"invalid peer name {shown!r}: 1-{MAX_NAME_LENGTH} characters of A-Z a-z 0-9 "
+            "space . _ -, not starting or ending with a space"
+        )
+    return name
+
+
+def sanitize_peer_name(text: str, *, fallback: str = "parley") -> str:
+    """A valid display name made from arbitrary text (e.g. the host name, for the default).
+
+    Characters outside the allowed set become ``-``; the result is cut to MAX_NAME_LENGTH.
+    """
+    replaced = "".join(
+        char if char.isascii() and (char.isalnum() or char in " ._-") else "-" for char in text
+    )
+    candidate = replaced.strip()[:MAX_NAME_LENGTH].strip()
+    return candidate if candidate and _NAME_PATTERN.fullmatch(candidate) else fallback
+
+
+class PeerTable:
+    """Presence (in memory, with TTL expiry) over the persistent trust list.
+
+    ``clock`` returns wall-clock seconds (``time.time`` in the node): it stamps the stored
+    first/last-seen times and drives expiry. ``pin_names=False`` (config
+    ``trust.trust_on_first_use = false``) turns off the name pinning; keys stay the identity.
+    Synchronous and not thread-safe: call it from the node's trio thread only.
+    """
+
+    def __init__(
+        self,
+        store: PeerStore,
+        *,
+        ttl: float,
+        clock: Callable[[], float] = time.time,
+        pin_names: bool = True,
+    ) -> None:
+        if not ttl > 0:
+            raise ValueError(f"peer ttl must be positive, got {ttl}")
+        self._store = store
+        self._pin_names = pin_names
+        self._ttl = ttl
+        self._clock = clock
+        # key -> (last announcement time, source of that announcement)
+        self._presence: dict[bytes, tuple[float, PeerSource]] = {}
+
+    def observe(
+        self,
+        public_key: bytes,
+        *,
+        name: str | None,
+        address: tuple[str, int] | None,
+        source: PeerSource,
+    ) -> PeerRecord:
+        """Record an announcement (mDNS, static config) and return the peer's record.
+
+        Raises :class:`KeyChangedError` when ``name`` is pinned to another key. A blocked peer
+        is still recorded; callers check ``record.trust``.
+        """
+        format_peer_id(public_key)  # validates the length
+        if name is not None:
+            validate_peer_name(name)
+        now = self._clock()
+        self._check_name_pinning(public_key, name, source=source, address=address, now=now)
+        existing = self._store.get(public_key)
+        if existing is None:
+            record = PeerRecord(
+                public_key=public_key,
+                name=name,
+                addresses=_merge_addresses((), address),
+                source=source,
+                first_seen=now,
+                last_seen=now,
+                last_handshake=None,
+                trust=TrustState.KNOWN,
+            )
+        else:
+            record = replace(
+                existing,
+                name=existing.name if name is None else name,
+                addresses=_merge_addresses(existing.addresses, address),
+                source=source,
+                last_seen=now,
+            )
+        self._store.upsert(record)
+        self._presence[public_key] = (now, source)
+        return record
+
+    def record_handshake(
+        self, public_key: bytes, *, address: tuple[str, int] | None, source: PeerSource
+    ) -> PeerRecord:
+        """A completed handshake with ``public_key`` (its key is now authenticated)."""
+        format_peer_id(public_key)
+        now = self._clock()
+        existing = self._store.get(public_key)
+        if existing is None:
+            record = PeerRecord(
+                public_key=public_key,
+                name=None,
+                addresses=_merge_addresses((), address),
+                source=source,
+                first_seen=now,
+                last_seen=now,
+                last_handshake=now,
+                trust=TrustState.KNOWN,
+            )
+        else:
+            record = replace(
+                existing,
+                addresses=_merge_addresses(existing.addresses, address),
+                last_seen=now,
+                last_handshake=now,
+            )
+        self._store.upsert(record)
+        self._presence[public_key] = (now, self._presence.get(public_key, (now, source))[1])
+        return record
+
+    def expire(self) -> list[bytes]:
+        """Forget the presence of peers silent for longer than ``ttl``; return their keys."""
+        deadline = self._clock() - self._ttl
+        gone = [
+            key
+            for key, (last_seen, source) in self._presence.items()
+            if source is not PeerSource.STATIC and last_seen < deadline
+        ]
+        for key in gone:
+            del self._presence[key]
+        return gone
+
+    def is_present(self, public_key: bytes) -> bool:
+        return public_key in self._presence
+
+    def present(self) -> list[PeerRecord]:
+        """Peers announced within ``ttl`` (as of the last :meth:`expire`) plus static ones."""
+        records = (self._store.get(key) for key in self._presence)
+        return [record for record in records if record is not None]
+
+    def known(self) -> list[PeerRecord]:
+        """Every peer in the trust list, oldest first."""
+        return self._store.all()
+
+    def get(self, public_key: bytes) -> PeerRecord | None:
+        return self._store.get(public_key)
+
+    def is_trusted(self, public_key: bytes) -> bool:
+        record = self._store.get(public_key)
+        return record is not None and record.trust is TrustState.TRUSTED
+
+    def key_changes(self, *, limit: int = 100) -> list[KeyChangeEvent]:
+        return self._store.key_changes(limit=limit)
+
+    def resolve(self, key_or_name: str) -> PeerRecord:
+        """Find one known peer by full key (base32/hex), exact name, or base32 id prefix."""
+        text = key_or_name.strip()
+        try:
+            key = parse_peer_key(text)
+        except InvalidPeerKeyError:
+            pass
+        else:
+            record = self._store.get(key)
+            if record is None:
+                raise UnknownPeerError(f"no known peer with id {short_peer_id(key)}")
+            return record
+        by_name = self._store.find_by_name(text)
+        if len(by_name) == 1:
+            return by_name[0]
+        if len(by_name) > 1:
+            raise AmbiguousPeerError(
+                f"name {text!r} matches {len(by_name)} peers "
+                f"({_list_ids(by_name)}); use the peer id"
+            )
+        prefix = text.lower()
+        if len(prefix) >= MIN_ID_PREFIX_LENGTH:
+            matches = [
+                record
+                for record in self._store.all()
+                if format_peer_id(record.public_key).startswith(prefix)
+            ]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise AmbiguousPeerError(
+                    f"id prefix {prefix!r} matches {len(matches)} peers ({_list_ids(matches)}); "
+                    "type more characters"
+                )
+        shown = text if len(text) <= 70 else text[:67] + "..."
+        raise UnknownPeerError(f"no known peer named {shown!r} or with that id")
+
+    def trust(self, key_or_name: str) -> PeerRecord:
+        return self._set_trust(key_or_name, TrustState.TRUSTED)
+
+    def untrust(self, key_or_name: str) -> PeerRecord:
+        """Back to ``known``: still pinned, no longer receives or contributes weights."""
+        return self._set_trust(key_or_name, TrustState.KNOWN)
+
+    def block(self, key_or_name: str) -> PeerRecord:
+        return self._set_trust(key_or_name, TrustState.BLOCKED)
+
+    def forget(self, key_or_name: str) -> PeerRecord:
+        """Remove a peer from the trust list, releasing its name for a new key."""
+        record = self.resolve(key_or_name)
+        self._store.delete(record.public_key)
+        self._presence.pop(record.public_key, None)
+        return record
+
+    def _set_trust(self, key_or_name: str, state: TrustState) -> PeerRecord:
+        record = replace(self.resolve(key_or_name), trust=state)
+        self._store.upsert(record)
+        return record
+
+    def _check_name_pinning(
+        self,
+        public_key: bytes,
+        name: str | None,
+        *,
+        source: PeerSource,
+        address: tuple[str, int] | None,
+        now: float,
+    ) -> None:
+        if name is None or not self._pin_names:
+            return
+        for holder in self._store.find_by_name(name):
+            if holder.public_key != public_key:
+                event = self._store.record_key_change(
+                    name=name,
+                    pinned_key=holder.public_key,
+                    offered_key=public_key,
+                    source=source,
+                    address=None if address is None else _format_address(address),
+                    seen_at=now,
+                )
+                raise KeyChangedError(event)
+
+
+def _merge_addresses(
+    existing: tuple[tuple[str, int], ...], latest: tuple[str, int] | None
+) -> tuple[tuple[str, int], ...]:
+    """Most recent address first, without duplicates, at most MAX_ADDRESSES_PER_PEER."""
+    if latest is None:
+        return existing
+    rest = tuple(address for address in existing if address != latest)
+    return ((latest, *rest))[:MAX_ADDRESSES_PER_PEER]
+
+
+def _format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _list_ids(records: list[PeerRecord]) -> str:
+    shown = ", ".join(short_peer_id(record.public_key) for record in records[:5])
+    return shown + (", ..." if len(records) > 5 else "")
