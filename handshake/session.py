@@ -1,0 +1,344 @@
+"""The encrypted session after the handshake: typed messages in, framed ciphertext out (sans-IO).
+
+Theory of operation
+-------------------
+Each typed message is encoded as one Cap'n Proto envelope and encrypted as one Noise transport
+message, framed by its 2-byte length. An envelope larger than one transport message
+(:data:`~handshake.noise.MAX_TRANSPORT_PLAINTEXT`) is cut into ``Chunk`` envelopes, sent
+back to back, and reassembled by the receiver into the original envelope.
+
+Rekeying is part of the protocol, not a local decision, because noiseprotocol's rekey is manual
+and both ends must switch keys at the same message. Each direction has an *epoch*. Before a
+message, the sender checks its outbound epoch: if it holds ``rekey_after_messages - 1`` messages
+already (room for one more) or is ``rekey_after_seconds`` old, it first sends a ``Rekey(epoch+1)``
+notice under the old key, then rekeys its outbound cipher (Noise §4.2). The receiver rekeys its
+inbound cipher when it decrypts that notice. Both sides run with the same settings, and the
+receiver enforces them: more than ``rekey_after_messages`` messages in one epoch, an epoch older
+than ``rekey_after_seconds`` plus :data:`REKEY_GRACE_SECONDS`, or a notice naming the wrong epoch
+is a rekey mismatch, a :class:`RemoteProtocolError`. A peer that rekeys without a notice is caught
+by the next message failing authentication.
+
+States: ``OPEN`` -> ``CLOSED`` (we sent ``Bye`` or received one) and, from anywhere, ``ERROR``.
+Any error on receive, or an illegal call, moves to ``ERROR``; every later call then raises
+:class:`LocalProtocolError`. An error ends this session only: nothing here is shared.
+
+The clock is injected (``Callable[[], float]``, seconds, monotonic), never read from ``time``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, NoReturn
+
+from handshake.framing import MAX_PENDING_BYTES, NEED_DATA, FrameReader, NeedData
+from handshake.noise import MAX_TRANSPORT_PLAINTEXT, TransportCipher
+from schemas.codec import NoBundle, Rekey, WireMessage, decode, encode
+from schemas.errors import LocalProtocolError, RemoteProtocolError
+from schemas.messages import Bye, ByeReason, Chunk, Hello, Message
+
+#: WireGuard's anchors (REKEY_AFTER_TIME, REKEY_AFTER_MESSAGES in wireguard-go's constants).
+REKEY_AFTER_SECONDS: Final = 120.0
+REKEY_AFTER_MESSAGES: Final = 2**60
+#: How much older than ``rekey_after_seconds`` a receiver lets an inbound epoch get: the sender
+#: checks its epoch's age before it writes, and the message then spends network and scheduling
+#: delay in transit; the receiver's epoch also started later than the sender's.
+REKEY_GRACE_SECONDS: Final = 30.0
+#: Largest envelope a session sends or reassembles from chunks (a few FL bundles' worth).
+MAX_CHUNKED_PAYLOAD: Final = 4 * 1024 * 1024
+#: Data bytes per chunk: the transport plaintext limit less a Chunk envelope's own overhead
+#: (56-72 bytes, measured in tests), rounded down to the 8-byte word.
+CHUNK_DATA_BYTES: Final = (MAX_TRANSPORT_PLAINTEXT - 128) // 8 * 8
+#: Frames a peer may send per second before we call it a flood.
+MAX_FRAMES_PER_SECOND: Final = 10_000
+_EPOCH_LIMIT: Final = 2**32 - 1
+
+_HEADER = struct.Struct(">H")
+# Chunks are the session's own business; Hello belongs to the handshake.
+_NOT_SENDABLE: Final = frozenset({Chunk, Hello})
+# Handshake-only and session-internal kinds arriving mid-session mean a broken peer.
+_NOT_RECEIVABLE: Final = frozenset({Hello, NoBundle, Rekey, Chunk})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionSettings:
+    """Limits and rekey schedule; both peers must run the same rekey values."""
+
+    rekey_after_messages: int = REKEY_AFTER_MESSAGES
+    rekey_after_seconds: float = REKEY_AFTER_SECONDS
+    max_chunked_payload: int = MAX_CHUNKED_PAYLOAD
+    max_frames_per_second: int = MAX_FRAMES_PER_SECOND
+    max_pending_bytes: int = MAX_PENDING_BYTES
+
+    def __post_init__(self) -> None:
+        # Two: room for at least one message and the epoch's closing notice.
+        if self.rekey_after_messages < 2:
+            raise ValueError("rekey_after_messages must be at least 2")
+        if not (math.isfinite(self.rekey_after_seconds) and self.rekey_after_seconds > 0):
+            raise ValueError("rekey_after_seconds must be a positive number")
+        if not 0 < self.max_chunked_payload <= MAX_CHUNKED_PAYLOAD * 64:
+            raise ValueError("max_chunked_payload is out of range")
+        if self.max_frames_per_second < 1:
+            raise ValueError("max_frames_per_second must be positive")
+        if self.max_pending_bytes < 2 * (MAX_TRANSPORT_PLAINTEXT + 18):
+            raise ValueError("max_pending_bytes must hold at least two maximal frames")
+
+
+class SessionState(enum.Enum):
+    OPEN = enum.auto()
+    CLOSED = enum.auto()
+    ERROR = enum.auto()
+
+
+class Session:
+    """One side of an established session. Build it with a handshake's ``split()``."""
+
+    def __init__(
+        self,
+        *,
+        send_cipher: TransportCipher,
+        receive_cipher: TransportCipher,
+        clock: Callable[[], float],
+        settings: SessionSettings | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else SessionSettings()
+        self._clock = clock
+        self._send_cipher = send_cipher
+        self._receive_cipher = receive_cipher
+        self._reader = FrameReader(max_pending_bytes=self.settings.max_pending_bytes)
+        self._state = SessionState.OPEN
+        now = clock()
+        # Epoch bookkeeping by nonce: both sides see the same nonces, so counts agree even when
+        # the handshake already used nonce 0 for the responder's first transport message.
+        self._our_epoch = 0
+        self._our_epoch_first_nonce = 0
+        self._our_epoch_started = now
+        self._their_epoch = 0
+        self._their_epoch_first_nonce = 0
+        self._their_epoch_started = now
+        self._next_chunked_id = 0
+        self._reassembly: _Reassembly | None = None
+        self._rate_window_started = now
+        self._frames_in_window = 0
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def our_epoch(self) -> int:
+        return self._our_epoch
+
+    @property
+    def their_epoch(self) -> int:
+        return self._their_epoch
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def send(self, message: Message) -> bytes:
+        """Encrypt and frame ``message``: the bytes to write, possibly several frames."""
+        if self._state is not SessionState.OPEN:
+            self._refuse("send")
+        kind = type(message)
+        if kind in _NOT_SENDABLE:
+            raise LocalProtocolError(f"{kind.__name__} is not sent on a session")
+        plaintext = encode(message)
+        if len(plaintext) <= MAX_TRANSPORT_PLAINTEXT:
+            data = self._seal(plaintext)
+        else:
+            data = self._seal_chunked(plaintext)
+        if kind is Bye:
+            self._state = SessionState.CLOSED
+        return data
+
+    def close(self, reason: ByeReason = ByeReason.NORMAL) -> bytes:
+        """The framed ``Bye`` to write last; the session is then CLOSED."""
+        return self.send(Bye(reason=reason))
+
+    def _seal_chunked(self, plaintext: bytes) -> bytes:
+        size = len(plaintext)
+        if size > self.settings.max_chunked_payload:
+            raise LocalProtocolError(
+                f"message is {size} bytes, over the chunked limit of"
+                f" {self.settings.max_chunked_payload}"
+            )
+        message_id = self._next_chunked_id
+        self._next_chunked_id = (message_id + 1) & 0xFFFFFFFF
+        count = -(-size // CHUNK_DATA_BYTES)
+        parts = [
+            self._seal(
+                encode(
+                    Chunk(
+                        message_id=message_id,
+                        index=index,
+                        count=count,
+                        data=plaintext[index * CHUNK_DATA_BYTES : (index + 1) * CHUNK_DATA_BYTES],
+                    )
+                )
+            )
+            for index in range(count)
+        ]
+        return b"".join(parts)
+
+    def _seal(self, plaintext: bytes) -> bytes:
+        cipher = self._send_cipher
+        prefix = b""
+        if (
+            cipher.nonce - self._our_epoch_first_nonce + 1 >= self.settings.rekey_after_messages
+            or self._clock() - self._our_epoch_started >= self.settings.rekey_after_seconds
+        ):
+            prefix = self._rekey_outbound()
+        ciphertext = cipher.encrypt(plaintext)
+        return prefix + _HEADER.pack(len(ciphertext)) + ciphertext
+
+    def _rekey_outbound(self) -> bytes:
+        if self._our_epoch >= _EPOCH_LIMIT:
+            raise LocalProtocolError("rekey epochs exhausted; the session must end")
+        self._our_epoch += 1
+        notice = self._send_cipher.encrypt(encode(Rekey(epoch=self._our_epoch)))
+        self._send_cipher.rekey()
+        self._our_epoch_first_nonce = self._send_cipher.nonce
+        self._our_epoch_started = self._clock()
+        return _HEADER.pack(len(notice)) + notice
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the peer (any slicing of the stream)."""
+        if self._state is not SessionState.OPEN:
+            self._refuse("receive data")
+        try:
+            self._reader.receive_data(data)
+        except RemoteProtocolError:
+            self._state = SessionState.ERROR
+            raise
+
+    def next_event(self) -> Message | NeedData:
+        """The next complete message from the peer, or NEED_DATA."""
+        if self._state is not SessionState.OPEN:
+            self._refuse("read events")
+        try:
+            while True:
+                frame = self._reader.next_frame_view()
+                if frame is NEED_DATA:
+                    return NEED_DATA
+                event = self._open_frame(frame)
+                if event is not None:
+                    if isinstance(event, Bye):
+                        self._state = SessionState.CLOSED
+                    return event
+        except RemoteProtocolError:
+            self._state = SessionState.ERROR
+            raise
+
+    def _open_frame(self, frame: memoryview) -> Message | None:
+        settings = self.settings
+        now = self._clock()
+        if now - self._rate_window_started >= 1.0:
+            self._rate_window_started = now
+            self._frames_in_window = 0
+        self._frames_in_window += 1
+        if self._frames_in_window > settings.max_frames_per_second:
+            raise RemoteProtocolError(
+                f"peer sent more than {settings.max_frames_per_second} frames in one second"
+            )
+        cipher = self._receive_cipher
+        if cipher.nonce - self._their_epoch_first_nonce >= settings.rekey_after_messages:
+            raise RemoteProtocolError(
+                f"rekey mismatch: peer sent more than {settings.rekey_after_messages} messages"
+                f" in epoch {self._their_epoch} without rekeying"
+            )
+        message = decode(cipher.decrypt(frame))
+        kind = type(message)
+        if kind is Rekey:
+            # A notice may arrive in an epoch of any age: after an idle spell it is the first
+            # thing the sender writes.
+            assert isinstance(message, Rekey)
+            self._rekey_inbound(message, now)
+            return None
+        if now - self._their_epoch_started > settings.rekey_after_seconds + REKEY_GRACE_SECONDS:
+            raise RemoteProtocolError(
+                f"rekey mismatch: peer kept epoch {self._their_epoch} past"
+                f" {settings.rekey_after_seconds} s"
+            )
+        if kind is Chunk:
+            assert isinstance(message, Chunk)
+            return self._add_chunk(message)
+        if self._reassembly is not None:
+            raise RemoteProtocolError(f"peer interleaved {kind.__name__} inside a chunked message")
+        return self._accept(message)
+
+    def _rekey_inbound(self, notice: Rekey, now: float) -> None:
+        if notice.epoch != self._their_epoch + 1:
+            raise RemoteProtocolError(
+                f"rekey mismatch: peer announced epoch {notice.epoch}, expected"
+                f" {self._their_epoch + 1}"
+            )
+        self._receive_cipher.rekey()
+        self._their_epoch = notice.epoch
+        self._their_epoch_first_nonce = self._receive_cipher.nonce
+        self._their_epoch_started = now
+
+    def _add_chunk(self, chunk: Chunk) -> Message | None:
+        reassembly = self._reassembly
+        if reassembly is None:
+            max_count = -(-self.settings.max_chunked_payload // CHUNK_DATA_BYTES)
+            if chunk.index != 0 or not 2 <= chunk.count <= max_count:
+                raise RemoteProtocolError(
+                    f"chunked message starts with chunk {chunk.index} of {chunk.count}"
+                    f" (must be chunk 0 of 2..{max_count})"
+                )
+            reassembly = self._reassembly = _Reassembly(chunk.message_id, chunk.count)
+        elif (
+            chunk.message_id != reassembly.message_id
+            or chunk.count != reassembly.count
+            or chunk.index != len(reassembly.parts)
+        ):
+            raise RemoteProtocolError(
+                f"chunk {chunk.index}/{chunk.count} of message {chunk.message_id} out of order"
+                f" (expected {len(reassembly.parts)}/{reassembly.count} of"
+                f" {reassembly.message_id})"
+            )
+        if not 0 < len(chunk.data) <= CHUNK_DATA_BYTES:
+            raise RemoteProtocolError(
+                f"chunk holds {len(chunk.data)} bytes (1..{CHUNK_DATA_BYTES})"
+            )
+        reassembly.parts.append(chunk.data)
+        reassembly.size += len(chunk.data)
+        if reassembly.size > self.settings.max_chunked_payload:
+            raise RemoteProtocolError(
+                f"chunked message exceeds {self.settings.max_chunked_payload} bytes"
+            )
+        if len(reassembly.parts) < reassembly.count:
+            return None
+        self._reassembly = None
+        message = decode(b"".join(reassembly.parts))
+        if isinstance(message, Chunk | Rekey):
+            raise RemoteProtocolError(f"a chunked message may not hold a {type(message).__name__}")
+        return self._accept(message)
+
+    def _accept(self, message: WireMessage) -> Message:
+        if type(message) in _NOT_RECEIVABLE or isinstance(message, Rekey | NoBundle):
+            # (The isinstance repeats the set lookup for the type checker's sake.)
+            raise RemoteProtocolError(f"peer sent {type(message).__name__} inside a session")
+        return message
+
+    def _refuse(self, action: str) -> NoReturn:
+        current = self._state
+        self._state = SessionState.ERROR
+        raise LocalProtocolError(f"cannot {action}: session is {current.name}")
+
+
+class _Reassembly:
+    """The chunks of one chunked message received so far."""
+
+    __slots__ = ("count", "message_id", "parts", "size")
+
+    def __init__(self, message_id: int, count: int) -> None:
+        self.message_id = message_id
+        self.count = count
+        self.parts: list[bytes] = []
+        self.size = 0
