@@ -10,14 +10,18 @@ import daemon.offline  # noqa: F401  (must come before any dependency that phone
 
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from daemon.atomic import write_atomic
-from daemon.config import ConfigError, load_config, render_default_config
+from daemon.config import Config, ConfigError, load_config, render_default_config
 from daemon.home import NodeHome, default_home
+
+if TYPE_CHECKING:
+    from daemon.database import Database
+    from daemon.peers import PeerTable
 from daemon.identity import Identity, IdentityError, load_identity, save_identity
 
 EXIT_USER_ERROR = 2
@@ -34,9 +38,20 @@ stdout = Console()
 HomeOption = Annotated[
     Path | None,
     typer.Option(
-        "--home", help="Node home folder [default: $PARLEY_HOME or ~/.local/share/parley]."
+        "--home", help="Node home folder \\[default: $PARLEY_HOME or ~/.local/share/parley]."
     ),
 ]
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """Failures that are the user's input or environment, shown as one line, never a trace."""
+    from daemon.database import DatabaseError
+    from daemon.discovery import DiscoveryError
+    from daemon.rpc_server import RpcServerError
+    from fl.errors import FLError
+    from media.errors import MediaError
+
+    return (DatabaseError, DiscoveryError, RpcServerError, FLError, MediaError, OSError)
 
 
 class UserError(Exception):
@@ -88,24 +103,171 @@ def check_config(home: HomeOption = None) -> None:
     stdout.print(config)
 
 
+def _load(home: Path | None) -> tuple[NodeHome, Config]:
+    node_home = resolve_home(home)
+    return node_home, load_config(node_home.config_path)
+
+
+@app.command()
+def node(
+    home: HomeOption = None,
+    port: Annotated[int | None, typer.Option("--port", help="Override listen.port.")] = None,
+) -> None:
+    """Run the node: announce, keep the peer table, accept handshakes, run FL rounds."""
+    import trio
+
+    from daemon.logs import configure_logging
+    from daemon.node import NodeOptions, run_node
+
+    node_home, config = _load(home)
+    configure_logging(log_format=config.node.log_format, level=config.node.log_level)
+    trio.run(run_node, node_home, config, NodeOptions(listen_port=port))
+
+
+def _rpc(node_home: NodeHome, method: str, params: dict[str, object] | None = None) -> object:
+    from daemon.rpc_client import RpcCallError, RpcClientError, RpcUnavailableError, call_sync
+
+    try:
+        return call_sync(node_home.socket_path, method, params)
+    except RpcUnavailableError:
+        fail(f"no node is running with home {node_home.root} (start one with 'parley node')")
+    except RpcCallError as error:
+        fail(f"{method}: {error}")
+    except RpcClientError as error:
+        fail(f"{method}: {error}")
+
+
+@app.command()
+def status(
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What the running node is doing: peers, sessions, rounds, jobs."""
+    from daemon.status_view import render_status
+
+    node_home = resolve_home(home)
+    report = {
+        method: _rpc(node_home, method)
+        for method in ("status", "peers", "sessions", "rounds", "jobs")
+    }
+    if as_json:
+        import json
+
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        render_status(stdout, report)
+
+
+peers_app = typer.Typer(help="The trust list: who may receive our weights and be aggregated.")
+app.add_typer(peers_app, name="peers")
+
+
+def _peer_table(node_home: NodeHome) -> tuple[Database, PeerTable]:
+    from daemon.database import PeerStore, open_database
+    from daemon.peers import PeerTable
+
+    database = open_database(node_home.database_path)
+    return database, PeerTable(PeerStore(database), ttl=1.0)
+
+
+@peers_app.command("list")
+def peers_list(
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every peer we know, with its trust state."""
+    from daemon.status_view import peer_rows, render_peers
+
+    database, table = _peer_table(resolve_home(home))
+    with database:
+        rows = peer_rows(table.known())
+    if as_json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+    else:
+        render_peers(stdout, rows)
+
+
+def _set_trust(home: Path | None, key_or_name: str, trusted: bool) -> None:
+    from daemon.database import PeerSource
+    from daemon.peers import InvalidPeerKeyError, PeerError, UnknownPeerError, parse_peer_key
+
+    database, table = _peer_table(resolve_home(home))
+    with database:
+        try:
+            try:
+                table.resolve(key_or_name)
+            except UnknownPeerError:
+                try:
+                    key = parse_peer_key(key_or_name)
+                except InvalidPeerKeyError:
+                    raise UnknownPeerError(
+                        f"no known peer named {key_or_name!r}; give its full key to trust it "
+                        "before it is seen"
+                    ) from None
+                # A full key typed by the user: trusting it before it was ever seen is allowed.
+                table.observe(key, name=None, address=None, source=PeerSource.STATIC)
+            record = table.trust(key_or_name) if trusted else table.untrust(key_or_name)
+        except PeerError as error:
+            fail(str(error))
+    from daemon.peers import format_peer_id
+
+    shown = record.name or format_peer_id(record.public_key)[:16]
+    stdout.print(f"{shown}: {record.trust.value}", highlight=False)
+
+
+@peers_app.command("trust")
+def peers_trust(
+    key_or_name: Annotated[str, typer.Argument(metavar="KEY|NAME")], home: HomeOption = None
+) -> None:
+    """Trust a peer: it receives our weights and its bundles are aggregated."""
+    _set_trust(home, key_or_name, True)
+
+
+@peers_app.command("untrust")
+def peers_untrust(
+    key_or_name: Annotated[str, typer.Argument(metavar="KEY|NAME")], home: HomeOption = None
+) -> None:
+    """Stop trusting a peer (it stays known and pinned)."""
+    _set_trust(home, key_or_name, False)
+
+
+@app.command("round")
+def start_round(
+    home: HomeOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the round and print it.")] = False,
+) -> None:
+    """Ask the running node for an FL round now."""
+    import json
+
+    result = _rpc(resolve_home(home), "round.start", {"wait": wait})
+    print(json.dumps(result, indent=2, default=str))
+
+
+from daemon.caption_cli import caption_command  # noqa: E402  (it imports this module lazily)
+
+app.command("caption")(caption_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app, turning expected failures into one line."""
     try:
         app(args=argv, prog_name="parley", standalone_mode=False)
-    except (UserError, ConfigError, IdentityError) as error:
-        print(f"parley: {error}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
     except typer.Abort:
         print("parley: aborted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as done:
         sys.exit(done.exit_code)
-    except Exception as error:  # click's usage errors arrive here in non-standalone mode
+    except Exception as error:
         import click
 
-        if isinstance(error, click.ClickException):
+        if isinstance(error, click.ClickException):  # usage errors, in non-standalone mode
             error.show()
             sys.exit(error.exit_code)
+        if isinstance(error, (UserError, ConfigError, IdentityError, *_expected_errors())):
+            print(f"parley: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
         raise
 
 

@@ -67,7 +67,7 @@ def configure_logging(*, log_format: str, level: str, stream: TextIO | None = No
     logger.propagate = False
 
 
-def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
+def event(logger: logging.Logger, level: int, name: str, /, **fields: Any) -> None:
     """Log one event with flat fields."""
     if logger.isEnabledFor(level):
         logger.log(level, name, extra={"fields": fields})

@@ -1,0 +1,158 @@
+"""Our codec on disk, and the decoders peers gave us.
+
+* Our model is one checkpoint (``models/codec.ckpt``), written atomically; the node reloads it
+  at the start of every round, so an enrollment made by ``parley enroll`` while the node runs
+  is picked up, and a round that fails midway leaves the file (the previous model) untouched.
+* A first start creates the model from the shared seeded init, so every node starts from the
+  same weights, as federated averaging assumes.
+* Bundles received from peers are kept as *their* decoders for calls, one file per peer and
+  codec version (``models/peers/<peer id>/<content hash>.bundle``), at most
+  :data:`MAX_DECODERS_PER_PEER` per peer, oldest dropped first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.atomic import write_atomic
+from daemon.peers import format_peer_id
+from fl.bundle import bundle_from_state, state_from_bundle
+from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fl.config import CodecConfig
+from fl.enroll import FEATURE_SUFFIX, load_features
+from fl.model import expected_shapes, new_model, state_to_numpy
+from schemas.codec import decode, encode
+from schemas.errors import RemoteProtocolError
+from schemas.messages import WeightsBundle
+
+CHECKPOINT_NAME: Final = "codec.ckpt"
+MAX_DECODERS_PER_PEER: Final = 4
+FEATURES_DIGEST_KEY: Final = "features_digest"
+
+State = dict[str, npt.NDArray[np.float32]]
+
+
+@dataclass(frozen=True, slots=True)
+class OurCodec:
+    """Our current model as loaded from disk, with the bundle we send to peers."""
+
+    checkpoint: Checkpoint
+    bundle: WeightsBundle
+
+    @property
+    def version_hash(self) -> bytes:
+        return self.bundle.content_hash
+
+    @property
+    def config(self) -> CodecConfig:
+        return self.checkpoint.codec_config
+
+
+class CodecStore:
+    def __init__(self, models_dir: Path, features_dir: Path, default_config: CodecConfig) -> None:
+        self._models_dir = models_dir
+        self._features_dir = features_dir
+        self._default_config = default_config
+        self._current: OurCodec | None = None
+        self._loaded_mtime: int | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self._models_dir / CHECKPOINT_NAME
+
+    @property
+    def features_dir(self) -> Path:
+        return self._features_dir
+
+    def current(self) -> OurCodec:
+        """Our codec, reloaded if the checkpoint changed on disk since the last call."""
+        path = self.checkpoint_path
+        if not path.exists():
+            config = self._default_config
+            self.save(
+                Checkpoint(
+                    codec_config=config,
+                    state=state_to_numpy(new_model(config)),
+                    metadata={"source": "init"},
+                )
+            )
+        mtime = path.stat().st_mtime_ns
+        if self._current is None or mtime != self._loaded_mtime:
+            checkpoint = load_checkpoint(path)
+            self._current = OurCodec(checkpoint, self._bundle_of(checkpoint))
+            self._loaded_mtime = mtime
+        return self._current
+
+    def save(self, checkpoint: Checkpoint) -> OurCodec:
+        save_checkpoint(self.checkpoint_path, checkpoint)
+        self._current = OurCodec(checkpoint, self._bundle_of(checkpoint))
+        self._loaded_mtime = self.checkpoint_path.stat().st_mtime_ns
+        return self._current
+
+    @staticmethod
+    def _bundle_of(checkpoint: Checkpoint) -> WeightsBundle:
+        return bundle_from_state(
+            checkpoint.state,
+            architecture_id=checkpoint.codec_config.architecture_id,
+            round=checkpoint.round,
+            sample_count=max(1, checkpoint.sample_count),
+        )
+
+    # -- our enrolled audio ------------------------------------------------------------------
+
+    def features_digest(self) -> str:
+        """Names the set of enrolled feature files (they are named by content)."""
+        if not self._features_dir.is_dir():
+            return ""
+        names = sorted(
+            entry.name
+            for entry in os.scandir(self._features_dir)
+            if entry.name.endswith(FEATURE_SUFFIX)
+        )
+        return hashlib.blake2s("\n".join(names).encode()).hexdigest() if names else ""
+
+    def load_features(self) -> list[npt.NDArray[np.float32]]:
+        if not self._features_dir.is_dir():
+            return []
+        return load_features(self._features_dir, self._default_config.n_mels)
+
+    # -- peers' decoders ---------------------------------------------------------------------
+
+    def validated_state(self, bundle: WeightsBundle, config: CodecConfig) -> State:
+        """A peer's bundle as weights for ``config``'s architecture; raises on anything wrong."""
+        return state_from_bundle(
+            bundle,
+            expected_architecture_id=config.architecture_id,
+            expected_shapes=expected_shapes(config),
+        )
+
+    def _peer_dir(self, public_key: bytes) -> Path:
+        return self._models_dir / "peers" / format_peer_id(public_key)
+
+    def keep_peer_decoder(self, public_key: bytes, bundle: WeightsBundle) -> Path:
+        """Store a (validated) peer bundle as that peer's decoder for its codec version."""
+        folder = self._peer_dir(public_key)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / f"{bundle.content_hash.hex()}.bundle"
+        if not path.exists():
+            write_atomic(path, encode(bundle))
+        kept = sorted(folder.glob("*.bundle"), key=lambda item: item.stat().st_mtime_ns)
+        for stale in kept[:-MAX_DECODERS_PER_PEER]:
+            stale.unlink(missing_ok=True)
+        return path
+
+    def peer_decoder(self, public_key: bytes, version_hash: bytes) -> WeightsBundle | None:
+        """The bundle a peer sent for ``version_hash``, if we kept it and it is still intact."""
+        path = self._peer_dir(public_key) / f"{version_hash.hex()}.bundle"
+        try:
+            message = decode(path.read_bytes())
+        except (OSError, RemoteProtocolError):
+            return None
+        return message if isinstance(message, WeightsBundle) else None

@@ -1,0 +1,299 @@
+"""The FL round scheduler: when to run a round, and the round's steps in order.
+
+A round (DESIGN.md §7):
+
+1. reload our checkpoint; train locally if new audio was enrolled since it was trained;
+2. exchange bundles, through handshakes, with every reachable trusted peer (and take the
+   bundles trusted peers brought us in their own handshakes since the last round);
+3. aggregate with personalized FedAvg (:func:`fl.aggregate.aggregate_round`);
+4. checkpoint atomically;
+5. record the round.
+
+Rounds never overlap. Any failure before step 4 leaves the previous checkpoint in place and
+records the round as failed with the reason; the heavy steps (training, aggregation, loss
+evaluation) run in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Final
+
+import trio
+
+from daemon.codec_store import FEATURES_DIGEST_KEY, CodecStore, OurCodec
+from daemon.connections import ConnectionManager, DialError
+from daemon.database import PeerRecord, RoundRecord, RoundStatus, RoundStore
+from daemon.logs import event, get_logger
+from daemon.peers import PeerTable, format_peer_id, short_peer_id
+from fl.aggregate import PeerUpdate, aggregate_round
+from fl.checkpoint import Checkpoint
+from fl.config import AggregationConfig, TrainConfig
+from fl.errors import InvalidBundleError
+from fl.model import new_model, state_to_numpy
+from fl.train import evaluate_l1, train_codec
+from schemas.messages import WeightsBundle
+
+log = get_logger("rounds")
+
+#: Peers we exchange with at once during a round.
+MAX_PARALLEL_EXCHANGES: Final = 8
+#: Bundles trusted peers brought us between rounds; one per peer (the latest) is kept.
+MAX_INBOX: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RoundSettings:
+    interval_s: float
+    aggregation: AggregationConfig
+    train: TrainConfig
+
+
+class RoundInProgressError(Exception):
+    """A round was asked for while one is running."""
+
+
+class RoundScheduler:
+    def __init__(
+        self,
+        *,
+        codecs: CodecStore,
+        connections: ConnectionManager,
+        peers: PeerTable,
+        rounds: RoundStore,
+        settings: RoundSettings,
+        our_peer_id: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._codecs = codecs
+        self._connections = connections
+        self._peers = peers
+        self._rounds = rounds
+        self._settings = settings
+        self._our_peer_id = our_peer_id
+        self._clock = clock
+        self._inbox: dict[bytes, WeightsBundle] = {}
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+        self.current_round: int | None = None
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def receive_bundle(self, public_key: bytes, bundle: WeightsBundle) -> None:
+        """A trusted peer's bundle from its handshake: kept as its decoder, used next round."""
+        try:
+            self._codecs.validated_state(bundle, self._codecs.current().config)
+        except InvalidBundleError as error:
+            event(
+                log,
+                logging.INFO,
+                "bundle.rejected",
+                peer=short_peer_id(public_key),
+                reason=str(error),
+            )
+            return
+        self._codecs.keep_peer_decoder(public_key, bundle)
+        if public_key in self._inbox or len(self._inbox) < MAX_INBOX:
+            self._inbox[public_key] = bundle
+
+    def request_round(self) -> None:
+        """Ask the scheduler loop for a round now (the ``round.start`` RPC)."""
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run rounds on the schedule and on request, until cancelled."""
+        interval = self._settings.interval_s
+        while True:
+            with trio.move_on_after(interval if interval > 0 else math.inf):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            with contextlib.suppress(RoundInProgressError):
+                await self.run_round()
+
+    async def run_round(self) -> RoundRecord:
+        if self._lock.locked():
+            raise RoundInProgressError("a round is already running")
+        async with self._lock:
+            return await self._run_round_locked()
+
+    async def _run_round_locked(self) -> RoundRecord:
+        trusted = [
+            peer for peer in self._peers.present() if self._peers.is_trusted(peer.public_key)
+        ]
+        record = self._rounds.begin(
+            alpha=self._settings.aggregation.alpha,
+            peers=[format_peer_id(peer.public_key) for peer in trusted],
+        )
+        number = record.round_number
+        self.current_round = number
+        started = self._clock()
+        bytes_before = self._connections.stats.bytes_sent + self._connections.stats.bytes_received
+        event(log, logging.INFO, "round.start", round=number, trusted_peers=len(trusted))
+        try:
+            ours = await self._train_if_new_audio()
+            bundles, failures = await self._collect_bundles(trusted)
+            result = await trio.to_thread.run_sync(self._aggregate, ours, bundles, number)
+        except BaseException as error:
+            reason = (
+                "cancelled (node shutting down)"
+                if isinstance(error, trio.Cancelled)
+                else (f"{type(error).__name__}: {error}")
+            )
+            with trio.CancelScope(shield=True):
+                finished = self._rounds.finish(
+                    number,
+                    status=RoundStatus.FAILED,
+                    peers=[],
+                    n=None,
+                    loss_before=None,
+                    loss_after=None,
+                    record={"error": reason},
+                )
+            self.current_round = None
+            event(log, logging.WARNING, "round.failed", round=number, reason=reason)
+            if isinstance(error, Exception):
+                return finished
+            raise
+        checkpoint, loss_before, loss_after, aggregation = result
+        self._codecs.save(checkpoint)
+        for key in bundles:
+            self._inbox.pop(key, None)
+        seconds = self._clock() - started
+        moved = self._connections.stats.bytes_sent + self._connections.stats.bytes_received
+        report = {
+            **aggregation,
+            "unreachable": failures,
+            "wall_s": seconds,
+            "bytes_exchanged": moved - bytes_before,
+            "model_version": checkpoint_version(self._codecs.current()),
+        }
+        finished = self._rounds.finish(
+            number,
+            status=RoundStatus.COMPLETED,
+            peers=[format_peer_id(key) for key in bundles],
+            n=int(aggregation["total_sample_count"]),  # type: ignore[call-overload]
+            loss_before=loss_before,
+            loss_after=loss_after,
+            record=report,
+        )
+        self.current_round = None
+        event(
+            log,
+            logging.INFO,
+            "round.done",
+            round=number,
+            peers=len(bundles),
+            seconds=round(seconds, 3),
+            loss_before=loss_before,
+            loss_after=loss_after,
+        )
+        return finished
+
+    async def _train_if_new_audio(self) -> OurCodec:
+        ours = self._codecs.current()
+        digest = self._codecs.features_digest()
+        if not digest or ours.checkpoint.metadata.get(FEATURES_DIGEST_KEY) == digest:
+            return ours
+        checkpoint = await trio.to_thread.run_sync(self._train, ours, digest)
+        return self._codecs.save(checkpoint)
+
+    def _train(self, ours: OurCodec, digest: str) -> Checkpoint:
+        features = self._codecs.load_features()
+        model = new_model(ours.config, ours.checkpoint.state)
+        train_codec(model, features, self._settings.train)
+        return Checkpoint(
+            codec_config=ours.config,
+            state=state_to_numpy(model),
+            round=ours.checkpoint.round,
+            sample_count=sum(item.shape[1] for item in features),
+            metadata={
+                **ours.checkpoint.metadata,
+                FEATURES_DIGEST_KEY: digest,
+                "source": "round-training",
+            },
+        )
+
+    async def _collect_bundles(
+        self, trusted: list[PeerRecord]
+    ) -> tuple[dict[bytes, WeightsBundle], dict[str, str]]:
+        bundles: dict[bytes, WeightsBundle] = dict(self._inbox)
+        failures: dict[str, str] = {}
+        slots = trio.CapacityLimiter(MAX_PARALLEL_EXCHANGES)
+
+        async def exchange(peer: PeerRecord) -> None:
+            async with slots:
+                try:
+                    bundle = await self._connections.exchange_bundles(peer)
+                except DialError as error:
+                    failures[format_peer_id(peer.public_key)] = str(error)
+                    return
+            if bundle is None:
+                failures[format_peer_id(peer.public_key)] = "sent no bundle (does not trust us)"
+                return
+            self.receive_bundle(peer.public_key, bundle)
+            bundles[peer.public_key] = bundle
+
+        async with trio.open_nursery() as nursery:
+            for peer in trusted:
+                nursery.start_soon(exchange, peer)
+        return bundles, failures
+
+    def _aggregate(
+        self, ours: OurCodec, bundles: dict[bytes, WeightsBundle], number: int
+    ) -> tuple[Checkpoint, float | None, float | None, dict[str, object]]:
+        config = ours.config
+        local = PeerUpdate(
+            peer_id=self._our_peer_id,
+            architecture_id=config.architecture_id,
+            sample_count=max(1, ours.checkpoint.sample_count),
+            state=ours.checkpoint.state,
+        )
+        updates: list[PeerUpdate] = []
+        invalid: list[dict[str, str]] = []
+        for key, bundle in bundles.items():
+            try:
+                state = self._codecs.validated_state(bundle, config)
+            except InvalidBundleError as error:
+                invalid.append({"peer_id": format_peer_id(key), "reason": str(error)})
+                continue
+            updates.append(
+                PeerUpdate(
+                    peer_id=format_peer_id(key),
+                    architecture_id=bundle.architecture_id,
+                    sample_count=bundle.sample_count,
+                    state=state,
+                )
+            )
+        result = aggregate_round(local, updates, self._settings.aggregation, round_number=number)
+        features = self._codecs.load_features()
+        loss_before = loss_after = None
+        if features:
+            loss_before = evaluate_l1(new_model(config, ours.checkpoint.state), features)
+            loss_after = evaluate_l1(new_model(config, result.personal_state), features)
+        checkpoint = Checkpoint(
+            codec_config=config,
+            state=result.personal_state,
+            round=number,
+            sample_count=ours.checkpoint.sample_count,
+            metadata={**ours.checkpoint.metadata, "source": "round", "alpha": result.record.alpha},
+        )
+        record = asdict(result.record)
+        record["rejected"] = [*record["rejected"], *invalid]
+        record["total_sample_count"] = result.record.total_sample_count
+        return checkpoint, loss_before, loss_after, record
+
+
+def checkpoint_version(codec: OurCodec) -> str:
+    """The short form of a codec version shown to people (first 12 hex digits of its hash)."""
+    return codec.version_hash.hex()[:12]

@@ -1,0 +1,143 @@
+"""How ``parley status`` and ``parley peers list`` look: rich tables from RPC results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from daemon.database import PeerRecord
+from daemon.peers import format_peer_id
+
+
+def _ago(stamp: object) -> str:
+    if not isinstance(stamp, int | float):
+        return "never"
+    seconds = max(0.0, time.time() - stamp)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def peer_rows(records: Iterable[PeerRecord]) -> list[dict[str, object]]:
+    return [
+        {
+            "id": format_peer_id(record.public_key),
+            "name": record.name,
+            "trust": record.trust.value,
+            "source": record.source.value,
+            "addresses": [f"{host}:{port}" for host, port in record.addresses],
+            "last_seen": record.last_seen,
+            "last_handshake": record.last_handshake,
+        }
+        for record in records
+    ]
+
+
+def render_peers(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
+    table = Table(title="Peers", title_justify="left")
+    for column in ("id", "name", "trust", "source", "addresses", "seen", "handshake"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["id"])[:16],
+            str(row.get("name") or "-"),
+            str(row["trust"]),
+            str(row["source"]),
+            ", ".join(row.get("addresses") or []) or "-",
+            _ago(row.get("last_seen")),
+            _ago(row.get("last_handshake")),
+        )
+    if not rows:
+        table.add_row("(none yet)", "", "", "", "", "", "")
+    console.print(table)
+
+
+def _last_round(last: Mapping[str, Any] | None) -> str:
+    if not last:
+        return "-"
+    return (
+        f"#{last['round']} {last['status']}, {len(last['peers'])} peers, "
+        f"{_ago(last['finished_at'])}"
+    )
+
+
+def render_status(console: Console, report: Mapping[str, Any]) -> None:
+    status = report["status"]
+    summary = Table(title="Node", title_justify="left", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    counts = status["counts"]
+    codec = status["codec"]
+    last = status.get("last_round")
+    connections = status["connections"]
+    rejected = connections.get("rejected") or {}
+    for label, value in (
+        ("id", status["node_id"]),
+        ("name", status["name"]),
+        ("uptime", _duration(status["uptime_s"])),
+        ("listening", status["listen"]),
+        ("model", f"{status['model_version']} ({codec['architecture']}, {codec['kbps']:.2f} kb/s)"),
+        (
+            "peers",
+            f"{counts['peers_present']} present, {counts['peers_known']} known, "
+            f"{counts['peers_trusted']} trusted",
+        ),
+        ("sessions", str(counts["sessions"])),
+        (
+            "rounds",
+            f"{counts['rounds_completed']} completed"
+            + (f", round {status['round_running']} running" if status["round_running"] else ""),
+        ),
+        ("last round", _last_round(last)),
+        (
+            "handshakes",
+            f"{connections['handshakes_completed']} ok, {connections['handshakes_failed']} failed",
+        ),
+        ("rejected", ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "none"),
+        ("jobs pending", str(counts["jobs_pending"])),
+    ):
+        summary.add_row(label, str(value))
+    console.print(summary)
+    render_peers(console, report.get("peers") or [])
+    rounds = Table(title="Recent rounds", title_justify="left")
+    for column in ("round", "status", "peers", "n", "loss before", "loss after", "finished"):
+        rounds.add_column(column)
+    for item in (report.get("rounds") or [])[:10]:
+        rounds.add_row(
+            str(item["round"]),
+            str(item["status"]),
+            str(len(item["peers"])),
+            str(item["n"] or "-"),
+            "-" if item["loss_before"] is None else f"{item['loss_before']:.4f}",
+            "-" if item["loss_after"] is None else f"{item['loss_after']:.4f}",
+            _ago(item["finished_at"]),
+        )
+    console.print(rounds)
+    jobs = report.get("jobs") or []
+    if jobs:
+        table = Table(title="Jobs", title_justify="left")
+        for column in ("id", "kind", "input", "status", "reason"):
+            table.add_column(column)
+        for job in jobs[:20]:
+            table.add_row(
+                str(job["id"])[:8],
+                job["kind"],
+                job["input"],
+                job["status"],
+                job.get("reason") or "",
+            )
+        console.print(table)

@@ -1,0 +1,58 @@
+"""Helpers for tests that run real nodes: short homes (AF_UNIX paths are limited to 108 bytes),
+configs bound to loopback, and waiting for conditions with a deadline."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from daemon.atomic import write_atomic
+from daemon.config import Config, render_default_config
+from daemon.home import NodeHome
+from daemon.identity import Identity, save_identity
+
+
+@contextmanager
+def short_root() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="pt"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def make_home(root: Path, name: str) -> tuple[NodeHome, Identity]:
+    home = NodeHome(root / name)
+    home.create()
+    identity = Identity.generate()
+    save_identity(identity, home.identity_path)
+    write_atomic(home.config_path, render_default_config().encode())
+    return home, identity
+
+
+def loopback_config(
+    *, name: str, mdns: bool, static_peers: tuple[str, ...] = (), port: int = 0
+) -> Config:
+    config = Config()
+    config = config.replace("node", name=name)
+    if port:
+        config = config.replace("listen", host="127.0.0.1", port=port)
+    else:
+        config = config.replace("listen", host="127.0.0.1")
+    config = config.replace(
+        "discovery", mdns=mdns, interfaces=("127.0.0.1",), static_peers=static_peers
+    )
+    return config.replace("fl", round_interval_min=0)
+
+
+async def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
