@@ -1,0 +1,251 @@
+"""``parley caption FILE [--to pt] [--out DIR]``: captions for a recording, queued or standalone.
+
+When a node runs for the home (its status socket answers), the recording becomes a job on it:
+the command prints the job id and returns, or follows the job to the end with ``--wait``. The
+node then owns the work, so closing the terminal does not lose it, and jobs queue behind each
+other instead of competing for the two CPU cores a call also needs. Without a node (or with
+``--local``) the command captions in this process, with a progress bar on stderr.
+
+Outputs go where ``--out`` says, else to ``<home>/captions/<id>/`` (DESIGN.md §10: parley writes
+only inside its home and the paths a user names). The output paths are printed on stdout, one a
+line, so a script can pick them up; everything else goes to stderr.
+
+Registered by ``daemon.cli`` as ``app.command("caption")(caption_command)``; this module imports
+``daemon.cli`` lazily so that registration at import time creates no import cycle.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Final
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from daemon.config import Config
+from daemon.home import NodeHome
+
+if TYPE_CHECKING:
+    from media.asr import Transcript
+    from media.caption_file import FeatureDecoder
+    from media.features import FloatArray
+
+__all__ = ["caption_command"]
+
+#: How often ``--wait`` asks the node how its job is doing.
+WAIT_POLL_S: Final = 0.5
+_STAGE_NAMES: Final = {
+    "decode": "decoding audio",
+    "transcribe": "transcribing",
+    "translate": "translating",
+    "write": "writing files",
+    "done": "done",
+}
+
+
+def caption_command(
+    file: Annotated[Path, typer.Argument(help="An audio or video file.", show_default=False)],
+    *,
+    to: Annotated[
+        list[str] | None,
+        typer.Option("--to", help="Also write a track translated into this language (repeat)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder \\[default: <home>/captions/<id>/]."),
+    ] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help="Node home folder \\[default: $PARLEY_HOME or ~/.local/share/parley].",
+        ),
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Caption in this process even if a node runs.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="On a node: follow the job until ready or failed.")
+    ] = False,
+) -> None:
+    """Captions for a recording (audio or video): SRT and WebVTT, optionally translated."""
+    from daemon.cli import fail, resolve_home
+
+    node_home = resolve_home(home)
+    source = file.expanduser().resolve()
+    if not source.is_file():
+        fail(f"{file}: {'no such file' if not source.exists() else 'not a regular file'}")
+    out_dir = out.expanduser().resolve() if out is not None else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        fail(f"{out}: exists and is not a folder")
+    languages = list(to or [])
+    errors = Console(stderr=True)
+    if not local:
+        job = _submit(node_home, source, languages, out_dir)
+        if job is not None:
+            job_id = str(job.get("id"))
+            if not wait:
+                print(job_id)
+                errors.print(
+                    f"queued caption job {job_id} on the running node; follow it with "
+                    "'parley status' (or rerun with --wait)",
+                    highlight=False,
+                )
+                return
+            _follow(node_home, job_id, errors)
+            return
+        errors.print("no node is running: captioning in this process", highlight=False)
+    _caption_here(node_home, source, languages, out_dir, errors)
+
+
+def _submit(
+    node_home: NodeHome, source: Path, languages: list[str], out_dir: Path | None
+) -> Mapping[str, object] | None:
+    """The queued job, or ``None`` when no node answers on the home's socket."""
+    from daemon.cli import fail
+    from daemon.rpc_client import RpcCallError, RpcClientError, RpcUnavailableError, call_sync
+
+    params: dict[str, object] = {"path": str(source), "to": languages}
+    if out_dir is not None:
+        params["out_dir"] = str(out_dir)
+    try:
+        job = call_sync(node_home.socket_path, "caption.submit", params)
+    except RpcUnavailableError:
+        return None
+    except RpcCallError as error:
+        if error.code == "method_not_found":
+            fail("the running node does not take caption jobs; rerun with --local")
+        fail(f"caption: {error.error.message}")
+    except RpcClientError as error:
+        fail(f"caption: {error}")
+    if not isinstance(job, Mapping) or not isinstance(job.get("id"), str):
+        fail("caption: the node answered caption.submit with something that is not a job")
+    return job
+
+
+def _follow(node_home: NodeHome, job_id: str, errors: Console) -> None:
+    """Poll ``caption.get`` until the job ends; print its outputs or fail with its reason."""
+    from daemon.cli import fail
+    from daemon.rpc_client import RpcClientError, call_sync
+
+    errors.print(f"caption job {job_id} queued on the running node", highlight=False)
+    with _progress_bar(errors) as bar:
+        task = bar.add_task("pending", total=1.0)
+        while True:
+            try:
+                job = call_sync(node_home.socket_path, "caption.get", {"id": job_id})
+            except RpcClientError as error:
+                fail(f"caption: lost the node while waiting for job {job_id}: {error}")
+            if not isinstance(job, Mapping):
+                fail("caption: the node answered caption.get with something that is not a job")
+            status = str(job.get("status"))
+            progress = job.get("progress")
+            if isinstance(progress, Mapping):
+                stage = str(progress.get("stage"))
+                fraction = progress.get("fraction")
+                completed = float(fraction) if isinstance(fraction, int | float) else 0.0
+                bar.update(task, description=_STAGE_NAMES.get(stage, stage), completed=completed)
+            else:
+                bar.update(task, description=status)
+            if status in ("ready", "failed"):
+                if status == "ready":
+                    bar.update(task, description="done", completed=1.0)
+                break
+            time.sleep(WAIT_POLL_S)
+    if status == "failed":
+        fail(f"caption job {job_id} failed: {job.get('reason')}")
+    outputs = job.get("outputs")
+    files = outputs.get("files") if isinstance(outputs, Mapping) else None
+    if isinstance(files, Mapping):
+        for path in files.values():
+            print(path)
+    if isinstance(outputs, Mapping):
+        errors.print(_summary(outputs), highlight=False)
+
+
+def _caption_here(
+    node_home: NodeHome,
+    source: Path,
+    languages: list[str],
+    out_dir: Path | None,
+    errors: Console,
+) -> None:
+    from daemon.cli import fail
+    from daemon.config import load_config
+    from daemon.jobs import (
+        CAPTIONS_DIR_NAME,
+        default_transcriber_factory,
+        default_translator_factory,
+    )
+    from media.caption_file import caption_recording
+    from media.errors import MediaError
+
+    config = load_config(node_home.config_path) if node_home.config_path.exists() else Config()
+    if out_dir is None:
+        # Same layout as a node job; the home may not exist yet, and must not be world-readable.
+        node_home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        out_dir = node_home.root / CAPTIONS_DIR_NAME / uuid.uuid4().hex
+    try:
+        with _progress_bar(errors) as bar:
+            task = bar.add_task("starting", total=1.0)
+            transcriber = _LoadOnFirstUse(default_transcriber_factory(config))
+
+            def report(stage: str, fraction: float) -> None:
+                bar.update(task, description=_STAGE_NAMES.get(stage, stage), completed=fraction)
+
+            result = caption_recording(
+                source,
+                out_dir=out_dir,
+                transcriber=transcriber,
+                translator_factory=default_translator_factory(config),
+                to_languages=languages,
+                progress=report,
+            )
+    except MediaError as error:
+        fail(str(error))
+    for path in result.outputs.values():
+        print(path)
+    errors.print(
+        _summary(
+            {
+                "cue_count": result.cue_count,
+                "language": result.language,
+                "duration_s": result.duration_s,
+            }
+        ),
+        highlight=False,
+    )
+
+
+class _LoadOnFirstUse:
+    """Loads the Whisper model when the first slice needs it, so a bad file fails at once."""
+
+    def __init__(self, factory: Callable[[], FeatureDecoder]) -> None:
+        self._factory = factory
+        self._loaded: FeatureDecoder | None = None
+
+    def transcribe_features(self, mel: FloatArray) -> Transcript:
+        if self._loaded is None:
+            self._loaded = self._factory()
+        return self._loaded.transcribe_features(mel)
+
+
+def _summary(outputs: Mapping[str, object]) -> str:
+    duration = outputs.get("duration_s")
+    shown = f"{duration:.1f} s" if isinstance(duration, int | float) else "?"
+    return f"{outputs.get('cue_count')} cues in {outputs.get('language')} from {shown} of audio"
+
+
+def _progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )

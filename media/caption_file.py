@@ -1,0 +1,348 @@
+"""Captions for a recording: audio or video file in, SRT + WebVTT tracks out (``parley caption``).
+
+Theory of operation
+-------------------
+1. *Decode*: ``load_audio`` turns any container PyAV reads (WAV, FLAC, MP3, the audio stream of a
+   video) into 16 kHz mono float32, or raises a one-line ``AudioFileError``/``SilentAudioError``.
+2. *Features*: one ``log_mel`` over the whole recording, so the ``max - 8`` clamp is the same for
+   every part, exactly as ``WhisperModel.transcribe`` computes it.
+3. *Transcribe in slices*: Whisper works on 30 s windows anyway. Rather than hand the whole array
+   to the decoder in one opaque call, :func:`plan_slices` cuts the recording into slices of at
+   most ``window_s`` (one Whisper window each), ending each slice at the quietest point of its last
+   ``search_s`` seconds, so a cut falls in a pause between words rather than through one. Each
+   slice is decoded on its own and its word times are shifted by the slice's start. That gives a
+   progress report per window, and since ``condition_on_previous_text`` is off by default the
+   decoder would not have carried context across windows anyway.
+4. *Cues*: the timed words go through ``segment_words`` (line, duration and overlap rules of
+   DESIGN.md §8).
+5. *Translate*: for each target language, the cue texts are translated one per cue and put on the
+   source cues' timing with ``retime_text``, so every track shows the same moments.
+6. *Write*: every document is rendered in memory first; only then is ``out_dir`` created and each
+   file written through a temp file + fsync + rename. A bad input therefore writes nothing, and a
+   crash mid-write leaves whole files only (a failed write removes what this call wrote).
+
+Files are named after the input's stem with ``track_path``: ``talk.mp4`` gives ``talk.en.srt``,
+``talk.en.vtt``, ``talk.pt.srt``, ``talk.pt.vtt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol
+
+import numpy as np
+
+from daemon.atomic import write_atomic
+from media.audio import load_audio
+from media.captions import CaptionLayout, Cue, retime_text, segment_words
+from media.errors import MediaError
+from media.features import FRAMES_PER_SECOND, FloatArray, log_mel
+from media.subtitles import SubtitleError, SubtitleFormat, render_document, track_path
+from media.translate import Translator, language_key
+from media.vad import frame_levels_db
+from schemas.messages import WordTime
+
+if TYPE_CHECKING:
+    from media.asr import Transcript
+
+__all__ = [
+    "CaptionFileError",
+    "CaptionResult",
+    "FeatureDecoder",
+    "Progress",
+    "SlicePlan",
+    "TranslatorFactory",
+    "caption_recording",
+    "plan_slices",
+]
+
+#: Whisper's window: a slice of at most this much audio is decoded as one window.
+WHISPER_WINDOW_S: Final = 30.0
+#: How far back from a slice's longest end to look for a quiet place to cut.
+CUT_SEARCH_S: Final = 5.0
+#: Levels are averaged over this span before the quietest point is chosen (a stop closure
+#: inside a word is ~50 ms; a pause between words or sentences is longer).
+CUT_SMOOTHING_S: Final = 0.2
+#: Share of the overall progress each stage accounts for (transcription dominates).
+_PROGRESS_DECODED: Final = 0.05
+_PROGRESS_TRANSCRIBED: Final = 0.85
+_PROGRESS_TRANSLATED: Final = 0.95
+_FORMATS: Final = (SubtitleFormat.SRT, SubtitleFormat.WEBVTT)
+
+#: ``progress(stage, fraction)``: ``stage`` is one of "decode", "transcribe", "translate",
+#: "write", "done"; ``fraction`` is the share of the whole job done, non-decreasing in [0, 1].
+Progress = Callable[[str, float], None]
+#: Builds the translator for ``(source, target)``; raises ``UnsupportedLanguagePairError``.
+TranslatorFactory = Callable[[str, str], Translator]
+
+
+class CaptionFileError(MediaError):
+    """The caption request itself is wrong (a bad language tag, an output folder that is a file)."""
+
+
+class FeatureDecoder(Protocol):
+    """What ``caption_recording`` needs of an ASR engine (``media.asr.FeatureTranscriber``)."""
+
+    def transcribe_features(self, mel: FloatArray) -> Transcript: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionResult:
+    """What was written: ``outputs`` maps ``"<lang>.<ext>"`` (e.g. ``"pt.vtt"``) to the file."""
+
+    outputs: Mapping[str, Path]
+    language: str
+    cue_count: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SlicePlan:
+    """Content frames ``[start_frame, end_frame)`` of the recording's log-mel, decoded together."""
+
+    start_frame: int
+    end_frame: int
+
+    @property
+    def start_s(self) -> float:
+        return self.start_frame / FRAMES_PER_SECOND
+
+
+def plan_slices(
+    levels_db: np.ndarray,
+    *,
+    window_frames: int,
+    search_frames: int,
+    smoothing_frames: int = 1,
+) -> list[SlicePlan]:
+    """Cut ``len(levels_db)`` content frames into slices of at most ``window_frames``.
+
+    A slice that cannot reach the end ends at the quietest point (lowest moving average of
+    ``smoothing_frames`` levels) among its last ``search_frames`` frames; ties go to the latest
+    such frame, so slices stay as long as they can. Pure function of the levels.
+    """
+    if window_frames < 1:
+        raise ValueError(f"window_frames must be >= 1, got {window_frames}")
+    if not 0 <= search_frames < window_frames:
+        raise ValueError(f"search_frames must be in [0, {window_frames}), got {search_frames}")
+    if smoothing_frames < 1:
+        raise ValueError(f"smoothing_frames must be >= 1, got {smoothing_frames}")
+    levels = np.asarray(levels_db, dtype=np.float64)
+    total = int(levels.shape[0])
+    if smoothing_frames > 1 and total:
+        kernel = np.ones(smoothing_frames) / smoothing_frames
+        levels = np.convolve(levels, kernel, mode="same")
+    slices: list[SlicePlan] = []
+    start = 0
+    while total - start > window_frames:
+        longest_end = start + window_frames
+        earliest_end = longest_end - search_frames
+        # A cut at frame k means the slice holds frames [start, k): pick the quietest frame k.
+        candidates = levels[earliest_end : longest_end + 1]
+        quietest = float(candidates.min())
+        offset = int(np.flatnonzero(candidates == quietest)[-1])
+        end = earliest_end + offset
+        slices.append(SlicePlan(start, end))
+        start = end
+    if total > start or not slices:
+        slices.append(SlicePlan(start, total))
+    return slices
+
+
+def caption_recording(
+    path: str | os.PathLike[str],
+    *,
+    out_dir: Path,
+    transcriber: FeatureDecoder,
+    translator_factory: TranslatorFactory,
+    to_languages: Sequence[str] = (),
+    source_language: str = "en",
+    layout: CaptionLayout | None = None,
+    progress: Progress | None = None,
+    window_s: float = WHISPER_WINDOW_S,
+    search_s: float = CUT_SEARCH_S,
+) -> CaptionResult:
+    """Caption the recording at ``path`` into ``out_dir`` (see the module docstring).
+
+    ``to_languages`` are translation targets; the source language (the transcript's) is always
+    written, and a target equal to it is not written twice. Translators are built before any
+    decoding for ``source_language`` (what the transcriber is expected to produce), so an
+    unsupported pair fails in a moment, not after the whole recording was transcribed; should
+    the transcript come out in another language (a multilingual model detecting it), they are
+    built again for that one.
+
+    Raises a ``MediaError``: the input's ``AudioFileError``/``SilentAudioError``, the translator
+    factory's ``UnsupportedLanguagePairError``, ``SubtitleError`` when a file cannot be written.
+    Nothing is left in ``out_dir`` when it raises.
+    """
+    if not (math.isfinite(window_s) and 1.0 <= window_s <= WHISPER_WINDOW_S):
+        raise ValueError(f"window_s must be in [1, {WHISPER_WINDOW_S}], got {window_s}")
+    if not (math.isfinite(search_s) and 0.0 <= search_s < window_s):
+        raise ValueError(f"search_s must be in [0, window_s), got {search_s}")
+    report: Progress = progress if progress is not None else _no_progress
+    source_path = Path(path)
+    layout = layout if layout is not None else CaptionLayout()
+    targets = _unique_languages(to_languages)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CaptionFileError(f"output folder {str(out_dir)!r} exists and is not a folder")
+
+    translators = _build_translators(translator_factory, source_language, targets)
+
+    report("decode", 0.0)
+    audio = load_audio(source_path)
+    mel = log_mel(audio)
+    report("decode", _PROGRESS_DECODED)
+
+    transcript_language, words = _transcribe(
+        mel,
+        transcriber,
+        window_frames=round(window_s * FRAMES_PER_SECOND),
+        search_frames=round(search_s * FRAMES_PER_SECOND),
+        progress=report,
+    )
+    duration_s = (mel.shape[1] - 1) / FRAMES_PER_SECOND
+    source_cues = segment_words(words, layout=layout)
+
+    if language_key(transcript_language) != language_key(source_language):
+        translators = _build_translators(translator_factory, transcript_language, targets)
+    tracks: dict[str, list[Cue]] = {transcript_language: source_cues}
+    wanted = list(translators)
+    for number, target in enumerate(wanted):
+        translator = translators[target]
+        texts = translator.translate([cue.text for cue in source_cues]) if source_cues else []
+        tracks[target] = retime_text(source_cues, texts, layout=layout)
+        step = (_PROGRESS_TRANSLATED - _PROGRESS_TRANSCRIBED) * (number + 1) / len(wanted)
+        report("translate", _PROGRESS_TRANSCRIBED + step)
+
+    report("write", _PROGRESS_TRANSLATED)
+    documents = _render_tracks(tracks, base=out_dir / source_path.stem)
+    outputs = _write_documents(documents, out_dir)
+    report("done", 1.0)
+    return CaptionResult(
+        outputs=outputs,
+        language=transcript_language,
+        cue_count=len(source_cues),
+        duration_s=duration_s,
+    )
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    return None
+
+
+def _build_translators(
+    factory: TranslatorFactory, source: str, targets: Sequence[str]
+) -> dict[str, Translator]:
+    """One translator per target that differs from ``source``, in the order asked."""
+    source_key = language_key(source)
+    return {
+        target: factory(source, target) for target in targets if language_key(target) != source_key
+    }
+
+
+def _unique_languages(languages: Sequence[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for tag in languages:
+        try:
+            key = language_key(tag)
+            # The tag names a file too: refuse now what track_path would refuse at the end.
+            track_path(Path("check"), tag, SubtitleFormat.SRT)
+        except MediaError as error:
+            raise CaptionFileError(str(error)) from error
+        seen.setdefault(key, tag)
+    return list(seen.values())
+
+
+def _transcribe(
+    mel: FloatArray,
+    transcriber: FeatureDecoder,
+    *,
+    window_frames: int,
+    search_frames: int,
+    progress: Progress,
+) -> tuple[str, list[WordTime]]:
+    content_frames = mel.shape[1] - 1
+    levels = frame_levels_db(mel)[:content_frames]
+    slices = plan_slices(
+        levels,
+        window_frames=window_frames,
+        search_frames=search_frames,
+        smoothing_frames=max(1, round(CUT_SMOOTHING_S * FRAMES_PER_SECOND)),
+    )
+    duration_s = content_frames / FRAMES_PER_SECOND
+    words: list[WordTime] = []
+    language = "en"
+    span = _PROGRESS_TRANSCRIBED - _PROGRESS_DECODED
+    for piece in slices:
+        # One frame past the slice: log_mel's layout ends with a frame the decoder drops as
+        # padding, so the slice keeps exactly its own content frames.
+        features = mel[:, piece.start_frame : piece.end_frame + 1]
+        transcript = transcriber.transcribe_features(features)
+        language = transcript.language
+        words.extend(_shifted_words(transcript, piece.start_s, duration_s, words))
+        done = (piece.end_frame / content_frames) if content_frames else 1.0
+        progress("transcribe", _PROGRESS_DECODED + span * done)
+    return language, words
+
+
+def _shifted_words(
+    transcript: Transcript, offset_s: float, duration_s: float, earlier: Sequence[WordTime]
+) -> list[WordTime]:
+    """Word times on the recording's clock, clamped to it and non-decreasing.
+
+    Whisper's word alignment occasionally puts a word a few milliseconds before its
+    predecessor or past the end of the audio; the cue builder rightly refuses such times, so
+    they are clamped here rather than failing a whole recording over a rounding artefact.
+    """
+    previous_start = earlier[-1].start_s if earlier else 0.0
+    shifted: list[WordTime] = []
+    for word in transcript.words:
+        start = min(max(word.start_s + offset_s, previous_start), duration_s)
+        end = min(max(word.end_s + offset_s, start), duration_s)
+        shifted.append(WordTime(word=word.word, start_s=start, end_s=end))
+        previous_start = start
+    return shifted
+
+
+def _render_tracks(tracks: Mapping[str, Sequence[Cue]], *, base: Path) -> dict[str, _Document]:
+    documents: dict[str, _Document] = {}
+    for language, cues in tracks.items():
+        for subtitle_format in _FORMATS:
+            key = f"{language}.{subtitle_format.value}"
+            documents[key] = _Document(
+                path=track_path(base, language, subtitle_format),
+                text=render_document(cues, subtitle_format),
+            )
+    return documents
+
+
+@dataclass(frozen=True, slots=True)
+class _Document:
+    path: Path
+    text: str
+
+
+def _write_documents(documents: Mapping[str, _Document], out_dir: Path) -> dict[str, Path]:
+    created_dir = not out_dir.exists()
+    written: list[Path] = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for document in documents.values():
+            write_atomic(document.path, document.text.encode("utf-8"), mode=0o644)
+            written.append(document.path)
+    except OSError as error:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if created_dir:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        reason = error.strerror or type(error).__name__
+        where = error.filename if error.filename is not None else out_dir
+        raise SubtitleError(f"cannot write captions to {str(where)!r}: {reason}") from error
+    return {key: document.path for key, document in documents.items()}
