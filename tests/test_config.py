@@ -153,7 +153,7 @@ def test_static_peer_with_a_bad_key_is_refused(tmp_path):
 
 
 def test_node_name_must_be_a_plain_ascii_name(tmp_path):
-    path = write(tmp_path, "[node]\nname = \"\u0430lice\"\n")  # Cyrillic a: a look-alike
+    path = write(tmp_path, '[node]\nname = "\u0430lice"\n')  # Cyrillic a: a look-alike
     with pytest.raises(ConfigError, match=r"node\.name: invalid peer name"):
         load_config(path)
     assert (
