@@ -245,6 +245,85 @@ def start_round(
     print(json.dumps(result, indent=2, default=str))
 
 
+@app.command()
+def enroll(
+    files: Annotated[list[Path], typer.Argument(metavar="FILES...", help="Your recordings.")],
+    home: HomeOption = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 1500,
+) -> None:
+    """Train this node's personal codec on your own recordings (they never leave this node)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from daemon.codec_store import FEATURES_DIGEST_KEY, CodecStore
+    from fl.checkpoint import load_checkpoint, save_checkpoint
+    from fl.config import CodecConfig, TrainConfig
+    from fl.enroll import enroll as enroll_recordings
+
+    node_home, config = _load(home)
+    load_identity(node_home.identity_path)  # enrolling needs an initialised home
+    node_home.create()
+    codecs = CodecStore(node_home.models_dir, node_home.features_dir, CodecConfig())
+    codec_config = codecs.current().config
+    train_config = TrainConfig(steps=steps, threads=config.models.cpu_threads)
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("train", total=steps, loss=float("nan"))
+
+        def report(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total, loss=loss)
+
+        result = enroll_recordings(
+            files,
+            checkpoint_path=codecs.checkpoint_path,
+            features_dir=codecs.features_dir,
+            codec_config=codec_config,
+            train_config=train_config,
+            progress=report,
+        )
+    # Record which audio this model was trained on, so the node's next round does not retrain.
+    checkpoint = load_checkpoint(codecs.checkpoint_path)
+    save_checkpoint(
+        codecs.checkpoint_path,
+        type(checkpoint)(
+            codec_config=checkpoint.codec_config,
+            state=checkpoint.state,
+            round=checkpoint.round,
+            sample_count=checkpoint.sample_count,
+            metadata={**checkpoint.metadata, FEATURES_DIGEST_KEY: codecs.features_digest()},
+        ),
+    )
+    stdout.print(
+        f"enrolled {len(result.recordings)} recording(s), {result.total_frames / 100:.1f} s of "
+        f"speech in all; mel L1 {result.l1_before:.4f} -> {result.l1_after:.4f} "
+        f"({codec_config.kbps:.1f} kb/s codec)",
+        highlight=False,
+    )
+
+
+bench_app = typer.Typer(help="Benchmarks: JSON with ratios against baselines measured in one run.")
+app.add_typer(bench_app, name="bench")
+
+JsonOption = Annotated[
+    Path | None, typer.Option("--json", help="Also write the JSON report to this file.")
+]
+
+
+@bench_app.command("handshake")
+def bench_handshake(json_path: JsonOption = None) -> None:
+    """Handshakes per second and transport throughput, against the raw crypto primitives."""
+    import json
+
+    from simulations.bench_handshake import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 from daemon.caption_cli import caption_command  # noqa: E402  (it imports this module lazily)
 
 app.command("caption")(caption_command)

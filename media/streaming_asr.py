@@ -1,0 +1,592 @@
+"""Live captions from a stream of log-mel frames: revisable partials, then finalized words.
+
+Whisper is not a streaming model: it decodes whole (padded) 30 s windows. The standard way to
+caption live with it (Macháček et al., "Turning Whisper into Real-Time Transcription System",
+2023, the ``whisper_streaming`` project) is to re-decode a growing buffer of recent audio every
+fraction of a second and to commit only what two consecutive decodes agree on.
+
+Theory of operation (``StreamingTranscriber``, sans-IO: ``push`` and ``finish`` do the decoding
+synchronously; the caller runs them off its event loop):
+
+- Every pushed frame goes through the voice-activity detector (:mod:`media.vad`). The stream is
+  ``IDLE`` until the VAD hears speech: then only ``pre_roll_s`` of features are kept, and
+  nothing is decoded, so silence and low noise cannot make Whisper hallucinate a caption.
+- On speech onset the state becomes ``SPEAKING``: the buffer grows, and once ``min_chunk_s`` of
+  new audio with speech in it has arrived, the whole buffer is decoded again
+  (``condition_on_previous_text=False``, no prompt: each decode stands alone, so one bad window
+  cannot poison the next).
+- *LocalAgreement-2*: the longest common prefix of the last two hypotheses (words after the last
+  committed one) is committed, as ``FinalWords`` with absolute times; the rest of the latest
+  hypothesis is the revisable ``PartialCaption``. Committed words never change.
+- After ``end_of_utterance_s`` of VAD silence the utterance ends: the buffer is decoded one last
+  time, everything still pending is committed, an ``UtteranceEnd`` says no later word starts
+  before that time (a cue builder may close its cue), and the buffer is emptied (``IDLE``).
+- While one utterance goes on, the buffer is trimmed once it exceeds ``trim_after_s``: features
+  up to the end of the last committed sentence, or else up to the start of the last committed
+  word, are dropped. If nothing gets committed and the buffer reaches ``max_buffer_s``, the
+  latest hypothesis but its last word is committed by force, so the buffer stays bounded.
+- ``finish`` ends the stream like an utterance end; later calls raise ``StreamFinishedError``.
+  A decoding failure puts the object in ``ERROR``: it re-raises, and every later call refuses.
+
+Decoding uses the transcriber's ``DecodeOptions`` with ``condition_on_previous_text=False``,
+``word_timestamps=True`` and no prompt or prefix forced on. A prompt of the committed text was
+not tried: with a fresh decode of the whole utterance every time, the context is in the audio.
+
+Time: audio time is frame index / 100 from the first frame pushed. Each ``FinalWords`` carries
+``committed_at_s``, the caller's clock when the words were committed (``now_s`` given to ``push``
+plus the decode time the injected clock measured), so "end of utterance -> finalized caption"
+latency is ``committed_at_s`` minus the wall time of the word's audio end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import math
+import re
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from media.asr import FeatureTranscriber, Word
+from media.errors import MediaError, StreamFinishedError
+from media.features import FRAMES_PER_SECOND, N_MELS, SAMPLE_RATE, FloatArray, StreamingLogMel
+from media.vad import EnergyVad, VadSettings, as_feature_chunk
+
+# How many committed words a new hypothesis may repeat at its start (whisper_streaming's 5).
+_MAX_OVERLAP_WORDS: Final = 5
+# generate_segments treats the last frame as padding; a buffer shorter than this has no content.
+_MIN_DECODE_FRAMES: Final = 2
+_SENTENCE_END: Final = re.compile(r"[.!?]$")
+
+
+class StreamingAsrError(MediaError):
+    """A streaming transcriber was used after a failure put it in its error state."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamingSettings:
+    """How often to decode, when an utterance ends, and how long the buffer may grow."""
+
+    min_chunk_s: float = 1.0
+    end_of_utterance_s: float = 0.5
+    pre_roll_s: float = 0.3
+    trim_after_s: float = 10.0
+    max_buffer_s: float = 20.0
+    vad: VadSettings = field(default_factory=VadSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("min_chunk_s", "end_of_utterance_s", "pre_roll_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 10.0):
+                raise ValueError(f"{name} must be in [0, 10] s, got {value}")
+        if self.min_chunk_s < 0.1:
+            raise ValueError(f"min_chunk_s must be >= 0.1 s, got {self.min_chunk_s}")
+        if self.end_of_utterance_s < 0.1:
+            raise ValueError(f"end_of_utterance_s must be >= 0.1 s, got {self.end_of_utterance_s}")
+        # One Whisper window is 30 s: a longer buffer would be decoded as two windows.
+        if not (math.isfinite(self.max_buffer_s) and 2.0 <= self.max_buffer_s <= 30.0):
+            raise ValueError(f"max_buffer_s must be in [2, 30] s, got {self.max_buffer_s}")
+        if not (math.isfinite(self.trim_after_s) and self.min_chunk_s < self.trim_after_s) or (
+            self.trim_after_s >= self.max_buffer_s
+        ):
+            raise ValueError(
+                f"trim_after_s must be between min_chunk_s and max_buffer_s, got "
+                f"{self.trim_after_s}"
+            )
+
+    def frames(self, seconds: float) -> int:
+        return round(seconds * FRAMES_PER_SECOND)
+
+
+@dataclass(frozen=True)
+class PartialCaption:
+    """The revisable tail after the committed words; ``text == ""`` clears the display."""
+
+    text: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class FinalWords:
+    """Words committed for good, times in seconds from the stream start, in order.
+
+    ``committed_at_s`` is the caller's clock when they were committed; ``stream_s`` how much
+    audio had been pushed by then.
+    """
+
+    words: tuple[Word, ...]
+    committed_at_s: float
+    stream_s: float
+
+    @property
+    def text(self) -> str:
+        return "".join(word.word for word in self.words).strip()
+
+
+@dataclass(frozen=True)
+class UtteranceEnd:
+    """The utterance is over: no later word starts before ``no_word_before_s``."""
+
+    no_word_before_s: float
+    committed_at_s: float
+
+
+CaptionEvent = PartialCaption | FinalWords | UtteranceEnd
+
+
+class StreamState(enum.Enum):
+    IDLE = "idle"
+    SPEAKING = "speaking"
+    FINISHED = "finished"
+    ERROR = "error"
+
+
+def _comparable(text: str) -> str:
+    """A word as LocalAgreement compares it when matching against committed words."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(char for char in text if unicodedata.category(char)[0] in "LN")
+
+
+class LocalAgreement:
+    """LocalAgreement-2 over word hypotheses with absolute times (whisper_streaming's
+    ``HypothesisBuffer``): what the previous and the new hypothesis share as a prefix is final.
+
+    Words already committed are recognised in a new hypothesis by time (ending by the last
+    committed end) and by text (a repeat of the last few committed words at its start), and
+    left out of the comparison.
+    """
+
+    def __init__(self) -> None:
+        self._last_committed_end_s = 0.0
+        # Committed words still inside the audio buffer, to drop their repetition at the start
+        # of the next hypothesis.
+        self._committed_in_buffer: list[Word] = []
+        self._pending: list[Word] = []
+
+    @property
+    def pending(self) -> tuple[Word, ...]:
+        """The uncommitted tail of the latest hypothesis (what a partial caption shows)."""
+        return tuple(self._pending)
+
+    @property
+    def committed_in_buffer(self) -> tuple[Word, ...]:
+        return tuple(self._committed_in_buffer)
+
+    @property
+    def last_committed_end_s(self) -> float:
+        return self._last_committed_end_s
+
+    def _fresh(self, hypothesis: Sequence[Word]) -> list[Word]:
+        """The words of ``hypothesis`` not already committed."""
+        # By time: a word that ends by the last committed end was heard before. (Not by start,
+        # as whisper_streaming does: after a trim, the first word of the buffer is stamped at
+        # the buffer start, inside the committed word before it.)
+        words = [w for w in hypothesis if w.end_s > self._last_committed_end_s]
+        # By text: a committed word heard again with its end a little later (times jitter by
+        # a few frames between decodes) is still at the head of the hypothesis.
+        committed = self._committed_in_buffer
+        if words and committed:
+            for size in range(min(len(committed), len(words), _MAX_OVERLAP_WORDS), 0, -1):
+                tail = [_comparable(w.word) for w in committed[-size:]]
+                head = [_comparable(w.word) for w in words[:size]]
+                if tail == head:
+                    words = words[size:]
+                    break
+        return words
+
+    def update(self, hypothesis: Sequence[Word]) -> list[Word]:
+        """Take a new hypothesis; return the words it commits (shared prefix with the last)."""
+        fresh = self._fresh(hypothesis)
+        agreed = 0
+        for old, new in zip(self._pending, fresh, strict=False):
+            if old.word.strip() != new.word.strip():
+                break
+            agreed += 1
+        self._pending = fresh[agreed:]
+        return self._commit(fresh[:agreed])
+
+    def commit_all(self, hypothesis: Sequence[Word] | None, *, keep_last: int = 0) -> list[Word]:
+        """Commit ``hypothesis`` (or the pending words) whole, except its last ``keep_last``."""
+        fresh = self._fresh(hypothesis) if hypothesis is not None else list(self._pending)
+        cut = max(0, len(fresh) - keep_last)
+        self._pending = fresh[cut:]
+        return self._commit(fresh[:cut])
+
+    def _commit(self, words: Sequence[Word]) -> list[Word]:
+        committed: list[Word] = []
+        for word in words:
+            # Whisper's word times jitter between decodes: keep committed times monotonic.
+            start = max(word.start_s, self._last_committed_end_s)
+            end = max(word.end_s, start)
+            committed.append(dataclasses.replace(word, start_s=start, end_s=end))
+            self._last_committed_end_s = end
+        self._committed_in_buffer.extend(committed)
+        return committed
+
+    def forget_before(self, time_s: float) -> None:
+        """The audio before ``time_s`` has left the buffer: so have its committed words."""
+        self._committed_in_buffer = [w for w in self._committed_in_buffer if w.end_s > time_s]
+
+    def reset_utterance(self) -> None:
+        """A new utterance starts from empty audio: nothing to match against any more."""
+        self._committed_in_buffer = []
+        self._pending = []
+
+
+class StreamingTranscriber:
+    """Turns pushed log-mel chunks into caption events (module docstring).
+
+    ``clock`` measures decode time (seconds, monotonic); it is also the commit time when
+    ``push`` is given no ``now_s``.
+    """
+
+    def __init__(
+        self,
+        transcriber: FeatureTranscriber,
+        *,
+        settings: StreamingSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._transcriber = transcriber
+        self._settings = settings if settings is not None else StreamingSettings()
+        self._options = dataclasses.replace(
+            transcriber.options,
+            condition_on_previous_text=False,
+            word_timestamps=True,
+            initial_prompt=None,
+            prefix=None,
+        )
+        self._clock = clock
+        self._vad = EnergyVad(self._settings.vad)
+        self._state = StreamState.IDLE
+        self._buffer: FloatArray = np.empty((N_MELS, 0), dtype=np.float32)
+        self._buffer_start_frame = 0
+        self._frames_pushed = 0
+        self._frames_since_decode = 0
+        self._speech_since_decode = False
+        self._silence_run = 0
+        self._agreement = LocalAgreement()
+        self._last_hypothesis: list[Word] = []
+        self._partial = PartialCaption(text="", start_s=0.0, end_s=0.0)
+        self._decode_count = 0
+        # Caller's time at the start of this push, and the clock reading then.
+        self._push_now_s = 0.0
+        self._push_clock_s = 0.0
+
+    @property
+    def settings(self) -> StreamingSettings:
+        return self._settings
+
+    @property
+    def state(self) -> StreamState:
+        return self._state
+
+    @property
+    def decode_count(self) -> int:
+        """How many times the buffer has been decoded so far."""
+        return self._decode_count
+
+    @property
+    def stream_s(self) -> float:
+        """Audio pushed so far, in seconds."""
+        return self._frames_pushed / FRAMES_PER_SECOND
+
+    @property
+    def buffer_s(self) -> float:
+        """Audio currently held for re-decoding, in seconds."""
+        return int(self._buffer.shape[1]) / FRAMES_PER_SECOND
+
+    def push(self, features: npt.ArrayLike, *, now_s: float | None = None) -> list[CaptionEvent]:
+        """Add normalised log-mel frames ``(80, k)``; return the caption events they cause."""
+        self._check_usable("push")
+        chunk = as_feature_chunk(features)
+        self._begin_call(now_s)
+        try:
+            return self._push(chunk)
+        except BaseException:
+            self._state = StreamState.ERROR
+            raise
+
+    def finish(self, *, now_s: float | None = None) -> list[CaptionEvent]:
+        """End of stream: finalize whatever is pending; the object accepts nothing after."""
+        self._check_usable("finish")
+        self._begin_call(now_s)
+        try:
+            events = self._end_utterance() if self._state is StreamState.SPEAKING else []
+        except BaseException:
+            self._state = StreamState.ERROR
+            raise
+        self._state = StreamState.FINISHED
+        return events
+
+    def _check_usable(self, verb: str) -> None:
+        if self._state is StreamState.FINISHED:
+            raise StreamFinishedError(f"StreamingTranscriber.{verb}() after finish()")
+        if self._state is StreamState.ERROR:
+            raise StreamingAsrError(
+                f"StreamingTranscriber.{verb}() after an earlier failure: start a new stream"
+            )
+
+    def _begin_call(self, now_s: float | None) -> None:
+        self._push_clock_s = self._clock()
+        self._push_now_s = self._push_clock_s if now_s is None else now_s
+
+    def _now(self) -> float:
+        return self._push_now_s + (self._clock() - self._push_clock_s)
+
+    def _push(self, chunk: FloatArray) -> list[CaptionEvent]:
+        speech = self._vad.process(chunk).speech
+        events: list[CaptionEvent] = []
+        position = 0
+        n_frames = chunk.shape[1]
+        end_frames = self._settings.frames(self._settings.end_of_utterance_s)
+        while position < n_frames:
+            if self._state is StreamState.IDLE:
+                onsets = np.flatnonzero(speech[position:])
+                stop = n_frames if onsets.size == 0 else position + int(onsets[0])
+                self._append(chunk[:, position:stop], speech[position:stop])
+                self._keep_pre_roll()
+                position = stop
+                if onsets.size:
+                    self._state = StreamState.SPEAKING
+                    self._silence_run = 0
+                continue
+            # SPEAKING: find where the silence run reaches the end-of-utterance length.
+            stop = n_frames
+            ended = False
+            for k in range(position, n_frames):
+                self._silence_run = 0 if speech[k] else self._silence_run + 1
+                if self._silence_run >= end_frames:
+                    stop, ended = k + 1, True
+                    break
+            self._append(chunk[:, position:stop], speech[position:stop])
+            position = stop
+            if ended:
+                events.extend(self._end_utterance())
+        if self._state is StreamState.SPEAKING and self._decode_due():
+            events.extend(self._decode_and_commit())
+        return events
+
+    def _append(self, frames: FloatArray, speech: npt.NDArray[np.bool_]) -> None:
+        if frames.shape[1] == 0:
+            return
+        self._buffer = np.concatenate([self._buffer, frames], axis=1)
+        self._frames_pushed += frames.shape[1]
+        self._frames_since_decode += frames.shape[1]
+        self._speech_since_decode = self._speech_since_decode or bool(speech.any())
+
+    def _keep_pre_roll(self) -> None:
+        keep = self._settings.frames(self._settings.pre_roll_s)
+        self._drop_frames(max(0, self._buffer.shape[1] - keep))
+        self._frames_since_decode = 0
+        self._speech_since_decode = False
+
+    def _drop_frames(self, count: int) -> None:
+        if count <= 0:
+            return
+        self._buffer = self._buffer[:, count:]
+        self._buffer_start_frame += count
+
+    def _decode_due(self) -> bool:
+        return self._speech_since_decode and self._frames_since_decode >= self._settings.frames(
+            self._settings.min_chunk_s
+        )
+
+    def _decode(self) -> list[Word]:
+        self._frames_since_decode = 0
+        self._speech_since_decode = False
+        if self._buffer.shape[1] < _MIN_DECODE_FRAMES:
+            return []
+        transcript = self._transcriber.transcribe_features(self._buffer, options=self._options)
+        self._decode_count += 1
+        offset = self._buffer_start_frame / FRAMES_PER_SECOND
+        return [
+            dataclasses.replace(w, start_s=w.start_s + offset, end_s=w.end_s + offset)
+            for w in transcript.words
+        ]
+
+    def _decode_and_commit(self) -> list[CaptionEvent]:
+        hypothesis = self._decode()
+        committed = self._agreement.update(hypothesis)
+        if not committed and self.buffer_s >= self._settings.max_buffer_s:
+            # LocalAgreement has not converged in a whole buffer: trust the latest decode.
+            committed = self._agreement.commit_all(hypothesis, keep_last=1)
+            if not committed:
+                # Nothing intelligible in a full buffer: keep only the newest audio.
+                self._drop_frames(
+                    self._buffer.shape[1] - self._settings.frames(self._settings.trim_after_s)
+                )
+        events: list[CaptionEvent] = []
+        if committed:
+            events.append(self._final(committed))
+        self._trim_buffer()
+        events.extend(self._partial_event(self._agreement.pending))
+        return events
+
+    def _trim_buffer(self) -> None:
+        if self.buffer_s < self._settings.trim_after_s:
+            return
+        committed = self._agreement.committed_in_buffer
+        if not committed:
+            return
+        # Whisper's word ends are only good to a tenth of a second or so, and a cut inside the
+        # next word makes it unrecognisable. A sentence end is usually followed by a pause, so
+        # cut there; otherwise cut at the *start* of the last committed word, which the next
+        # hypothesis then repeats and LocalAgreement drops as already committed.
+        cut_s = committed[-1].start_s
+        for word in reversed(committed):
+            if _SENTENCE_END.search(word.word.strip()):
+                cut_s = word.end_s
+                break
+        cut_frame = math.ceil(cut_s * FRAMES_PER_SECOND)
+        self._drop_frames(min(cut_frame - self._buffer_start_frame, self._buffer.shape[1]))
+        self._agreement.forget_before(cut_s)
+
+    def _end_utterance(self) -> list[CaptionEvent]:
+        hypothesis = self._decode() if self._frames_since_decode > 0 else None
+        committed = self._agreement.commit_all(hypothesis)
+        events: list[CaptionEvent] = []
+        if committed:
+            events.append(self._final(committed))
+        events.extend(self._partial_event([]))
+        end_s = max(self.stream_s, self._agreement.last_committed_end_s)
+        events.append(UtteranceEnd(no_word_before_s=end_s, committed_at_s=self._now()))
+        self._agreement.reset_utterance()
+        self._drop_frames(self._buffer.shape[1])
+        self._frames_since_decode = 0
+        self._speech_since_decode = False
+        self._silence_run = 0
+        self._state = StreamState.IDLE
+        return events
+
+    def _final(self, words: Sequence[Word]) -> FinalWords:
+        return FinalWords(words=tuple(words), committed_at_s=self._now(), stream_s=self.stream_s)
+
+    def _partial_event(self, pending: Sequence[Word]) -> list[CaptionEvent]:
+        if pending:
+            partial = PartialCaption(
+                text="".join(w.word for w in pending).strip(),
+                start_s=pending[0].start_s,
+                end_s=pending[-1].end_s,
+            )
+        else:
+            partial = PartialCaption(text="", start_s=self.stream_s, end_s=self.stream_s)
+        if partial.text == self._partial.text and partial.start_s == self._partial.start_s:
+            return []
+        had_text = bool(self._partial.text)
+        self._partial = partial
+        if not partial.text and not had_text:
+            return []
+        return [partial]
+
+
+def _push_at(streamer: StreamingTranscriber, mel: FloatArray, now_s: float) -> list[CaptionEvent]:
+    return streamer.push(mel, now_s=now_s)
+
+
+def _push_and_finish_at(
+    streamer: StreamingTranscriber, mel: FloatArray, now_s: float
+) -> list[CaptionEvent]:
+    return streamer.push(mel, now_s=now_s) + streamer.finish(now_s=now_s)
+
+
+def measure_streaming(
+    transcriber: FeatureTranscriber,
+    utterances: Sequence[npt.ArrayLike],
+    *,
+    settings: StreamingSettings | None = None,
+    gap_s: float = 1.0,
+    chunk_s: float = 0.1,
+    cpu_clock: Callable[[], float] = time.process_time,
+    wall_clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """Stream ``utterances`` (16 kHz waveforms, ``gap_s`` of silence between) as if live.
+
+    Audio is fed as fast as possible, but latency is computed on a simulated clock: chunk ``i``
+    arrives at its audio end time, a push starts when both the chunk has arrived and the
+    previous push has returned, and lasts as long as it really took. So decode time counts, and
+    a decoder slower than real time falls behind visibly. Returns a JSON-able dict with the
+    real-time factor (decode CPU and wall time / audio time), the decode count, the finalized
+    text, and the distribution of "utterance end -> all its words final" latency.
+    """
+    gap = np.zeros(round(gap_s * SAMPLE_RATE), dtype=np.float32)
+    pieces: list[npt.NDArray[np.float32]] = [gap]
+    speech_spans_s: list[tuple[float, float]] = []
+    position = gap.shape[0]
+    for utterance in utterances:
+        samples = np.asarray(utterance, dtype=np.float32)
+        pieces.extend([samples, gap])
+        speech_spans_s.append((position / SAMPLE_RATE, (position + samples.shape[0]) / SAMPLE_RATE))
+        position += samples.shape[0] + gap.shape[0]
+    audio = np.concatenate(pieces)
+    audio_s = audio.shape[0] / SAMPLE_RATE
+
+    front_end = StreamingLogMel()
+    chunk_samples = max(1, round(chunk_s * SAMPLE_RATE))
+    sim_now = 0.0
+    spent_wall = 0.0
+    spent_cpu = 0.0
+    finals: list[tuple[Word, float]] = []
+
+    def run(call: Callable[[float], list[CaptionEvent]], arrival_s: float) -> None:
+        nonlocal sim_now, spent_wall, spent_cpu
+        sim_now = max(sim_now, arrival_s)
+        cpu_before, wall_before = cpu_clock(), wall_clock()
+        events = call(sim_now)
+        spent_cpu += cpu_clock() - cpu_before
+        elapsed = wall_clock() - wall_before
+        spent_wall += elapsed
+        sim_now += elapsed
+        for event in events:
+            if isinstance(event, FinalWords):
+                finals.extend((word, event.committed_at_s) for word in event.words)
+
+    # The transcriber stamps commits with the simulated push start plus the real time elapsed.
+    streamer = StreamingTranscriber(transcriber, settings=settings, clock=wall_clock)
+    for start in range(0, audio.shape[0], chunk_samples):
+        stop = min(start + chunk_samples, audio.shape[0])
+        mel = front_end.push(audio[start:stop]).features
+        run(functools.partial(_push_at, streamer, mel), stop / SAMPLE_RATE)
+    tail = front_end.finish().features
+    run(functools.partial(_push_and_finish_at, streamer, tail), audio_s)
+
+    # An utterance is final when the last of its words is: words belong to the utterance whose
+    # span (extended to the middle of the gaps around it) holds their start.
+    latencies: list[float] = []
+    for index, (start_s, end_s) in enumerate(speech_spans_s):
+        low = start_s - gap_s / 2 if index else -math.inf
+        high = end_s + gap_s / 2
+        stamps = [at for word, at in finals if low <= word.start_s < high]
+        if stamps:
+            latencies.append(max(0.0, max(stamps) - end_s))
+    ordered = sorted(latencies)
+
+    def percentile(q: float) -> float | None:
+        return float(np.percentile(np.asarray(ordered), q)) if ordered else None
+
+    return {
+        "audio_s": audio_s,
+        "utterances": len(speech_spans_s),
+        "utterances_finalized": len(latencies),
+        "final_words": len(finals),
+        "final_text": "".join(word.word for word, _ in finals).strip(),
+        "decode_count": streamer.decode_count,
+        "decode_cpu_s": spent_cpu,
+        "decode_wall_s": spent_wall,
+        "real_time_factor_cpu": spent_cpu / audio_s,
+        "real_time_factor_wall": spent_wall / audio_s,
+        "end_of_utterance_to_final_s": {
+            "min": percentile(0),
+            "median": percentile(50),
+            "p90": percentile(90),
+            "max": percentile(100),
+        },
+    }
