@@ -53,6 +53,8 @@ from schemas.messages import (
 MAX_NAME_CHARS: Final = 256
 #: Caption text.
 MAX_TEXT_CHARS: Final = 4096
+#: A call's latency summary (JSON): a few dozen numbers, far below this.
+MAX_SUMMARY_CHARS: Final = 16384
 MAX_CAPABILITIES: Final = 64
 #: Content and codec version hashes (BLAKE2b-512 is the largest we would use).
 MAX_HASH_BYTES: Final = 64
@@ -289,7 +291,9 @@ _DECODERS: Final[dict[str, Callable[[Any], WireMessage]]] = {
     "codecFrames": _decode_codec_frames,
     "caption": _decode_caption,
     "callEnd": lambda r: CallEnd(
-        call_id=r._get("callId"), reason=_text(r._get("reason"), MAX_NAME_CHARS, "CallEnd reason")
+        call_id=r._get("callId"),
+        reason=_text(r._get("reason"), MAX_NAME_CHARS, "CallEnd reason"),
+        summary_json=_text(r._get("summaryJson"), MAX_SUMMARY_CHARS, "CallEnd summary"),
     ),
     "ping": lambda r: Ping(nonce=r._get("nonce")),
     "pong": lambda r: Pong(nonce=r._get("nonce")),
@@ -464,6 +468,7 @@ def _encode_call_end(body: Any, m: CallEnd) -> None:
     b = body.init("callEnd")
     b._set("callId", m.call_id)
     b._set("reason", _check_text(m.reason, MAX_NAME_CHARS, "CallEnd reason"))
+    b._set("summaryJson", _check_text(m.summary_json, MAX_SUMMARY_CHARS, "CallEnd summary"))
 
 
 def _encode_chunk(body: Any, m: Chunk) -> None:

@@ -154,8 +154,11 @@ class Caption:
 
 @dataclass(frozen=True, slots=True)
 class CallEnd:
+    """Ends a call. The listener's last ``CallEnd`` carries its latency summary as JSON text."""
+
     call_id: int
     reason: str
+    summary_json: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,8 @@ struct Caption {
 struct CallEnd {
   callId @0 :UInt64;
   reason @1 :Text;
+  # The listener's per-stage latency summary (JSON object), sent with its final CallEnd.
+  summaryJson @2 :Text;
 }
 
 struct Ping {
