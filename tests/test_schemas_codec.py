@@ -106,7 +106,7 @@ messages = st.one_of(
         ).map(tuple),
         voice=voice,
     ),
-    st.builds(CallEnd, call_id=u64, reason=name, summary_json=text),
+    st.builds(CallEnd, call_id=u64, reason=name, summary_json=st.text(max_size=200)),
     st.builds(Ping, nonce=u64),
     st.builds(Pong, nonce=u64),
     st.builds(Bye, reason=st.sampled_from(ByeReason)),
