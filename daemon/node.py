@@ -49,11 +49,12 @@ from daemon.rpc import RpcHandlerError
 from daemon.rpc_server import serve_rpc
 from daemon.scheduler import RoundInProgressError, RoundScheduler, RoundSettings, checkpoint_version
 from daemon.trust_policy import TrustPolicy
+from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, CodecConfig, TrainConfig
 from handshake.noise import StaticIdentity
 from handshake.session import SessionSettings
 from handshake.stream import StreamSettings
-from schemas.messages import PROTOCOL_VERSION, Hello
+from schemas.messages import PROTOCOL_VERSION, Hello, WeightsBundle
 
 log = get_logger("node")
 
@@ -71,7 +72,12 @@ class NodeOptions:
     listen_port: int | None = None
     codec: CodecConfig = field(default_factory=CodecConfig)
     train: TrainConfig | None = None
+    train_each_round: bool = False
     session_handler: SessionHandler | None = None
+    #: FL studies only: see every round's aggregation (global and personal states).
+    on_aggregated: Callable[[int, AggregationResult], None] | None = None
+    #: FL studies only: what this node sends instead of its real bundle (a poisoning peer).
+    outgoing_bundle: Callable[[WeightsBundle], WeightsBundle] | None = None
 
 
 @dataclass(slots=True)
@@ -306,10 +312,14 @@ async def open_node(
         def on_bundle(key: bytes, bundle: Any) -> None:
             node_ref[0].scheduler.receive_bundle(key, bundle)
 
+        def our_bundle() -> WeightsBundle:
+            bundle = codecs.current().bundle
+            return bundle if options.outgoing_bundle is None else options.outgoing_bundle(bundle)
+
         connections = ConnectionManager(
             identity=StaticIdentity(identity.private_key),
             hello=lambda: node_ref[0].hello(),  # noqa: PLW0108 (node_ref is filled below)
-            our_bundle=lambda: codecs.current().bundle,
+            our_bundle=our_bundle,
             peers=peers,
             policy=policy,
             settings=_stream_settings(config),
@@ -335,8 +345,10 @@ async def open_node(
                     trim_fraction=config.fl.trim_fraction,
                 ),
                 train=train,
+                train_each_round=options.train_each_round,
             ),
             our_peer_id=identity.peer_id,
+            on_aggregated=options.on_aggregated,
         )
         node = RunningNode(
             home=home,

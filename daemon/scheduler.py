@@ -31,7 +31,7 @@ from daemon.connections import ConnectionManager, DialError
 from daemon.database import PeerRecord, RoundRecord, RoundStatus, RoundStore
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, format_peer_id, short_peer_id
-from fl.aggregate import PeerUpdate, aggregate_round
+from fl.aggregate import AggregationResult, PeerUpdate, aggregate_round
 from fl.checkpoint import Checkpoint
 from fl.config import AggregationConfig, TrainConfig
 from fl.errors import InvalidBundleError
@@ -52,6 +52,9 @@ class RoundSettings:
     interval_s: float
     aggregation: AggregationConfig
     train: TrainConfig
+    #: Train on our own audio in every round (APFL-style), not only after new enrollments.
+    #: Off for users (their audio does not change between rounds); on in FL studies.
+    train_each_round: bool = False
 
 
 class RoundInProgressError(Exception):
@@ -68,6 +71,7 @@ class RoundScheduler:
         rounds: RoundStore,
         settings: RoundSettings,
         our_peer_id: str,
+        on_aggregated: Callable[[int, AggregationResult], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._codecs = codecs
@@ -76,6 +80,7 @@ class RoundScheduler:
         self._rounds = rounds
         self._settings = settings
         self._our_peer_id = our_peer_id
+        self._on_aggregated = on_aggregated
         self._clock = clock
         self._inbox: dict[bytes, WeightsBundle] = {}
         self._lock = trio.Lock()
@@ -203,7 +208,8 @@ class RoundScheduler:
     async def _train_if_new_audio(self) -> OurCodec:
         ours = self._codecs.current()
         digest = self._codecs.features_digest()
-        if not digest or ours.checkpoint.metadata.get(FEATURES_DIGEST_KEY) == digest:
+        trained_on = ours.checkpoint.metadata.get(FEATURES_DIGEST_KEY)
+        if not digest or (trained_on == digest and not self._settings.train_each_round):
             return ours
         checkpoint = await trio.to_thread.run_sync(self._train, ours, digest)
         return self._codecs.save(checkpoint)
@@ -276,6 +282,8 @@ class RoundScheduler:
                 )
             )
         result = aggregate_round(local, updates, self._settings.aggregation, round_number=number)
+        if self._on_aggregated is not None:
+            self._on_aggregated(number, result)
         features = self._codecs.load_features()
         loss_before = loss_after = None
         if features:
