@@ -306,6 +306,70 @@ def enroll(
     )
 
 
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.json and the plots.")],
+    nodes: Annotated[int, typer.Option("--nodes", min=2, help="Number of nodes.")] = 4,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="FL rounds.")] = 2,
+    alpha: Annotated[
+        float, typer.Option("--alpha", min=0.0, max=1.0, help="Personalization.")
+    ] = 0.7,
+    poison: Annotated[int, typer.Option("--poison", min=0, help="Nodes sending bad bundles.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for training and poison.")] = 0,
+    local_steps: Annotated[int, typer.Option("--local-steps", min=1, help="Steps per round.")] = 60,
+    engine: Annotated[str, typer.Option("--engine", help="'real' nodes or 'flower'.")] = "real",
+    mdns: Annotated[bool, typer.Option("--mdns", help="mDNS on 127.0.0.1.")] = False,
+    no_wer: Annotated[
+        bool, typer.Option("--no-wer", help="Skip the Whisper ΔWER scoring.")
+    ] = False,
+) -> None:
+    """A multi-node FL study of the codec: real nodes over loopback, or Flower's engine."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if engine not in ("real", "flower"):
+        fail(f"--engine must be 'real' or 'flower', got {engine!r}")
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True
+    ) as progress:
+        task = progress.add_task("starting", total=1.0)
+
+        def report(what: str, fraction: float) -> None:
+            progress.update(task, description=what, completed=fraction)
+
+        if engine == "flower":
+            from simulations.flower_sim import run_flower_simulation
+
+            result = run_flower_simulation(
+                nodes=nodes, rounds=rounds, alpha=alpha, seed=seed, out_dir=out
+            )
+        else:
+            from simulations.node_sim import SimulationSettings, main_sync
+
+            try:
+                settings = SimulationSettings(
+                    nodes=nodes,
+                    rounds=rounds,
+                    alpha=alpha,
+                    poison=poison,
+                    seed=seed,
+                    local_steps=local_steps,
+                    mdns=mdns,
+                    measure_wer=not no_wer,
+                )
+            except ValueError as error:
+                fail(str(error))
+            result = main_sync(settings, out_dir=out, cache_dir=None, progress=report)
+    import json
+
+    summary = {
+        key: result[key]
+        for key in ("honest_heldout_l1_final", "personal_best_fraction")
+        if key in result
+    }
+    print(json.dumps(summary, indent=2))
+    stdout.print(f"report: {out / 'report.json'}", highlight=False)
+
+
 bench_app = typer.Typer(help="Benchmarks: JSON with ratios against baselines measured in one run.")
 app.add_typer(bench_app, name="bench")
 

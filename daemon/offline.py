@@ -17,6 +17,11 @@ OFFLINE_ENVIRONMENT: dict[str, str] = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Without this, Ray 2.5x swaps an explicit 127.0.0.1 for the external address (found with a
+    # public-DNS probe from C++, where no audit hook sees it) and listens on every interface.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # Silences a FutureWarning Ray raises on import about accelerator variables.
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 
 for _name, _value in OFFLINE_ENVIRONMENT.items():
