@@ -388,6 +388,16 @@ def bench_handshake(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("fl")
+def bench_fl(json_path: JsonOption = None) -> None:
+    """100 Flower clients x 5 rounds and 16 real nodes x 3 rounds, timed in one run."""
+    import json
+
+    from simulations.bench_fl import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 from daemon.caption_cli import caption_command  # noqa: E402  (it imports this module lazily)
 
 app.command("caption")(caption_command)
