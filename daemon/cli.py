@@ -370,6 +370,33 @@ def simulate(
     stdout.print(f"report: {out / 'report.json'}", highlight=False)
 
 
+codec_app = typer.Typer(help="The personal speech codec: quality at a bitrate.")
+app.add_typer(codec_app, name="codec")
+
+
+@codec_app.command("eval")
+def codec_eval(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the report.")],
+    quick: Annotated[bool, typer.Option("--quick", help="A small run (about a minute).")] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Corpus cache \\[default: build/corpus].")
+    ] = None,
+) -> None:
+    """ΔWER, mel L1 and bitrate of the codec vs naive mel quantization and Opus, plus FL."""
+    import json
+
+    from simulations.codec_eval import run_eval
+    from simulations.corpus import default_cache_dir
+
+    result = run_eval(
+        out_json=json_path,
+        cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
+        quick=quick,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(json.dumps({key: result[key] for key in ("settings", "baselines")}, indent=2))
+
+
 bench_app = typer.Typer(help="Benchmarks: JSON with ratios against baselines measured in one run.")
 app.add_typer(bench_app, name="bench")
 
