@@ -194,6 +194,8 @@ class CueBuilder:
         self._last_start_s: float | None = None
         # Cues never start before this (end of the last emitted cue or a promised silence).
         self._floor_s = 0.0
+        # The caller promised (close_pending) that no word starts before this.
+        self._promised_s = 0.0
 
     @property
     def layout(self) -> CaptionLayout:
@@ -207,17 +209,21 @@ class CueBuilder:
     def add_word(self, word: WordTime) -> list[Cue]:
         """Take the next finalized word; return the cues it completes."""
         _validate(word, self._last_start_s)
-        if word.start_s < self._floor_s:
+        if word.start_s < self._promised_s:
             raise InvalidWordTimeError(
                 f"word {word.word!r} starts at {word.start_s} s, inside a cue already closed "
-                f"(up to {self._floor_s} s)"
+                f"(up to {self._promised_s} s)"
             )
         text = _clean_text(word.word)
         self._last_start_s = word.start_s
         if not text:
             return []  # Whisper sometimes commits a bare space; nothing to show.
         completed: list[Cue] = []
-        cleaned = WordTime(word=text, start_s=word.start_s, end_s=word.end_s)
+        # A word may start inside a cue this builder closed itself: an over-long word is cut
+        # into pieces with interpolated times, and a piece can close a cue past the start of
+        # the next word. Cues never overlap, so that word is shown from the end of the cue on.
+        start_s = max(word.start_s, self._floor_s)
+        cleaned = WordTime(word=text, start_s=start_s, end_s=max(word.end_s, start_s))
         for piece in _split_long_word(cleaned, self._layout.max_line_chars):
             if self._pending and self._should_break_before(piece):
                 completed.append(self._emit(next_start_s=piece.start_s))
@@ -228,17 +234,15 @@ class CueBuilder:
         """Close the open cue; the caller promises no later word starts before that time."""
         if not math.isfinite(no_word_before_s):
             raise InvalidWordTimeError(f"non-finite time {no_word_before_s!r}")
-        if not self._pending:
-            self._floor_s = max(self._floor_s, no_word_before_s)
-            return []
-        if no_word_before_s < self._pending[-1].start_s:
+        if self._pending and no_word_before_s < self._pending[-1].start_s:
             raise InvalidWordTimeError(
                 f"cannot close at {no_word_before_s} s: the open cue has a word starting at "
                 f"{self._pending[-1].start_s} s"
             )
-        cue = self._emit(next_start_s=no_word_before_s)
+        cues = [self._emit(next_start_s=no_word_before_s)] if self._pending else []
         self._floor_s = max(self._floor_s, no_word_before_s)
-        return [cue]
+        self._promised_s = max(self._promised_s, no_word_before_s)
+        return cues
 
     def finish(self) -> list[Cue]:
         """End of the stream: close the open cue, if any."""
