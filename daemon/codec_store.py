@@ -28,6 +28,7 @@ from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fl.config import CodecConfig
 from fl.enroll import FEATURE_SUFFIX, load_features
 from fl.model import expected_shapes, new_model, state_to_numpy
+from fl.pretrained import DEFAULT_CHECKPOINT
 from schemas.codec import decode, encode
 from schemas.errors import RemoteProtocolError
 from schemas.messages import WeightsBundle
@@ -75,20 +76,34 @@ class CodecStore:
         """Our codec, reloaded if the checkpoint changed on disk since the last call."""
         path = self.checkpoint_path
         if not path.exists():
-            config = self._default_config
-            self.save(
-                Checkpoint(
-                    codec_config=config,
-                    state=state_to_numpy(new_model(config)),
-                    metadata={"source": "init"},
-                )
-            )
+            self.save(self._starting_point())
         mtime = path.stat().st_mtime_ns
         if self._current is None or mtime != self._loaded_mtime:
             checkpoint = load_checkpoint(path)
             self._current = OurCodec(checkpoint, self._bundle_of(checkpoint))
             self._loaded_mtime = mtime
         return self._current
+
+    def _starting_point(self) -> Checkpoint:
+        """The shipped pretrained codec when it fits our configuration, else the seeded init.
+
+        Either way every node starts from the same weights, as federated averaging assumes.
+        """
+        config = self._default_config
+        if DEFAULT_CHECKPOINT.exists():
+            shipped = load_checkpoint(DEFAULT_CHECKPOINT)
+            if shipped.codec_config == config:
+                return Checkpoint(
+                    codec_config=config,
+                    state=shipped.state,
+                    sample_count=0,
+                    metadata={"source": "pretrained"},
+                )
+        return Checkpoint(
+            codec_config=config,
+            state=state_to_numpy(new_model(config)),
+            metadata={"source": "init"},
+        )
 
     def save(self, checkpoint: Checkpoint) -> OurCodec:
         save_checkpoint(self.checkpoint_path, checkpoint)

@@ -59,9 +59,11 @@ from daemon.database import PeerSource
 from daemon.home import NodeHome
 from daemon.identity import Identity, load_identity, save_identity
 from daemon.node import NodeOptions, RunningNode, open_node
+from fl.checkpoint import load_checkpoint
 from fl.config import CodecConfig, TrainConfig
 from fl.enroll import enroll
 from fl.model import new_model
+from fl.pretrained import DEFAULT_CHECKPOINT
 from handshake.noise import StaticIdentity
 from media.audio import load_audio
 from media.call_receiver import CallLimits
@@ -74,8 +76,9 @@ CALLER_VOICE: Final = VoiceSpec(id="piper-joe", engine=VoiceEngine.PIPER, voice=
 #: Enrollment of the caller's codec. Measured with tiny.en on six held-out sentences decoded as
 #: one window: 2000 steps on 40 sentences gives the clean audio's WER (0.09), 600 steps on 12
 #: doubles it; on single sentences, 1200 steps on 30 still garbles one sentence in ten.
-ENROLL_SENTENCES: Final = 40
-ENROLL_STEPS: Final = 2000
+#: Enrollment fine-tunes the shipped pretrained codec (fl/pretrained) on the caller's voice.
+ENROLL_SENTENCES: Final = 12
+ENROLL_STEPS: Final = 300
 #: The held-out sentences (lists 9-10, in list order) that Whisper tiny.en (int8, greedy)
 #: transcribes exactly from the clean audio of this voice, one sentence at a time, as a call's
 #: utterances are: a call's errors are then the call path's, not tiny.en's vocabulary. The
@@ -102,8 +105,19 @@ def call_cache_dir() -> Path:
 
 
 def _codec_key(sentences: int, steps: int, codec: CodecConfig) -> str:
-    text = f"{CALLER_VOICE}|{sentences}|{steps}|{codec.to_json_dict()}"
+    base = (
+        hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()
+        if _pretrained_fits(codec)
+        else ""
+    )
+    text = f"{CALLER_VOICE}|{sentences}|{steps}|{codec.to_json_dict()}|{base}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _pretrained_fits(codec: CodecConfig) -> bool:
+    return (
+        DEFAULT_CHECKPOINT.is_file() and load_checkpoint(DEFAULT_CHECKPOINT).codec_config == codec
+    )
 
 
 def trained_caller_checkpoint(
@@ -134,6 +148,8 @@ def trained_caller_checkpoint(
     scratch = folder.with_name(folder.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+    if _pretrained_fits(codec):
+        shutil.copyfile(DEFAULT_CHECKPOINT, scratch / "codec.ckpt")  # enroll resumes from it
     enroll(
         files,
         checkpoint_path=scratch / "codec.ckpt",
