@@ -154,7 +154,9 @@ class CodecStore:
     def keep_peer_decoder(self, public_key: bytes, bundle: WeightsBundle) -> Path:
         """Store a (validated) peer bundle as that peer's decoder for its codec version."""
         folder = self._peer_dir(public_key)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # mkdir(parents=True) gives the parents the umask's mode, not ``mode``: make each.
+        folder.parent.mkdir(exist_ok=True, mode=0o700)
+        folder.mkdir(exist_ok=True, mode=0o700)
         path = folder / f"{bundle.content_hash.hex()}.bundle"
         if not path.exists():
             write_atomic(path, encode(bundle))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -293,6 +294,13 @@ def open_database(path: Path) -> Database:
     Raises :class:`DatabaseError` with a one-line message naming the file when it is corrupt,
     not a database, unreadable, or from a newer parley.
     """
+    try:
+        # SQLite creates the file with the process umask (0644), and its -wal/-shm files copy
+        # the database file's mode: create it private first.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise DatabaseError(f"{path}: {exc.strerror or exc}") from exc
     try:
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:

@@ -262,9 +262,12 @@ class JobRunner:
                 raise _JobInterrupted
             self._progress = _Progress(job.job_id, stage, fraction)
 
+        out_dir = self.output_dir(job, options)
+        private = options.out_dir is None  # under the node's home: private like the rest of it
         result = caption_recording(
             Path(job.input_path),
-            out_dir=self.output_dir(job, options),
+            out_dir=out_dir,
+            file_mode=0o600 if private else 0o644,
             transcriber=self._get_transcriber(),
             translator_factory=self._get_translator,
             to_languages=options.to,

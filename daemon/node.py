@@ -310,8 +310,8 @@ async def open_node(
         name = config.node.name or sanitize_peer_name(socket.gethostname())
         node_ref: list[RunningNode] = []
 
-        def on_bundle(key: bytes, bundle: Any) -> None:
-            node_ref[0].scheduler.receive_bundle(key, bundle)
+        def on_bundle(key: bytes, bundle: Any) -> str | None:
+            return node_ref[0].scheduler.receive_bundle(key, bundle)
 
         def our_bundle() -> WeightsBundle:
             bundle = codecs.current().bundle

@@ -89,8 +89,12 @@ class RoundScheduler:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def receive_bundle(self, public_key: bytes, bundle: WeightsBundle) -> None:
-        """A trusted peer's bundle from its handshake: kept as its decoder, used next round."""
+    def receive_bundle(self, public_key: bytes, bundle: WeightsBundle) -> str | None:
+        """A trusted peer's bundle from its handshake: kept as its decoder, used next round.
+
+        Returns why it was refused (the connection manager counts it as
+        ``invalid_bundle:<code>`` in the status), or None when it was kept.
+        """
         try:
             self._codecs.validated_state(bundle, self._codecs.current().config)
         except InvalidBundleError as error:
@@ -101,10 +105,11 @@ class RoundScheduler:
                 peer=short_peer_id(public_key),
                 reason=str(error),
             )
-            return
+            return str(error)
         self._codecs.keep_peer_decoder(public_key, bundle)
         if public_key in self._inbox or len(self._inbox) < MAX_INBOX:
             self._inbox[public_key] = bundle
+        return None
 
     def request_round(self) -> None:
         """Ask the scheduler loop for a round now (the ``round.start`` RPC)."""

@@ -166,6 +166,7 @@ def caption_recording(
     progress: Progress | None = None,
     window_s: float = WHISPER_WINDOW_S,
     search_s: float = CUT_SEARCH_S,
+    file_mode: int = 0o644,
 ) -> CaptionResult:
     """Caption the recording at ``path`` into ``out_dir`` (see the module docstring).
 
@@ -221,7 +222,7 @@ def caption_recording(
 
     report("write", _PROGRESS_TRANSLATED)
     documents = _render_tracks(tracks, base=out_dir / source_path.stem)
-    outputs = _write_documents(documents, out_dir)
+    outputs = _write_documents(documents, out_dir, file_mode)
     report("done", 1.0)
     return CaptionResult(
         outputs=outputs,
@@ -327,13 +328,19 @@ class _Document:
     text: str
 
 
-def _write_documents(documents: Mapping[str, _Document], out_dir: Path) -> dict[str, Path]:
+def _write_documents(
+    documents: Mapping[str, _Document], out_dir: Path, file_mode: int = 0o644
+) -> dict[str, Path]:
     created_dir = not out_dir.exists()
     written: list[Path] = []
+    # Private files get private folders too (mkdir's parents=True ignores the mode).
+    dir_mode = 0o700 if file_mode & 0o077 == 0 else 0o755
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        for folder in reversed([out_dir, *out_dir.parents]):
+            if not folder.exists():
+                folder.mkdir(mode=dir_mode)
         for document in documents.values():
-            write_atomic(document.path, document.text.encode("utf-8"), mode=0o644)
+            write_atomic(document.path, document.text.encode("utf-8"), mode=file_mode)
             written.append(document.path)
     except OSError as error:
         for path in written:
