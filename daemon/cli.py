@@ -435,6 +435,26 @@ def bench_call(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("reliability")
+def bench_reliability(
+    json_path: JsonOption = None,
+    quick: Annotated[bool, typer.Option("--quick", help="CI-sized budgets (~3 min).")] = False,
+) -> None:
+    """Fuzzing, hostile peers, kill -9 crash trials, load and multi-host namespaces."""
+    import json
+
+    import simulations
+
+    # The scenarios live with the test suite (tests/reliability): this needs a source checkout.
+    checkout = Path(simulations.__file__).resolve().parents[1]
+    if not (checkout / "tests" / "reliability").is_dir():
+        fail(f"parley bench reliability needs a source checkout (no tests/ in {checkout})")
+    sys.path.insert(0, str(checkout))
+    from simulations.bench_reliability import run
+
+    print(json.dumps(run(json_path, quick=quick), indent=2))
+
+
 # These command modules import this one lazily (for fail/UserError): register them last.
 from daemon.call_cli import call_command  # noqa: E402
 from daemon.caption_cli import caption_command  # noqa: E402

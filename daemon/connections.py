@@ -3,13 +3,23 @@
 Theory of operation
 -------------------
 Inbound: every accepted connection first passes the per-address rate limit (refused ones are
-closed at once and counted), then waits for a handshake slot (at most
-``max_concurrent_handshakes`` run at a time; the handshake deadline covers the wait for the
-peer, so a half-open handshake cannot hold a slot for ever). The responder's trust decision is
-the :class:`~daemon.trust_policy.TrustPolicy`'s. A completed handshake is recorded in the peer
-table; a trusted initiator's bundle (message 3) is handed to ``on_bundle`` for the next round
-and kept as its decoder. The session then stays open for what follows (calls), served by
-``on_session``; the default answers pings and waits for ``Bye``.
+closed at once and counted, before they can take anything else), then waits for a handshake
+slot (at most ``max_concurrent_handshakes`` run at a time). The wait for a slot is itself
+bounded, in time (the handshake deadline) and in how many may queue
+(:data:`MAX_WAITING_PER_SLOT` per slot): a flood from many addresses is refused as ``busy``
+rather than piling up sockets. The handshake deadline covers the wait for the peer, so a
+half-open handshake cannot hold a slot for ever. Message 1 carries only a ``Hello``: a length
+prefix over :data:`MAX_MESSAGE1_BYTES` is refused as soon as its two bytes arrive, before its
+body is read. The responder's trust decision is the :class:`~daemon.trust_policy.TrustPolicy`'s.
+A completed handshake is recorded in the peer table; a trusted initiator's bundle (message 3)
+is handed to ``on_bundle`` for the next round and kept as its decoder (``on_bundle`` may answer
+a rejection reason, which is counted). The session then stays open for what follows (calls),
+served by ``on_session``; the default answers pings and waits for ``Bye``.
+
+Every refusal is counted in :class:`ConnectionStats` under a reason code from a fixed set
+(:data:`REJECTION_REASONS`, plus ``invalid_bundle:<code>`` with codes from
+:data:`BUNDLE_REJECTION_CODES`, and the call handler's ``call_<code>``), never under text a
+peer could choose: a hostile peer cannot grow the status report.
 
 Outbound: :meth:`ConnectionManager.exchange_bundles` dials a peer, runs the handshake with our
 bundle in message 3 when we trust it, takes the responder's bundle from the first transport
@@ -37,10 +47,18 @@ from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, short_peer_id
 from daemon.ratelimit import RateLimiter
 from daemon.trust_policy import TrustPolicy
-from handshake.handshake import TrustDecision
-from handshake.noise import StaticIdentity
-from handshake.replay import ReplayCache
-from handshake.stream import SessionStream, StreamSettings, accept_session, initiate_session
+from handshake.framing import FRAME_HEADER_LEN
+from handshake.handshake import HandshakeRejected, TrustDecision
+from handshake.noise import AuthenticationError, StaticIdentity
+from handshake.replay import ReplayCache, ReplayedMessageError
+from handshake.stream import (
+    InitiatorRejectedByUs,
+    SessionStream,
+    StreamSettings,
+    accept_session,
+    initiate_session,
+)
+from schemas.errors import LocalProtocolError, RemoteProtocolError
 from schemas.messages import Bye, Hello, Ping, Pong, WeightsBundle
 
 log = get_logger("connections")
@@ -49,18 +67,77 @@ log = get_logger("connections")
 SESSION_IDLE_TIMEOUT_S: Final = 120.0
 #: Dialing one address gives up after this long.
 CONNECT_TIMEOUT_S: Final = 5.0
+#: Largest message 1 we read. It holds an ephemeral key, a Hello and a tag: a node sends a
+#: few hundred bytes; the schema's own limits on a Hello stay well under this.
+MAX_MESSAGE1_BYTES: Final = 8192
+#: Connections that may wait for a handshake slot, per slot; beyond that they are refused.
+MAX_WAITING_PER_SLOT: Final = 4
+#: Established inbound sessions held open at once (each holds a socket until Bye or idleness),
+#: in all and from one address; a handshake beyond either is closed with Bye and counted.
+MAX_INBOUND_SESSIONS: Final = 1024
+MAX_INBOUND_SESSIONS_PER_ADDRESS: Final = 64
+
+#: Every reason this module refuses a connection or session for (``invalid_bundle:*`` aside).
+REJECTION_REASONS: Final = frozenset(
+    {
+        "rate_limited",
+        "busy",
+        "handshake_timeout",
+        "oversized_frame",
+        "replayed_msg1",
+        "auth_failed",
+        "tampered",
+        "not_trusted",
+        "peer_closed",
+        "protocol_error",
+        "connection_error",
+        "bundle_from_untrusted_peer",
+        "too_many_sessions",
+        "internal_error",
+    }
+)
+#: What an invalid bundle's reason is reduced to (the reason text itself names peer data).
+BUNDLE_REJECTION_CODES: Final = (
+    ("architecture", "architecture"),
+    ("non-finite", "non_finite"),
+    ("content hash", "content_hash"),
+    ("shape", "shape"),
+    ("tensor names", "tensor_names"),
+    ("dtype", "dtype"),
+    ("scale or zero point", "quantization"),
+    ("compression", "compression"),
+    ("corrupt", "corrupt_data"),
+    ("bytes", "size"),
+    ("exceed", "size"),
+)
 
 
 class DialError(Exception):
     """A peer could not be reached or the handshake with it failed; ``str()`` says why."""
 
 
-class CountingStream(trio.abc.Stream):
-    """Counts the bytes a stream moves, for the status and the round report."""
+class OversizedFrameError(RemoteProtocolError):
+    """A frame's length prefix is over what that message may hold."""
 
-    def __init__(self, inner: trio.abc.Stream, counters: ConnectionStats) -> None:
+
+class CountingStream(trio.abc.Stream):
+    """Counts the bytes a stream moves, for the status and the round report.
+
+    With ``max_first_frame``, the first frame's 2-byte length prefix is checked as soon as it
+    arrives (inbound message 1), so an oversized one is refused before its body is read.
+    """
+
+    def __init__(
+        self,
+        inner: trio.abc.Stream,
+        counters: ConnectionStats,
+        *,
+        max_first_frame: int | None = None,
+    ) -> None:
         self._inner = inner
         self._counters = counters
+        self._max_first_frame = max_first_frame
+        self._first_header = b""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._inner.send_all(data)
@@ -72,7 +149,21 @@ class CountingStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         data = await self._inner.receive_some(max_bytes)
         self._counters.bytes_received += len(data)
+        if self._max_first_frame is not None and data:
+            self._check_first_header(bytes(data))
         return bytes(data)
+
+    def _check_first_header(self, data: bytes) -> None:
+        assert self._max_first_frame is not None
+        header = self._first_header + data[: FRAME_HEADER_LEN - len(self._first_header)]
+        if len(header) < FRAME_HEADER_LEN:
+            self._first_header = header
+            return
+        self._first_header = b""
+        limit, self._max_first_frame = self._max_first_frame, None
+        size = int.from_bytes(header, "big")
+        if size > limit:
+            raise OversizedFrameError(f"message 1 announces {size} bytes, over {limit}")
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -133,22 +224,57 @@ class SessionInfo:
 
 
 SessionHandler = Callable[[SessionStream, SessionInfo], Awaitable[None]]
-BundleHandler = Callable[[bytes, WeightsBundle], None]
+#: Takes a trusted peer's bundle; returns why it was refused (InvalidBundleError's text), or
+#: None when it was kept.
+BundleHandler = Callable[[bytes, WeightsBundle], str | None]
+
+
+def _innermost(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def _failure_reason(error: BaseException) -> str:
     """The innermost cause of a broken handshake, as one line."""
-    while error.__cause__ is not None:
-        error = error.__cause__
+    error = _innermost(error)
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _reason_code(error: BaseException) -> str:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    if isinstance(error, trio.TooSlowError):
+def reason_code(error: BaseException, *, in_handshake: bool) -> str:
+    """The rejection reason (one of :data:`REJECTION_REASONS`) for a broken handshake/session.
+
+    Authentication failures are ``auth_failed`` during the handshake (garbage, a wrong key)
+    and ``tampered`` after it (the session's keys are established, so a bad tag means the
+    bytes were changed on the way).
+    """
+    cause = _innermost(error)
+    if isinstance(cause, trio.TooSlowError):
         return "handshake_timeout"
-    return type(error).__name__
+    if isinstance(cause, OversizedFrameError):
+        return "oversized_frame"
+    if isinstance(cause, ReplayedMessageError):
+        return "replayed_msg1"
+    if isinstance(cause, AuthenticationError):
+        return "auth_failed" if in_handshake else "tampered"
+    if isinstance(cause, InitiatorRejectedByUs | HandshakeRejected):
+        return "not_trusted"
+    if isinstance(cause, RemoteProtocolError):
+        # A peer that hangs up mid-handshake or without Bye is not an attack by itself.
+        return "peer_closed" if "closed the connection" in str(cause) else "protocol_error"
+    if isinstance(cause, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
+        return "connection_error"
+    if isinstance(cause, LocalProtocolError):
+        return "internal_error"
+    return "protocol_error"
+
+
+def bundle_rejection_code(reason: str) -> str:
+    """``invalid_bundle:<code>`` for an InvalidBundleError's text, from a fixed set of codes."""
+    for needle, code in BUNDLE_REJECTION_CODES:
+        if needle in reason:
+            return f"invalid_bundle:{code}"
+    return "invalid_bundle:other"
 
 
 class ConnectionManager:
@@ -166,6 +292,8 @@ class ConnectionManager:
         on_bundle: BundleHandler,
         on_session: SessionHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_inbound_sessions: int = MAX_INBOUND_SESSIONS,
+        max_inbound_sessions_per_address: int = MAX_INBOUND_SESSIONS_PER_ADDRESS,
     ) -> None:
         self._identity = identity
         self._hello = hello
@@ -174,6 +302,12 @@ class ConnectionManager:
         self._policy = policy
         self._settings = settings
         self._handshake_slots = trio.CapacityLimiter(max_concurrent_handshakes)
+        self._max_waiting = MAX_WAITING_PER_SLOT * max_concurrent_handshakes
+        self._waiting = 0
+        self._max_inbound_sessions = max_inbound_sessions
+        self._max_inbound_sessions_per_address = max_inbound_sessions_per_address
+        self._inbound_sessions: dict[str, int] = {}
+        self._inbound_total = 0
         self._rate_limiter = RateLimiter(
             rate_per_s=handshakes_per_address_per_s,
             burst=max(1.0, 2 * handshakes_per_address_per_s),
@@ -212,8 +346,28 @@ class ConnectionManager:
             self.stats.reject("rate_limited")
             await trio.aclose_forcefully(stream)
             return
-        counted = CountingStream(stream, self.stats)
-        async with self._handshake_slots:
+        if self._session_limit_reached(host):
+            # Checked before the handshake too: a full house should not cost us DH operations.
+            self.stats.reject("too_many_sessions")
+            await trio.aclose_forcefully(stream)
+            return
+        if self._waiting >= self._max_waiting:
+            self.stats.reject("busy")
+            await trio.aclose_forcefully(stream)
+            return
+        counted = CountingStream(stream, self.stats, max_first_frame=MAX_MESSAGE1_BYTES)
+        # The wait for a slot is bounded too, so queued connections cannot pile up.
+        self._waiting += 1
+        try:
+            with trio.move_on_after(self._settings.handshake_timeout_s) as waiting:
+                await self._handshake_slots.acquire()
+        finally:
+            self._waiting -= 1
+        if waiting.cancelled_caught:
+            self.stats.reject("busy")
+            await trio.aclose_forcefully(stream)
+            return
+        try:
             started = self._clock()
             try:
                 session = await accept_session(
@@ -227,7 +381,7 @@ class ConnectionManager:
                 )
             except trio.BrokenResourceError as error:
                 self.stats.handshakes_failed += 1
-                self.stats.reject(_reason_code(error))
+                self.stats.reject(reason_code(error, in_handshake=True))
                 event(
                     log,
                     logging.INFO,
@@ -237,8 +391,31 @@ class ConnectionManager:
                     reason=_failure_reason(error),
                 )
                 return
+        finally:
+            self._handshake_slots.release()
         self.stats.record_handshake_time(self._clock() - started)
-        await self._run_session(session, direction="inbound", address=(host, None))
+        if self._session_limit_reached(host):
+            # Handshakes that were in flight together can overshoot the pre-check.
+            self.stats.reject("too_many_sessions")
+            await session.aclose()
+            return
+        self._inbound_sessions[host] = self._inbound_sessions.get(host, 0) + 1
+        self._inbound_total += 1
+        try:
+            await self._run_session(session, direction="inbound", address=(host, None))
+        finally:
+            self._inbound_total -= 1
+            remaining = self._inbound_sessions[host] - 1
+            if remaining:
+                self._inbound_sessions[host] = remaining
+            else:
+                del self._inbound_sessions[host]
+
+    def _session_limit_reached(self, host: str) -> bool:
+        return (
+            self._inbound_total >= self._max_inbound_sessions
+            or self._inbound_sessions.get(host, 0) >= self._max_inbound_sessions_per_address
+        )
 
     async def _run_session(
         self, session: SessionStream, *, direction: str, address: tuple[str, int | None]
@@ -254,7 +431,9 @@ class ConnectionManager:
             if bundle is not None:
                 self.stats.bundles_received += 1
                 if self._policy.aggregate_from(peer):
-                    self._on_bundle(peer, bundle)
+                    refused = self._on_bundle(peer, bundle)
+                    if refused is not None:
+                        self.stats.reject(bundle_rejection_code(refused))
                 else:
                     self.stats.reject("bundle_from_untrusted_peer")
             info = SessionInfo(
@@ -280,7 +459,7 @@ class ConnectionManager:
             except trio.ClosedResourceError:
                 pass  # we closed it (shutdown)
             except trio.BrokenResourceError as error:
-                self.stats.reject(_reason_code(error))
+                self.stats.reject(reason_code(error, in_handshake=False))
                 event(
                     log,
                     logging.INFO,

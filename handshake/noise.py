@@ -69,6 +69,10 @@ _ZEROS_32: Final = bytes(32)
 _XK_MESSAGE_COUNT: Final = 3
 
 
+class AuthenticationError(RemoteProtocolError):
+    """The peer's bytes failed AEAD authentication: tampered, truncated, or the wrong key."""
+
+
 class _HashlibBlake2s:
     """BLAKE2s for noiseprotocol from hashlib: the same function, without the per-call object
     construction of ``cryptography``'s Hash, which dominated the handshake's Python overhead."""
@@ -244,7 +248,7 @@ class TransportCipher:
         except Exception:
             # InvalidTag for a forged or corrupted message, ValueError for one too short to hold
             # a tag: both mean the peer's bytes are not an authentic next message.
-            raise RemoteProtocolError(
+            raise AuthenticationError(
                 f"transport message {n} failed authentication ({len(ciphertext)} bytes)"
             ) from None
         self.nonce = n + 1
@@ -355,7 +359,7 @@ class NoiseXK:
             self._failed = True
             # InvalidTag (tampered, wrong key, wrong prologue), NoiseValueError or ValueError (a
             # malformed or low-order public key): each means the peer's message is not valid.
-            raise RemoteProtocolError(
+            raise AuthenticationError(
                 f"handshake message {index + 1} failed to decrypt or authenticate"
             ) from None
         self._message_index = index + 1

@@ -24,6 +24,10 @@ REPLAY_CACHE_CAPACITY: Final = 4096
 REPLAY_CACHE_TTL_SECONDS: Final = 300.0
 
 
+class ReplayedMessageError(RemoteProtocolError):
+    """Message 1 repeats an ephemeral key seen recently: an exact replay, dropped before any DH."""
+
+
 class ReplayCache:
     """A bounded, time-limited set of message-1 ephemeral keys already seen."""
 
@@ -59,7 +63,7 @@ class ReplayCache:
         """Raise :class:`RemoteProtocolError` if this message 1's ephemeral was seen recently."""
         self._expire(self._clock())
         if bytes(message1[:EPHEMERAL_KEY_LEN]) in self._seen:
-            raise RemoteProtocolError("handshake message 1 is a replay (ephemeral key seen)")
+            raise ReplayedMessageError("handshake message 1 is a replay (ephemeral key seen)")
 
     def remember(self, message1: bytes) -> None:
         """Record this message 1's ephemeral key (call once it decrypted)."""
