@@ -29,6 +29,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from daemon.cli_options import HomeOption
+
 if TYPE_CHECKING:
     from daemon.calls import CallerCaptions, CallOutcome
 
@@ -135,13 +137,7 @@ def call_command(
         Path | None,
         typer.Option("--out", help="Output folder \\[default: ./parley-call-<id>/]."),
     ] = None,
-    home: Annotated[
-        Path | None,
-        typer.Option(
-            "--home",
-            help="Node home folder \\[default: $PARLEY_HOME or ~/.local/share/parley].",
-        ),
-    ] = None,
+    home: HomeOption = None,
 ) -> None:
     """An encrypted call: our voice goes out as codec frames; captions come back live."""
     import trio

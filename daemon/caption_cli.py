@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from daemon.cli_options import HomeOption
 from daemon.config import Config
 from daemon.home import NodeHome
 
@@ -58,13 +59,7 @@ def caption_command(
         Path | None,
         typer.Option("--out", help="Output folder \\[default: <home>/captions/<id>/]."),
     ] = None,
-    home: Annotated[
-        Path | None,
-        typer.Option(
-            "--home",
-            help="Node home folder \\[default: $PARLEY_HOME or ~/.local/share/parley].",
-        ),
-    ] = None,
+    home: HomeOption = None,
     local: Annotated[
         bool, typer.Option("--local", help="Caption in this process even if a node runs.")
     ] = False,

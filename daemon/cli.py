@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from daemon.atomic import write_atomic
+from daemon.cli_options import HomeOption
 from daemon.config import Config, ConfigError, load_config, render_default_config
 from daemon.home import NodeHome, default_home
 
@@ -34,13 +35,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stdout = Console()
-
-HomeOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--home", help="Node home folder \\[default: $PARLEY_HOME or ~/.local/share/parley]."
-    ),
-]
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
