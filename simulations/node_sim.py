@@ -204,6 +204,9 @@ def _node_config(settings: SimulationSettings, index: int, statics: tuple[str, .
     config = config.replace(
         "discovery", mdns=settings.mdns, interfaces=("127.0.0.1",), static_peers=statics
     )
+    # Every simulated peer dials from 127.0.0.1: the per-address handshake rate limit, meant
+    # for one host, would throttle the whole federation.
+    config = config.replace("session", handshakes_per_address_per_s=10_000.0)
     return config.replace(
         "fl", round_interval_min=0, alpha=settings.alpha, local_steps=settings.local_steps
     )
