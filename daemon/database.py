@@ -554,6 +554,14 @@ class RoundStore:
             ).fetchall()
         return [_round_from_row(row) for row in rows]
 
+    def count(self, *, status: RoundStatus) -> int:
+        """How many rounds ended in ``status`` (for the status RPC: no rows are loaded)."""
+        with self._database.transaction(write=False) as connection:
+            (number,) = connection.execute(
+                "SELECT count(*) FROM rounds WHERE status = ?", (status.value,)
+            ).fetchone()
+        return int(number)
+
     def abandon_interrupted(self) -> int:
         """Mark rounds left ``running`` by a crash as ``abandoned``; call once at startup."""
         with self._database.transaction() as connection:
@@ -623,6 +631,14 @@ class JobStore:
                     (status.value, limit),
                 ).fetchall()
         return [_job_from_row(row) for row in rows]
+
+    def count(self, *, status: JobStatus) -> int:
+        """How many jobs are in ``status`` (for the status RPC: no rows are loaded)."""
+        with self._database.transaction(write=False) as connection:
+            (number,) = connection.execute(
+                "SELECT count(*) FROM jobs WHERE status = ?", (status.value,)
+            ).fetchone()
+        return int(number)
 
     def claim_next(self) -> JobRecord | None:
         """Move the oldest pending job to ``processing`` and return it (atomically)."""

@@ -32,6 +32,7 @@ from daemon.database import (
     PeerRecord,
     PeerStore,
     RoundRecord,
+    RoundStatus,
     RoundStore,
     open_database,
 )
@@ -150,12 +151,8 @@ class RunningNode:
                 "peers_present": len(self.peers.present()),
                 "peers_trusted": sum(1 for peer in known if peer.trust.value == "trusted"),
                 "sessions": len(self.connections.sessions),
-                "rounds_completed": sum(
-                    1
-                    for item in self.rounds.recent(limit=1_000_000)
-                    if item.status.value == "completed"
-                ),
-                "jobs_pending": len(self.jobs.list(status=JobStatus.PENDING)),
+                "rounds_completed": self.rounds.count(status=RoundStatus.COMPLETED),
+                "jobs_pending": self.jobs.count(status=JobStatus.PENDING),
             },
             "connections": self.connections.stats.as_dict(),
             "job_running": self.job_runner.progress,

@@ -405,3 +405,24 @@ def test_kill_9_mid_write_leaves_every_acknowledged_job(db_path):
         stored = {job.job_id for job in JobStore(database).list(limit=1_000_000)}
     assert all(acknowledged)
     assert set(acknowledged) <= stored
+
+
+def test_counts_agree_with_the_rows_and_are_not_capped(database):
+    jobs = JobStore(database)
+    for index in range(150):
+        jobs.create(kind="caption", input_path=f"/in/{index}.wav", options={})
+    jobs.claim_next()
+    pending = jobs.count(status=JobStatus.PENDING)
+    assert pending == 149  # more than list()'s default page of 100
+    assert pending == len(jobs.list(status=JobStatus.PENDING, limit=1000))
+    assert jobs.count(status=JobStatus.PROCESSING) == 1
+    rounds = RoundStore(database)
+    for _ in range(3):
+        rounds.begin(alpha=0.7, peers=[])
+    for number, status in ((1, RoundStatus.COMPLETED), (2, RoundStatus.FAILED)):
+        rounds.finish(
+            number, status=status, peers=[], n=None, loss_before=None, loss_after=None, record={}
+        )
+    completed = [r for r in rounds.recent(limit=10) if r.status is RoundStatus.COMPLETED]
+    assert rounds.count(status=RoundStatus.COMPLETED) == len(completed) == 1
+    assert rounds.count(status=RoundStatus.RUNNING) == 1
