@@ -409,6 +409,16 @@ def bench_handshake(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("node")
+def bench_node(json_path: JsonOption = None) -> None:
+    """Two nodes on loopback: start, mDNS discovery, handshake and round times."""
+    import json
+
+    from simulations.bench_node import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 @bench_app.command("fl")
 def bench_fl(json_path: JsonOption = None) -> None:
     """100 Flower clients x 5 rounds and 16 real nodes x 3 rounds, timed in one run."""
