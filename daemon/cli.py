@@ -355,13 +355,22 @@ def simulate(
             result = main_sync(settings, out_dir=out, cache_dir=None, progress=report)
     import json
 
-    summary = {
-        key: result[key]
-        for key in ("honest_heldout_l1_final", "personal_best_fraction")
-        if key in result
-    }
+    if engine == "flower":
+        last = result["per_round"][-1]
+        summary = {
+            "data_source": result["data_source"],
+            "final_losses": {
+                key: last[key] for key in ("local_only_loss", "global_loss", "personal_loss")
+            },
+        }
+        report_name = "flower_simulation.json"
+    else:
+        summary = {
+            key: result[key] for key in ("honest_heldout_l1_final", "personal_best_fraction")
+        }
+        report_name = "report.json"
     print(json.dumps(summary, indent=2))
-    stdout.print(f"report: {out / 'report.json'}", highlight=False)
+    print(f"report: {out / report_name}")  # plain print: rich would wrap a long path
 
 
 codec_app = typer.Typer(help="The personal speech codec: quality at a bitrate.")

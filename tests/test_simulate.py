@@ -65,3 +65,34 @@ def test_a_poisoned_peer_does_not_wreck_the_honest_nodes(tmp_path):
             assert record["rejected"] or clipped, record
             # With our model and 4 peers, the robust statistic is in play.
             assert record["statistic"] == "trimmed_mean"
+
+
+def test_simulate_on_flowers_engine_from_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "flower"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "simulate",
+            "--engine",
+            "flower",
+            "--nodes",
+            "2",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "flower_simulation.json").read_text())
+    assert [row["replies"] for row in report["per_round"]] == [2]
+    assert str(out / "flower_simulation.json") in result.stdout
+    assert '"personal_loss"' in result.stdout
