@@ -77,8 +77,8 @@ CALLER_VOICE: Final = VoiceSpec(id="piper-joe", engine=VoiceEngine.PIPER, voice=
 #: one window: 2000 steps on 40 sentences gives the clean audio's WER (0.09), 600 steps on 12
 #: doubles it; on single sentences, 1200 steps on 30 still garbles one sentence in ten.
 #: Enrollment fine-tunes the shipped pretrained codec (fl/pretrained) on the caller's voice.
-ENROLL_SENTENCES: Final = 24
-ENROLL_STEPS: Final = 800
+ENROLL_SENTENCES: Final = 40
+ENROLL_STEPS: Final = 1500
 #: The held-out sentences (lists 9-10, in list order) that Whisper tiny.en (int8, greedy)
 #: transcribes exactly from the clean audio of this voice, one sentence at a time, as a call's
 #: utterances are: a call's errors are then the call path's, not tiny.en's vocabulary. The

@@ -92,6 +92,8 @@ class VoiceSpec:
             f"{self.engine.value}|{self.voice}|{self.pitch}|{self.words_per_minute}|"
             f"{self.length_scale}|{SAMPLE_RATE}|{text}"
         )
+        if self.engine is VoiceEngine.PIPER:
+            settings += "|noise=0"  # piper audio made before synthesis was deterministic differs
         return hashlib.sha256(settings.encode()).hexdigest()[:20]
 
 
@@ -199,7 +201,9 @@ class _PiperJoe:
                 self._voice = self._load()
             from piper.config import SynthesisConfig
 
-            config = SynthesisConfig(length_scale=length_scale)
+            # No sampling noise: the same text gives the same audio on every machine, so a
+            # codec trained on the corpus is reproducible from a fresh clone.
+            config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
             chunks = list(self._voice.synthesize(text, syn_config=config))
             if not chunks:
                 raise CorpusError(f"piper produced no audio for {text!r}")
