@@ -20,7 +20,15 @@ synchronously; the caller runs them off its event loop):
   hypothesis is the revisable ``PartialCaption``. Committed words never change.
 - After ``end_of_utterance_s`` of VAD silence the utterance ends: the buffer is decoded one last
   time, everything still pending is committed, an ``UtteranceEnd`` says no later word starts
-  before that time (a cue builder may close its cue), and the buffer is emptied (``IDLE``).
+  before that time (a cue builder may close its cue), and the stream is ``IDLE`` again.
+- *Left context*: Whisper decodes a sentence much better with the sentence before it in the
+  same window (on a codec-decoded Harvard script, WER 0.054 with each utterance decoded alone,
+  0.0 with the previous one in the window). So at an utterance end the buffer keeps up to
+  ``context_s`` of its latest audio, cut at the start of a committed word, and the next
+  utterance is decoded after it; its words are known as committed (by time, and by text at the
+  head of a hypothesis) and never reported again. The context is dropped after
+  ``context_gap_s`` of silence: a turn that starts after a long pause has no use for it, and
+  Whisper places the first word of a window within its first second.
 - While one utterance goes on, the buffer is trimmed once it exceeds ``trim_after_s``: features
   up to the end of the last committed sentence, or else up to the start of the last committed
   word, are dropped. If nothing gets committed and the buffer reaches ``max_buffer_s``, the
@@ -79,10 +87,12 @@ class StreamingSettings:
     pre_roll_s: float = 0.3
     trim_after_s: float = 10.0
     max_buffer_s: float = 20.0
+    context_s: float = 5.0
+    context_gap_s: float = 2.0
     vad: VadSettings = field(default_factory=VadSettings)
 
     def __post_init__(self) -> None:
-        for name in ("min_chunk_s", "end_of_utterance_s", "pre_roll_s"):
+        for name in ("min_chunk_s", "end_of_utterance_s", "pre_roll_s", "context_gap_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 10.0):
                 raise ValueError(f"{name} must be in [0, 10] s, got {value}")
@@ -100,6 +110,9 @@ class StreamingSettings:
                 f"trim_after_s must be between min_chunk_s and max_buffer_s, got "
                 f"{self.trim_after_s}"
             )
+        # The context is cut from one buffer, which is at most max_buffer_s long.
+        if not (math.isfinite(self.context_s) and 0.0 <= self.context_s <= 30.0):
+            raise ValueError(f"context_s must be in [0, 30] s, got {self.context_s}")
 
     def frames(self, seconds: float) -> int:
         return round(seconds * FRAMES_PER_SECOND)
@@ -235,10 +248,15 @@ class LocalAgreement:
         """The audio before ``time_s`` has left the buffer: so have its committed words."""
         self._committed_in_buffer = [w for w in self._committed_in_buffer if w.end_s > time_s]
 
-    def reset_utterance(self) -> None:
-        """A new utterance starts from empty audio: nothing to match against any more."""
-        self._committed_in_buffer = []
+    def reset_utterance(self, *, keep_from_s: float | None = None) -> None:
+        """The utterance is over: nothing is pending. With ``keep_from_s``, the audio from that
+        time stays in the buffer as context, and so do its committed words; without, the next
+        utterance starts from empty audio and there is nothing to match against any more."""
         self._pending = []
+        if keep_from_s is None:
+            self._committed_in_buffer = []
+        else:
+            self.forget_before(keep_from_s)
 
 
 class StreamingTranscriber:
@@ -273,8 +291,11 @@ class StreamingTranscriber:
         self._frames_since_decode = 0
         self._speech_since_decode = False
         self._silence_run = 0
+        # The buffer starts with the previous utterance's tail (module docstring, left context),
+        # and how much silence has followed that utterance.
+        self._has_context = False
+        self._idle_frames = 0
         self._agreement = LocalAgreement()
-        self._last_hypothesis: list[Word] = []
         self._partial = PartialCaption(text="", start_s=0.0, end_s=0.0)
         self._decode_count = 0
         # Caller's time at the start of this push, and the clock reading then.
@@ -353,6 +374,7 @@ class StreamingTranscriber:
                 onsets = np.flatnonzero(speech[position:])
                 stop = n_frames if onsets.size == 0 else position + int(onsets[0])
                 self._append(chunk[:, position:stop], speech[position:stop])
+                self._idle_frames += stop - position
                 self._keep_pre_roll()
                 position = stop
                 if onsets.size:
@@ -384,9 +406,39 @@ class StreamingTranscriber:
         self._speech_since_decode = self._speech_since_decode or bool(speech.any())
 
     def _keep_pre_roll(self) -> None:
+        self._frames_since_decode = 0
+        self._speech_since_decode = False
+        if self._has_context:
+            if self._idle_frames <= self._settings.frames(self._settings.context_gap_s):
+                return  # context, then the silence so far
+            self._has_context = False
+            self._agreement.reset_utterance()
         keep = self._settings.frames(self._settings.pre_roll_s)
         self._drop_frames(max(0, self._buffer.shape[1] - keep))
-        self._frames_since_decode = 0
+
+    def _keep_context(self) -> None:
+        """At an utterance end, keep up to ``context_s`` of the buffer, from a committed word's
+        start (preferably a sentence's first word), and drop the rest."""
+        buffer_end_s = (self._buffer_start_frame + self._buffer.shape[1]) / FRAMES_PER_SECOND
+        earliest_s = buffer_end_s - self._settings.context_s
+        committed = self._agreement.committed_in_buffer
+        candidates = [index for index, word in enumerate(committed) if word.start_s >= earliest_s]
+        sentence_starts = [
+            index
+            for index in candidates
+            if index == 0 or _SENTENCE_END.search(committed[index - 1].word.strip())
+        ]
+        chosen = sentence_starts or candidates
+        if self._settings.context_s <= 0.0 or not chosen:
+            self._has_context = False
+            self._agreement.reset_utterance()
+            self._drop_frames(self._buffer.shape[1])
+            return
+        keep_from_s = committed[chosen[0]].start_s
+        cut_frame = math.floor(keep_from_s * FRAMES_PER_SECOND)
+        self._drop_frames(min(cut_frame - self._buffer_start_frame, self._buffer.shape[1]))
+        self._agreement.reset_utterance(keep_from_s=keep_from_s)
+        self._has_context = True
         self._speech_since_decode = False
 
     def _drop_frames(self, count: int) -> None:
@@ -459,8 +511,8 @@ class StreamingTranscriber:
         events.extend(self._partial_event([]))
         end_s = max(self.stream_s, self._agreement.last_committed_end_s)
         events.append(UtteranceEnd(no_word_before_s=end_s, committed_at_s=self._now()))
-        self._agreement.reset_utterance()
-        self._drop_frames(self._buffer.shape[1])
+        self._keep_context()
+        self._idle_frames = 0
         self._frames_since_decode = 0
         self._speech_since_decode = False
         self._silence_run = 0

@@ -296,6 +296,42 @@ def test_buffer_is_trimmed_within_an_utterance(transcriber: FeatureTranscriber, 
     assert starts == sorted(starts)
 
 
+@pytest.mark.parametrize(("pause_s", "keeps_context"), [(1.0, True), (3.0, False)])
+def test_next_utterance_is_decoded_after_the_last_ones_tail(
+    transcriber: FeatureTranscriber, clip: Clip, pause_s: float, keeps_context: bool
+) -> None:
+    # Two sentences as two utterances. After a short pause the second one's buffer starts
+    # inside the first sentence (its tail is context); after a pause longer than
+    # context_gap_s it starts with the pre-roll only. Either way no word is reported twice.
+    assert SETTINGS.context_gap_s < 3.0 and SETTINGS.context_s > 0.0
+    (first_start, first_end), (second_start, second_end) = clip.speech_spans_s[:2]
+    rate = SAMPLE_RATE
+    first = clip.audio[round(first_start * rate) : round(first_end * rate)]
+    second = clip.audio[round(second_start * rate) : round(second_end * rate)]
+    lead = np.zeros(round(LEAD_S * rate), dtype=np.float32)
+    pause = np.zeros(round(pause_s * rate), dtype=np.float32)
+    features = log_mel(np.concatenate([lead, first, pause, second, lead]))
+    onset_s = LEAD_S + first.shape[0] / rate + pause_s
+    streamer = StreamingTranscriber(transcriber, settings=SETTINGS, clock=lambda: 0.0)
+    events: list[CaptionEvent] = []
+    buffer_start_at_onset_s = None
+    for start in range(0, features.shape[1], 10):
+        events += streamer.push(features[:, start : start + 10], now_s=start / 100)
+        if buffer_start_at_onset_s is None and streamer.stream_s > onset_s + 0.3:
+            buffer_start_at_onset_s = streamer.stream_s - streamer.buffer_s
+    events += streamer.finish()
+    assert buffer_start_at_onset_s is not None
+    if keeps_context:
+        assert buffer_start_at_onset_s < LEAD_S + first.shape[0] / rate - 0.5
+    else:
+        assert buffer_start_at_onset_s >= onset_s - SETTINGS.pre_roll_s - CHUNK_S
+    assert sum(isinstance(event, UtteranceEnd) for event in events) == 2
+    words = [w for e in events if isinstance(e, FinalWords) for w in e.words]
+    said = normalized_words("".join(w.word for w in words))
+    assert said == normalized_words(" ".join(SCRIPT[:2])), said
+    assert all(a.end_s <= b.start_s + 1e-6 for a, b in itertools.pairwise(words))
+
+
 def test_commit_time_adds_the_measured_decode_time(
     transcriber: FeatureTranscriber, clip: Clip
 ) -> None:
