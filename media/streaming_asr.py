@@ -29,6 +29,14 @@ synchronously; the caller runs them off its event loop):
   head of a hypothesis) and never reported again. The context is dropped after
   ``context_gap_s`` of silence: a turn that starts after a long pause has no use for it, and
   Whisper places the first word of a window within its first second.
+- *Catching up*: a listener that fell behind gets a long chunk at once, holding several
+  utterances. Decoding each at its end would cost one Whisper window per utterance, and a
+  window costs about the same for 3 s of speech as for 20 s; so when at least ``catch_up_s``
+  of audio is already here after an utterance end and the next utterance fits in the buffer
+  (``max_buffer_s``) after a pause no longer than ``context_gap_s``, the end is skipped and
+  both are decoded together. Under load, the more a
+  stream is behind, the more audio each decode covers, and the work per second of audio
+  falls instead of piling up. Live chunks (a tenth of a second) never trigger it.
 - While one utterance goes on, the buffer is trimmed once it exceeds ``trim_after_s``: features
   up to the end of the last committed sentence, or else up to the start of the last committed
   word, are dropped. If nothing gets committed and the buffer reaches ``max_buffer_s``, the
@@ -89,10 +97,12 @@ class StreamingSettings:
     max_buffer_s: float = 20.0
     context_s: float = 5.0
     context_gap_s: float = 2.0
+    catch_up_s: float = 2.0
     vad: VadSettings = field(default_factory=VadSettings)
 
     def __post_init__(self) -> None:
-        for name in ("min_chunk_s", "end_of_utterance_s", "pre_roll_s", "context_gap_s"):
+        names = ("min_chunk_s", "end_of_utterance_s", "pre_roll_s", "context_gap_s", "catch_up_s")
+        for name in names:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 10.0):
                 raise ValueError(f"{name} must be in [0, 10] s, got {value}")
@@ -392,10 +402,43 @@ class StreamingTranscriber:
             self._append(chunk[:, position:stop], speech[position:stop])
             position = stop
             if ended:
-                events.extend(self._end_utterance())
+                onset = self._next_onset_to_join(speech, position)
+                if onset is None:
+                    events.extend(self._end_utterance())
+                else:
+                    # Behind (module docstring, catching up): one decode for both utterances.
+                    self._append(chunk[:, position:onset], speech[position:onset])
+                    position = onset
+                    self._silence_run = 0
         if self._state is StreamState.SPEAKING and self._decode_due():
             events.extend(self._decode_and_commit())
         return events
+
+    def _next_onset_to_join(self, speech: npt.NDArray[np.bool_], position: int) -> int | None:
+        """Where the next utterance starts, if the stream is catching up and that utterance
+        fits in the buffer with the one that just ended; else None."""
+        settings = self._settings
+        if speech.shape[0] - position < settings.frames(settings.catch_up_s):
+            return None
+        onsets = np.flatnonzero(speech[position:])
+        if onsets.size == 0:
+            return None
+        onset = position + int(onsets[0])
+        if onset - position > settings.frames(settings.context_gap_s):
+            return None  # a long pause: a turn of its own, as the context rule has it
+        # The next utterance ends where a silence run reaches end_of_utterance_s (or with the
+        # chunk); the run search mirrors _push's.
+        end_frames = settings.frames(settings.end_of_utterance_s)
+        run = 0
+        end = speech.shape[0]
+        for k in range(onset, speech.shape[0]):
+            run = 0 if speech[k] else run + 1
+            if run >= end_frames:
+                end = k + 1
+                break
+        if self._buffer.shape[1] + (end - position) > settings.frames(settings.max_buffer_s):
+            return None
+        return onset
 
     def _append(self, frames: FloatArray, speech: npt.NDArray[np.bool_]) -> None:
         if frames.shape[1] == 0:

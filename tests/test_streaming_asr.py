@@ -332,6 +332,29 @@ def test_next_utterance_is_decoded_after_the_last_ones_tail(
     assert all(a.end_s <= b.start_s + 1e-6 for a, b in itertools.pairwise(words))
 
 
+def test_a_stream_that_is_behind_decodes_several_utterances_at_once(
+    transcriber: FeatureTranscriber, clip: Clip, streamed: Run
+) -> None:
+    # The whole clip in one push, as a listener far behind gets it: its three utterances
+    # (1 s pauses, about 10 s in all) fit in one buffer, so one decode covers them, where the
+    # live stream needed several; the words are the same.
+    features = log_mel(clip.audio)
+    assert features.shape[1] <= SETTINGS.frames(SETTINGS.max_buffer_s)
+    streamer = StreamingTranscriber(transcriber, settings=SETTINGS, clock=lambda: 0.0)
+    events = streamer.push(features, now_s=clip.duration_s) + streamer.finish()
+    assert streamer.decode_count == 1 < streamed.decode_count
+    text = " ".join(e.text for e in events if isinstance(e, FinalWords))
+    assert wer(" ".join(SCRIPT), text) <= 0.10, text
+    assert sum(isinstance(e, UtteranceEnd) for e in events) == 1
+    # Far more audio than one buffer holds is still cut into utterances.
+    long = np.concatenate([clip.audio] * 3)
+    streamer = StreamingTranscriber(transcriber, settings=SETTINGS, clock=lambda: 0.0)
+    events = streamer.push(log_mel(long)) + streamer.finish()
+    assert 2 <= streamer.decode_count <= 3 * len(SCRIPT)
+    text = " ".join(e.text for e in events if isinstance(e, FinalWords))
+    assert wer(" ".join(SCRIPT * 3), text) <= 0.10, text
+
+
 def test_commit_time_adds_the_measured_decode_time(
     transcriber: FeatureTranscriber, clip: Clip
 ) -> None:
