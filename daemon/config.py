@@ -206,6 +206,9 @@ class CallSection(_Section):
     batch_ms: int = setting(
         100, "Codec frames are sent in batches of about this long.", in_range(10, 1000)
     )
+    max_concurrent: int = setting(
+        8, "Calls this node serves at once; one more is refused as busy.", in_range(1, 64)
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -21,10 +21,10 @@ from typing import Any, Final
 
 import trio
 
-from daemon.calls import late_call_handler
+from daemon.calls import CallService, make_call_handler
 from daemon.codec_store import CodecStore
 from daemon.config import Config
-from daemon.connections import ConnectionManager, SessionHandler
+from daemon.connections import ConnectionManager, SessionHandler, SessionInfo
 from daemon.database import (
     Database,
     JobStatus,
@@ -55,7 +55,7 @@ from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, CodecConfig, TrainConfig
 from handshake.noise import StaticIdentity
 from handshake.session import SessionSettings
-from handshake.stream import StreamSettings
+from handshake.stream import SessionStream, StreamSettings
 from schemas.messages import PROTOCOL_VERSION, Hello, WeightsBundle
 
 log = get_logger("node")
@@ -99,6 +99,7 @@ class RunningNode:
     name: str
     job_runner: JobRunner
     listen_port: int = 0
+    call_service: CallService | None = None
     started_at: float = field(default_factory=time.time)
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -156,6 +157,7 @@ class RunningNode:
             },
             "connections": self.connections.stats.as_dict(),
             "job_running": self.job_runner.progress,
+            "calls": self.call_service.status() if self.call_service is not None else None,
         }
 
     def rpc_handlers(self) -> dict[str, Handler]:
@@ -306,6 +308,11 @@ async def open_node(
         policy = TrustPolicy(peers, calls_from=config.trust.calls_from)
         name = config.node.name or sanitize_peer_name(socket.gethostname())
         node_ref: list[RunningNode] = []
+        # The call handler needs the node, and the node its connection manager: built below.
+        call_handler: list[SessionHandler] = []
+
+        async def serve_calls(session: SessionStream, info: SessionInfo) -> None:
+            await call_handler[0](session, info)
 
         def on_bundle(key: bytes, bundle: Any) -> str | None:
             return node_ref[0].scheduler.receive_bundle(key, bundle)
@@ -324,7 +331,7 @@ async def open_node(
             max_concurrent_handshakes=config.session.max_concurrent_handshakes,
             handshakes_per_address_per_s=config.session.handshakes_per_address_per_s,
             on_bundle=on_bundle,
-            on_session=options.session_handler or late_call_handler(lambda: node_ref[0]),
+            on_session=options.session_handler or serve_calls,
         )
         train = options.train or TrainConfig(
             steps=config.fl.local_steps, threads=config.models.cpu_threads
@@ -363,6 +370,8 @@ async def open_node(
             job_runner=JobRunner(jobs, home=home, config=config),
         )
         node_ref.append(node)
+        if options.session_handler is None:
+            call_handler.append(make_call_handler(node))
         for peer in static_peers:
             node.observe(peer)
         async with trio.open_nursery() as nursery:

@@ -75,6 +75,20 @@ def _last_round(last: Mapping[str, Any] | None) -> str:
     )
 
 
+def _calls(calls: Mapping[str, Any] | None) -> str:
+    if not calls:
+        return "-"
+    text = f"{calls['active']} active (at most {calls['max']})"
+    recent = calls.get("recent") or []
+    if recent:
+        last = recent[-1]
+        caption = ((last.get("latency") or {}).get("caption") or {}).get("p50_s")
+        text += f"; last: {last['reason']}"
+        if isinstance(caption, int | float):
+            text += f", caption p50 {caption:.2f} s"
+    return text
+
+
 def render_status(console: Console, report: Mapping[str, Any]) -> None:
     status = report["status"]
     summary = Table(title="Node", title_justify="left", show_header=False)
@@ -109,6 +123,7 @@ def render_status(console: Console, report: Mapping[str, Any]) -> None:
         ),
         ("rejected", ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "none"),
         ("jobs pending", str(counts["jobs_pending"])),
+        ("calls", _calls(status.get("calls"))),
     ):
         summary.add_row(label, str(value))
     console.print(summary)

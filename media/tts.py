@@ -28,6 +28,7 @@ import io
 import math
 import shutil
 import subprocess
+import threading
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,6 +173,8 @@ class PiperSynthesizer:
         self._language = language
         self._sample_rate = int(self._voice.config.sample_rate)
         self._own_voice: VoiceTraits | None = None
+        # Concurrent calls share this voice; piper's phonemizer (espeak-ng) keeps global state.
+        self._lock = threading.Lock()
 
     @property
     def language(self) -> str:
@@ -201,9 +204,10 @@ class PiperSynthesizer:
 
     def _run(self, text: str, *, length_scale: float) -> Speech:
         try:
-            chunks = list(
-                self._voice.synthesize(text, self._config_class(length_scale=length_scale))
-            )
+            with self._lock:
+                chunks = list(
+                    self._voice.synthesize(text, self._config_class(length_scale=length_scale))
+                )
         except Exception as error:
             one_line = " ".join(str(error).split())[:200]
             raise SynthesisError(f"piper failed on {text[:40]!r}: {one_line}") from error

@@ -304,23 +304,32 @@ def _hello() -> Hello:
     )
 
 
-async def _call_session(tmp_path: Path, models: CallModels, *, send_bundle: bool = True):
-    """A caller session connected to a CallSessionHandler (real handshake, memory streams)."""
+async def _call_session(
+    tmp_path: Path,
+    models: CallModels,
+    *,
+    send_bundle: bool = True,
+    handler: CallSessionHandler | None = None,
+    rejections: list[str] | None = None,
+):
+    """A caller session connected to a CallSessionHandler (real handshake, memory streams);
+    a new handler unless one is given (to hold several calls on one service)."""
     from daemon.codec_store import CodecStore
 
     caller_id, listener_id = StaticIdentity.generate(), StaticIdentity.generate()
     (tmp_path / "models").mkdir(exist_ok=True)
     ours = CodecStore(tmp_path / "models", tmp_path / "features", CONFIG).current()
-    rejections: list[str] = []
-    service = CallService(
-        home_root=tmp_path / "listener",
-        calls_from="known",
-        models=models,
-        limits=CallLimits(),
-        count_rejection=rejections.append,
-        streaming=models.streaming,
-    )
-    handler = CallSessionHandler(service)
+    rejections = rejections if rejections is not None else []
+    if handler is None:
+        service = CallService(
+            home_root=tmp_path / "listener",
+            calls_from="known",
+            models=models,
+            limits=CallLimits(),
+            count_rejection=rejections.append,
+            streaming=models.streaming,
+        )
+        handler = CallSessionHandler(service)
     left, right = trio.testing.memory_stream_pair()
     listener_session: list[object] = []
 
@@ -369,7 +378,7 @@ async def test_a_flood_of_codec_frames_ends_the_call_and_is_counted(tmp_path, ca
                 await caller.receive_message()
     assert rejections == ["call_flood"]
     assert handler.service.history[-1].reason == reply.reason
-    assert not handler.service.busy
+    assert handler.service.active == 0
 
 
 async def test_a_caption_from_the_caller_ends_the_call(tmp_path, call_models):
@@ -414,27 +423,73 @@ async def test_a_call_that_cannot_be_served_is_refused_in_one_line(
     assert handler.service.history[-1].call_dir is None
 
 
-async def test_the_late_handler_is_built_on_first_use_and_answers_pings(tmp_path):
-    """``late_call_handler`` is what ``open_node`` wires in before the node object exists."""
+@pytest.mark.parametrize("max_calls", [1, 2])
+async def test_calls_beyond_the_limit_are_refused_as_busy(tmp_path, call_models, max_calls):
+    # Two callers on one service: the second CallStart arrives while the first call runs.
+    first, first_listener, handler, first_info, ours, rejections = await _call_session(
+        tmp_path, call_models
+    )
+    handler.service.max_calls = max_calls
+    second, second_listener, _, second_info, _, _ = await _call_session(
+        tmp_path, call_models, handler=handler, rejections=rejections
+    )
+    ends: dict[str, CallEnd] = {}
+
+    async def until_call_end(name: str, caller) -> None:
+        reply = await caller.receive_message()
+        while not isinstance(reply, CallEnd):
+            reply = await caller.receive_message()
+        ends[name] = reply
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serve, handler, first_listener, first_info)
+        nursery.start_soon(_serve, handler, second_listener, second_info)
+        await first.send_message(_start(1, hash_=ours.version_hash))
+        await first.send_messages([_frames(0, 0, 5)])
+        with trio.fail_after(30):
+            while handler.service.active < 1:
+                await trio.sleep(0.01)
+        await second.send_message(_start(2, hash_=ours.version_hash))
+        if max_calls == 1:
+            await until_call_end("second", second)
+        else:
+            await second.send_messages([_frames(0, 0, 5)])
+            with trio.fail_after(30):
+                while handler.service.active < 2:
+                    await trio.sleep(0.01)
+            await second.send_message(CallEnd(call_id=2, reason="hangup"))
+            await until_call_end("second", second)
+        await first.send_message(CallEnd(call_id=1, reason="hangup"))
+        await until_call_end("first", first)
+        await first.aclose()
+        await second.aclose()
+    assert ends["first"].reason == "completed"
+    if max_calls == 1:
+        assert ends["second"].reason == "busy: this node is already in 1 calls (its limit)"
+    else:
+        assert ends["second"].reason == "completed"
+    assert handler.service.active == 0
+    assert rejections == []
+
+
+async def test_the_call_handler_answers_pings_and_registers_with_the_node(tmp_path):
+    """``make_call_handler`` is what ``open_node`` wires in; the node's status reads its
+    service."""
     from types import SimpleNamespace
 
-    from daemon.calls import late_call_handler
+    from daemon.calls import make_call_handler
     from daemon.config import Config
     from schemas.messages import Ping, Pong
 
-    built: list[object] = []
     fake_node = SimpleNamespace(
         home=SimpleNamespace(root=tmp_path),
         config=Config(),
         connections=SimpleNamespace(stats=SimpleNamespace(reject=lambda code: None)),
+        call_service=None,
     )
-
-    def get_node():
-        built.append(True)
-        return fake_node
-
-    handler = late_call_handler(get_node)
-    assert built == []
+    handler = make_call_handler(fake_node)
+    assert fake_node.call_service is handler.service
+    assert fake_node.call_service.status() == {"active": 0, "max": 8, "recent": []}
     caller_id, listener_id = StaticIdentity.generate(), StaticIdentity.generate()
     left, right = trio.testing.memory_stream_pair()
     sessions: list[object] = []
@@ -465,4 +520,3 @@ async def test_the_late_handler_is_built_on_first_use_and_answers_pings(tmp_path
         await caller.send_message(Ping(nonce=5))
         assert await caller.receive_message() == Pong(nonce=5)
         await caller.aclose()
-    assert built == [True]

@@ -74,6 +74,12 @@ async def _two_rounds_over_rpc(nodes: list[RunningNode]) -> None:
         assert status["counts"]["rounds_completed"] == 2
         assert status["counts"]["peers_trusted"] == len(nodes) - 1
         assert status["last_round"]["round"] == 2
+        # The node serves calls (up to the configured number at once); none was placed.
+        assert status["calls"] == {
+            "active": 0,
+            "max": node.config.call.max_concurrent,
+            "recent": [],
+        }
         rounds = await call(node.home.socket_path, "rounds")
         assert [item["round"] for item in rounds] == [2, 1]
         assert all(item["record"]["participants"] for item in rounds)

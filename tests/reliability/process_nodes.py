@@ -352,6 +352,7 @@ def _jobs_requeued_on_restart(node: NodeProcess) -> int:
 
 
 __all__ = [
+    "CallLoad",
     "CrashReport",
     "NodeProcess",
     "free_port",
@@ -382,6 +383,11 @@ class LoadReport:
     rss_mb_max: float = 0.0
     caption_latencies_s: list[float] = field(default_factory=list)
     calls: int = 0
+    calls_completed: int = 0
+    call_audio_s: float = 0.0
+    # Per call: the listener's p95 caption latency, and the caption WER against the script.
+    call_caption_p95_s: list[float] = field(default_factory=list)
+    call_wers: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         latencies = sorted(self.caption_latencies_s)
@@ -391,7 +397,17 @@ class LoadReport:
             "calls": self.calls,
             "errors": self.errors,
             "rss_mb_max": round(self.rss_mb_max, 1),
-            "caption_latency_p95_s": p95,
+            # Live captions of the concurrent calls: the worst call's p95 (the listener's
+            # clock: cue final minus the audio time its last word ends).
+            "caption_latency_p95_s": (
+                round(max(self.call_caption_p95_s), 3) if self.call_caption_p95_s else None
+            ),
+            "caption_latency_p95_s_per_call": [round(v, 3) for v in self.call_caption_p95_s],
+            "caption_wer_max": round(max(self.call_wers), 3) if self.call_wers else None,
+            "calls_completed": self.calls_completed,
+            "call_audio_s": round(self.call_audio_s, 1),
+            # Caption jobs: submit to ready, on the loaded node.
+            "caption_job_latency_p95_s": p95,
             "waves": self.waves,
             "handshakes_ok": self.handshakes_ok,
             "node_handshakes_completed": self.node_handshakes_completed,
@@ -458,11 +474,102 @@ async def _handshake_wave(
             nursery.start_soon(one, index)
 
 
+@dataclass(frozen=True, slots=True)
+class CallLoad:
+    """Concurrent calls placed on the loaded node: ``calls`` callers, each reading ``script``
+    (its audio in ``audio``, 16 kHz) with the codec in ``checkpoint``, at real time."""
+
+    calls: int
+    audio: Any  # npt.NDArray[np.float32]
+    script: str
+    checkpoint: Path
+
+
+async def _call_wave(
+    port: int,
+    node_key: bytes,
+    load: CallLoad,
+    callers: Sequence[Any],
+    folder: Path,
+    report: LoadReport,
+) -> None:
+    """``load.calls`` callers (trusted by the node) call it at once, en -> pt, and stream their
+    audio at real time; each call must complete with captions close to the script."""
+    import shutil
+
+    import trio
+
+    from daemon.calls import CallerCaptions, CallRequest, dial_peer, place_call
+    from daemon.codec_store import CodecStore
+    from fl.config import CodecConfig
+    from fl.model import new_model
+    from media.call_receiver import CallLimits
+    from media.features import log_mel
+    from media.voice import measure_voice_traits
+    from media.wer import wer
+    from schemas.messages import PROTOCOL_VERSION, Hello
+
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(load.checkpoint, folder / "models" / "codec.ckpt")
+    ours = CodecStore(folder / "models", folder / "features", CodecConfig()).current()
+    hello = Hello(PROTOCOL_VERSION, ("call/1",), ours.config.architecture_id, ours.version_hash)
+    voice = measure_voice_traits(log_mel(load.audio), word_count=len(load.script.split()))
+    audio_s = int(load.audio.shape[0]) / 16000
+
+    async def one(identity: Any) -> None:
+        captions = CallerCaptions(limits=CallLimits(), out_base=None, languages=("en", "pt"))
+        try:
+            # Real time, then the listener's backlog under load; generous but bounded.
+            with trio.fail_after(audio_s * 4 + 120):
+                session = await dial_peer(
+                    identity=identity,
+                    public_key=node_key,
+                    addresses=[("127.0.0.1", port)],
+                    hello=hello,
+                    bundle=ours.bundle,
+                )
+                async with session:
+                    outcome = await place_call(
+                        session,
+                        model=new_model(ours.config, ours.checkpoint.state),
+                        version_hash=ours.version_hash,
+                        audio=load.audio,
+                        voice=voice,
+                        request=CallRequest(speaker_language="en", listener_language="pt"),
+                        captions=captions,
+                    )
+        except Exception as error:
+            report.errors += 1
+            report.error_samples.append(f"call: {type(error).__name__}: {error}")
+            return
+        finally:
+            captions.close()
+        report.calls_completed += 1
+        report.call_audio_s += outcome.audio_s
+        english = " ".join(cue.text for cue in captions.finals.get("en", []))
+        report.call_wers.append(wer(load.script, english))
+        summary = outcome.callee_summary or {}
+        caption = (summary.get("latency") or {}).get("caption") or {}  # type: ignore[union-attr]
+        if isinstance(caption.get("p95_s"), int | float):
+            report.call_caption_p95_s.append(float(caption["p95_s"]))
+
+    async with trio.open_nursery() as nursery:
+        for identity in callers:
+            nursery.start_soon(one, identity)
+
+
 def run_load(
-    root: Path, *, peers: int, waves: int, speech_wav: Path | None, caption_jobs: int = 1
+    root: Path,
+    *,
+    peers: int,
+    waves: int,
+    speech_wav: Path | None,
+    caption_jobs: int = 1,
+    calls: CallLoad | None = None,
 ) -> LoadReport:
     """``peers`` clients (from 127.0.x.y, half of them trusted and sending bundles) handshake
-    with one node process at once, ``waves`` times, while caption jobs run on the node."""
+    with one node process at once, ``waves`` times, while caption jobs run on the node and
+    ``calls`` callers hold calls with it."""
     import trio
 
     from handshake.noise import StaticIdentity
@@ -471,10 +578,11 @@ def run_load(
     port = free_port()
     write_config(home, port=port)
     identities = [StaticIdentity.generate() for _ in range(peers)]
+    callers = [StaticIdentity.generate() for _ in range(calls.calls if calls else 0)]
     trusted = peers // 2
-    trust_keys_on_disk(home, [item.public for item in identities[:trusted]])
+    trust_keys_on_disk(home, [item.public for item in [*identities[:trusted], *callers]])
     node = NodeProcess(home, port)
-    report = LoadReport(peers=peers, waves=waves)
+    report = LoadReport(peers=peers, waves=waves, calls=len(callers))
     node.start()
     try:
         from daemon.codec_store import CodecStore
@@ -485,11 +593,24 @@ def run_load(
         for _ in range(caption_jobs if speech_wav is not None else 0):
             job = node.rpc("caption.submit", {"path": str(speech_wav)})
             submitted[job["id"]] = time.monotonic()
-        for _ in range(waves):
-            trio.run(
-                _handshake_wave, port, identity.public_key, identities, trusted, report, bundle
-            )
-            report.rss_mb_max = max(report.rss_mb_max, node.rss_peak_mb())
+
+        async def traffic() -> None:
+            async def handshakes() -> None:
+                for _ in range(waves):
+                    await _handshake_wave(
+                        port, identity.public_key, identities, trusted, report, bundle
+                    )
+                    report.rss_mb_max = max(report.rss_mb_max, node.rss_peak_mb())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(handshakes)
+                if calls is not None:
+                    nursery.start_soon(
+                        _call_wave, port, identity.public_key, calls, callers, root / "callers",
+                        report,
+                    )  # fmt: skip
+
+        trio.run(traffic)
         deadline = time.monotonic() + 300
         while submitted and time.monotonic() < deadline:
             for job_id, started in list(submitted.items()):
