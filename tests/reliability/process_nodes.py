@@ -548,10 +548,10 @@ async def _call_wave(
         report.call_audio_s += outcome.audio_s
         english = " ".join(cue.text for cue in captions.finals.get("en", []))
         report.call_wers.append(wer(load.script, english))
-        summary = outcome.callee_summary or {}
-        caption = (summary.get("latency") or {}).get("caption") or {}  # type: ignore[union-attr]
-        if isinstance(caption.get("p95_s"), int | float):
-            report.call_caption_p95_s.append(float(caption["p95_s"]))
+        latency: Any = (outcome.callee_summary or {}).get("latency") or {}
+        p95 = (latency.get("caption") or {}).get("p95_s")
+        if isinstance(p95, int | float):
+            report.call_caption_p95_s.append(float(p95))
 
     async with trio.open_nursery() as nursery:
         for identity in callers:
