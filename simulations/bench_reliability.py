@@ -11,7 +11,8 @@ Each figure comes from a real run, here and now:
   whether an honest peer still got through within 1 s after each.
 * ``crash``: 100 ``kill -9`` of a node process mid-round or mid-caption-job, each restart
   checked (identity, checkpoint, completed rounds, jobs).
-* ``load``: 64 concurrent handshakes, 5 waves, with 3 caption jobs on the node.
+* ``load``: 64 concurrent handshakes, 5 waves, with 8 concurrent calls of 29 s of speech
+  (en -> pt, real time) and 3 caption jobs on the node.
 * ``multihost``: 3 nodes in network namespaces, mDNS + a round (needs root).
 
 The reliability scenarios live in the test tree (``tests/reliability``) so that CI runs the
@@ -48,6 +49,7 @@ class Budget:
     crash_trials: int
     load_waves: int
     caption_jobs: int
+    calls: int
 
 
 FULL: Final = Budget(
@@ -58,6 +60,7 @@ FULL: Final = Budget(
     crash_trials=100,
     load_waves=5,
     caption_jobs=3,
+    calls=8,
 )
 #: The CI budgets (tests/reliability), for a quick look.
 QUICK: Final = Budget(
@@ -68,6 +71,7 @@ QUICK: Final = Budget(
     crash_trials=5,
     load_waves=1,
     caption_jobs=1,
+    calls=8,
 )
 
 
@@ -225,7 +229,19 @@ def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(dir="/tmp", prefix="prb"))
     try:
         speech = _speech(root)
-        from tests.reliability.process_nodes import run_crash_trials, run_load
+        from simulations.bench_call import (
+            SCRIPT_SENTENCES,
+            script_audio,
+            trained_caller_checkpoint,
+        )
+        from tests.reliability.process_nodes import CallLoad, run_crash_trials, run_load
+
+        calls = CallLoad(
+            calls=budget.calls,
+            audio=script_audio(SCRIPT_SENTENCES),
+            script=" ".join(SCRIPT_SENTENCES),
+            checkpoint=trained_caller_checkpoint(),
+        )
 
         for folder in ("c", "l", "m"):
             (root / folder).mkdir()
@@ -247,6 +263,7 @@ def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
                     waves=budget.load_waves,
                     speech_wav=speech,
                     caption_jobs=budget.caption_jobs,
+                    calls=calls,
                 ).as_dict(),
             ),
             ("multihost", lambda: _multihost(root / "m")),
