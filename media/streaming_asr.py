@@ -18,9 +18,14 @@ synchronously; the caller runs them off its event loop):
 - *LocalAgreement-2*: the longest common prefix of the last two hypotheses (words after the last
   committed one) is committed, as ``FinalWords`` with absolute times; the rest of the latest
   hypothesis is the revisable ``PartialCaption``. Committed words never change.
+- *Speech offset*: as soon as the VAD says the speech stopped (after its hangover), the buffer
+  is decoded, whatever ``min_chunk_s`` says; if nothing but silence follows, that decode is the
+  utterance's last, so its words are final the moment the end-of-utterance silence is over,
+  without another decode then (a decode took 0.3-0.5 s of the caption latency).
 - After ``end_of_utterance_s`` of VAD silence the utterance ends: the buffer is decoded one last
-  time, everything still pending is committed, an ``UtteranceEnd`` says no later word starts
-  before that time (a cue builder may close its cue), and the stream is ``IDLE`` again.
+  time if speech came after the latest decode, everything still pending is committed, an
+  ``UtteranceEnd`` says no later word starts before that time (a cue builder may close its
+  cue), and the stream is ``IDLE`` again.
 - *Left context*: Whisper decodes a sentence much better with the sentence before it in the
   same window (on a codec-decoded Harvard script, WER 0.054 with each utterance decoded alone,
   0.0 with the previous one in the window). So at an utterance end the buffer keeps up to
@@ -410,9 +415,14 @@ class StreamingTranscriber:
                     self._append(chunk[:, position:onset], speech[position:onset])
                     position = onset
                     self._silence_run = 0
-        if self._state is StreamState.SPEAKING and self._decode_due():
+        if self._state is StreamState.SPEAKING and (self._decode_due() or self._at_speech_offset()):
             events.extend(self._decode_and_commit())
         return events
+
+    def _at_speech_offset(self) -> bool:
+        """The speech just stopped (the VAD's hangover included) and was not decoded yet: a
+        decode now is what the utterance end would decode, minus silence (module docstring)."""
+        return self._speech_since_decode and self._silence_run > 0
 
     def _next_onset_to_join(self, speech: npt.NDArray[np.bool_], position: int) -> int | None:
         """Where the next utterance starts, if the stream is catching up and that utterance
@@ -546,7 +556,9 @@ class StreamingTranscriber:
         self._agreement.forget_before(cut_s)
 
     def _end_utterance(self) -> list[CaptionEvent]:
-        hypothesis = self._decode() if self._frames_since_decode > 0 else None
+        # Only silence since the last decode (the one at the speech offset): its pending words
+        # are the final ones, and a decode of the same speech plus silence would only add delay.
+        hypothesis = self._decode() if self._speech_since_decode else None
         committed = self._agreement.commit_all(hypothesis)
         events: list[CaptionEvent] = []
         if committed:

@@ -332,6 +332,24 @@ def test_next_utterance_is_decoded_after_the_last_ones_tail(
     assert all(a.end_s <= b.start_s + 1e-6 for a, b in itertools.pairwise(words))
 
 
+def test_the_speech_offset_decode_makes_the_utterance_end_decode_free(
+    transcriber: FeatureTranscriber, clip: Clip
+) -> None:
+    # Live pushes: the buffer is decoded when the speech stops, so the push that ends the
+    # utterance (end_of_utterance_s of silence later) commits the last words with no decode.
+    features = log_mel(clip.audio)
+    streamer = StreamingTranscriber(transcriber, settings=SETTINGS, clock=lambda: 0.0)
+    ends = 0
+    for start in range(0, features.shape[1], 10):
+        before = streamer.decode_count
+        events = streamer.push(features[:, start : start + 10], now_s=start / 100)
+        if any(isinstance(event, UtteranceEnd) for event in events):
+            ends += 1
+            assert streamer.decode_count == before, start
+    streamer.finish()
+    assert ends == len(SCRIPT)
+
+
 def test_a_stream_that_is_behind_decodes_several_utterances_at_once(
     transcriber: FeatureTranscriber, clip: Clip, streamed: Run
 ) -> None:
