@@ -40,6 +40,7 @@ from pathlib import Path
 __all__ = [
     "DATABASE_FILENAME",
     "JOB_TRANSITIONS",
+    "MAX_KEY_CHANGE_EVENTS",
     "MIGRATIONS",
     "PUBLIC_KEY_BYTES",
     "Database",
@@ -64,6 +65,9 @@ PUBLIC_KEY_BYTES = 32
 # How long a writer waits for another connection's lock before failing (another process, e.g. a
 # CLI reading the db while the node writes; WAL lets readers proceed anyway).
 BUSY_TIMEOUT_MS = 5000
+# Key-change events kept for the user to review (a neighbour re-announcing a changed key every
+# minute for months must not grow the file).
+MAX_KEY_CHANGE_EVENTS = 1000
 
 Clock = Callable[[], float]
 
@@ -410,6 +414,21 @@ class PeerStore:
             cursor = connection.execute("DELETE FROM peers WHERE public_key = ?", (public_key,))
         return cursor.rowcount > 0
 
+    def prune_known(self, keep: int) -> int:
+        """Forget the least recently seen ``known`` peers beyond ``keep`` (static peers, trusted
+        and blocked ones are never forgotten); return how many went."""
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                """
+                DELETE FROM peers WHERE public_key IN (
+                    SELECT public_key FROM peers WHERE trust = 'known' AND source != 'static'
+                    ORDER BY last_seen DESC LIMIT -1 OFFSET ?
+                )
+                """,
+                (keep,),
+            )
+        return cursor.rowcount
+
     def record_key_change(
         self,
         *,
@@ -420,16 +439,37 @@ class PeerStore:
         address: str | None,
         seen_at: float,
     ) -> KeyChangeEvent:
+        """Record that ``name`` was offered with another key. The same offer seen again (a
+        re-announcement) refreshes its event instead of adding one; at most
+        :data:`MAX_KEY_CHANGE_EVENTS` events are kept, the oldest go first."""
         with self._database.transaction() as connection:
-            cursor = connection.execute(
-                """
-                INSERT INTO key_changes (name, pinned_key, offered_key, source, address, seen_at)
-                VALUES (?, ?, ?, ?, ?, ?)
-                """,
-                (name, pinned_key, offered_key, source.value, address, seen_at),
-            )
-            event_id = cursor.lastrowid
-        assert event_id is not None  # an INSERT into an AUTOINCREMENT table always sets it
+            row = connection.execute(
+                "SELECT event_id FROM key_changes WHERE name = ? AND pinned_key = ? "
+                "AND offered_key = ? ORDER BY event_id DESC LIMIT 1",
+                (name, pinned_key, offered_key),
+            ).fetchone()
+            if row is not None:
+                event_id = int(row[0])
+                connection.execute(
+                    "UPDATE key_changes SET source = ?, address = ?, seen_at = ? "
+                    "WHERE event_id = ?",
+                    (source.value, address, seen_at, event_id),
+                )
+            else:
+                cursor = connection.execute(
+                    """
+                    INSERT INTO key_changes (name, pinned_key, offered_key, source, address,
+                                             seen_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """,
+                    (name, pinned_key, offered_key, source.value, address, seen_at),
+                )
+                assert cursor.lastrowid is not None  # AUTOINCREMENT always sets it
+                event_id = cursor.lastrowid
+                connection.execute(
+                    "DELETE FROM key_changes WHERE event_id <= ?",
+                    (event_id - MAX_KEY_CHANGE_EVENTS,),
+                )
         return KeyChangeEvent(
             event_id=event_id,
             name=name,

@@ -21,6 +21,12 @@ neighbour from impersonating a familiar *name*.
 
 Trust states: ``known`` (pinned on first use, may call us), ``trusted`` (receives our weights and
 is aggregated), ``blocked`` (ignored). New peers start ``known``.
+
+Bounds, for a node that runs for months next to peers it does not control: at most
+:data:`MAX_KNOWN_PEERS` merely-known peers are remembered (the least recently seen go first;
+trusted, blocked and static peers always stay), and a repeated key-change offer refreshes its
+event instead of adding one (at most ``MAX_KEY_CHANGE_EVENTS`` are kept). Forgetting a known
+peer also releases the name it pinned: the pin protects names the user has seen lately.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from daemon.database import (
 
 __all__ = [
     "MAX_ADDRESSES_PER_PEER",
+    "MAX_KNOWN_PEERS",
     "MAX_NAME_LENGTH",
     "MIN_ID_PREFIX_LENGTH",
     "SHORT_ID_LENGTH",
@@ -65,6 +72,9 @@ SHORT_ID_LENGTH = 16
 MIN_ID_PREFIX_LENGTH = 4
 MAX_NAME_LENGTH = 63
 MAX_ADDRESSES_PER_PEER = 4
+#: Peers we merely know (not trusted, blocked or static) remembered at most; past this the
+#: least recently seen are forgotten, so a neighbour cycling keys cannot grow the database.
+MAX_KNOWN_PEERS = 10_000
 # Names are shown in terminals and logs: printable ASCII letters, digits and a few separators,
 # no leading/trailing space, so a TXT record cannot smuggle control characters or look-alikes.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]*[A-Za-z0-9._-])?")
@@ -177,10 +187,14 @@ class PeerTable:
         ttl: float,
         clock: Callable[[], float] = time.time,
         pin_names: bool = True,
+        max_known: int = MAX_KNOWN_PEERS,
     ) -> None:
         if not ttl > 0:
             raise ValueError(f"peer ttl must be positive, got {ttl}")
+        if max_known < 1:
+            raise ValueError(f"max_known must be at least 1, got {max_known}")
         self._store = store
+        self._max_known = max_known
         self._pin_names = pin_names
         self._ttl = ttl
         self._clock = clock
@@ -226,6 +240,8 @@ class PeerTable:
                 last_seen=now,
             )
         self._store.upsert(record)
+        if existing is None:
+            self._store.prune_known(self._max_known)
         self._presence[public_key] = (now, source)
         return record
 
@@ -255,6 +271,8 @@ class PeerTable:
                 last_handshake=now,
             )
         self._store.upsert(record)
+        if existing is None:
+            self._store.prune_known(self._max_known)
         self._presence[public_key] = (now, self._presence.get(public_key, (now, source))[1])
         return record
 

@@ -201,6 +201,25 @@ def test_key_change_events_are_kept_newest_first(database):
     assert second.event_id > first.event_id
 
 
+def test_key_change_events_are_capped_oldest_first(database, monkeypatch):
+    import daemon.database
+
+    monkeypatch.setattr(daemon.database, "MAX_KEY_CHANGE_EVENTS", 3)
+    store = PeerStore(database)
+    events = [
+        store.record_key_change(
+            name="alice",
+            pinned_key=b"a" * 32,
+            offered_key=bytes([index]) * 32,
+            source=PeerSource.MDNS,
+            address=None,
+            seen_at=float(index),
+        )
+        for index in range(5)
+    ]
+    assert store.key_changes() == events[:1:-1]
+
+
 # --- rounds -----------------------------------------------------------------------------------
 
 

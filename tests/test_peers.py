@@ -296,3 +296,39 @@ def test_sanitized_names_are_always_valid(text):
 )
 def test_sanitize_examples(text, expected):
     assert sanitize_peer_name(text) == expected
+
+
+def test_merely_known_peers_are_bounded_and_the_least_recent_go_first(store, clock):
+    table = PeerTable(store, ttl=60, clock=clock, max_known=3)
+    table.observe(ALICE, name="alice", address=None, source=PeerSource.STATIC)
+    table.observe(BOB, name="bob", address=None, source=PeerSource.MDNS)
+    table.trust(BOB.hex())
+    strangers = [bytes([index]) * 32 for index in range(1, 7)]
+    for stranger in strangers:
+        clock.now += 1
+        table.record_handshake(stranger, address=None, source=PeerSource.INBOUND)
+    clock.now += 1
+    # A known stranger seen again is recent again and survives the next arrival.
+    table.record_handshake(strangers[3], address=None, source=PeerSource.INBOUND)
+    clock.now += 1
+    newcomer = b"\x77" * 32
+    table.record_handshake(newcomer, address=None, source=PeerSource.INBOUND)
+    kept = {record.public_key for record in table.known()}
+    # Static and trusted peers always stay; of the strangers, the three most recently seen.
+    assert kept == {ALICE, BOB, strangers[3], strangers[5], newcomer}
+    assert table.present() and all(r.public_key in kept for r in table.present())
+    with pytest.raises(ValueError, match="max_known"):
+        PeerTable(store, ttl=60, clock=clock, max_known=0)
+
+
+def test_a_repeated_key_change_offer_refreshes_its_event(table, store, clock):
+    table.observe(ALICE, name="alice", address=("10.0.0.1", 1), source=PeerSource.MDNS)
+    seen = []
+    for _ in range(5):  # the impostor re-announces every so often
+        clock.now += 60
+        with pytest.raises(KeyChangedError) as caught:
+            table.observe(MALLORY, name="alice", address=("10.0.0.66", 1), source=PeerSource.MDNS)
+        seen.append(caught.value.event)
+    events = store.key_changes()
+    assert len(events) == 1
+    assert events[0].event_id == seen[0].event_id and events[0].seen_at == clock.now
