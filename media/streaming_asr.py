@@ -18,10 +18,11 @@ synchronously; the caller runs them off its event loop):
 - *LocalAgreement-2*: the longest common prefix of the last two hypotheses (words after the last
   committed one) is committed, as ``FinalWords`` with absolute times; the rest of the latest
   hypothesis is the revisable ``PartialCaption``. Committed words never change.
-- *Speech offset*: as soon as the VAD says the speech stopped (after its hangover), the buffer
-  is decoded, whatever ``min_chunk_s`` says; if nothing but silence follows, that decode is the
-  utterance's last, so its words are final the moment the end-of-utterance silence is over,
-  without another decode then (a decode took 0.3-0.5 s of the caption latency).
+- *Speech offset*: as soon as the VAD says the speech stopped (after its hangover), a live
+  stream (pushes shorter than ``catch_up_s``) decodes the buffer, whatever ``min_chunk_s``
+  says; if nothing but silence follows, that decode is the utterance's last, so its words are
+  final the moment the end-of-utterance silence is over, without another decode then (a
+  decode took 0.3-0.5 s of the caption latency).
 - After ``end_of_utterance_s`` of VAD silence the utterance ends: the buffer is decoded one last
   time if speech came after the latest decode, everything still pending is committed, an
   ``UtteranceEnd`` says no later word starts before that time (a cue builder may close its
@@ -415,14 +416,19 @@ class StreamingTranscriber:
                     self._append(chunk[:, position:onset], speech[position:onset])
                     position = onset
                     self._silence_run = 0
-        if self._state is StreamState.SPEAKING and (self._decode_due() or self._at_speech_offset()):
+        if self._state is StreamState.SPEAKING and (
+            self._decode_due() or self._at_speech_offset(n_frames)
+        ):
             events.extend(self._decode_and_commit())
         return events
 
-    def _at_speech_offset(self) -> bool:
+    def _at_speech_offset(self, chunk_frames: int) -> bool:
         """The speech just stopped (the VAD's hangover included) and was not decoded yet: a
-        decode now is what the utterance end would decode, minus silence (module docstring)."""
-        return self._speech_since_decode and self._silence_run > 0
+        decode now is what the utterance end would decode, minus silence (module docstring).
+        Live pushes only: a stream that is catching up would often join the next utterance
+        to this one and decode again, so there the early decode is wasted work."""
+        live = chunk_frames < self._settings.frames(self._settings.catch_up_s)
+        return live and self._speech_since_decode and self._silence_run > 0
 
     def _next_onset_to_join(self, speech: npt.NDArray[np.bool_], position: int) -> int | None:
         """Where the next utterance starts, if the stream is catching up and that utterance
