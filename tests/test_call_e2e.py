@@ -56,6 +56,7 @@ async def test_a_translated_call_between_two_nodes():
                 request=CallRequest(speaker_language="en", listener_language="pt"),
                 out_base=out / "call",
             )
+            calls_status = pair.listener.status()["calls"]
         record = call.record
         assert record.call_dir is not None
         call_dir = record.call_dir
@@ -101,6 +102,10 @@ async def test_a_translated_call_between_two_nodes():
             assert entry["count"] > 0, stage
             assert entry["p50_s"] is not None and entry["p95_s"] is not None, stage
         assert summary["ended_by"] == "caller"
+        # The listener's status reports the call, with the latencies of its summary.
+        assert isinstance(calls_status, dict) and calls_status["active"] == 0
+        assert calls_status["recent"][-1]["reason"] == "completed"
+        assert calls_status["recent"][-1]["latency"] == summary["latency"]
         assert summary["audio_s"] == pytest.approx(audio.shape[0] / 16000, abs=0.1)
 
         # The caller got the same captions back, live, and the summary with its CallEnd.

@@ -63,8 +63,10 @@ def test_node_process_status_and_sigterm():
             assert report["status"]["node_id"] == identity.peer_id
             assert report["status"]["listen"] == f"127.0.0.1:{port}"
             assert report["peers"] == [] and report["rounds"] == []
+            assert report["status"]["calls"] == {"active": 0, "max": 8, "recent": []}
             human = parley("status", "--home", str(home.root))
             assert human.returncode == 0 and identity.peer_id in human.stdout
+            assert "0 active (at most 8)" in human.stdout
             node.send_signal(signal.SIGTERM)
             _, stderr = node.communicate(timeout=30)
         finally:
