@@ -221,16 +221,7 @@ class PeerTable:
         self._check_name_pinning(public_key, name, source=source, address=address, now=now)
         existing = self._store.get(public_key)
         if existing is None:
-            record = PeerRecord(
-                public_key=public_key,
-                name=name,
-                addresses=_merge_addresses((), address),
-                source=source,
-                first_seen=now,
-                last_seen=now,
-                last_handshake=None,
-                trust=TrustState.KNOWN,
-            )
+            record = _first_record(public_key, name, address, source, now, handshake=False)
         else:
             record = replace(
                 existing,
@@ -253,16 +244,7 @@ class PeerTable:
         now = self._clock()
         existing = self._store.get(public_key)
         if existing is None:
-            record = PeerRecord(
-                public_key=public_key,
-                name=None,
-                addresses=_merge_addresses((), address),
-                source=source,
-                first_seen=now,
-                last_seen=now,
-                last_handshake=now,
-                trust=TrustState.KNOWN,
-            )
+            record = _first_record(public_key, None, address, source, now, handshake=True)
         else:
             record = replace(
                 existing,
@@ -391,6 +373,28 @@ class PeerTable:
                     seen_at=now,
                 )
                 raise KeyChangedError(event)
+
+
+def _first_record(
+    public_key: bytes,
+    name: str | None,
+    address: tuple[str, int] | None,
+    source: PeerSource,
+    now: float,
+    *,
+    handshake: bool,
+) -> PeerRecord:
+    """The record of a key seen for the first time (trust on first use: ``known``)."""
+    return PeerRecord(
+        public_key=public_key,
+        name=name,
+        addresses=_merge_addresses((), address),
+        source=source,
+        first_seen=now,
+        last_seen=now,
+        last_handshake=now if handshake else None,
+        trust=TrustState.KNOWN,
+    )
 
 
 def _merge_addresses(
