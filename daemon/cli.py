@@ -21,8 +21,11 @@ from daemon.config import Config, ConfigError, load_config, render_default_confi
 from daemon.home import NodeHome, default_home
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from daemon.database import Database
     from daemon.peers import PeerTable
+    from fl.flower_app import ClientPlan
 from daemon.identity import Identity, IdentityError, load_identity, save_identity
 
 EXIT_USER_ERROR = 2
@@ -312,6 +315,13 @@ def simulate(
     seed: Annotated[int, typer.Option("--seed", help="Seed for training and poison.")] = 0,
     local_steps: Annotated[int, typer.Option("--local-steps", min=1, help="Steps per round.")] = 60,
     engine: Annotated[str, typer.Option("--engine", help="'real' nodes or 'flower'.")] = "real",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Flower engine's client data: 'synthetic' log-mel or the speech 'corpus'.",
+        ),
+    ] = "synthetic",
     mdns: Annotated[bool, typer.Option("--mdns", help="mDNS on 127.0.0.1.")] = False,
     no_wer: Annotated[
         bool, typer.Option("--no-wer", help="Skip the Whisper ΔWER scoring.")
@@ -322,6 +332,10 @@ def simulate(
 
     if engine not in ("real", "flower"):
         fail(f"--engine must be 'real' or 'flower', got {engine!r}")
+    if data not in ("synthetic", "corpus"):
+        fail(f"--data must be 'synthetic' or 'corpus', got {data!r}")
+    if engine == "real" and data != "synthetic":
+        fail("--data is for --engine flower: real nodes always train on the speech corpus")
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True
     ) as progress:
@@ -331,10 +345,13 @@ def simulate(
             progress.update(task, description=what, completed=fraction)
 
         if engine == "flower":
-            from simulations.flower_sim import run_flower_simulation
+            from simulations.flower_sim import run_flower_simulation, small_plan
 
+            plan = small_plan(alpha=alpha, seed=seed)
+            if data == "corpus":
+                plan = _corpus_plan(plan, nodes=nodes, out=out, progress=report)
             result = run_flower_simulation(
-                nodes=nodes, rounds=rounds, alpha=alpha, seed=seed, out_dir=out
+                nodes=nodes, rounds=rounds, alpha=alpha, seed=seed, out_dir=out, plan=plan
             )
         else:
             from simulations.node_sim import SimulationSettings, main_sync
@@ -371,6 +388,28 @@ def simulate(
         report_name = "report.json"
     print(json.dumps(summary, indent=2))
     print(f"report: {out / report_name}")  # plain print: rich would wrap a long path
+
+
+def _corpus_plan(
+    plan: ClientPlan, *, nodes: int, out: Path, progress: Callable[[str, float], None]
+) -> ClientPlan:
+    """``plan`` on log-mel features of the synthesized corpus, one speaker per client (clients
+    past the corpus's speakers get shifted variants of them), written under ``out/features``."""
+    import dataclasses
+
+    from simulations.corpus import DEFAULT_SPEAKERS, CorpusError, default_cache_dir
+    from simulations.flower_sim import prepare_corpus_features
+
+    progress("synthesizing the corpus and its features", 0.0)
+    try:
+        features = prepare_corpus_features(
+            out / "features",
+            cache_dir=default_cache_dir(),
+            speakers=DEFAULT_SPEAKERS[: min(nodes, len(DEFAULT_SPEAKERS))],
+        )
+    except CorpusError as error:
+        fail(f"cannot build the corpus: {error}")
+    return dataclasses.replace(plan, data_source="prepared", data_dir=str(features))
 
 
 codec_app = typer.Typer(help="The personal speech codec: quality at a bitrate.")

@@ -84,6 +84,8 @@ def test_simulate_on_flowers_engine_from_the_cli(tmp_path):
             "2",
             "--rounds",
             "1",
+            "--data",
+            "corpus",
             "--out",
             str(out),
         ],
@@ -94,5 +96,27 @@ def test_simulate_on_flowers_engine_from_the_cli(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "flower_simulation.json").read_text())
     assert [row["replies"] for row in report["per_round"]] == [2]
+    # The clients trained on the corpus's speech features, one speaker each.
+    assert report["data_source"] == "prepared"
+    index = json.loads((out / "features" / "speakers.json").read_text())
+    assert len(index["speakers"]) == 2
     assert str(out / "flower_simulation.json") in result.stdout
     assert '"personal_loss"' in result.stdout
+
+
+def test_simulate_refuses_data_options_that_do_not_apply(tmp_path):
+    import subprocess
+    import sys
+
+    for extra, message in (
+        (["--data", "corpus"], "--data is for --engine flower"),
+        (["--engine", "flower", "--data", "speech"], "--data must be 'synthetic' or 'corpus'"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "daemon.cli", "simulate", "--out", str(tmp_path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
