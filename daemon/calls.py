@@ -366,7 +366,8 @@ def _refusal(
 ) -> str | None:
     """Why ``start`` cannot be served (cheap checks, before any model is loaded), or None."""
     if service.active >= service.max_calls:
-        return f"busy: this node is already in {service.active} calls (its limit)"
+        plural = "s" if service.active != 1 else ""
+        return f"busy: this node already serves {service.active} call{plural}, its limit"
     if service.calls_from == "trusted" and info.trust != "trusted":
         return "calls are accepted from trusted peers only"
     bundle = session.their_bundle

@@ -465,7 +465,7 @@ async def test_calls_beyond_the_limit_are_refused_as_busy(tmp_path, call_models,
         await second.aclose()
     assert ends["first"].reason == "completed"
     if max_calls == 1:
-        assert ends["second"].reason == "busy: this node is already in 1 calls (its limit)"
+        assert ends["second"].reason == "busy: this node already serves 1 call, its limit"
     else:
         assert ends["second"].reason == "completed"
     assert handler.service.active == 0
