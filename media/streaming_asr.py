@@ -398,13 +398,9 @@ class StreamingTranscriber:
                     self._silence_run = 0
                 continue
             # SPEAKING: find where the silence run reaches the end-of-utterance length.
-            stop = n_frames
-            ended = False
-            for k in range(position, n_frames):
-                self._silence_run = 0 if speech[k] else self._silence_run + 1
-                if self._silence_run >= end_frames:
-                    stop, ended = k + 1, True
-                    break
+            end, self._silence_run = _utterance_end(speech, position, self._silence_run, end_frames)
+            ended = end is not None
+            stop = end if end is not None else n_frames
             self._append(chunk[:, position:stop], speech[position:stop])
             position = stop
             if ended:
@@ -442,16 +438,11 @@ class StreamingTranscriber:
         onset = position + int(onsets[0])
         if onset - position > settings.frames(settings.context_gap_s):
             return None  # a long pause: a turn of its own, as the context rule has it
-        # The next utterance ends where a silence run reaches end_of_utterance_s (or with the
-        # chunk); the run search mirrors _push's.
+        # The next utterance ends where its silence run reaches end_of_utterance_s, or with
+        # the chunk.
         end_frames = settings.frames(settings.end_of_utterance_s)
-        run = 0
-        end = speech.shape[0]
-        for k in range(onset, speech.shape[0]):
-            run = 0 if speech[k] else run + 1
-            if run >= end_frames:
-                end = k + 1
-                break
+        end, _ = _utterance_end(speech, onset, 0, end_frames)
+        end = end if end is not None else speech.shape[0]
         if self._buffer.shape[1] + (end - position) > settings.frames(settings.max_buffer_s):
             return None
         return onset
@@ -598,6 +589,19 @@ class StreamingTranscriber:
         if not partial.text and not had_text:
             return []
         return [partial]
+
+
+def _utterance_end(
+    speech: npt.NDArray[np.bool_], start: int, silence_run: int, end_frames: int
+) -> tuple[int | None, int]:
+    """Scan the VAD flags from ``start`` with ``silence_run`` frames of silence already counted:
+    the frame index just after the run reaches ``end_frames`` (None if it does not within
+    ``speech``), and the run length where the scan stopped."""
+    for k in range(start, speech.shape[0]):
+        silence_run = 0 if speech[k] else silence_run + 1
+        if silence_run >= end_frames:
+            return k + 1, silence_run
+    return None, silence_run
 
 
 def _push_at(streamer: StreamingTranscriber, mel: FloatArray, now_s: float) -> list[CaptionEvent]:

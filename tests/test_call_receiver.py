@@ -490,33 +490,11 @@ async def test_the_call_handler_answers_pings_and_registers_with_the_node(tmp_pa
     handler = make_call_handler(fake_node)
     assert fake_node.call_service is handler.service
     assert fake_node.call_service.status() == {"active": 0, "max": 8, "recent": []}
-    caller_id, listener_id = StaticIdentity.generate(), StaticIdentity.generate()
-    left, right = trio.testing.memory_stream_pair()
-    sessions: list[object] = []
-
-    async def accept() -> None:
-        sessions.append(
-            await accept_session(
-                right,
-                identity=listener_id,
-                our_hello=_hello(),
-                our_bundle=None,
-                trust_check=lambda key: TrustDecision.KNOWN,
-            )
-        )
-
+    caller, listener, _, info, _, _ = await _call_session(
+        tmp_path, handler.service.models, send_bundle=False, handler=handler
+    )
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept)
-        caller = await initiate_session(
-            left,
-            identity=caller_id,
-            responder_static_public=listener_id.public,
-            our_hello=_hello(),
-            our_bundle=None,
-        )
-    info = SessionInfo(1, caller_id.public, "inbound", "memory", 0.0, "known")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_serve, handler, sessions[0], info)
+        nursery.start_soon(_serve, handler, listener, info)
         await caller.send_message(Ping(nonce=5))
         assert await caller.receive_message() == Pong(nonce=5)
         await caller.aclose()
