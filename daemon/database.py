@@ -44,7 +44,10 @@ __all__ = [
     "MIGRATIONS",
     "PUBLIC_KEY_BYTES",
     "Database",
+    "DatabaseBusyError",
+    "DatabaseCorruptError",
     "DatabaseError",
+    "DatabaseFullError",
     "JobRecord",
     "JobStateError",
     "JobStatus",
@@ -73,7 +76,46 @@ Clock = Callable[[], float]
 
 
 class DatabaseError(Exception):
-    """The database file cannot be used; the message is one line and names the file."""
+    """The database file cannot be used; the message is one line and names the file.
+
+    Every ``sqlite3.Error`` leaving this module is translated into this class or one of its
+    subclasses (chosen by SQLite's result code, never by message text), with the original in
+    ``__cause__``.
+    """
+
+
+class DatabaseBusyError(DatabaseError):
+    """Another connection (a CLI, another process) held the lock past the busy timeout."""
+
+
+class DatabaseFullError(DatabaseError):
+    """The disk (or the file system quota) is full."""
+
+
+class DatabaseCorruptError(DatabaseError):
+    """The file is damaged or not a database; ``parley doctor`` says what to do."""
+
+
+# SQLite primary result codes (https://www.sqlite.org/rescode.html).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+
+
+def translate_error(path: Path, exc: sqlite3.Error) -> DatabaseError:
+    """The typed error for ``exc`` (raise it ``from exc``)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    message = _describe(path, exc)
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return DatabaseBusyError(message)
+    if primary == _SQLITE_FULL:
+        return DatabaseFullError(message)
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return DatabaseCorruptError(f"{message}; run 'parley doctor' to check the home")
+    return DatabaseError(message)
 
 
 class JobStateError(DatabaseError):
@@ -270,16 +312,29 @@ class Database:
             try:
                 self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.Error as exc:
-                raise DatabaseError(_describe(self.path, exc)) from exc
+                raise translate_error(self.path, exc) from exc
             try:
                 yield self._connection
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise translate_error(self.path, exc) from exc
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                self._rollback()
                 raise
             try:
                 self._connection.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise DatabaseError(_describe(self.path, exc)) from exc
+                # A failed COMMIT (SQLITE_BUSY, a full disk) can leave the transaction open;
+                # without this rollback every later BEGIN fails on this connection.
+                self._rollback()
+                raise translate_error(self.path, exc) from exc
+
+    def _rollback(self) -> None:
+        if self._connection.in_transaction:
+            try:
+                self._connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (it does on some errors); nothing is open
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -308,7 +363,7 @@ def open_database(path: Path) -> Database:
     try:
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise DatabaseError(_describe(path, exc)) from exc
+        raise translate_error(path, exc) from exc
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # journal_mode answers with the mode actually in force; WAL can be refused (e.g. on some
@@ -321,12 +376,15 @@ def open_database(path: Path) -> Database:
         # quick_check reads every page: catches a damaged file at startup, not mid-round.
         check = str(connection.execute("PRAGMA quick_check").fetchone()[0])
         if check != "ok":
-            raise DatabaseError(f"{path}: the node database is corrupt ({_one_line(check)})")
+            raise DatabaseCorruptError(
+                f"{path}: the node database is corrupt ({_one_line(check)}); "
+                "run 'parley doctor' to check the home"
+            )
         database = Database(connection, path)
         _migrate(database)
     except sqlite3.Error as exc:
         connection.close()
-        raise DatabaseError(_describe(path, exc)) from exc
+        raise translate_error(path, exc) from exc
     except BaseException:
         connection.close()
         raise
@@ -389,6 +447,68 @@ class PeerStore:
                     record.trust.value,
                 ),
             )
+
+    def insert_new(self, record: PeerRecord) -> bool:
+        """Add a peer seen for the first time; False (nothing written) if it is already known."""
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                """
+                INSERT INTO peers (public_key, name, addresses, source, first_seen, last_seen,
+                                   last_handshake, trust)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (public_key) DO NOTHING
+                """,
+                (
+                    record.public_key,
+                    record.name,
+                    _dump_json([list(address) for address in record.addresses]),
+                    record.source.value,
+                    record.first_seen,
+                    record.last_seen,
+                    record.last_handshake,
+                    record.trust.value,
+                ),
+            )
+        return cursor.rowcount == 1
+
+    def update_presence(
+        self,
+        public_key: bytes,
+        *,
+        name: str | None,
+        addresses: tuple[tuple[str, int], ...],
+        source: PeerSource | None,
+        last_seen: float,
+        last_handshake: float | None = None,
+    ) -> None:
+        """Update what discovery and handshakes learn; never ``trust`` (column-level update,
+        so a concurrent ``parley peers trust`` from the CLI is never undone). ``name`` and
+        ``source`` None keep the stored value, ``last_handshake`` None too."""
+        with self._database.transaction() as connection:
+            connection.execute(
+                """
+                UPDATE peers SET name = coalesce(?, name), addresses = ?,
+                                 source = coalesce(?, source), last_seen = ?,
+                                 last_handshake = coalesce(?, last_handshake)
+                WHERE public_key = ?
+                """,
+                (
+                    name,
+                    _dump_json([list(address) for address in addresses]),
+                    None if source is None else source.value,
+                    last_seen,
+                    last_handshake,
+                    public_key,
+                ),
+            )
+
+    def set_trust(self, public_key: bytes, trust: TrustState) -> bool:
+        """Change only the trust column; False if the peer is not in the list."""
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE peers SET trust = ? WHERE public_key = ?", (trust.value, public_key)
+            )
+        return cursor.rowcount == 1
 
     def get(self, public_key: bytes) -> PeerRecord | None:
         with self._database.transaction(write=False) as connection:
@@ -660,7 +780,7 @@ class JobStore:
 
     def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         """Jobs oldest first, optionally only those in ``status``."""
-        with self._database.transaction() as connection:
+        with self._database.transaction(write=False) as connection:
             if status is None:
                 rows = connection.execute(
                     "SELECT * FROM jobs ORDER BY created_at, job_id LIMIT ?", (limit,)
@@ -682,7 +802,7 @@ class JobStore:
 
     def claim_next(self) -> JobRecord | None:
         """Move the oldest pending job to ``processing`` and return it (atomically)."""
-        with self._database.transaction(write=False) as connection:
+        with self._database.transaction() as connection:
             row = connection.execute(
                 "SELECT job_id FROM jobs WHERE status = 'pending' "
                 "ORDER BY created_at, job_id LIMIT 1"

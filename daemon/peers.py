@@ -222,6 +222,16 @@ class PeerTable:
         existing = self._store.get(public_key)
         if existing is None:
             record = _first_record(public_key, name, address, source, now, handshake=False)
+            if self._store.insert_new(record):
+                self._store.prune_known(self._max_known)
+            else:
+                self._store.update_presence(
+                    public_key,
+                    name=name,
+                    addresses=record.addresses,
+                    source=source,
+                    last_seen=now,
+                )
         else:
             record = replace(
                 existing,
@@ -230,9 +240,10 @@ class PeerTable:
                 source=source,
                 last_seen=now,
             )
-        self._store.upsert(record)
-        if existing is None:
-            self._store.prune_known(self._max_known)
+            # Column-level: the node never writes ``trust`` here (a CLI may change it now).
+            self._store.update_presence(
+                public_key, name=name, addresses=record.addresses, source=source, last_seen=now
+            )
         self._presence[public_key] = (now, source)
         return record
 
@@ -245,6 +256,11 @@ class PeerTable:
         existing = self._store.get(public_key)
         if existing is None:
             record = _first_record(public_key, None, address, source, now, handshake=True)
+            if self._store.insert_new(record):
+                self._store.prune_known(self._max_known)
+                existing = None
+            else:
+                existing = record
         else:
             record = replace(
                 existing,
@@ -252,9 +268,15 @@ class PeerTable:
                 last_seen=now,
                 last_handshake=now,
             )
-        self._store.upsert(record)
-        if existing is None:
-            self._store.prune_known(self._max_known)
+        if existing is not None:
+            self._store.update_presence(
+                public_key,
+                name=None,
+                addresses=record.addresses,
+                source=None,
+                last_seen=now,
+                last_handshake=now,
+            )
         self._presence[public_key] = (now, self._presence.get(public_key, (now, source))[1])
         return record
 
@@ -348,7 +370,8 @@ class PeerTable:
 
     def _set_trust(self, key_or_name: str, state: TrustState) -> PeerRecord:
         record = replace(self.resolve(key_or_name), trust=state)
-        self._store.upsert(record)
+        if not self._store.set_trust(record.public_key, state):
+            raise UnknownPeerError(f"no known peer with id {short_peer_id(record.public_key)}")
         return record
 
     def _check_name_pinning(
