@@ -66,7 +66,8 @@ _POSTEDIT_HOMOGRAPHS: dict[str, frozenset[str]] = {
     "pt-en": frozenset({"do", "de", "da", "das", "dos", "para", "com", "mas", "sim"}),
 }
 _WORD = re.compile(r"\b[^\W\d_]+\b")
-_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline ("pt\n").
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*")
 
 
 class TranslationError(MediaError):
@@ -94,7 +95,7 @@ class Translator(Protocol):
 
 def language_key(tag: str) -> str:
     """The primary language subtag, lower case: ``pt-BR`` -> ``pt``, ``en_US`` -> ``en``."""
-    if not _LANGUAGE_TAG.match(tag):
+    if not _LANGUAGE_TAG.fullmatch(tag):
         raise TranslationError(f"{tag!r} is not a language tag (expected e.g. 'en' or 'pt-BR')")
     return re.split(r"[-_]", tag, maxsplit=1)[0].lower()
 

@@ -290,6 +290,13 @@ def test_pipeline_turns_frames_into_captions_translation_and_speech(
     summary = pipeline.summary()
     assert summary["latency"]["tts"]["count"] == len(cues)
     assert summary["counts"]["source_cues"] == len(cues) == len(finals_en)
+    # Every file of the call is private (0600), the WAV and the caption tracks included,
+    # whatever the umask (issue 11, item 10).
+    files = sorted((tmp_path / "call").iterdir())
+    assert {path.name for path in files} >= {"call.en.srt", "call.pt.vtt", "received.pt.wav"}
+    assert {path.name: path.stat().st_mode & 0o777 for path in files} == {
+        path.name: 0o600 for path in files
+    }
 
 
 # -- the session handler over an in-memory stream --------------------------------------------
@@ -485,11 +492,14 @@ async def test_the_call_handler_answers_pings_and_registers_with_the_node(tmp_pa
         home=SimpleNamespace(root=tmp_path),
         config=Config(),
         connections=SimpleNamespace(stats=SimpleNamespace(reject=lambda code: None)),
+        peers=SimpleNamespace(get=lambda key: None),
+        enforce_storage_limits=lambda: None,
         call_service=None,
     )
     handler = make_call_handler(fake_node)
     assert fake_node.call_service is handler.service
-    assert fake_node.call_service.status() == {"active": 0, "max": 8, "recent": []}
+    status = fake_node.call_service.status()
+    assert status["active"] == 0 and status["max"] == 8 and status["recent"] == []
     caller, listener, _, info, _, _ = await _call_session(
         tmp_path, handler.service.models, send_bundle=False, handler=handler
     )
