@@ -23,11 +23,18 @@ Caller (:func:`place_call`, used by ``parley call``, the bench and the demo):
 Callee (:func:`make_call_handler`, the node's session handler; otherwise it behaves like
 ``serve_idle_session``: answers ``Ping``, ends on ``Bye`` or idleness):
 
-1. ``CallStart`` is checked: ``trust.calls_from`` against the session's trust, the codec settings
+1. ``CallStart`` is checked: ``trust.calls_from`` against the caller's trust *now* (read again
+   from the trust list for every ``CallStart``, so an untrust or a block reaches open sessions;
+   :func:`daemon.trust_policy.call_refusal`), the per-peer limits and admission by measured
+   recognizer load (:mod:`daemon.call_admission`: one call per peer at once, calls per hour,
+   "busy" when queued audio would make captions later than ``call.max_caption_delay_s``), the
+   codec settings
    against the bundle the caller sent in the handshake (same content hash and architecture, a
    buildable model), plausible latent settings, a translation backend for the language pair, a
    Whisper model for the speaker's language, a synthesizer for the listener's. A refusal is a
-   ``CallEnd`` whose reason is one line saying why; the session stays open.
+   ``CallEnd`` whose reason is one line saying why; the session stays open. A call that reaches
+   ``call.max_duration_s`` is ended by the listener (``CallEnd`` saying so, then the session
+   closes).
 2. The media pipeline (:class:`media.call_receiver.ListenerPipeline`) runs as three tasks: this
    task reads messages and checks every ``CodecFrames`` (:class:`~media.call_receiver.FrameIntake`:
    order, size, at most 1.5x real time), a recognition task decodes + transcribes in a worker
@@ -62,6 +69,7 @@ Clock: latencies are measured on the listener's clock, from the arrival of ``Cal
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -78,9 +86,12 @@ import numpy.typing as npt
 import trio
 
 from daemon.atomic import write_atomic
+from daemon.call_admission import PeerCallLimits, RecognizerLoad
 from daemon.connections import SESSION_IDLE_TIMEOUT_S, SessionHandler, SessionInfo
+from daemon.database import PeerRecord
 from daemon.logs import event, get_logger
 from daemon.peers import short_peer_id
+from daemon.trust_policy import call_refusal
 from fl.config import CodecConfig
 from fl.errors import InvalidBundleError
 from fl.model import CodecModel, model_from_bundle
@@ -281,6 +292,22 @@ class CallService:
     max_calls: int = 8
     active: int = 0
     history: list[CallRecord] = field(default_factory=list)
+    #: Reads a caller's record from the trust list at every CallStart (blocking: run in a
+    #: thread), so an untrust or a block reaches sessions already open. None: the session's
+    #: trust at handshake time is used (tests that serve a handler without a node).
+    lookup_peer: Callable[[bytes], PeerRecord | None] | None = None
+    peer_limits: PeerCallLimits = field(
+        default_factory=lambda: PeerCallLimits(
+            max_concurrent_per_peer=1, max_per_hour=20, clock=time.monotonic
+        )
+    )
+    load: RecognizerLoad = field(default_factory=RecognizerLoad)
+    max_duration_s: float = 3600.0
+    max_caption_delay_s: float = 10.0
+    #: Called (in a worker thread) after a call's files are complete: the storage bound.
+    after_call: Callable[[], object] | None = None
+    #: Folders of the calls in progress (the storage bound never deletes them).
+    active_dirs: set[Path] = field(default_factory=set)
 
     def calls_dir(self) -> Path:
         return self.home_root / CALLS_DIR
@@ -299,7 +326,12 @@ class CallService:
                     "latency": latency,
                 }
             )
-        return {"active": self.active, "max": self.max_calls, "recent": recent}
+        return {
+            "active": self.active,
+            "max": self.max_calls,
+            "load": self.load.status(),
+            "recent": recent,
+        }
 
     def record(self, call: CallRecord) -> None:
         self.history.append(call)
@@ -318,6 +350,7 @@ def make_call_handler(
     models.prepare, "en", "pt")``) so the first call does not pay for loading them.
     """
     chosen_models = models if models is not None else CallModels.from_config(node.config)
+    call_config = node.config.call
     service = CallService(
         home_root=node.home.root,
         calls_from=node.config.trust.calls_from,
@@ -325,7 +358,16 @@ def make_call_handler(
         limits=limits if limits is not None else CallLimits(),
         count_rejection=node.connections.stats.reject,
         streaming=chosen_models.streaming,
-        max_calls=node.config.call.max_concurrent,
+        max_calls=call_config.max_concurrent,
+        lookup_peer=node.peers.get,
+        peer_limits=PeerCallLimits(
+            max_concurrent_per_peer=call_config.max_concurrent_per_peer,
+            max_per_hour=call_config.max_per_peer_per_hour,
+            clock=time.monotonic,
+        ),
+        max_duration_s=call_config.max_duration_s,
+        max_caption_delay_s=call_config.max_caption_delay_s,
+        after_call=node.enforce_storage_limits,
     )
     node.call_service = service  # for the status RPC
     return CallSessionHandler(service)
@@ -361,15 +403,29 @@ class CallSessionHandler:
                 return
 
 
+async def _trust_refusal(service: CallService, info: SessionInfo) -> str | None:
+    """``trust.calls_from`` against the caller's trust *now* (read from the trust list)."""
+    if service.lookup_peer is None:
+        if service.calls_from == "trusted" and info.trust != "trusted":
+            return "calls are accepted from trusted peers only"
+        return None
+    record = await trio.to_thread.run_sync(service.lookup_peer, info.peer)
+    return call_refusal(service.calls_from, record)
+
+
 def _refusal(
     service: CallService, session: SessionStream, info: SessionInfo, start: CallStart
 ) -> str | None:
     """Why ``start`` cannot be served (cheap checks, before any model is loaded), or None."""
+    per_peer = service.peer_limits.refusal(info.peer)
+    if per_peer is not None:
+        return per_peer
     if service.active >= service.max_calls:
         plural = "s" if service.active != 1 else ""
         return f"busy: this node already serves {service.active} call{plural}, its limit"
-    if service.calls_from == "trusted" and info.trust != "trusted":
-        return "calls are accepted from trusted peers only"
+    by_load = service.load.refusal(service.max_caption_delay_s)
+    if by_load is not None:
+        return by_load
     bundle = session.their_bundle
     codec = start.codec
     if bundle is None:
@@ -430,12 +486,15 @@ async def _serve_call(
     """Serve one call; return whether the session may go on (False after a violation)."""
     peer = short_peer_id(info.peer)
     arrived = time.monotonic()
-    refusal = _refusal(service, session, info, start)
+    refusal = await _trust_refusal(service, info)
+    if refusal is None:
+        refusal = _refusal(service, session, info, start)
     loaded: tuple[CodecModel, FeatureTranscriber, Translator, Synthesizer] | None = None
     if refusal is None:
         bundle = session.their_bundle
         assert bundle is not None  # checked by _refusal
         service.active += 1
+        service.peer_limits.start(info.peer)
         try:
             loaded = await trio.to_thread.run_sync(_load_for_call, service, start, bundle)
         except (CallError, MediaError, InvalidBundleError) as error:
@@ -445,18 +504,38 @@ async def _serve_call(
         finally:
             if refusal is not None:
                 service.active -= 1
+                service.peer_limits.end(info.peer)
     if refusal is not None or loaded is None:
         reason = (refusal or "refused")[:256]
         event(log, logging.INFO, "call.refused", peer=peer, call_id=start.call_id, reason=reason)
         service.record(CallRecord(start.call_id, peer, None, reason, None))
         await session.send_message(CallEnd(call_id=start.call_id, reason=reason))
         return True
+    load_key = next(_load_keys)
+    service.load.open_call(load_key)
     try:
         return await _run_call(
-            service, session=session, info=info, start=start, loaded=loaded, arrived=arrived
+            service,
+            session=session,
+            info=info,
+            start=start,
+            loaded=loaded,
+            arrived=arrived,
+            load_key=load_key,
         )
     finally:
         service.active -= 1
+        service.peer_limits.end(info.peer)
+        service.load.close_call(load_key)
+        if service.after_call is not None:
+            await _bound_storage(service.after_call)
+
+
+async def _bound_storage(enforce: Callable[[], object]) -> None:
+    try:
+        await trio.to_thread.run_sync(enforce)
+    except OSError as error:
+        event(log, logging.WARNING, "storage.not_bounded", reason=str(error))
 
 
 async def _run_call(
@@ -467,6 +546,7 @@ async def _run_call(
     start: CallStart,
     loaded: tuple[CodecModel, FeatureTranscriber, Translator, Synthesizer],
     arrived: float,
+    load_key: int,
 ) -> bool:
     decoder, transcriber, translator, synthesizer = loaded
     peer = short_peer_id(info.peer)
@@ -491,6 +571,36 @@ async def _run_call(
         service.record(CallRecord(start.call_id, peer, None, reason, None))
         await session.send_message(CallEnd(call_id=start.call_id, reason=reason))
         return True
+    service.active_dirs.add(call_dir)
+    try:
+        return await _run_started_call(
+            service,
+            session=session,
+            start=start,
+            peer=peer,
+            intake=intake,
+            pipeline=pipeline,
+            call_dir=call_dir,
+            clock=clock,
+            load_key=load_key,
+        )
+    finally:
+        service.active_dirs.discard(call_dir)
+
+
+async def _run_started_call(
+    service: CallService,
+    *,
+    session: SessionStream,
+    start: CallStart,
+    peer: str,
+    intake: FrameIntake,
+    pipeline: ListenerPipeline,
+    call_dir: Path,
+    clock: Callable[[], float],
+    load_key: int,
+) -> bool:
+    frame_rate = start.codec.frame_rate_hz
     event(
         log,
         logging.INFO,
@@ -525,7 +635,10 @@ async def _run_call(
                         batch.append(frames_receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                started = time.monotonic()
                 result = await trio.to_thread.run_sync(pipeline.recognize, batch)
+                audio_s = sum(codes.shape[0] for codes in batch) / frame_rate
+                service.load.recognized(load_key, audio_s, time.monotonic() - started)
                 await _deliver(result, send_captions, cues_send)
             result = await trio.to_thread.run_sync(pipeline.finish_recognition)
             await _deliver(result, send_captions, cues_send)
@@ -550,9 +663,16 @@ async def _run_call(
             workers.start_soon(guarded, translate, workers)
             async with frames_send:
                 while True:
-                    with trio.move_on_after(SESSION_IDLE_TIMEOUT_S) as idle:
+                    remaining_s = service.max_duration_s - clock()
+                    if remaining_s <= 0:
+                        ended_by = "max_duration"
+                        workers.cancel_scope.cancel()
+                        break
+                    with trio.move_on_after(min(SESSION_IDLE_TIMEOUT_S, remaining_s)) as idle:
                         message = await session.receive_message()
                     if idle.cancelled_caught:
+                        if clock() >= service.max_duration_s:
+                            continue  # the duration check above ends the call
                         ended_by = "idle"
                         workers.cancel_scope.cancel()
                         break
@@ -567,6 +687,7 @@ async def _run_call(
                             message.start_time_s + message.frame_count / start.codec.frame_rate_hz
                         )
                         pipeline.latency.add("network", clock() - end_s)
+                        service.load.received(load_key, message.frame_count / frame_rate)
                         try:
                             frames_send.send_nowait(codes)
                         except trio.WouldBlock:
@@ -622,6 +743,8 @@ async def _run_call(
     event(log, logging.INFO, "call.ended", peer=peer, call_id=start.call_id, ended_by=ended_by)
     if violation is not None:
         reason = str(violation)[:256]
+    elif ended_by == "max_duration":
+        reason = f"the call reached this node's longest call ({service.max_duration_s:g} s)"
     elif failures:
         reason = f"listener failure: {failures[0]}"[:256]
     else:
@@ -635,7 +758,10 @@ async def _run_call(
         )
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
-    return violation is None
+    return violation is None and ended_by != "max_duration"
+
+
+_load_keys = itertools.count(1)
 
 
 def _only_leaf(error: BaseException) -> BaseException:

@@ -140,8 +140,9 @@ class TrustSection(_Section):
     NAME: ClassVar[str] = "trust"
     TITLE: ClassVar[str] = "Who may do what (only trusted peers get our weights)"
     calls_from: str = setting(
-        "known",
-        "Accept calls from 'trusted', 'known' or 'anyone'.",
+        "trusted",
+        "Accept calls from 'trusted' peers, 'known' ones (learned by discovery or static "
+        "config, not merely by dialing in) or 'anyone' not blocked.",
         one_of("trusted", "known", "anyone"),
     )
     trust_on_first_use: bool = setting(
@@ -209,6 +210,37 @@ class CallSection(_Section):
     max_concurrent: int = setting(
         8, "Calls this node serves at once; one more is refused as busy.", in_range(1, 64)
     )
+    max_concurrent_per_peer: int = setting(
+        1, "Calls one peer may hold at once; one more is refused.", in_range(1, 64)
+    )
+    max_per_peer_per_hour: int = setting(
+        20, "Calls one peer may start within an hour; more are refused.", in_range(1, 100000)
+    )
+    max_duration_s: float = setting(
+        3600.0, "A call is ended after this long (seconds).", in_range(10, 86400)
+    )
+    max_caption_delay_s: float = setting(
+        10.0,
+        "Refuse a new call as busy when the speech recognizer's backlog would make captions "
+        "later than this (seconds).",
+        in_range(0.5, 3600),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StorageSection(_Section):
+    NAME: ClassVar[str] = "storage"
+    TITLE: ClassVar[str] = "Disk used by calls/ and captions/ (oldest folders are deleted first)"
+    max_bytes: int = setting(
+        2 * 1024**3,
+        "Most bytes kept under calls/ and captions/ together; 0 means no limit.",
+        in_range(0, 2**62),
+    )
+    keep_days: float = setting(
+        30.0,
+        "Call and caption folders older than this are deleted; 0 means no age limit.",
+        in_range(0, 36500),
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -236,6 +268,7 @@ class Config:
     session: SessionSection = field(default_factory=SessionSection)
     fl: FlSection = field(default_factory=FlSection)
     call: CallSection = field(default_factory=CallSection)
+    storage: StorageSection = field(default_factory=StorageSection)
     models: ModelsSection = field(default_factory=ModelsSection)
 
     def replace(self, section: str, **changes: Any) -> Self:

@@ -43,6 +43,7 @@ import trio
 
 from daemon.backoff import Backoff
 from daemon.database import PeerRecord, PeerSource
+from daemon.faults import FaultLog
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, short_peer_id
 from daemon.ratelimit import RateLimiter
@@ -294,7 +295,9 @@ class ConnectionManager:
         clock: Callable[[], float] = time.monotonic,
         max_inbound_sessions: int = MAX_INBOUND_SESSIONS,
         max_inbound_sessions_per_address: int = MAX_INBOUND_SESSIONS_PER_ADDRESS,
+        faults: FaultLog | None = None,
     ) -> None:
+        self._faults = faults if faults is not None else FaultLog()
         self._identity = identity
         self._hello = hello
         self._our_bundle = our_bundle
@@ -333,7 +336,17 @@ class ConnectionManager:
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound_port: int = listeners[0].socket.getsockname()[1]
         task_status.started(bound_port)
-        await trio.serve_listeners(self.handle_inbound, listeners)
+        await trio.serve_listeners(self._handle_inbound_isolated, listeners)
+
+    async def _handle_inbound_isolated(self, stream: trio.SocketStream) -> None:
+        """One connection is one unit: an unexpected error (a locked database, a bug in a
+        session handler) closes it and is counted, never ends the node (daemon.faults)."""
+        try:
+            await self.handle_inbound(stream)
+        except Exception as error:
+            self.stats.reject("internal_error")
+            self._faults.record("connection", error)
+            await trio.aclose_forcefully(stream)
 
     async def handle_inbound(self, stream: trio.SocketStream) -> None:
         try:
@@ -423,7 +436,9 @@ class ConnectionManager:
         async with session:
             peer = session.their_static_public
             self.stats.handshakes_completed += 1
-            self._peers.record_handshake(peer, address=None, source=PeerSource.INBOUND)
+            await trio.to_thread.run_sync(
+                lambda: self._peers.record_handshake(peer, address=None, source=PeerSource.INBOUND)
+            )
             decision = session.trust_decision
             if decision is TrustDecision.TRUSTED:
                 self.stats.bundles_sent += 1

@@ -25,6 +25,7 @@ same way, since a half-done round cannot be resumed.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -330,11 +331,10 @@ class Database:
                 raise translate_error(self.path, exc) from exc
 
     def _rollback(self) -> None:
+        # SQLite rolls back by itself on some errors; a ROLLBACK then has nothing to end.
         if self._connection.in_transaction:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self._connection.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # SQLite already rolled back (it does on some errors); nothing is open
 
 
 def _one_line(text: str, limit: int = 200) -> str:

@@ -29,6 +29,7 @@ never pays for it) and kept; translators are built once per language pair.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,7 +40,8 @@ from typing import Any, Final
 import trio
 
 from daemon.config import Config
-from daemon.database import JobRecord, JobStatus, JobStore
+from daemon.database import DatabaseError, JobRecord, JobStatus, JobStore
+from daemon.faults import FaultLog, describe_failure
 from daemon.home import NodeHome
 from daemon.logs import event, get_logger
 from daemon.rpc import RpcHandlerError
@@ -176,6 +178,8 @@ class JobRunner:
         translator_factory: TranslatorFactory | None = None,
         source_language: str = "en",
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        faults: FaultLog | None = None,
+        after_job: Callable[[], object] | None = None,
     ) -> None:
         if not poll_interval_s > 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
@@ -193,6 +197,8 @@ class JobRunner:
         self._translators: dict[tuple[str, str], Translator] = {}
         self._progress: _Progress | None = None
         self._stop_worker = threading.Event()
+        self._faults = faults if faults is not None else FaultLog()
+        self._after_job = after_job
         self.jobs_finished = 0
 
     @property
@@ -223,12 +229,26 @@ class JobRunner:
             while True:
                 # A fresh event before looking, so a submission after the look still wakes us.
                 self._wakeup = trio.Event()
-                job = self._jobs.claim_next()
+                try:
+                    job = await trio.to_thread.run_sync(self._jobs.claim_next)
+                except DatabaseError as error:
+                    # A locked or full database: this look fails, the loop goes on.
+                    self._faults.record("jobs", error)
+                    job = None
                 if job is None:
                     with trio.move_on_after(self._poll_interval_s):
                         await self._wakeup.wait()
                     continue
-                await self._process(job)
+                try:
+                    await self._process(job)
+                except Exception as error:
+                    # Its status could not be recorded; recover_interrupted requeues it.
+                    self._faults.record("job", error)
+                if self._after_job is not None:
+                    try:
+                        await trio.to_thread.run_sync(self._after_job)
+                    except OSError as error:
+                        self._faults.record("storage", error)
         finally:
             self._stop_worker.set()
 
@@ -237,15 +257,24 @@ class JobRunner:
         try:
             outputs = await trio.to_thread.run_sync(self._run_job, job, abandon_on_cancel=True)
         except (MediaError, OSError, JobOptionsError) as error:
-            reason = _one_line(str(error)) or type(error).__name__
-            self._jobs.mark_failed(job.job_id, reason=reason)
+            reason = _one_line(
+                describe_failure(error) if isinstance(error, OSError) else str(error)
+            )
+            reason = reason or type(error).__name__
+            await trio.to_thread.run_sync(
+                functools.partial(self._jobs.mark_failed, job.job_id, reason=reason)
+            )
             event(log, logging.WARNING, "job.failed", job=job.job_id, reason=reason)
         except Exception as error:
             reason = _one_line(f"internal error: {type(error).__name__}: {error}")
-            self._jobs.mark_failed(job.job_id, reason=reason)
-            log.exception("job %s failed with an internal error", job.job_id)
+            self._faults.record("job", error)
+            await trio.to_thread.run_sync(
+                functools.partial(self._jobs.mark_failed, job.job_id, reason=reason)
+            )
         else:
-            self._jobs.mark_ready(job.job_id, outputs=outputs)
+            await trio.to_thread.run_sync(
+                functools.partial(self._jobs.mark_ready, job.job_id, outputs=outputs)
+            )
             event(log, logging.INFO, "job.ready", job=job.job_id)
         finally:
             self._progress = None
@@ -303,7 +332,7 @@ class JobRunner:
             job_id = _mapping(params).get("id")
             if not isinstance(job_id, str) or not job_id:
                 raise RpcHandlerError("invalid_params", "id must be a job id string")
-            record = self._jobs.get(job_id)
+            record = await trio.to_thread.run_sync(self._jobs.get, job_id)
             if record is None:
                 raise RpcHandlerError("unknown_job", f"no job with id {job_id!r}")
             shown = job_dict(record)
@@ -347,8 +376,13 @@ class JobRunner:
                 raise RpcHandlerError("unsupported_language", str(error)) from None
             except MediaError as error:
                 raise RpcHandlerError("translation_unavailable", str(error)) from None
-        record = self._jobs.create(
-            kind=CAPTION_JOB_KIND, input_path=str(path), options=options.to_json()
+        record = await trio.to_thread.run_sync(
+            functools.partial(
+                self._jobs.create,
+                kind=CAPTION_JOB_KIND,
+                input_path=str(path),
+                options=options.to_json(),
+            )
         )
         event(log, logging.INFO, "job.submitted", job=record.job_id, input=str(path))
         self.wake()

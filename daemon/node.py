@@ -6,10 +6,16 @@ is tested alone. :func:`open_node` runs them all in one nursery and yields a han
 leaving the ``async with`` (or the ``shutdown`` RPC, or SIGINT/SIGTERM in :func:`run_node`)
 shuts down in order: stop discovery (mDNS goodbye), send ``Bye`` on open sessions, let a
 running round finish or fail cleanly, close the database.
+
+Isolation (:mod:`daemon.faults`): every connection, RPC request, round, job and the discovery
+task is one unit; an unexpected exception ends that unit only and is counted by type under
+``faults`` in the status. Database work on the connection and RPC paths runs in worker threads,
+so a database locked by another process delays that unit, not the event loop.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
@@ -21,7 +27,7 @@ from typing import Any, Final
 
 import trio
 
-from daemon.calls import CallService, make_call_handler
+from daemon.calls import CALLS_DIR, CallService, make_call_handler
 from daemon.codec_store import CodecStore
 from daemon.config import Config
 from daemon.connections import ConnectionManager, SessionHandler, SessionInfo
@@ -30,6 +36,7 @@ from daemon.database import (
     JobStatus,
     JobStore,
     PeerRecord,
+    PeerSource,
     PeerStore,
     RoundRecord,
     RoundStatus,
@@ -42,14 +49,16 @@ from daemon.discovery import (
     open_mdns_discovery,
     parse_static_peers,
 )
+from daemon.faults import FaultLog, run_isolated
 from daemon.home import NodeHome
 from daemon.identity import Identity, load_identity
-from daemon.jobs import JobRunner, job_dict
+from daemon.jobs import CAPTIONS_DIR_NAME, JobRunner, job_dict
 from daemon.logs import event, get_logger
 from daemon.peers import KeyChangedError, PeerTable, format_peer_id, sanitize_peer_name
 from daemon.rpc import RpcHandlerError
 from daemon.rpc_server import serve_rpc
 from daemon.scheduler import RoundInProgressError, RoundScheduler, RoundSettings, checkpoint_version
+from daemon.storage import StorageBound
 from daemon.trust_policy import TrustPolicy
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, CodecConfig, TrainConfig
@@ -62,6 +71,12 @@ log = get_logger("node")
 
 #: How often the peer table drops peers that stopped announcing themselves.
 EXPIRY_INTERVAL_S: Final = 10.0
+#: How often the storage bound runs besides after each call and job.
+STORAGE_INTERVAL_S: Final = 3600.0
+#: A discovery task that failed is started again after this long.
+DISCOVERY_RESTART_S: Final = 30.0
+#: First-contact keys (strangers refused at the handshake) waiting to be recorded.
+MAX_PENDING_FIRST_CONTACTS: Final = 256
 CAPABILITIES: Final = ("fl/1", "call/1")
 
 Handler = Callable[[Any], Awaitable[object]]
@@ -98,6 +113,8 @@ class RunningNode:
     jobs: JobStore
     name: str
     job_runner: JobRunner
+    storage: StorageBound
+    faults: FaultLog
     listen_port: int = 0
     call_service: CallService | None = None
     started_at: float = field(default_factory=time.time)
@@ -128,12 +145,39 @@ class RunningNode:
                 log, logging.WARNING, "peer.key_changed", name=error.event.name, reason=str(error)
             )
 
+    def enforce_storage_limits(self) -> None:
+        """The ``storage`` bound on ``calls/`` and ``captions/`` (blocking: a worker thread)."""
+        in_use = set(self.call_service.active_dirs) if self.call_service is not None else set()
+        running = self.job_runner.progress
+        if running is not None:
+            in_use.add(self.home.root / CAPTIONS_DIR_NAME / str(running["id"]))
+        self.storage.enforce(in_use=in_use)
+
     # -- status RPC --------------------------------------------------------------------------
 
-    def status(self) -> dict[str, object]:
-        ours = self.codecs.current()
+    def _status_from_database(self) -> dict[str, object]:
+        """The parts of the status read from ``node.db`` (blocking: run in a worker thread)."""
         last = self.rounds.recent(limit=1)
         known = self.peers.known()
+        return {
+            "last_round": _round_dict(last[0]) if last else None,
+            "peers_known": len(known),
+            "peers_present": sum(1 for peer in known if self.peers.is_present(peer.public_key)),
+            "peers_trusted": sum(1 for peer in known if peer.trust.value == "trusted"),
+            "rounds_completed": self.rounds.count(status=RoundStatus.COMPLETED),
+            "jobs_pending": self.jobs.count(status=JobStatus.PENDING),
+        }
+
+    async def status_async(self) -> dict[str, object]:
+        """:meth:`status` with its database reads in a worker thread (the RPC's version)."""
+        stored = await trio.to_thread.run_sync(self._status_from_database)
+        return self._status(stored)
+
+    def status(self) -> dict[str, object]:
+        return self._status(self._status_from_database())
+
+    def _status(self, stored: dict[str, object]) -> dict[str, object]:
+        ours = self.codecs.current()
         return {
             "node_id": self.peer_id,
             "name": self.name,
@@ -144,38 +188,47 @@ class RunningNode:
                 "architecture": ours.config.architecture_id,
                 "kbps": ours.config.kbps,
                 "round": ours.checkpoint.round,
+                "warnings": list(self.codecs.warnings),
             },
-            "last_round": _round_dict(last[0]) if last else None,
+            "last_round": stored["last_round"],
             "round_running": self.scheduler.current_round,
             "counts": {
-                "peers_known": len(known),
-                "peers_present": len(self.peers.present()),
-                "peers_trusted": sum(1 for peer in known if peer.trust.value == "trusted"),
+                "peers_known": stored["peers_known"],
+                "peers_present": stored["peers_present"],
+                "peers_trusted": stored["peers_trusted"],
                 "sessions": len(self.connections.sessions),
-                "rounds_completed": self.rounds.count(status=RoundStatus.COMPLETED),
-                "jobs_pending": self.jobs.count(status=JobStatus.PENDING),
+                "rounds_completed": stored["rounds_completed"],
+                "jobs_pending": stored["jobs_pending"],
             },
             "connections": self.connections.stats.as_dict(),
             "job_running": self.job_runner.progress,
             "calls": self.call_service.status() if self.call_service is not None else None,
+            "faults": self.faults.as_dict(),
+            "storage": self.storage.status(),
         }
 
     def rpc_handlers(self) -> dict[str, Handler]:
         async def status(params: Any) -> object:
-            return self.status()
+            return await self.status_async()
+
+        def list_peers() -> list[dict[str, object]]:
+            return [
+                _peer_dict(record, self.peers.is_present(record.public_key))
+                for record in self.peers.known()
+            ]
 
         async def peers(params: Any) -> object:
-            present = {peer.public_key for peer in self.peers.present()}
-            return [
-                _peer_dict(record, record.public_key in present) for record in self.peers.known()
-            ]
+            return await trio.to_thread.run_sync(list_peers)
 
         async def sessions(params: Any) -> object:
             return [info.as_dict() for info in self.connections.sessions.values()]
 
         async def rounds(params: Any) -> object:
             limit = _int_param(params, "limit", 20)
-            return [_round_dict(record) for record in self.rounds.recent(limit=limit)]
+            recent = await trio.to_thread.run_sync(
+                functools.partial(self.rounds.recent, limit=limit)
+            )
+            return [_round_dict(record) for record in recent]
 
         async def round_start(params: Any) -> object:
             if _param(params, "wait", False):
@@ -190,7 +243,9 @@ class RunningNode:
             return {"requested": True}
 
         async def jobs(params: Any) -> object:
-            return [job_dict(job) for job in self.jobs.list(limit=_int_param(params, "limit", 100))]
+            limit = _int_param(params, "limit", 100)
+            listed = await trio.to_thread.run_sync(functools.partial(self.jobs.list, limit=limit))
+            return [job_dict(job) for job in listed]
 
         async def shutdown(params: Any) -> object:
             self.shutdown_requested.set()
@@ -305,7 +360,21 @@ async def open_node(
         )
         codecs = CodecStore(home.models_dir, home.features_dir, options.codec)
         codecs.current()  # creates the initial model on first start, validates it otherwise
-        policy = TrustPolicy(peers, calls_from=config.trust.calls_from)
+        faults = FaultLog()
+        first_contacts_send, first_contacts_receive = trio.open_memory_channel[bytes](
+            MAX_PENDING_FIRST_CONTACTS
+        )
+
+        def first_contact(key: bytes) -> None:
+            # Called inside the handshake (synchronous): the write happens in a worker thread.
+            try:
+                first_contacts_send.send_nowait(key)
+            except trio.WouldBlock:
+                connections.stats.reject("busy")
+
+        policy = TrustPolicy(
+            peers, calls_from=config.trust.calls_from, on_first_contact=first_contact
+        )
         name = config.node.name or sanitize_peer_name(socket.gethostname())
         node_ref: list[RunningNode] = []
         # The call handler needs the node, and the node its connection manager: built below.
@@ -332,6 +401,7 @@ async def open_node(
             handshakes_per_address_per_s=config.session.handshakes_per_address_per_s,
             on_bundle=on_bundle,
             on_session=options.session_handler or serve_calls,
+            faults=faults,
         )
         train = options.train or TrainConfig(
             steps=config.fl.local_steps, threads=config.models.cpu_threads
@@ -354,6 +424,12 @@ async def open_node(
             ),
             our_peer_id=identity.peer_id,
             on_aggregated=options.on_aggregated,
+            faults=faults,
+        )
+        storage = StorageBound(
+            [home.root / CALLS_DIR, home.root / CAPTIONS_DIR_NAME],
+            max_bytes=config.storage.max_bytes,
+            keep_days=config.storage.keep_days,
         )
         node = RunningNode(
             home=home,
@@ -367,7 +443,15 @@ async def open_node(
             rounds=rounds,
             jobs=jobs,
             name=name,
-            job_runner=JobRunner(jobs, home=home, config=config),
+            job_runner=JobRunner(
+                jobs,
+                home=home,
+                config=config,
+                faults=faults,
+                after_job=lambda: node_ref[0].enforce_storage_limits(),  # noqa: PLW0108 (filled below)
+            ),
+            storage=storage,
+            faults=faults,
         )
         node_ref.append(node)
         if options.session_handler is None:
@@ -384,10 +468,33 @@ async def open_node(
 
             async def discover() -> None:
                 with discovery_scope:
-                    await _discover(node)
+                    while not await run_isolated(faults, "discovery", lambda: _discover(node)):
+                        await trio.sleep(DISCOVERY_RESTART_S)
+
+            async def record_first_contacts() -> None:
+                async for key in first_contacts_receive:
+                    record = functools.partial(
+                        peers.record_handshake, key, address=None, source=PeerSource.INBOUND
+                    )
+
+                    async def write(record: Callable[[], object] = record) -> None:
+                        await trio.to_thread.run_sync(record)
+
+                    await run_isolated(faults, "peer_record", write)
+
+            async def bound_storage() -> None:
+                while True:
+                    await run_isolated(
+                        faults,
+                        "storage",
+                        lambda: trio.to_thread.run_sync(node.enforce_storage_limits),
+                    )
+                    await trio.sleep(STORAGE_INTERVAL_S)
 
             nursery.start_soon(discover)
             nursery.start_soon(scheduler.run)
+            nursery.start_soon(record_first_contacts)
+            nursery.start_soon(bound_storage)
             event(
                 log,
                 logging.INFO,

@@ -297,7 +297,8 @@ class PeerTable:
 
     def present(self) -> list[PeerRecord]:
         """Peers announced within ``ttl`` (as of the last :meth:`expire`) plus static ones."""
-        records = (self._store.get(key) for key in self._presence)
+        # A snapshot of the keys: the node may call this from a worker thread.
+        records = (self._store.get(key) for key in list(self._presence))
         return [record for record in records if record is not None]
 
     def known(self) -> list[PeerRecord]:

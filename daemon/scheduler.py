@@ -9,14 +9,17 @@ A round (DESIGN.md §7):
 4. checkpoint atomically;
 5. record the round.
 
-Rounds never overlap. Any failure before step 4 leaves the previous checkpoint in place and
-records the round as failed with the reason; the heavy steps (training, aggregation, loss
-evaluation) run in a worker thread, off the event loop.
+Rounds never overlap. Any failure before the checkpoint is written (a full disk while writing
+it included) leaves the previous checkpoint in place and records the round as failed with the
+reason (``disk full: ...`` first when that is the cause); a round is never left "running" while
+the node runs. The heavy steps (training, aggregation, loss evaluation) and the database work
+run in worker threads, off the event loop. One failed round never ends the scheduler loop: an
+unexpected error is counted in the node's faults (``status``) and the next round runs on time.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import math
 import time
@@ -28,7 +31,8 @@ import trio
 
 from daemon.codec_store import FEATURES_DIGEST_KEY, CodecStore, OurCodec
 from daemon.connections import ConnectionManager, DialError
-from daemon.database import PeerRecord, RoundRecord, RoundStatus, RoundStore
+from daemon.database import DatabaseError, PeerRecord, RoundRecord, RoundStatus, RoundStore
+from daemon.faults import FaultLog, describe_failure
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, format_peer_id, short_peer_id
 from fl.aggregate import AggregationResult, PeerUpdate, aggregate_round
@@ -45,6 +49,9 @@ log = get_logger("rounds")
 MAX_PARALLEL_EXCHANGES: Final = 8
 #: Bundles trusted peers brought us between rounds; one per peer (the latest) is kept.
 MAX_INBOX: Final = 256
+#: Attempts at recording a failed round (the database may be locked by another process).
+FINISH_ATTEMPTS: Final = 3
+FINISH_RETRY_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +80,9 @@ class RoundScheduler:
         our_peer_id: str,
         on_aggregated: Callable[[int, AggregationResult], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        faults: FaultLog | None = None,
     ) -> None:
+        self._faults = faults if faults is not None else FaultLog()
         self._codecs = codecs
         self._connections = connections
         self._peers = peers
@@ -128,8 +137,12 @@ class RoundScheduler:
             with trio.move_on_after(interval if interval > 0 else math.inf):
                 await self._wake.wait()
             self._wake = trio.Event()
-            with contextlib.suppress(RoundInProgressError):
+            try:
                 await self.run_round()
+            except RoundInProgressError:
+                pass
+            except Exception as error:
+                self._faults.record("round", error)
 
     async def run_round(self) -> RoundRecord:
         if self._lock.locked():
@@ -138,12 +151,13 @@ class RoundScheduler:
             return await self._run_round_locked()
 
     async def _run_round_locked(self) -> RoundRecord:
-        trusted = [
-            peer for peer in self._peers.present() if self._peers.is_trusted(peer.public_key)
-        ]
-        record = self._rounds.begin(
-            alpha=self._settings.aggregation.alpha,
-            peers=[format_peer_id(peer.public_key) for peer in trusted],
+        trusted = await trio.to_thread.run_sync(self._trusted_present)
+        record = await trio.to_thread.run_sync(
+            functools.partial(
+                self._rounds.begin,
+                alpha=self._settings.aggregation.alpha,
+                peers=[format_peer_id(peer.public_key) for peer in trusted],
+            )
         )
         number = record.round_number
         self.current_round = number
@@ -154,29 +168,23 @@ class RoundScheduler:
             ours = await self._train_if_new_audio()
             bundles, failures = await self._collect_bundles(trusted)
             result = await trio.to_thread.run_sync(self._aggregate, ours, bundles, number)
+            checkpoint, loss_before, loss_after, aggregation = result
+            await trio.to_thread.run_sync(self._codecs.save, checkpoint)
         except BaseException as error:
             reason = (
                 "cancelled (node shutting down)"
                 if isinstance(error, trio.Cancelled)
-                else (f"{type(error).__name__}: {error}")
+                else describe_failure(error)
             )
-            with trio.CancelScope(shield=True):
-                finished = self._rounds.finish(
-                    number,
-                    status=RoundStatus.FAILED,
-                    peers=[],
-                    n=None,
-                    loss_before=None,
-                    loss_after=None,
-                    record={"error": reason},
-                )
-            self.current_round = None
+            try:
+                with trio.CancelScope(shield=True):
+                    finished = await self._record_failure(number, reason)
+            finally:
+                self.current_round = None
             event(log, logging.WARNING, "round.failed", round=number, reason=reason)
             if isinstance(error, Exception):
                 return finished
             raise
-        checkpoint, loss_before, loss_after, aggregation = result
-        self._codecs.save(checkpoint)
         for key in bundles:
             self._inbox.pop(key, None)
         seconds = self._clock() - started
@@ -188,15 +196,27 @@ class RoundScheduler:
             "bytes_exchanged": moved - bytes_before,
             "model_version": checkpoint_version(self._codecs.current()),
         }
-        finished = self._rounds.finish(
-            number,
-            status=RoundStatus.COMPLETED,
-            peers=[format_peer_id(key) for key in bundles],
-            n=int(aggregation["total_sample_count"]),  # type: ignore[call-overload]
-            loss_before=loss_before,
-            loss_after=loss_after,
-            record=report,
-        )
+        try:
+            finished = await trio.to_thread.run_sync(
+                functools.partial(
+                    self._rounds.finish,
+                    number,
+                    status=RoundStatus.COMPLETED,
+                    peers=[format_peer_id(key) for key in bundles],
+                    n=int(aggregation["total_sample_count"]),  # type: ignore[call-overload]
+                    loss_before=loss_before,
+                    loss_after=loss_after,
+                    record=report,
+                )
+            )
+        except DatabaseError as error:
+            # The checkpoint is written; only its record failed: say so rather than "running".
+            with trio.CancelScope(shield=True):
+                finished = await self._record_failure(
+                    number, f"model saved, round record not written: {describe_failure(error)}"
+                )
+            self.current_round = None
+            return finished
         self.current_round = None
         event(
             log,
@@ -210,6 +230,30 @@ class RoundScheduler:
         )
         return finished
 
+    def _trusted_present(self) -> list[PeerRecord]:
+        return [peer for peer in self._peers.present() if self._peers.is_trusted(peer.public_key)]
+
+    async def _record_failure(self, number: int, reason: str) -> RoundRecord:
+        """Record round ``number`` as failed, retrying while the database is locked."""
+        finish = functools.partial(
+            self._rounds.finish,
+            number,
+            status=RoundStatus.FAILED,
+            peers=[],
+            n=None,
+            loss_before=None,
+            loss_after=None,
+            record={"error": reason},
+        )
+        for attempt in range(FINISH_ATTEMPTS):
+            try:
+                return await trio.to_thread.run_sync(finish)
+            except DatabaseError:
+                if attempt == FINISH_ATTEMPTS - 1:
+                    raise  # left "running": marked abandoned at the next start
+                await trio.sleep(FINISH_RETRY_S)
+        raise AssertionError("unreachable")
+
     async def _train_if_new_audio(self) -> OurCodec:
         ours = self._codecs.current()
         digest = self._codecs.features_digest()
@@ -217,7 +261,7 @@ class RoundScheduler:
         if not digest or (trained_on == digest and not self._settings.train_each_round):
             return ours
         checkpoint = await trio.to_thread.run_sync(self._train, ours, digest)
-        return self._codecs.save(checkpoint)
+        return await trio.to_thread.run_sync(self._codecs.save, checkpoint)
 
     def _train(self, ours: OurCodec, digest: str) -> Checkpoint:
         features = self._codecs.load_features()

@@ -89,6 +89,36 @@ def _calls(calls: Mapping[str, Any] | None) -> str:
     return text
 
 
+def _faults(faults: Mapping[str, Any] | None) -> str:
+    if not faults or not faults.get("total"):
+        return "none"
+    by_type = faults.get("by_type") or {}
+    return f"{faults['total']}: " + ", ".join(f"{k}={v}" for k, v in sorted(by_type.items()))
+
+
+def _bytes(count: object) -> str:
+    if not isinstance(count, int | float):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return "-"  # unreachable
+
+
+def _storage(storage: Mapping[str, Any] | None) -> str:
+    if not storage:
+        return "-"
+    limit = storage.get("max_bytes")
+    text = f"{_bytes(storage.get('bytes_used'))} in {storage.get('folders', 0)} folders"
+    text += f" (limit {_bytes(limit)}" if limit else " (no size limit"
+    days = storage.get("keep_days")
+    text += f", {days:g} days)" if days else ", no age limit)"
+    if storage.get("deleted_folders"):
+        text += f"; {storage['deleted_folders']} old folders deleted"
+    return text
+
+
 def render_status(console: Console, report: Mapping[str, Any]) -> None:
     status = report["status"]
     summary = Table(title="Node", title_justify="left", show_header=False)
@@ -124,6 +154,8 @@ def render_status(console: Console, report: Mapping[str, Any]) -> None:
         ("rejected", ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "none"),
         ("jobs pending", str(counts["jobs_pending"])),
         ("calls", _calls(status.get("calls"))),
+        ("calls+captions disk", _storage(status.get("storage"))),
+        ("faults", _faults(status.get("faults"))),
     ):
         summary.add_row(label, str(value))
     console.print(summary)

@@ -35,6 +35,7 @@ def test_rendered_default_parses_back_to_the_defaults(tmp_path):
         "session",
         "fl",
         "call",
+        "storage",
         "models",
     }
     assert load_config(write(tmp_path, text)) == Config()
@@ -80,7 +81,7 @@ def test_values_are_loaded(tmp_path):
         ("[listen]\nprot = 1\n", "listen.prot: unknown key (known: host, port)"),
         (
             "[lisen]\nport = 1\n",
-            "lisen: unknown section (known: node, listen, discovery, trust, session, fl, call, models)",
+            "lisen: unknown section (known: node, listen, discovery, trust, session, fl, call, storage, models)",
         ),
         ("listen = 3\n", "listen: must be a table ([listen]), got 3"),
         (

@@ -56,6 +56,9 @@ async def hostile_target_node(root: Path, name: str = "target") -> AsyncIterator
     home, _ = make_home(root, name)
     config = loopback_config(name=name, mdns=False)
     config = config.replace("session", handshake_timeout_s=HANDSHAKE_TIMEOUT_S)
+    # The most exposed setting: strangers complete handshakes, so the defences that apply
+    # after one (frames, replays, bundles) are all reachable by the hostile cases.
+    config = config.replace("trust", calls_from="anyone")
     async with open_node(home, config, NodeOptions(listen_port=0)) as node:
         yield node
 
@@ -65,8 +68,15 @@ def rejected(node: RunningNode, reason: str) -> int:
 
 
 async def honest_handshake(node: RunningNode, identity: StaticIdentity | None = None) -> bool:
-    """An honest peer from 127.0.0.1: True if its handshake and a ping finish in time."""
-    identity = identity or StaticIdentity.generate()
+    """An honest peer from 127.0.0.1: True if its handshake and a ping finish in time.
+
+    Without ``identity``, a new peer the node trusts (the default ``trust.calls_from``
+    refuses strangers at the handshake).
+    """
+    if identity is None:
+        identity = StaticIdentity.generate()
+        node.peers.observe(identity.public, name=None, address=None, source=PeerSource.STATIC)
+        node.peers.trust(identity.public.hex())
     try:
         with trio.fail_after(HONEST_DEADLINE_S):
             stream = await hostile_peer.open_tcp("127.0.0.1", node.listen_port)

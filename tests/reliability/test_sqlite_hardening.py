@@ -73,9 +73,7 @@ def _hold_write_lock(path, seconds: float) -> subprocess.Popen[bytes]:
     return holder
 
 
-def test_a_locked_database_is_a_typed_error_and_the_connection_stays_usable(
-    tmp_path, monkeypatch
-):
+def test_a_locked_database_is_a_typed_error_and_the_connection_stays_usable(tmp_path, monkeypatch):
     monkeypatch.setattr("daemon.database.BUSY_TIMEOUT_MS", 200)
     path = tmp_path / "node.db"
     with open_database(path) as database:
