@@ -100,6 +100,30 @@ def check_config(home: HomeOption = None) -> None:
     stdout.print(config)
 
 
+@app.command()
+def doctor(
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Check a node home (identity, config, database, checkpoints, file modes); say what to do."""
+    import json
+
+    from daemon.doctor import Severity, examine_home
+
+    node_home = resolve_home(home)
+    findings = examine_home(node_home)
+    if as_json:
+        print(json.dumps([finding.as_dict() for finding in findings], indent=2))
+    else:
+        for finding in findings:
+            mark = {"ok": "ok", "warning": "WARNING", "problem": "PROBLEM"}[finding.severity]
+            stdout.print(f"{mark:8} {finding.check:11} {finding.message}", highlight=False)
+            if finding.fix:
+                stdout.print(f"{'':8} {'':11} -> {finding.fix}", highlight=False)
+    if any(finding.severity is not Severity.OK for finding in findings):
+        raise typer.Exit(1)
+
+
 def _load(home: Path | None) -> tuple[NodeHome, Config]:
     node_home = resolve_home(home)
     return node_home, load_config(node_home.config_path)
@@ -518,7 +542,7 @@ app.command("call")(call_command)
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app, turning expected failures into one line."""
     try:
-        app(args=argv, prog_name="parley", standalone_mode=False)
+        code = app(args=argv, prog_name="parley", standalone_mode=False)
     except typer.Abort:
         print("parley: aborted", file=sys.stderr)
         sys.exit(130)
@@ -534,6 +558,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"parley: {error}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         raise
+    # Without standalone mode, click returns a command's typer.Exit code instead of exiting.
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

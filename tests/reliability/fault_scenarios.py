@@ -194,12 +194,13 @@ def full_disk_checkpoint_writer() -> Iterator[None]:
     def no_space(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    original = fl.checkpoint.write_atomic
-    fl.checkpoint.write_atomic = no_space
+    # fl.checkpoint imported the writer by name: replace that name, where the writes happen.
+    original = getattr(fl.checkpoint, "write_atomic")  # noqa: B009 (not re-exported for mypy)
+    setattr(fl.checkpoint, "write_atomic", no_space)  # noqa: B010
     try:
         yield
     finally:
-        fl.checkpoint.write_atomic = original
+        setattr(fl.checkpoint, "write_atomic", original)  # noqa: B010
 
 
 async def case_disk_full_with_stand_in_writer(root: Path) -> dict[str, Any]:
