@@ -89,6 +89,7 @@ from daemon.atomic import write_atomic
 from daemon.call_admission import PeerCallLimits, RecognizerLoad
 from daemon.connections import SESSION_IDLE_TIMEOUT_S, SessionHandler, SessionInfo
 from daemon.database import PeerRecord
+from daemon.faults import describe_failure
 from daemon.logs import event, get_logger
 from daemon.peers import short_peer_id
 from daemon.trust_policy import call_refusal
@@ -654,7 +655,7 @@ async def _run_started_call(
         try:
             await stage()
         except (MediaError, OSError, ValueError) as error:
-            failures.append(f"{type(error).__name__}: {error}")
+            failures.append(describe_failure(error))  # "disk full: ..." for ENOSPC
             workers.cancel_scope.cancel()
 
     try:

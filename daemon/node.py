@@ -251,7 +251,7 @@ class RunningNode:
             self.shutdown_requested.set()
             return {"shutting_down": True}
 
-        return {
+        handlers: dict[str, Handler] = {
             "status": status,
             "peers": peers,
             "sessions": sessions,
@@ -260,6 +260,22 @@ class RunningNode:
             "jobs": jobs,
             "shutdown": shutdown,
         }
+        return {name: self.counted(name, handler) for name, handler in handlers.items()}
+
+    def counted(self, method: str, handler: Handler) -> Handler:
+        """``handler`` with its unexpected errors counted in ``faults`` (the RPC server turns
+        them into an error reply; the node goes on)."""
+
+        async def run(params: Any) -> object:
+            try:
+                return await handler(params)
+            except RpcHandlerError:
+                raise
+            except Exception as error:
+                self.faults.record(f"rpc:{method}", error)
+                raise
+
+        return run
 
 
 def _param(params: Any, name: str, default: object) -> object:
@@ -461,7 +477,11 @@ async def open_node(
         async with trio.open_nursery() as nursery:
             port = options.listen_port if options.listen_port is not None else config.listen.port
             node.listen_port = await nursery.start(connections.serve, config.listen.host, port)
-            handlers = {**node.rpc_handlers(), **node.job_runner.rpc_handlers()}
+            jobs_handlers = node.job_runner.rpc_handlers()
+            handlers = {
+                **node.rpc_handlers(),
+                **{name: node.counted(name, h) for name, h in jobs_handlers.items()},
+            }
             await nursery.start(serve_rpc, home.socket_path, handlers)
             await nursery.start(node.job_runner.run)
             discovery_scope = trio.CancelScope()

@@ -41,3 +41,27 @@ async def test_no_stranger_gets_a_call_accepted():
     assert result["accepted"] == 0, result
     assert result["refused_at_handshake"] == 2 and result["refused_at_call_start"] == 2, result
     assert result["honest_ok"], result
+
+
+async def test_parley_status_shows_faults_by_type_and_the_disk_used():
+    from rich.console import Console
+
+    from daemon.node import NodeOptions, open_node
+    from daemon.rpc_client import call
+    from daemon.status_view import render_status
+    from tests.node_helpers import loopback_config, make_home
+
+    with short_root() as root:
+        home, _ = make_home(root, "node")
+        config = loopback_config(name="node", mdns=False)
+        async with open_node(home, config, NodeOptions(listen_port=0)) as node:
+            node.faults.record("connection", PermissionError("denied"))
+            node.faults.record("connection", PermissionError("denied"))
+            status = await call(home.socket_path, "status")
+    assert status["faults"]["by_type"] == {"PermissionError": 2}
+    assert status["storage"]["max_bytes"] == config.storage.max_bytes
+    console = Console(record=True, width=200)
+    render_status(console, {"status": status})
+    text = console.export_text()
+    assert "faults" in text and "2: PermissionError=2" in text
+    assert "calls+captions disk" in text and "0 B in 0 folders" in text
