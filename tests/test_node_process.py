@@ -63,7 +63,10 @@ def test_node_process_status_and_sigterm():
             assert report["status"]["node_id"] == identity.peer_id
             assert report["status"]["listen"] == f"127.0.0.1:{port}"
             assert report["peers"] == [] and report["rounds"] == []
-            assert report["status"]["calls"] == {"active": 0, "max": 8, "recent": []}
+            calls = report["status"]["calls"]
+            assert (calls["active"], calls["max"], calls["recent"]) == (0, 8, [])
+            assert calls["load"]["predicted_caption_delay_s"] == 0.0
+            assert report["status"]["faults"]["total"] == 0
             human = parley("status", "--home", str(home.root))
             assert human.returncode == 0 and identity.peer_id in human.stdout
             assert "0 active (at most 8)" in human.stdout
