@@ -282,9 +282,19 @@ MIGRATIONS: Sequence[Sequence[str]] = (_MIGRATION_1,)
 class Database:
     """One open ``node.db``. Use :func:`open_database`; close it (or use ``with``) when done."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: Path,
+        *,
+        reader: sqlite3.Connection | None = None,
+    ) -> None:
         self._connection = connection
         self._lock = threading.RLock()
+        # Reads get a connection of their own: in WAL mode they never wait for a writer, so a
+        # write stuck behind another process's lock (up to the busy timeout) delays no status.
+        self._reader = reader
+        self._reader_lock = threading.RLock()
         self.path = path
 
     def __enter__(self) -> Database:
@@ -296,6 +306,9 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+        if self._reader is not None:
+            with self._reader_lock:
+                self._reader.close()
 
     @property
     def schema_version(self) -> int:
@@ -307,8 +320,29 @@ class Database:
         """One transaction: committed on success, rolled back on any exception.
 
         Writers take SQLite's write lock up front (``BEGIN IMMEDIATE``) so a read-then-write
-        cannot fail half-way with SQLITE_BUSY; readers use a deferred one and never block.
+        cannot fail half-way with SQLITE_BUSY; readers use a deferred one, on the reading
+        connection, and never wait for a writer.
         """
+        if not write and self._reader is not None:
+            with self._reader_lock:
+                try:
+                    self._reader.execute("BEGIN")
+                except sqlite3.Error as exc:
+                    raise translate_error(self.path, exc) from exc
+                try:
+                    yield self._reader
+                except sqlite3.Error as exc:
+                    _rollback(self._reader)
+                    raise translate_error(self.path, exc) from exc
+                except BaseException:
+                    _rollback(self._reader)
+                    raise
+                try:
+                    self._reader.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    _rollback(self._reader)
+                    raise translate_error(self.path, exc) from exc
+            return
         with self._lock:
             try:
                 self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -331,10 +365,14 @@ class Database:
                 raise translate_error(self.path, exc) from exc
 
     def _rollback(self) -> None:
-        # SQLite rolls back by itself on some errors; a ROLLBACK then has nothing to end.
-        if self._connection.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._connection.execute("ROLLBACK")
+        _rollback(self._connection)
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself on some errors; a ROLLBACK then has nothing to end.
+    if connection.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -382,6 +420,13 @@ def open_database(path: Path) -> Database:
             )
         database = Database(connection, path)
         _migrate(database)
+        reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error:
+            reader.close()
+            raise
+        database = Database(connection, path, reader=reader)
     except sqlite3.Error as exc:
         connection.close()
         raise translate_error(path, exc) from exc
