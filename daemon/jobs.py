@@ -41,7 +41,7 @@ import trio
 
 from daemon.config import Config
 from daemon.database import DatabaseError, JobRecord, JobStatus, JobStore
-from daemon.faults import FaultLog, describe_failure
+from daemon.faults import FaultLog, is_disk_full
 from daemon.home import NodeHome
 from daemon.logs import event, get_logger
 from daemon.rpc import RpcHandlerError
@@ -257,10 +257,9 @@ class JobRunner:
         try:
             outputs = await trio.to_thread.run_sync(self._run_job, job, abandon_on_cancel=True)
         except (MediaError, OSError, JobOptionsError) as error:
-            reason = _one_line(
-                describe_failure(error) if isinstance(error, OSError) else str(error)
-            )
-            reason = reason or type(error).__name__
+            text = str(error) or type(error).__name__
+            # A full disk says so first, whatever layer reported it: that is what to fix.
+            reason = _one_line(f"disk full: {text}" if is_disk_full(error) else text)
             await trio.to_thread.run_sync(
                 functools.partial(self._jobs.mark_failed, job.job_id, reason=reason)
             )
