@@ -508,3 +508,33 @@ async def test_the_call_handler_answers_pings_and_registers_with_the_node(tmp_pa
         await caller.send_message(Ping(nonce=5))
         assert await caller.receive_message() == Pong(nonce=5)
         await caller.aclose()
+
+
+async def test_a_call_is_ended_at_the_longest_call_duration(tmp_path, call_models):
+    caller, listener, handler, info, ours, rejections = await _call_session(tmp_path, call_models)
+    handler.service.max_duration_s = 2.0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serve, handler, listener, info)
+        await caller.send_message(_start(hash_=ours.version_hash))
+
+        async def speak() -> None:  # 100 ms of frames every 100 ms, for longer than allowed
+            frame = 0
+            for seq in range(60):
+                await trio.sleep(0.1)
+                try:
+                    await caller.send_messages([_frames(seq, frame, 2 + seq % 2)])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                frame += 2 + seq % 2
+
+        nursery.start_soon(speak)
+        with trio.fail_after(60):
+            reply = await caller.receive_message()
+            while not isinstance(reply, CallEnd):
+                reply = await caller.receive_message()
+        nursery.cancel_scope.cancel()
+    assert reply.reason == "the call reached this node's longest call (2 s)"
+    assert handler.service.history[-1].reason == reply.reason
+    assert handler.service.active == 0 and rejections == []
+    # The recognizer's batches were timed: the load measure has a decode speed.
+    assert handler.service.load.decode_s is not None
