@@ -12,9 +12,18 @@ missing ones inside one transaction each. A file written by a newer parley (a ve
 know) is refused rather than guessed at.
 
 The three repositories (:class:`PeerStore`, :class:`RoundStore`, :class:`JobStore`) are small and
-synchronous: each call is one short transaction, fast enough for the node to call from trio
-directly, and safe to call from a worker thread (``trio.to_thread.run_sync``) because every
-transaction holds the database's lock. Rows come back as frozen dataclasses, never as tuples.
+synchronous: each call is one short transaction, safe to call from a worker thread
+(``trio.to_thread.run_sync``, which the node does on its connection, round, job and RPC paths:
+another process holding the lock can make a write wait up to the busy timeout) because every
+transaction holds its connection's lock. Writes go through one connection and take SQLite's
+write lock up front (``BEGIN IMMEDIATE``); reads use a second connection and, in WAL mode, never
+wait for a writer. A failed statement or COMMIT is rolled back, and every ``sqlite3.Error`` is
+translated into :class:`DatabaseError` or a subclass chosen by SQLite's result code
+(:class:`DatabaseBusyError`, :class:`DatabaseFullError`, :class:`DatabaseCorruptError`). Peer
+rows are updated column by column (:meth:`PeerStore.update_presence`,
+:meth:`PeerStore.set_trust`): the node never writes ``trust`` while recording a handshake or an
+announcement, so it cannot undo a ``parley peers trust`` made meanwhile by the CLI. Rows come back
+as frozen dataclasses, never as tuples.
 
 Job status is a small state machine (:data:`JOB_TRANSITIONS`): ``pending → processing →
 ready | failed``. A job found in ``processing`` when the node starts was interrupted by a crash:
