@@ -71,7 +71,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -268,6 +268,17 @@ class CallRecord:
     summary: dict[str, object] | None
 
 
+class CallObserver(Protocol):
+    """Told what the listener's calls do (the web page's live captions); called on the event
+    loop, so it must not block. ``call_key`` is the call's folder name, unique per call."""
+
+    def call_started(self, call_key: str, peer: str, start: CallStart) -> None: ...
+
+    def captions(self, call_key: str, captions: Sequence[Caption], now_s: float) -> None: ...
+
+    def call_ended(self, call_key: str, reason: str) -> None: ...
+
+
 @dataclass(slots=True)
 class CallService:
     """The node's call handling: its collaborators and what it has done."""
@@ -281,6 +292,7 @@ class CallService:
     max_calls: int = 8
     active: int = 0
     history: list[CallRecord] = field(default_factory=list)
+    observers: list[CallObserver] = field(default_factory=list)
 
     def calls_dir(self) -> Path:
         return self.home_root / CALLS_DIR
@@ -304,6 +316,9 @@ class CallService:
     def record(self, call: CallRecord) -> None:
         self.history.append(call)
         del self.history[:-MAX_CALL_HISTORY]
+        if call.call_dir is not None:
+            for observer in self.observers:
+                observer.call_ended(call.call_dir.name, call.reason)
 
 
 def make_call_handler(
@@ -500,6 +515,8 @@ async def _run_call(
         languages=f"{start.speaker_language}->{start.listener_language}",
         folder=str(call_dir),
     )
+    for observer in service.observers:
+        observer.call_started(call_dir.name, peer, start)
     frames_send, frames_receive = trio.open_memory_channel[npt.NDArray[np.uint8]](
         MAX_QUEUED_MESSAGES
     )
@@ -509,6 +526,8 @@ async def _run_call(
 
     async def send_captions(captions: Sequence[Caption]) -> None:
         if captions:
+            for observer in service.observers:
+                observer.captions(call_dir.name, captions, clock())
             await session.send_messages(captions)
 
     failures: list[str] = []

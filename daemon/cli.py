@@ -155,6 +155,36 @@ def status(
         render_status(stdout, report)
 
 
+@app.command()
+def web(
+    home: HomeOption = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Also open the page in a browser.")
+    ] = False,
+) -> None:
+    """Print the running node's web page address with its login token."""
+    from urllib.parse import quote
+
+    from daemon.web.auth import TokenFileError, load_or_create_token
+
+    node_home = resolve_home(home)
+    info = _rpc(node_home, "web.info")
+    url = info.get("url") if isinstance(info, dict) else None
+    if not isinstance(url, str):
+        fail("the running node serves no web page (is [web] enabled, its port free? see its log)")
+    try:
+        token = load_or_create_token(node_home.root)
+    except TokenFileError as error:
+        fail(str(error))
+    link = f"{url}/login?token={quote(token)}"
+    print(link)
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(link):
+            print("parley: no browser could be opened; open the link above", file=sys.stderr)
+
+
 peers_app = typer.Typer(help="The trust list: who may receive our weights and be aggregated.")
 app.add_typer(peers_app, name="peers")
 

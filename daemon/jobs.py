@@ -29,6 +29,7 @@ never pays for it) and kept; translators are built once per language pair.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,6 +39,7 @@ from typing import Any, Final
 
 import trio
 
+from daemon.atomic import write_atomic
 from daemon.config import Config
 from daemon.database import JobRecord, JobStatus, JobStore
 from daemon.home import NodeHome
@@ -92,6 +94,9 @@ class CaptionJobOptions:
 
     to: tuple[str, ...] = ()
     out_dir: str | None = None
+    #: Also write ``<stem>.transcript.json``: every track's cues, the source's with word times
+    #: (the web page's clickable transcript and its ``format=json`` captions).
+    transcript: bool = False
 
     def __post_init__(self) -> None:
         if len(self.to) > MAX_TARGET_LANGUAGES:
@@ -104,17 +109,23 @@ class CaptionJobOptions:
             raise JobOptionsError(f"out_dir must be an absolute path, got {self.out_dir!r}")
 
     def to_json(self) -> dict[str, object]:
-        return {"to": list(self.to), "out_dir": self.out_dir}
+        shown: dict[str, object] = {"to": list(self.to), "out_dir": self.out_dir}
+        if self.transcript:
+            shown["transcript"] = True
+        return shown
 
     @classmethod
     def from_json(cls, options: Mapping[str, object]) -> CaptionJobOptions:
         to = options.get("to", [])
         out_dir = options.get("out_dir")
+        transcript = options.get("transcript", False)
+        if not isinstance(transcript, bool):
+            raise JobOptionsError("'transcript' must be true or false")
         if not isinstance(to, list) or not all(isinstance(tag, str) for tag in to):
             raise JobOptionsError("'to' must be a list of language tags")
         if out_dir is not None and not isinstance(out_dir, str):
             raise JobOptionsError("'out_dir' must be a string")
-        return cls(to=tuple(to), out_dir=out_dir)
+        return cls(to=tuple(to), out_dir=out_dir, transcript=transcript)
 
 
 def job_dict(job: JobRecord) -> dict[str, object]:
@@ -274,7 +285,12 @@ class JobRunner:
             source_language=self._source_language,
             progress=on_progress,
         )
-        return _outputs(result)
+        outputs = _outputs(result)
+        if options.transcript:
+            path = out_dir / f"{Path(job.input_path).stem}.transcript.json"
+            write_atomic(path, transcript_json(result).encode(), mode=0o600 if private else 0o644)
+            outputs["transcript"] = str(path)
+        return outputs
 
     def _get_transcriber(self) -> FeatureDecoder:
         with self._model_lock:
@@ -317,7 +333,7 @@ class JobRunner:
     async def submit(self, params: object) -> dict[str, object]:
         """Validate a ``caption.submit`` request, queue the job, wake the loop; the job dict."""
         request = _mapping(params)
-        unknown = set(request) - {"path", "to", "out_dir"}
+        unknown = set(request) - {"path", "to", "out_dir", "transcript"}
         if unknown:
             raise RpcHandlerError("invalid_params", f"unknown parameters: {sorted(unknown)}")
         path = _absolute_path(request.get("path"), "path")
@@ -331,9 +347,14 @@ class JobRunner:
         out_dir = None if out_dir_value is None else _absolute_path(out_dir_value, "out_dir")
         if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
             raise RpcHandlerError("invalid_params", f"{str(out_dir)!r} is not a folder")
+        transcript = request.get("transcript", False)
+        if not isinstance(transcript, bool):
+            raise RpcHandlerError("invalid_params", "transcript must be true or false")
         try:
             options = CaptionJobOptions(
-                to=tuple(to), out_dir=None if out_dir is None else str(out_dir)
+                to=tuple(to),
+                out_dir=None if out_dir is None else str(out_dir),
+                transcript=transcript,
             )
         except (JobOptionsError, MediaError) as error:
             raise RpcHandlerError("invalid_params", str(error)) from None
@@ -353,6 +374,26 @@ class JobRunner:
         event(log, logging.INFO, "job.submitted", job=record.job_id, input=str(path))
         self.wake()
         return job_dict(record)
+
+
+def transcript_json(result: CaptionResult) -> str:
+    """Every track's cues as JSON; the source language's cues carry their words' times."""
+    tracks = {
+        language: [
+            {
+                "start_s": round(cue.start_s, 3),
+                "end_s": round(cue.end_s, 3),
+                "text": cue.text,
+                "words": [
+                    {"word": w.word, "start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3)}
+                    for w in cue.words
+                ],
+            }
+            for cue in cues
+        ]
+        for language, cues in result.tracks.items()
+    }
+    return json.dumps({"language": result.language, "tracks": tracks}, ensure_ascii=False)
 
 
 def _outputs(result: CaptionResult) -> dict[str, object]:

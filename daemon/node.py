@@ -80,6 +80,8 @@ class NodeOptions:
     on_aggregated: Callable[[int, AggregationResult], None] | None = None
     #: FL studies only: what this node sends instead of its real bundle (a poisoning peer).
     outgoing_bundle: Callable[[WeightsBundle], WeightsBundle] | None = None
+    #: The web page's port instead of ``web.port`` (0: any free port; tests and benches).
+    web_port: int | None = None
 
 
 @dataclass(slots=True)
@@ -100,6 +102,8 @@ class RunningNode:
     job_runner: JobRunner
     listen_port: int = 0
     call_service: CallService | None = None
+    #: Where the web page is served (``http://host:port``), once it is; see daemon.web.server.
+    web_url: str | None = None
     started_at: float = field(default_factory=time.time)
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -160,22 +164,27 @@ class RunningNode:
             "calls": self.call_service.status() if self.call_service is not None else None,
         }
 
+    def peer_list(self) -> list[dict[str, object]]:
+        """Every known peer with its trust and presence (the RPC's ``peers``, the web's)."""
+        present = {peer.public_key for peer in self.peers.present()}
+        return [_peer_dict(record, record.public_key in present) for record in self.peers.known()]
+
+    def round_list(self, *, limit: int = 20) -> list[dict[str, object]]:
+        """The latest FL rounds, newest first (the RPC's ``rounds``, the web's)."""
+        return [_round_dict(record) for record in self.rounds.recent(limit=limit)]
+
     def rpc_handlers(self) -> dict[str, Handler]:
         async def status(params: Any) -> object:
             return self.status()
 
         async def peers(params: Any) -> object:
-            present = {peer.public_key for peer in self.peers.present()}
-            return [
-                _peer_dict(record, record.public_key in present) for record in self.peers.known()
-            ]
+            return self.peer_list()
 
         async def sessions(params: Any) -> object:
             return [info.as_dict() for info in self.connections.sessions.values()]
 
         async def rounds(params: Any) -> object:
-            limit = _int_param(params, "limit", 20)
-            return [_round_dict(record) for record in self.rounds.recent(limit=limit)]
+            return self.round_list(limit=_int_param(params, "limit", 20))
 
         async def round_start(params: Any) -> object:
             if _param(params, "wait", False):
@@ -192,6 +201,9 @@ class RunningNode:
         async def jobs(params: Any) -> object:
             return [job_dict(job) for job in self.jobs.list(limit=_int_param(params, "limit", 100))]
 
+        async def web_info(params: Any) -> object:
+            return {"url": self.web_url}
+
         async def shutdown(params: Any) -> object:
             self.shutdown_requested.set()
             return {"shutting_down": True}
@@ -203,6 +215,7 @@ class RunningNode:
             "rounds": rounds,
             "round.start": round_start,
             "jobs": jobs,
+            "web.info": web_info,
             "shutdown": shutdown,
         }
 
@@ -380,6 +393,10 @@ async def open_node(
             handlers = {**node.rpc_handlers(), **node.job_runner.rpc_handlers()}
             await nursery.start(serve_rpc, home.socket_path, handlers)
             await nursery.start(node.job_runner.run)
+            if config.web.enabled:
+                from daemon.web.server import serve_node_web
+
+                await nursery.start(serve_node_web, node, options.web_port)
             discovery_scope = trio.CancelScope()
 
             async def discover() -> None:
