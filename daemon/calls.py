@@ -341,6 +341,7 @@ def make_call_handler(
         count_rejection=node.connections.stats.reject,
         streaming=chosen_models.streaming,
         max_calls=node.config.call.max_concurrent,
+        observers=node.call_observers,  # shared: an observer may join before or after this
     )
     node.call_service = service  # for the status RPC
     return CallSessionHandler(service)

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import trio
 
-from daemon.calls import CallService, make_call_handler
+from daemon.calls import CallObserver, CallService, make_call_handler
 from daemon.codec_store import CodecStore
 from daemon.config import Config
 from daemon.connections import ConnectionManager, SessionHandler, SessionInfo
@@ -102,6 +102,8 @@ class RunningNode:
     job_runner: JobRunner
     listen_port: int = 0
     call_service: CallService | None = None
+    #: Told of every call this node serves (the web page's live captions); see daemon.calls.
+    call_observers: list[CallObserver] = field(default_factory=list)
     #: Where the web page is served (``http://host:port``), once it is; see daemon.web.server.
     web_url: str | None = None
     started_at: float = field(default_factory=time.time)

@@ -14,6 +14,7 @@ for a node to be down.
 from __future__ import annotations
 
 import logging
+import socket
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["node_services", "serve_app", "serve_node_web"]
 
 log = get_logger("web")
+LISTEN_BACKLOG = 64
 
 
 def node_services(node: RunningNode) -> WebServices:
@@ -41,8 +43,7 @@ def node_services(node: RunningNode) -> WebServices:
     from daemon.web.recordings import RecordingService
 
     feed = CallFeed(node.home.root)
-    if node.call_service is not None:
-        node.call_service.observers.append(feed)
+    node.call_observers.append(feed)
     return WebServices(
         auth=WebAuth(load_or_create_token(node.home.root)),
         recordings=RecordingService(
@@ -56,40 +57,46 @@ def node_services(node: RunningNode) -> WebServices:
     )
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (raises ``OSError``, leaking nothing)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICSERV
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve_app(
     app: Starlette,
-    host: str,
-    port: int,
+    sock: socket.socket,
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until cancelled; ``task_status.started`` gets its base URL."""
+    """Serve ``app`` on the listening ``sock`` until cancelled; ``started`` gets its base URL."""
     from hypercorn.config import Config as HypercornConfig
-    from hypercorn.trio import serve
+    from hypercorn.config import Sockets
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
 
     config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = get_logger("web.server")
     config.graceful_timeout = 1.0
-    # Uploads stream through the app, which enforces its own limit (web.max_upload_mb).
-    config.h11_max_incomplete_size = 64 * 1024
+    sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
     async with trio.open_nursery() as nursery:
-        try:
-            binds: list[str] = await nursery.start(partial(serve, app, config, mode="asgi"))  # type: ignore[arg-type]
-        except BaseExceptionGroup as group:
-            # Hypercorn binds inside its own nursery: a bind failure arrives wrapped.
-            leaf = _only_leaf(group)
-            if isinstance(leaf, OSError):
-                raise leaf from None
-            raise
-        task_status.started(binds[0] if binds else f"http://{host}:{port}")
-
-
-def _only_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
+        binds: list[str] = await nursery.start(
+            partial(worker_serve, wrap_app(app, 0, "asgi"), config, sockets=sockets)  # type: ignore[arg-type]
+        )
+        task_status.started(binds[0])
 
 
 async def serve_node_web(
@@ -118,13 +125,15 @@ async def serve_node_web(
             host=settings.host,
             reason="the page is reachable from the network (web.allow_remote = true)",
         )
+    try:
+        sock = bind_socket(settings.host, port)
+    except OSError as error:
+        reason = f"cannot listen on {settings.host}:{port}: {error.strerror or error}"
+        event(log, logging.WARNING, "web.not_started", reason=reason)
+        task_status.started()
+        return
     async with trio.open_nursery() as nursery:
-        try:
-            url = await nursery.start(serve_app, app, settings.host, port)
-        except OSError as error:
-            event(log, logging.WARNING, "web.not_started", reason=str(error))
-            task_status.started()
-            return
+        url = await nursery.start(serve_app, app, sock)
         node.web_url = url
         event(log, logging.INFO, "web.started", url=url)
         task_status.started()
