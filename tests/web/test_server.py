@@ -22,7 +22,7 @@ from daemon.node import NodeOptions, open_node
 from daemon.rpc_client import call as rpc_call
 from daemon.web.call_feed import CallFeed
 from daemon.web.pages import loss_plot
-from schemas.messages import Caption, CallStart, CodecSettings, VoiceTraits, WordTime
+from schemas.messages import CallStart, Caption, CodecSettings, VoiceTraits, WordTime
 from tests.node_helpers import make_home, short_root
 from tests.web.helpers import log_in, open_web_node, web_config
 
@@ -51,7 +51,7 @@ def _caption(seq: int, text: str, language: str, *, final: bool, end_s: float) -
         text=text,
         language=language,
         final=final,
-        words=(WordTime(text.split()[0], end_s - 1.0, end_s - 0.5),),
+        words=(WordTime(text.split(maxsplit=1)[0], end_s - 1.0, end_s - 0.5),),
         voice=VoiceTraits(120.0, 2.5),
     )
 
