@@ -37,6 +37,7 @@ function recordingRow(item) {
   name.append(link);
   const status = document.createElement("td");
   const badge = document.createElement("span");
+  badge.className = "badge";
   status.append(badge);
   const reason = document.createElement("span");
   reason.className = "reason";
@@ -68,6 +69,7 @@ async function refreshRecordings() {
   const response = await fetch("/api/recordings?limit=50", { credentials: "same-origin" });
   if (!response.ok) return;
   const page = await response.json();
+  document.getElementById("recordings-total").textContent = page.total;
   const body = document.querySelector("#recordings tbody");
   const empty = body.querySelector("tr.empty");
   if (empty && page.items.length) empty.remove();
@@ -185,6 +187,7 @@ function initCall() {
   if (state.dataset.live !== "yes" && !document.querySelector("#captions-speaker")) return;
   const partial = document.getElementById("partial-speaker");
   const latency = document.getElementById("latency");
+  const latest = {};
   const source = new EventSource(`/api/calls/${state.dataset.call}/events`);
   source.addEventListener("started", (event) => {
     const call = JSON.parse(event.data);
@@ -204,7 +207,9 @@ function initCall() {
     item.dataset.latency = caption.latency_s;
     list.append(item);
     if (caption.role === "speaker") partial.textContent = "";
-    latency.textContent = caption.language + " " + caption.latency_s.toFixed(2) + " s";
+    latest[caption.language] = caption.latency_s;
+    latency.textContent = Object.entries(latest)
+      .map(([language, seconds]) => language + " " + seconds.toFixed(2) + " s").join(" · ");
   });
   source.addEventListener("ended", (event) => {
     const call = JSON.parse(event.data);
