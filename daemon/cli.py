@@ -517,6 +517,16 @@ def bench_call(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("web")
+def bench_web(json_path: JsonOption = None) -> None:
+    """The web server: list page p95 (1,000 recordings), SSE delay, 200 MiB upload, RSS added."""
+    import json
+
+    from simulations.bench_web import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 @bench_app.command("reliability")
 def bench_reliability(
     json_path: JsonOption = None,

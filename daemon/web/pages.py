@@ -67,13 +67,17 @@ async def home(request: Request) -> Response:
 @guarded
 async def recordings_page(request: Request) -> Response:
     services = services_of(request)
-    page = services.recordings.list(offset=0, limit=PAGE_SIZE)
+    raw = request.query_params.get("page", "1")
+    number = int(raw) if raw.isdigit() and 0 < int(raw) <= 10**6 else 1
+    page = services.recordings.list(offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     return _render(
         request,
         "recordings.html",
         {
             "recordings": [item.as_json() for item in page.items],
             "total": page.total,
+            "page_number": number,
+            "pages": max(1, -(-page.total // PAGE_SIZE)),
             "max_upload_mb": services.recordings.max_upload_bytes // 2**20,
         },
     )

@@ -66,7 +66,9 @@ function updateRow(row, item) {
 }
 
 async function refreshRecordings() {
-  const response = await fetch("/api/recordings?limit=50", { credentials: "same-origin" });
+  const pageNumber = Math.max(1, Number(new URLSearchParams(location.search).get("page")) || 1);
+  const offset = (pageNumber - 1) * 50;
+  const response = await fetch("/api/recordings?limit=50&offset=" + offset, { credentials: "same-origin" });
   if (!response.ok) return;
   const page = await response.json();
   document.getElementById("recordings-total").textContent = page.total;
@@ -74,8 +76,10 @@ async function refreshRecordings() {
   const empty = body.querySelector("tr.empty");
   if (empty && page.items.length) empty.remove();
   const existing = new Map([...body.querySelectorAll("tr[data-id]")].map((r) => [r.dataset.id, r]));
+  const firstPage = pageNumber === 1;
   for (const item of [...page.items].reverse()) {
     let row = existing.get(item.id);
+    if (!row && !firstPage) continue;  // a new upload belongs on page 1
     if (!row) {
       row = recordingRow(item);
       body.prepend(row);
