@@ -109,16 +109,33 @@ def _load(home: Path | None) -> tuple[NodeHome, Config]:
 def node(
     home: HomeOption = None,
     port: Annotated[int | None, typer.Option("--port", help="Override listen.port.")] = None,
+    open_browser: Annotated[
+        bool,
+        typer.Option("--open", help="Print the web page's login link and open it in a browser."),
+    ] = False,
 ) -> None:
     """Run the node: announce, keep the peer table, accept handshakes, run FL rounds."""
     import trio
 
     from daemon.logs import configure_logging
-    from daemon.node import NodeOptions, run_node
+    from daemon.node import NodeOptions, RunningNode, run_node
 
     node_home, config = _load(home)
     configure_logging(log_format=config.node.log_format, level=config.node.log_level)
-    trio.run(run_node, node_home, config, NodeOptions(listen_port=port))
+
+    def show_page(running: RunningNode) -> None:
+        from urllib.parse import quote
+
+        from daemon.web.auth import load_or_create_token
+
+        link = f"{running.web_url}/login?token={quote(load_or_create_token(node_home.root))}"
+        print(f"web page: {link}", flush=True)
+        import webbrowser
+
+        webbrowser.open(link)
+
+    options = NodeOptions(listen_port=port, on_web_started=show_page if open_browser else None)
+    trio.run(run_node, node_home, config, options)
 
 
 def _rpc(node_home: NodeHome, method: str, params: dict[str, object] | None = None) -> object:

@@ -82,6 +82,8 @@ class NodeOptions:
     outgoing_bundle: Callable[[WeightsBundle], WeightsBundle] | None = None
     #: The web page's port instead of ``web.port`` (0: any free port; tests and benches).
     web_port: int | None = None
+    #: Called with the web page's base URL once it is served (``parley node --open``).
+    on_web_started: Callable[[RunningNode], None] | None = None
 
 
 @dataclass(slots=True)
@@ -399,6 +401,8 @@ async def open_node(
                 from daemon.web.server import serve_node_web
 
                 await nursery.start(serve_node_web, node, options.web_port)
+                if node.web_url is not None and options.on_web_started is not None:
+                    options.on_web_started(node)
             discovery_scope = trio.CancelScope()
 
             async def discover() -> None:
