@@ -40,6 +40,17 @@ const deadline = Date.now() + 20000;
 """
 
 
+DROP_JS = """
+const zone = document.getElementById("drop-zone");
+const transfer = new DataTransfer();
+transfer.items.add(new File(["x"], "dropped.webm", { type: "video/webm" }));
+zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+return [document.getElementById("file-input").files[0].name,
+        document.getElementById("upload-status").textContent];
+"""
+
+
 @pytest.fixture
 def root() -> Iterator[Path]:
     with short_root() as path:
@@ -58,6 +69,9 @@ def _upload_and_play(driver, base: str, token: str, media: Path) -> dict:
     driver.get(f"{base}/login?token={quote(token)}")
     assert driver.current_url == f"{base}/recordings"
     driver.execute_script("window.notReloaded = true;")
+    # Drag and drop: a file dropped on the zone becomes the form's file.
+    dropped = driver.execute_script(DROP_JS)
+    assert dropped == ["dropped.webm", "Ready to upload dropped.webm."]
     driver.find_element(By.ID, "file-input").send_keys(str(media))
     to = driver.find_element(By.ID, "to-input")
     to.clear()
