@@ -253,6 +253,13 @@ class CallFeed:
         )
         audio = sorted(path.name for path in folder.glob("received.*.wav") if path.is_file())
         live = self._live.get(call_key)
+        speaker = summary.get("speaker_language")
+        listener = summary.get("listener_language")
+        captions = {
+            role: _track_texts(folder / f"call.{language}.srt")
+            for role, language in (("speaker", speaker), ("translation", listener))
+            if isinstance(language, str) and language in tracks
+        }
         return {
             "id": call_key,
             "peer": summary.get("peer") or (live.peer if live else None),
@@ -265,6 +272,7 @@ class CallFeed:
             "audio": audio,
             "finished_at": _mtime(folder),
             "live": live is not None and live.ended_reason is None,
+            "captions": captions,
         }
 
     def track(self, call_key: str, language: str, caption_format: str) -> tuple[Path, str]:
@@ -282,6 +290,20 @@ class CallFeed:
         if not found or not found[0].is_file():
             raise UnknownCallError("this call kept no audio")
         return found[0], "audio/wav"
+
+
+def _track_texts(path: Path) -> list[str]:
+    """The cue texts of an SRT file the listener wrote (one line each), in order."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    texts = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        lines = [line for line in block.strip().split("\n") if line]
+        if len(lines) >= 3 and "-->" in lines[1]:
+            texts.append(" ".join(lines[2:]))
+    return texts
 
 
 def _mtime(path: Path) -> float:

@@ -114,7 +114,16 @@ def open_browser() -> Iterator[object]:
 
 
 def screenshot(driver: object, name: str) -> Path:
+    """The whole page (the window is stretched to the page's height for the shot)."""
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOT_DIR / f"{name}.png"
-    driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+    size = driver.get_window_size()  # type: ignore[attr-defined]
+    height = driver.execute_script(  # type: ignore[attr-defined]
+        "return Math.ceil(document.documentElement.scrollHeight);"
+    )
+    driver.set_window_size(size["width"], max(size["height"], min(int(height) + 140, 4000)))  # type: ignore[attr-defined]
+    try:
+        driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+    finally:
+        driver.set_window_size(size["width"], size["height"])  # type: ignore[attr-defined]
     return path

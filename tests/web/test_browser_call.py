@@ -49,6 +49,12 @@ def _follow_call(driver, base: str, token: str, on_calls_page) -> dict:
     translated = [
         li.text for li in driver.find_elements(By.CSS_SELECTOR, "#captions-translation li")
     ]
+    driver.refresh()  # the finished call's page: its audio with a track per language
+    tracks = [
+        t.get_attribute("srclang") for t in driver.find_elements(By.CSS_SELECTOR, "audio track")
+    ]
+    past_spoken = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#captions-speaker li")]
+    screenshot(driver, "call-past")
     driver.get(f"{base}/calls")
     past = driver.find_elements(By.CSS_SELECTOR, "table tbody tr td a")
     screenshot(driver, "calls")
@@ -58,6 +64,8 @@ def _follow_call(driver, base: str, token: str, on_calls_page) -> dict:
         "spoken": spoken,
         "translated": translated,
         "past_links": [a.get_attribute("href") for a in past],
+        "past_tracks": tracks,
+        "past_spoken": past_spoken,
     }
 
 
@@ -101,4 +109,7 @@ async def test_calls_page_shows_live_captions_of_a_loopback_call() -> None:
     assert seen["spoken"] == [caption.text for caption in finals["en"]]
     assert seen["translated"] == [caption.text for caption in finals["pt"]]
     assert len(seen["spoken"]) >= 2
+    assert sorted(seen["past_tracks"]) == ["en", "pt"]
+    # The finished call's page is rendered from the listener's files (what a restart keeps).
+    assert seen["past_spoken"] == [" ".join(text.split()) for text in seen["spoken"]]
     assert any(href.endswith(f"/calls/{call.record.call_dir.name}") for href in seen["past_links"])

@@ -134,6 +134,17 @@ async def test_parley_web_link_logs_in_over_http_and_events_stream(root: Path) -
         assert delay < 5.0  # generous: this checks the event arrives live, not how fast
 
 
+async def test_node_tells_its_caller_where_the_page_is(root: Path) -> None:
+    home, _ = make_home(root, "n")
+    shown: list[str | None] = []
+    options = NodeOptions(
+        listen_port=0, web_port=0, on_web_started=lambda n: shown.append(n.web_url)
+    )
+    async with open_node(home, web_config(enabled=True), options) as node:
+        assert shown == [node.web_url]
+        assert node.web_url is not None
+
+
 async def test_a_busy_port_leaves_the_node_running_without_a_page(root: Path) -> None:
     home, _ = make_home(root, "n")
     with socket.socket() as taken:

@@ -188,7 +188,7 @@ function initPlayer() {
 
 function initCall() {
   const state = document.getElementById("call-state");
-  if (state.dataset.live !== "yes" && !document.querySelector("#captions-speaker")) return;
+  if (state.dataset.live !== "yes") return;  // a finished call's captions come with the page
   const partial = document.getElementById("partial-speaker");
   const latency = document.getElementById("latency");
   const latest = {};
