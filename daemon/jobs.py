@@ -35,7 +35,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -64,6 +64,10 @@ __all__ = [
     "default_translator_factory",
     "job_dict",
 ]
+
+if TYPE_CHECKING:
+    from media.asr import Transcript
+    from media.features import FloatArray
 
 log = get_logger("jobs")
 
@@ -279,7 +283,8 @@ class JobRunner:
             Path(job.input_path),
             out_dir=out_dir,
             file_mode=0o600 if private else 0o644,
-            transcriber=self._get_transcriber(),
+            # Loaded at the first slice to decode: a corrupt or silent file fails before it.
+            transcriber=_TranscriberOnFirstUse(self._get_transcriber),
             translator_factory=self._get_translator,
             to_languages=options.to,
             source_language=self._source_language,
@@ -374,6 +379,16 @@ class JobRunner:
         event(log, logging.INFO, "job.submitted", job=record.job_id, input=str(path))
         self.wake()
         return job_dict(record)
+
+
+class _TranscriberOnFirstUse:
+    """A ``FeatureDecoder`` that asks for the (cached) model only when it is first needed."""
+
+    def __init__(self, get: Callable[[], FeatureDecoder]) -> None:
+        self._get = get
+
+    def transcribe_features(self, mel: FloatArray) -> Transcript:
+        return self._get().transcribe_features(mel)
 
 
 def transcript_json(result: CaptionResult) -> str:

@@ -8,9 +8,10 @@
   point, :meth:`daemon.web.call_feed.CallFeed.captions`) to its event arriving at a client
   reading ``/api/calls/{id}/events`` over HTTP in another thread (both stamps are
   ``time.perf_counter``, one clock). Captions are published every 20 ms.
-* ``upload_mb_per_s``: one 200 MiB recording (a silent WAV: its caption job fails at once
-  instead of loading the CPU for the rest of the run) posted as multipart, through the size
-  limit, the PyAV check and the job submission.
+* ``upload_mb_per_s``: one 200 MiB recording (a WAV) posted as multipart, through the size
+  limit, the PyAV check and the job submission. The web services here get a job queue of their
+  own whose runner does not run, so no caption job loads Whisper in the middle of the figures
+  (the node's own queue is the one the tests exercise).
 * ``rss_added_mb``: the node process's resident memory with the server started and after all
   of the above, minus the same node's before the server was started (the bench's client
   library is imported before the first reading, so it is not counted).
@@ -37,7 +38,9 @@ from daemon.config import Config, render_default_config
 from daemon.database import JobStore, open_database
 from daemon.home import NodeHome
 from daemon.identity import Identity, save_identity
+from daemon.jobs import JobRunner
 from daemon.node import NodeOptions, RunningNode, open_node
+from daemon.web.call_feed import CallFeed
 from schemas.messages import CallStart, Caption, CodecSettings, VoiceTraits
 
 RECORDINGS: Final = 1000
@@ -143,25 +146,55 @@ async def _bench(root: Path) -> dict[str, object]:
         .replace("web", enabled=False, port=0)
     )
     result: dict[str, object] = {}
-    # Seeded before the node starts, so its job runner does not race for the fixture rows.
-    with open_database(home.database_path) as database:
-        await trio.to_thread.run_sync(_seed_recordings, home, JobStore(database), RECORDINGS)
-    async with open_node(home, config, NodeOptions(listen_port=0)) as node:
-        await trio.sleep(0.5)
-        rss_before = _rss_mb()
-        from daemon.web.server import serve_node_web
+    # The web services get a job queue of their own (its runner never runs): the bench measures
+    # the server, not a caption job picking up the 200 MiB upload and loading Whisper.
+    bench_database = open_database(root / "bench-jobs.db")
+    bench_jobs = JobStore(bench_database)
+    await trio.to_thread.run_sync(_seed_recordings, home, bench_jobs, RECORDINGS)
+    try:
+        async with open_node(home, config, NodeOptions(listen_port=0)) as node:
+            await trio.sleep(0.5)
+            rss_before = _rss_mb()
+            from daemon.web.app import WebServices, build_app
+            from daemon.web.auth import WebAuth, load_or_create_token
+            from daemon.web.call_feed import CallFeed
+            from daemon.web.node_view import NodeView
+            from daemon.web.recordings import RecordingService
+            from daemon.web.server import bind_socket, serve_app
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_node_web, node, 0)
-            base = node.web_url
-            assert base is not None
-            token = (home.root / "web-token").read_text().strip()
-            headers = {"Authorization": f"Bearer {token}"}
-            result.update(await trio.to_thread.run_sync(_list_load, base, headers))
-            result.update(await _sse_load(node, base, headers))
-            result.update(await trio.to_thread.run_sync(_upload_load, base, headers, root))
-            rss_after = _rss_mb()
-            nursery.cancel_scope.cancel()
+            feed = CallFeed(home.root)
+            node.call_observers.append(feed)
+            token = load_or_create_token(home.root)
+            services = WebServices(
+                auth=WebAuth(token),
+                recordings=RecordingService(
+                    home_root=home.root,
+                    jobs=bench_jobs,
+                    runner=JobRunner(bench_jobs, home=home, config=config),
+                    max_upload_bytes=config.web.max_upload_mb * 2**20,
+                ),
+                node=NodeView(node),
+                calls=feed,
+            )
+            async with trio.open_nursery() as nursery:
+                base = await nursery.start(
+                    serve_app, build_app(services), bind_socket("127.0.0.1", 0)
+                )
+                headers = {"Authorization": f"Bearer {token}"}
+                stages = {"started": _rss_mb()}
+                result.update(await trio.to_thread.run_sync(_list_load, base, headers))
+                stages["after_list"] = _rss_mb()
+                result.update(await _sse_load(feed, node, base, headers))
+                stages["after_sse"] = _rss_mb()
+                result.update(await trio.to_thread.run_sync(_upload_load, base, headers, root))
+                stages["after_upload"] = _rss_mb()
+                rss_after = _rss_mb()
+                result["rss_added_by_stage_mb"] = {
+                    key: round(value - rss_before, 1) for key, value in stages.items()
+                }
+                nursery.cancel_scope.cancel()
+    finally:
+        bench_database.close()
     result["rss_before_mb"] = round(rss_before, 1)
     result["rss_with_server_mb"] = round(rss_after, 1)
     result["rss_added_mb"] = round(rss_after - rss_before, 1)
@@ -195,10 +228,9 @@ def _list_load(base: str, headers: dict[str, str]) -> dict[str, object]:
     }
 
 
-async def _sse_load(node: RunningNode, base: str, headers: dict[str, str]) -> dict[str, object]:
-    from daemon.web.call_feed import CallFeed
-
-    feed = next(item for item in node.call_observers if isinstance(item, CallFeed))
+async def _sse_load(
+    feed: CallFeed, node: RunningNode, base: str, headers: dict[str, str]
+) -> dict[str, object]:
     (node.home.root / "calls" / "1").mkdir(parents=True, exist_ok=True)
     feed.call_started("1", "bench", _stand_in_start())
     arrived: dict[int, float] = {}
