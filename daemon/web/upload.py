@@ -97,6 +97,7 @@ class MultipartSink:
         )
 
     def feed(self, chunk: bytes) -> None:
+        # python-multipart bounds the headers of a part (8, of 4 KiB); this bounds the rest.
         try:
             self._parser.write(chunk)
         except MultipartParseError as error:
