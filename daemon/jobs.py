@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ __all__ = [
     "CaptionJobOptions",
     "JobOptionsError",
     "JobRunner",
+    "default_named_model_loader",
     "default_transcriber_factory",
     "default_translator_factory",
     "job_dict",
@@ -78,9 +80,14 @@ DEFAULT_POLL_INTERVAL_S: Final = 5.0
 MAX_TARGET_LANGUAGES: Final = 8
 MAX_PATH_CHARS: Final = 4096
 CAPTIONS_DIR_NAME: Final = "captions"
+#: Other Whisper models a job may name: ``<home>/models/whisper/<name>/`` (CTranslate2 folders).
+WHISPER_MODELS_DIR_NAME: Final = "whisper"
+MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 Handler = Callable[[Any], Awaitable[object]]
 TranscriberFactory = Callable[[], FeatureDecoder]
+#: Loads the Whisper model in a folder (a job that names a model).
+NamedModelLoader = Callable[[Path], FeatureDecoder]
 TranslatorFactory = Callable[[str, str], Translator]
 
 
@@ -101,8 +108,12 @@ class CaptionJobOptions:
     #: Also write ``<stem>.transcript.json``: every track's cues, the source's with word times
     #: (the web page's clickable transcript and its ``format=json`` captions).
     transcript: bool = False
+    #: A Whisper model folder's name under ``<home>/models/whisper/``; None: the node's default.
+    model: str | None = None
 
     def __post_init__(self) -> None:
+        if self.model is not None and not MODEL_NAME.fullmatch(self.model):
+            raise JobOptionsError(f"{self.model[:70]!r} is not a model name")
         if len(self.to) > MAX_TARGET_LANGUAGES:
             raise JobOptionsError(
                 f"at most {MAX_TARGET_LANGUAGES} target languages, got {len(self.to)}"
@@ -116,6 +127,8 @@ class CaptionJobOptions:
         shown: dict[str, object] = {"to": list(self.to), "out_dir": self.out_dir}
         if self.transcript:
             shown["transcript"] = True
+        if self.model is not None:
+            shown["model"] = self.model
         return shown
 
     @classmethod
@@ -123,13 +136,16 @@ class CaptionJobOptions:
         to = options.get("to", [])
         out_dir = options.get("out_dir")
         transcript = options.get("transcript", False)
+        model = options.get("model")
         if not isinstance(transcript, bool):
             raise JobOptionsError("'transcript' must be true or false")
+        if model is not None and not isinstance(model, str):
+            raise JobOptionsError("'model' must be a model name")
         if not isinstance(to, list) or not all(isinstance(tag, str) for tag in to):
             raise JobOptionsError("'to' must be a list of language tags")
         if out_dir is not None and not isinstance(out_dir, str):
             raise JobOptionsError("'out_dir' must be a string")
-        return cls(to=tuple(to), out_dir=out_dir, transcript=transcript)
+        return cls(to=tuple(to), out_dir=out_dir, transcript=transcript, model=model)
 
 
 def job_dict(job: JobRecord) -> dict[str, object]:
@@ -154,6 +170,20 @@ def default_transcriber_factory(config: Config) -> TranscriberFactory:
         from media.models import load_whisper
 
         folder = Path(config.models.whisper_dir) if config.models.whisper_dir else None
+        return FeatureTranscriber(
+            load_whisper(folder, cpu_threads=config.models.cpu_threads, compute_type="float32")
+        )
+
+    return load
+
+
+def default_named_model_loader(config: Config) -> NamedModelLoader:
+    """A named model's folder loaded like the default one (CPU threads from the config)."""
+
+    def load(folder: Path) -> FeatureDecoder:
+        from media.asr import FeatureTranscriber
+        from media.models import load_whisper
+
         return FeatureTranscriber(
             load_whisper(folder, cpu_threads=config.models.cpu_threads, compute_type="float32")
         )
@@ -189,6 +219,7 @@ class JobRunner:
         config: Config,
         transcriber_factory: TranscriberFactory | None = None,
         translator_factory: TranslatorFactory | None = None,
+        named_model_loader: NamedModelLoader | None = None,
         source_language: str = "en",
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> None:
@@ -198,6 +229,8 @@ class JobRunner:
         self._home = home
         self._transcriber_factory = transcriber_factory or default_transcriber_factory(config)
         self._translator_factory = translator_factory or default_translator_factory(config)
+        self._named_model_loader = named_model_loader or default_named_model_loader(config)
+        self._named_models: dict[str, FeatureDecoder] = {}
         self._source_language = source_language
         self._poll_interval_s = poll_interval_s
         self._wakeup = trio.Event()
@@ -284,24 +317,47 @@ class JobRunner:
             out_dir=out_dir,
             file_mode=0o600 if private else 0o644,
             # Loaded at the first slice to decode: a corrupt or silent file fails before it.
-            transcriber=_TranscriberOnFirstUse(self._get_transcriber),
+            transcriber=_TranscriberOnFirstUse(lambda: self._get_transcriber(options.model)),
             translator_factory=self._get_translator,
             to_languages=options.to,
             source_language=self._source_language,
             progress=on_progress,
         )
         outputs = _outputs(result)
+        outputs["model"] = options.model or "default"
         if options.transcript:
             path = out_dir / f"{Path(job.input_path).stem}.transcript.json"
             write_atomic(path, transcript_json(result).encode(), mode=0o600 if private else 0o644)
             outputs["transcript"] = str(path)
         return outputs
 
-    def _get_transcriber(self) -> FeatureDecoder:
+    def _get_transcriber(self, model: str | None = None) -> FeatureDecoder:
         with self._model_lock:
+            if model is not None:
+                named = self._named_models.get(model)
+                if named is None:
+                    named = self._named_model_loader(self.model_dir(model))
+                    self._named_models[model] = named
+                return named
             if self._transcriber is None:
                 self._transcriber = self._transcriber_factory()
             return self._transcriber
+
+    def model_dir(self, name: str) -> Path:
+        """Where the Whisper model a job names lives (``<home>/models/whisper/<name>``)."""
+        return self._home.models_dir / WHISPER_MODELS_DIR_NAME / name
+
+    def model_names(self) -> list[str]:
+        """The named models a job may ask for (folders under ``<home>/models/whisper/``)."""
+        folder = self._home.models_dir / WHISPER_MODELS_DIR_NAME
+        try:
+            return sorted(
+                path.name
+                for path in folder.iterdir()
+                if path.is_dir() and MODEL_NAME.fullmatch(path.name)
+            )
+        except OSError:
+            return []
 
     def _get_translator(self, source: str, target: str) -> Translator:
         key = (language_key(source), language_key(target))
@@ -338,7 +394,7 @@ class JobRunner:
     async def submit(self, params: object) -> dict[str, object]:
         """Validate a ``caption.submit`` request, queue the job, wake the loop; the job dict."""
         request = _mapping(params)
-        unknown = set(request) - {"path", "to", "out_dir", "transcript"}
+        unknown = set(request) - {"path", "to", "out_dir", "transcript", "model"}
         if unknown:
             raise RpcHandlerError("invalid_params", f"unknown parameters: {sorted(unknown)}")
         path = _absolute_path(request.get("path"), "path")
@@ -355,11 +411,23 @@ class JobRunner:
         transcript = request.get("transcript", False)
         if not isinstance(transcript, bool):
             raise RpcHandlerError("invalid_params", "transcript must be true or false")
+        model = request.get("model")
+        if model is not None:
+            if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
+                raise RpcHandlerError("invalid_params", "model must be a model name")
+            if not self.model_dir(model).is_dir():
+                raise RpcHandlerError(
+                    "unknown_model",
+                    f"no Whisper model named {model!r} (known: "
+                    f"{', '.join(self.model_names()) or 'none'}; add one as "
+                    f"{self.model_dir('NAME')})",
+                )
         try:
             options = CaptionJobOptions(
                 to=tuple(to),
                 out_dir=None if out_dir is None else str(out_dir),
                 transcript=transcript,
+                model=model,
             )
         except (JobOptionsError, MediaError) as error:
             raise RpcHandlerError("invalid_params", str(error)) from None

@@ -113,16 +113,19 @@ async def get_captions(request: Request) -> Response:
 async def regenerate_captions(request: Request) -> Response:
     body = await request.body()
     languages: tuple[str, ...] | None = None
+    model: str | None = None
     if body:
         if len(body) > MAX_JSON_BODY:
             raise RecordingsRefusedError("the request body is too large")
         try:
             document = json.loads(body)
         except ValueError:
-            raise RecordingError('the body must be JSON like {"languages": ["pt"]}') from None
+            raise RecordingError(
+                'the body must be JSON like {"languages": ["pt"], "model": "base.en"}'
+            ) from None
         if not isinstance(document, dict):
             raise RecordingError("the body must be a JSON object")
-        unknown = set(document) - {"languages"}
+        unknown = set(document) - {"languages", "model"}
         if unknown:
             raise RecordingError(f"unknown fields: {sorted(unknown)}")
         if "languages" in document:
@@ -130,8 +133,12 @@ async def regenerate_captions(request: Request) -> Response:
             if not isinstance(chosen, list) or not all(isinstance(tag, str) for tag in chosen):
                 raise RecordingError("languages must be a list of language tags")
             languages = parse_languages(chosen)
+        if "model" in document:
+            if not isinstance(document["model"], str):
+                raise RecordingError("model must be the name of a Whisper model folder")
+            model = document["model"]
     recording = await services_of(request).recordings.regenerate(
-        request.path_params["recording_id"], languages
+        request.path_params["recording_id"], languages, model=model
     )
     return JSONResponse(recording.as_json(), status_code=202)
 

@@ -264,7 +264,12 @@ def openapi_document() -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "properties": {
-                                        "languages": {"type": "array", "items": {"type": "string"}}
+                                        "languages": {"type": "array", "items": {"type": "string"}},
+                                        "model": {
+                                            "type": "string",
+                                            "description": "a Whisper model folder's name "
+                                            "under <home>/models/whisper/",
+                                        },
                                     },
                                 }
                             }
@@ -319,6 +324,7 @@ def openapi_document() -> dict[str, Any]:
                         "duration_s": {"type": "number"},
                         "has_video": {"type": "boolean"},
                         "requested_languages": {"type": "array", "items": {"type": "string"}},
+                        "model": {"type": "string"},
                         "job_id": {"type": ["string", "null"]},
                         "status": {"enum": ["pending", "processing", "ready", "failed"]},
                         "progress": {"type": ["number", "null"]},

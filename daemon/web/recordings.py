@@ -95,6 +95,7 @@ class Recording:
     duration_s: float
     has_video: bool
     requested_languages: tuple[str, ...]
+    model: str
     job_id: str | None
     status: str
     progress: float | None
@@ -113,6 +114,7 @@ class Recording:
             "duration_s": self.duration_s,
             "has_video": self.has_video,
             "requested_languages": list(self.requested_languages),
+            "model": self.model,
             "job_id": self.job_id,
             "status": self.status,
             "progress": self.progress,
@@ -241,11 +243,14 @@ class RecordingService:
             raise
         return self._view(metadata)
 
-    async def _submit(self, media: Path, languages: Sequence[str]) -> JobRecord:
+    async def _submit(
+        self, media: Path, languages: Sequence[str], model: str | None = None
+    ) -> JobRecord:
+        request: dict[str, object] = {"path": str(media), "to": list(languages), "transcript": True}
+        if model is not None:
+            request["model"] = model
         try:
-            job = await self._runner.submit(
-                {"path": str(media), "to": list(languages), "transcript": True}
-            )
+            job = await self._runner.submit(request)
         except RpcHandlerError as error:
             raise RecordingsRefusedError(error.error.message) from None
         record = self._jobs.get(str(job["id"]))
@@ -316,9 +321,14 @@ class RecordingService:
     # -- regenerate -----------------------------------------------------------------------------
 
     async def regenerate(
-        self, recording_id: str, languages: Sequence[str] | None = None
+        self,
+        recording_id: str,
+        languages: Sequence[str] | None = None,
+        *,
+        model: str | None = None,
     ) -> Recording:
-        """Queue a new caption job for the same media (other languages if given)."""
+        """Queue a new caption job for the same media (other languages, another Whisper model
+        from ``<home>/models/whisper/``, if given)."""
         metadata = self._require(recording_id)
         job = self._latest_job(metadata)
         if job is not None and job.status in (JobStatus.PENDING, JobStatus.PROCESSING):
@@ -329,7 +339,7 @@ class RecordingService:
             else tuple(str(tag) for tag in _as_list(metadata.get("languages")))
         )
         path, _ = self.media(recording_id)
-        new_job = await self._submit(path, chosen)
+        new_job = await self._submit(path, chosen, model)
         metadata["languages"] = list(chosen)
         metadata["jobs"] = [*_as_list(metadata.get("jobs")), new_job.job_id][-20:]
         self._write_metadata(self._root / recording_id, metadata)
@@ -394,6 +404,7 @@ class RecordingService:
             duration_s=_number(metadata.get("duration_s")),
             has_video=bool(metadata.get("has_video")),
             requested_languages=tuple(str(tag) for tag in _as_list(metadata.get("languages"))),
+            model=str(job.options.get("model") or "default") if job is not None else "default",
             job_id=None if job is None else job.job_id,
             status=status,
             progress=progress,

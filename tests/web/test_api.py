@@ -19,6 +19,7 @@ from daemon.web.app import build_app
 from daemon.web.auth import CSRF_HEADER
 from daemon.web.openapi import openapi_document
 from daemon.web.recordings import check_recording_id
+from media.models import embedded_whisper_dir
 from tests.node_helpers import short_root
 from tests.web.helpers import log_in, make_recording, open_web_node, wait_until_finished
 
@@ -124,20 +125,35 @@ async def test_upload_caption_play_and_regenerate(root: Path, recording: Path) -
         assert missing.status_code == 422
         assert "no 'de' track" in missing.json()["error"]["message"]
 
+        unknown = await web.client.post(
+            f"/api/recordings/{recording_id}/captions/regenerate",
+            headers={CSRF_HEADER: csrf},
+            content=json.dumps({"model": "large-v9"}),
+        )
+        assert unknown.status_code == 422
+        assert "no Whisper model named 'large-v9'" in unknown.json()["error"]["message"]
+        # Another model, by name: a folder under <home>/models/whisper/ (here tiny.en again).
+        named = web.node.home.models_dir / "whisper" / "tiny-again"
+        named.parent.mkdir()
+        named.symlink_to(embedded_whisper_dir(), target_is_directory=True)
         again = await web.client.post(
             f"/api/recordings/{recording_id}/captions/regenerate",
             headers={CSRF_HEADER: csrf},
-            content=json.dumps({"languages": []}),
+            content=json.dumps({"languages": [], "model": "tiny-again"}),
         )
         assert again.status_code == 202, again.text
         assert again.json()["job_id"] != created["job_id"]
         assert again.json()["status"] in ("pending", "processing")
+        assert again.json()["model"] == "tiny-again"
+        assert done["model"] == "default"
         twice = await web.client.post(
             f"/api/recordings/{recording_id}/captions/regenerate", headers={CSRF_HEADER: csrf}
         )
         assert twice.status_code == 422
         done = await wait_until_finished(web, recording_id, timeout=180)
         assert done["languages"] == ["en"]
+        job = web.node.jobs.get(done["job_id"])
+        assert job is not None and job.outputs["model"] == "tiny-again"
 
         # The pages render what the API serves.
         page = await web.client.get(f"/recordings/{recording_id}")
