@@ -143,6 +143,10 @@ async def regenerate_captions(request: Request) -> Response:
     return JSONResponse(recording.as_json(), status_code=202)
 
 
+async def list_models(request: Request) -> Response:
+    return JSONResponse({"models": ["default", *services_of(request).recordings.model_names()]})
+
+
 @guarded
 async def get_media(request: Request) -> Response:
     path, media_type = services_of(request).recordings.media(request.path_params["recording_id"])
@@ -255,6 +259,7 @@ def api_routes() -> list[Route]:
         Route("/api/calls/{call_id}/events", call_events, methods=["GET"]),
         Route("/api/calls/{call_id}/captions", get_call_captions, methods=["GET"]),
         Route("/api/calls/{call_id}/audio", get_call_audio, methods=["GET"]),
+        Route("/api/models", list_models, methods=["GET"]),
         Route("/api/recordings", list_recordings, methods=["GET"]),
         Route("/api/recordings", upload_recording, methods=["POST"]),
         Route("/api/recordings/{recording_id}", get_recording, methods=["GET"]),

@@ -223,6 +223,10 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            "/api/models": _get(
+                "Whisper models a regeneration may name ('default' is the node's own).",
+                _json("models", {"type": "object", "properties": {"models": {"type": "array"}}}),
+            ),
             "/api/recordings/{recording_id}": _get(
                 "One recording: status, progress, languages, failure reason.",
                 _json("the recording", recording),

@@ -90,7 +90,11 @@ async def player_page(request: Request) -> Response:
     return _render(
         request,
         "player.html",
-        {"recording": recording, "user_language": services.node.user_language},
+        {
+            "recording": recording,
+            "user_language": services.node.user_language,
+            "models": ["default", *services.recordings.model_names()],
+        },
     )
 
 

@@ -187,6 +187,10 @@ class RecordingService:
     def max_upload_bytes(self) -> int:
         return self._max_upload_bytes
 
+    def model_names(self) -> list[str]:
+        """Whisper models a regeneration may name, besides the node's default."""
+        return self._runner.model_names()
+
     # -- upload ---------------------------------------------------------------------------------
 
     async def upload(

@@ -155,9 +155,11 @@ async def test_upload_caption_play_and_regenerate(root: Path, recording: Path) -
         job = web.node.jobs.get(done["job_id"])
         assert job is not None and job.outputs["model"] == "tiny-again"
 
+        assert (await web.client.get("/api/models")).json() == {"models": ["default", "tiny-again"]}
         # The pages render what the API serves.
         page = await web.client.get(f"/recordings/{recording_id}")
         assert page.status_code == 200
+        assert '<option value="tiny-again" selected>' in page.text
         assert 'kind="subtitles" srclang="en"' in page.text
         assert "content-security-policy" in page.headers
 

@@ -121,6 +121,14 @@ def _upload_and_play(driver, base: str, token: str, media: Path) -> dict:
                 " t.mode = t.language === 'pt' ? 'showing' : 'disabled';"
             )
     screenshot(driver, "player")
+    # Caption again, into a language no translator has: refused on the page, with the reason.
+    languages = driver.find_element(By.ID, "regenerate-languages")
+    languages.clear()
+    languages.send_keys("xx")
+    driver.find_element(By.CSS_SELECTOR, "#regenerate-form button").click()
+    _wait(driver, lambda d: d.find_element(By.ID, "regenerate-status").text.startswith("Refused"),
+          timeout=60, what="the refusal")  # fmt: skip
+    refusal = driver.find_element(By.ID, "regenerate-status").text
     # Readable at 200% zoom: the layout wraps instead of scrolling sideways.
     driver.execute_script("document.body.style.zoom = '200%';")
     wide = driver.execute_script(
@@ -146,6 +154,7 @@ def _upload_and_play(driver, base: str, token: str, media: Path) -> dict:
         "current_time": current,
         "word_count": len(words),
         "overflow_at_200": wide,
+        "refusal": refusal,
     }
 
 
@@ -206,3 +215,4 @@ async def test_upload_ready_without_reload_tracks_and_seek_in_chromium(root: Pat
     assert seen["word_start"] > 0.5
     assert seen["trusted_after_click"] == "trusted"
     assert seen["overflow_at_200"] <= 0
+    assert "xx" in seen["refusal"]

@@ -166,14 +166,28 @@ async function loadTranscript(box, player) {
   });
 }
 
-function initPlayer() {
-  const badge = document.getElementById("player-status");
-  const player = document.getElementById("player");
-  const box = document.getElementById("transcript");
-  if (badge.dataset.status === "ready") {
-    loadTranscript(box, player);
-    return;
-  }
+function initRegenerate(badge) {
+  const form = document.getElementById("regenerate-form");
+  const status = document.getElementById("regenerate-status");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const languages = document.getElementById("regenerate-languages").value
+      .split(",").map((tag) => tag.trim()).filter((tag) => tag);
+    const body = { languages };
+    const model = document.getElementById("regenerate-model").value;
+    if (model !== "default") body.model = model;
+    try {
+      const item = await postJson(`/api/recordings/${badge.dataset.id}/captions/regenerate`, body);
+      setBadge(badge, item);
+      status.textContent = "Queued: the page reloads when the new captions are ready.";
+      watchStatus(badge);
+    } catch (error) {
+      status.textContent = "Refused: " + error.message;
+    }
+  });
+}
+
+function watchStatus(badge) {
   const timer = setInterval(async () => {
     const response = await fetch(`/api/recordings/${badge.dataset.id}/captions/status`, { credentials: "same-origin" });
     if (!response.ok) return;
@@ -182,6 +196,18 @@ function initPlayer() {
     if (item.status === "ready") { clearInterval(timer); location.reload(); }
     if (item.status === "failed") clearInterval(timer);
   }, 1000);
+}
+
+function initPlayer() {
+  const badge = document.getElementById("player-status");
+  const player = document.getElementById("player");
+  const box = document.getElementById("transcript");
+  initRegenerate(badge);
+  if (badge.dataset.status === "ready") {
+    loadTranscript(box, player);
+    return;
+  }
+  if (badge.dataset.status !== "failed") watchStatus(badge);
 }
 
 // -- Calls --------------------------------------------------------------------------------------
