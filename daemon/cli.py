@@ -133,16 +133,33 @@ def _load(home: Path | None) -> tuple[NodeHome, Config]:
 def node(
     home: HomeOption = None,
     port: Annotated[int | None, typer.Option("--port", help="Override listen.port.")] = None,
+    open_browser: Annotated[
+        bool,
+        typer.Option("--open", help="Print the web page's login link and open it in a browser."),
+    ] = False,
 ) -> None:
     """Run the node: announce, keep the peer table, accept handshakes, run FL rounds."""
     import trio
 
     from daemon.logs import configure_logging
-    from daemon.node import NodeOptions, run_node
+    from daemon.node import NodeOptions, RunningNode, run_node
 
     node_home, config = _load(home)
     configure_logging(log_format=config.node.log_format, level=config.node.log_level)
-    trio.run(run_node, node_home, config, NodeOptions(listen_port=port))
+
+    def show_page(running: RunningNode) -> None:
+        from urllib.parse import quote
+
+        from daemon.web.auth import load_or_create_token
+
+        link = f"{running.web_url}/login?token={quote(load_or_create_token(node_home.root))}"
+        print(f"web page: {link}", flush=True)
+        import webbrowser
+
+        webbrowser.open(link)
+
+    options = NodeOptions(listen_port=port, on_web_started=show_page if open_browser else None)
+    trio.run(run_node, node_home, config, options)
 
 
 def _rpc(node_home: NodeHome, method: str, params: dict[str, object] | None = None) -> object:
@@ -177,6 +194,36 @@ def status(
         print(json.dumps(report, indent=2, default=str))
     else:
         render_status(stdout, report)
+
+
+@app.command()
+def web(
+    home: HomeOption = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Also open the page in a browser.")
+    ] = False,
+) -> None:
+    """Print the running node's web page address with its login token."""
+    from urllib.parse import quote
+
+    from daemon.web.auth import TokenFileError, load_or_create_token
+
+    node_home = resolve_home(home)
+    info = _rpc(node_home, "web.info")
+    url = info.get("url") if isinstance(info, dict) else None
+    if not isinstance(url, str):
+        fail("the running node serves no web page (is [web] enabled, its port free? see its log)")
+    try:
+        token = load_or_create_token(node_home.root)
+    except TokenFileError as error:
+        fail(str(error))
+    link = f"{url}/login?token={quote(token)}"
+    print(link)
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(link):
+            print("parley: no browser could be opened; open the link above", file=sys.stderr)
 
 
 peers_app = typer.Typer(help="The trust list: who may receive our weights and be aggregated.")
@@ -507,6 +554,16 @@ def bench_call(json_path: JsonOption = None) -> None:
     import json
 
     from simulations.bench_call import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
+@bench_app.command("web")
+def bench_web(json_path: JsonOption = None) -> None:
+    """The web server: list page p95 (1,000 recordings), SSE delay, 200 MiB upload, RSS added."""
+    import json
+
+    from simulations.bench_web import run
 
     print(json.dumps(run(json_path), indent=2))
 

@@ -257,6 +257,57 @@ class ModelsSection(_Section):
     cpu_threads: int = setting(2, "Threads for ASR and training.", in_range(1, 256))
 
 
+def _check_web_host(value: Any) -> str | None:
+    import ipaddress
+
+    if value == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"must be an IP address or 'localhost', got {_show(value)}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebSection(_Section):
+    NAME: ClassVar[str] = "web"
+    TITLE: ClassVar[str] = "The node's web page and HTTP API (parley web prints its login link)"
+    enabled: bool = setting(True, "Serve the web page and HTTP API from 'parley node'.")
+    host: str = setting(
+        "127.0.0.1",
+        "Address to serve on; anything but loopback also needs allow_remote.",
+        _check_web_host,
+    )
+    port: int = setting(7406, "TCP port of the web page and API.", in_range(0, 65535))
+    allow_remote: bool = setting(
+        False, "Allow a non-loopback host (the page is then reachable from the network)."
+    )
+    max_upload_mb: int = setting(
+        1024, "Largest recording accepted by an upload, in MiB.", in_range(1, 65536)
+    )
+
+    def __post_init__(self) -> None:
+        _Section.__post_init__(self)
+        if not self.allow_remote and not is_loopback_host(self.host):
+            raise InvalidSetting(
+                f"web.host: {self.host!r} is reachable from the network; set "
+                "web.allow_remote = true to serve the page there"
+            )
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an IP address or 'localhost') only reaches this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Config:
     """The whole configuration. Construct with keyword arguments or :func:`load_config`."""
@@ -270,6 +321,7 @@ class Config:
     call: CallSection = field(default_factory=CallSection)
     storage: StorageSection = field(default_factory=StorageSection)
     models: ModelsSection = field(default_factory=ModelsSection)
+    web: WebSection = field(default_factory=WebSection)
 
     def replace(self, section: str, **changes: Any) -> Self:
         """A copy with some settings of one section changed (and validated)."""

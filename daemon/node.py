@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import trio
 
-from daemon.calls import CALLS_DIR, CallService, make_call_handler
+from daemon.calls import CALLS_DIR, CallObserver, CallService, make_call_handler
 from daemon.codec_store import CodecStore
 from daemon.config import Config
 from daemon.connections import ConnectionManager, SessionHandler, SessionInfo
@@ -95,6 +95,10 @@ class NodeOptions:
     on_aggregated: Callable[[int, AggregationResult], None] | None = None
     #: FL studies only: what this node sends instead of its real bundle (a poisoning peer).
     outgoing_bundle: Callable[[WeightsBundle], WeightsBundle] | None = None
+    #: The web page's port instead of ``web.port`` (0: any free port; tests and benches).
+    web_port: int | None = None
+    #: Called with the web page's base URL once it is served (``parley node --open``).
+    on_web_started: Callable[[RunningNode], None] | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +121,10 @@ class RunningNode:
     faults: FaultLog
     listen_port: int = 0
     call_service: CallService | None = None
+    #: Told of every call this node serves (the web page's live captions); see daemon.calls.
+    call_observers: list[CallObserver] = field(default_factory=list)
+    #: Where the web page is served (``http://host:port``), once it is; see daemon.web.server.
+    web_url: str | None = None
     started_at: float = field(default_factory=time.time)
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -207,28 +215,30 @@ class RunningNode:
             "storage": self.storage.status(),
         }
 
+    def peer_list(self) -> list[dict[str, object]]:
+        """Every known peer with its trust and presence (the RPC's ``peers``, the web's)."""
+        return [
+            _peer_dict(record, self.peers.is_present(record.public_key))
+            for record in self.peers.known()
+        ]
+
+    def round_list(self, *, limit: int = 20) -> list[dict[str, object]]:
+        """The latest FL rounds, newest first (the RPC's ``rounds``, the web's)."""
+        return [_round_dict(record) for record in self.rounds.recent(limit=limit)]
+
     def rpc_handlers(self) -> dict[str, Handler]:
         async def status(params: Any) -> object:
             return await self.status_async()
 
-        def list_peers() -> list[dict[str, object]]:
-            return [
-                _peer_dict(record, self.peers.is_present(record.public_key))
-                for record in self.peers.known()
-            ]
-
         async def peers(params: Any) -> object:
-            return await trio.to_thread.run_sync(list_peers)
+            return await trio.to_thread.run_sync(self.peer_list)
 
         async def sessions(params: Any) -> object:
             return [info.as_dict() for info in self.connections.sessions.values()]
 
         async def rounds(params: Any) -> object:
             limit = _int_param(params, "limit", 20)
-            recent = await trio.to_thread.run_sync(
-                functools.partial(self.rounds.recent, limit=limit)
-            )
-            return [_round_dict(record) for record in recent]
+            return await trio.to_thread.run_sync(functools.partial(self.round_list, limit=limit))
 
         async def round_start(params: Any) -> object:
             if _param(params, "wait", False):
@@ -247,6 +257,9 @@ class RunningNode:
             listed = await trio.to_thread.run_sync(functools.partial(self.jobs.list, limit=limit))
             return [job_dict(job) for job in listed]
 
+        async def web_info(params: Any) -> object:
+            return {"url": self.web_url}
+
         async def shutdown(params: Any) -> object:
             self.shutdown_requested.set()
             return {"shutting_down": True}
@@ -258,6 +271,7 @@ class RunningNode:
             "rounds": rounds,
             "round.start": round_start,
             "jobs": jobs,
+            "web.info": web_info,
             "shutdown": shutdown,
         }
         return {name: self.counted(name, handler) for name, handler in handlers.items()}
@@ -484,6 +498,12 @@ async def open_node(
             }
             await nursery.start(serve_rpc, home.socket_path, handlers)
             await nursery.start(node.job_runner.run)
+            if config.web.enabled:
+                from daemon.web.server import serve_node_web
+
+                await nursery.start(serve_node_web, node, options.web_port)
+                if node.web_url is not None and options.on_web_started is not None:
+                    options.on_web_started(node)
             discovery_scope = trio.CancelScope()
 
             async def discover() -> None:

@@ -31,7 +31,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -93,12 +93,17 @@ class FeatureDecoder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class CaptionResult:
-    """What was written: ``outputs`` maps ``"<lang>.<ext>"`` (e.g. ``"pt.vtt"``) to the file."""
+    """What was written: ``outputs`` maps ``"<lang>.<ext>"`` (e.g. ``"pt.vtt"``) to the file.
+
+    ``tracks`` holds the cues of every language (the source's with their word times), for a
+    caller that keeps more than the subtitle files (the web page's transcript).
+    """
 
     outputs: Mapping[str, Path]
     language: str
     cue_count: int
     duration_s: float
+    tracks: Mapping[str, Sequence[Cue]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +234,7 @@ def caption_recording(
         language=transcript_language,
         cue_count=len(source_cues),
         duration_s=duration_s,
+        tracks=tracks,
     )
 
 

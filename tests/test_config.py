@@ -37,6 +37,7 @@ def test_rendered_default_parses_back_to_the_defaults(tmp_path):
         "call",
         "storage",
         "models",
+        "web",
     }
     assert load_config(write(tmp_path, text)) == Config()
     # Every setting has a comment line just above it.
@@ -81,7 +82,7 @@ def test_values_are_loaded(tmp_path):
         ("[listen]\nprot = 1\n", "listen.prot: unknown key (known: host, port)"),
         (
             "[lisen]\nport = 1\n",
-            "lisen: unknown section (known: node, listen, discovery, trust, session, fl, call, storage, models)",
+            "lisen: unknown section (known: node, listen, discovery, trust, session, fl, call, storage, models, web)",
         ),
         ("listen = 3\n", "listen: must be a table ([listen]), got 3"),
         (
@@ -160,3 +161,14 @@ def test_node_name_must_be_a_plain_ascii_name(tmp_path):
     assert (
         load_config(write(tmp_path, '[node]\nname = "alice-laptop"\n')).node.name == "alice-laptop"
     )
+
+
+def test_web_page_stays_on_loopback_unless_allowed(tmp_path):
+    assert Config().web.host == "127.0.0.1" and Config().web.port == 7406
+    with pytest.raises(ConfigError, match=r"web\.host: '0\.0\.0\.0' is reachable from the network"):
+        load_config(write(tmp_path, '[web]\nhost = "0.0.0.0"\n'))
+    with pytest.raises(ConfigError, match=r"web\.host: must be an IP address"):
+        load_config(write(tmp_path, '[web]\nhost = "example.org"\n'))
+    allowed = load_config(write(tmp_path, '[web]\nhost = "0.0.0.0"\nallow_remote = true\n'))
+    assert allowed.web.host == "0.0.0.0"
+    assert load_config(write(tmp_path, '[web]\nhost = "::1"\n')).web.host == "::1"
