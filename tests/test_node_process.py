@@ -32,7 +32,7 @@ def test_node_process_status_and_sigterm():
         home, identity = make_home(root, "solo")
         home.config_path.write_text(
             '[listen]\nhost = "127.0.0.1"\nport = 7405\n[discovery]\nmdns = false\n'
-            "[fl]\nround_interval_min = 0\n"
+            "[fl]\nround_interval_min = 0\n[web]\nenabled = false\n"
         )
         with socket_port() as port:
             pass  # a free port, released for the node

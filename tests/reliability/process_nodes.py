@@ -56,7 +56,9 @@ def write_config(
         f'[listen]\nhost = "{host}"\nport = {port}\n'
         f"[discovery]\nmdns = {'true' if mdns else 'false'}\ninterfaces = [{names}]\n"
         f"static_peers = [{peers}]\n"
-        "[fl]\nround_interval_min = 0\nlocal_steps = 20\n" + extra
+        "[fl]\nround_interval_min = 0\nlocal_steps = 20\n"
+        # No web page: test nodes must not take the user's port 7406.
+        "[web]\nenabled = false\n" + extra
     )
 
 
