@@ -19,8 +19,7 @@ Stage times (detection, landmarks) are recorded per call for the job's statistic
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -36,8 +35,9 @@ from media.dub.face_mesh import (
     roi_from_landmarks,
 )
 from media.dub.geometry import box_downsample
+from media.dub.stage_stats import StageStats
 
-__all__ = ["FaceTracker", "TrackerConfig", "TrackerTimes"]
+__all__ = ["FaceTracker", "TrackerConfig", "TrackerCounts"]
 
 _THUMB: Final = (32, 18)
 
@@ -57,9 +57,7 @@ class TrackerConfig:
 
 
 @dataclass(slots=True)
-class TrackerTimes:
-    detect_ms: list[float] = field(default_factory=list)
-    landmarks_ms: list[float] = field(default_factory=list)
+class TrackerCounts:
     detections: int = 0
     cuts: int = 0
 
@@ -73,6 +71,7 @@ class FaceTracker:
         mesh: FaceMesh,
         *,
         config: TrackerConfig | None = None,
+        stats: StageStats | None = None,
     ) -> None:
         self._detector = detector
         self._mesh = mesh
@@ -80,12 +79,14 @@ class FaceTracker:
         self._held: FaceLandmarks | None = None
         self._since_detection = 0
         self._thumb: npt.NDArray[np.float32] | None = None
-        self.times = TrackerTimes()
+        self.counts = TrackerCounts()
+        #: "detect" and "landmarks" latencies; the pipeline passes its own to collect them.
+        self.stats = stats if stats is not None else StageStats()
 
     def track(self, frame: npt.NDArray[np.uint8]) -> FaceLandmarks | None:
         cut = self._is_cut(frame)
         if cut:
-            self.times.cuts += 1
+            self.counts.cuts += 1
             self._held = None
         if self._held is not None:
             landmarks = self._landmarks(frame, roi_from_landmarks(self._held))
@@ -97,7 +98,7 @@ class FaceTracker:
         if (
             cut
             or self._since_detection >= self._config.redetect_every
-            or self.times.detections == 0
+            or self.counts.detections == 0
         ):
             self._since_detection = 0
             box = self._detect(frame)
@@ -110,21 +111,17 @@ class FaceTracker:
         return self._held
 
     def _detect(self, frame: npt.NDArray[np.uint8]) -> FaceBox | None:
-        start = time.perf_counter()
-        faces = [
-            face for face in self._detector.detect(frame) if face.width >= self._config.min_face_px
-        ]
-        self.times.detect_ms.append((time.perf_counter() - start) * 1000)
-        self.times.detections += 1
+        with self.stats.timed("detect"):
+            found = self._detector.detect(frame)
+        faces = [face for face in found if face.width >= self._config.min_face_px]
+        self.counts.detections += 1
         if not faces:
             return None
         return max(faces, key=lambda face: face.width)
 
     def _landmarks(self, frame: npt.NDArray[np.uint8], roi: Roi) -> FaceLandmarks:
-        start = time.perf_counter()
-        landmarks = self._mesh.landmarks(frame, roi)
-        self.times.landmarks_ms.append((time.perf_counter() - start) * 1000)
-        return landmarks
+        with self.stats.timed("landmarks"):
+            return self._mesh.landmarks(frame, roi)
 
     def _is_cut(self, frame: npt.NDArray[np.uint8]) -> bool:
         height, width = frame.shape[:2]

@@ -58,14 +58,20 @@ _CAVITY_DEEP: Final = np.array([38.0, 18.0, 18.0])
 _TEETH: Final = np.array([196.0, 184.0, 170.0])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class MouthRegion:
-    """The frame box the warp may have changed (x0, y0 inclusive; x1, y1 exclusive)."""
+    """The frame box the warp may have changed (x0, y0 inclusive; x1, y1 exclusive) and, inside
+    it, which pixels it wrote (``changed``, shape (y1 - y0, x1 - x0))."""
 
     x0: int
     y0: int
     x1: int
     y1: int
+    changed: npt.NDArray[np.bool_]
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.x0, self.y0, self.x1, self.y1
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +218,7 @@ def warp_mouth(
     _fill_cavity(warped, xs=xs, ys=ys, mouth=mouth, new_inner=new_inner, inner=inner, shape=shape)
     region = frame[y0:y1, x0:x1]
     region[covered] = np.clip(warped[covered] + 0.5, 0, 255).astype(np.uint8)
-    return MouthRegion(x0, y0, x1, y1)
+    return MouthRegion(x0, y0, x1, y1, covered)
 
 
 def _rasterise(

@@ -175,6 +175,11 @@ class _SubtitleFeed:
 class Mp4Writer:
     """An MP4 being written: call :meth:`add_frame` per frame, then :meth:`commit`."""
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """The encoded picture's (width, height): the input's, cut to even numbers."""
+        return self._width, self._height
+
     def __init__(
         self,
         path: Path,
@@ -214,10 +219,19 @@ class Mp4Writer:
             raise DubWriteError(f"cannot write {str(path)!r}: {error}") from error
 
     def add_frame(self, rgb: npt.NDArray[np.uint8], time_s: float) -> None:
+        """Encode an RGB picture (converted to YUV 4:2:0 by FFmpeg's scaler)."""
+        image = rgb[: self._height, : self._width]
+        self._encode(
+            av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24"), time_s
+        )
+
+    def add_yuv_frame(self, yuv: npt.NDArray[np.uint8], time_s: float) -> None:
+        """Encode a YUV 4:2:0 picture as laid out by ``VideoFrame.to_ndarray()`` (3H/2, W)."""
+        self._encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p"), time_s)
+
+    def _encode(self, frame: Any, time_s: float) -> None:
         pts = max(round(time_s * self._rate), self._last_pts + 1)
         self._last_pts = pts
-        image = rgb[: self._height, : self._width]
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = pts
         frame.time_base = 1 / self._rate
         try:

@@ -47,8 +47,9 @@ from media.dub.mouth_warp import MouthRegion, warp_mouth
 from media.dub.mp4_writer import AUDIO_RATE, AudioTrack, Mp4Writer, SubtitleTrack
 from media.dub.speech_track import DubbedSpeech, build_speech_track
 from media.dub.stage_stats import StageStats
-from media.dub.video_source import VideoInfo, iter_audio, iter_frames, probe_video
-from media.dub.visemes import MouthPlanner
+from media.dub.video_source import VideoInfo, iter_audio, iter_video_frames, probe_video
+from media.dub.visemes import JawFromLoudness, MouthPlanner
+from media.dub.yuv_patch import write_rgb_patch
 from media.features import log_mel
 from media.translate import language_key
 from media.voice import NoSpeechError, measure_voice_traits
@@ -107,8 +108,8 @@ class VideoReport:
     frames: int = 0
     frames_with_face: int = 0
     frames_warped: int = 0
-    #: Per frame: the box the warp changed, or ``None`` (for measurements).
-    regions: list[MouthRegion | None] = field(default_factory=list)
+    #: Per frame: the box (x0, y0, x1, y1) the warp changed, or ``None`` (for measurements).
+    mouth_boxes: list[tuple[int, int, int, int] | None] = field(default_factory=list)
     #: Wall and CPU (this thread) seconds of the whole video stage.
     wall_s: float = 0.0
     cpu_s: float = 0.0
@@ -267,8 +268,12 @@ def render_video(
     """Step 5-6: the video stage and the MP4. With ``options.lip_sync`` off, frames pass
     through untouched (the baseline the bench compares with)."""
     report = progress if progress is not None else _no_progress
-    tracker = tracker if tracker is not None else FaceTracker(FaceDetector(), FaceMesh())
-    planner = MouthPlanner(plan.speech.phonemes)
+    if tracker is None:
+        tracker = FaceTracker(FaceDetector(), FaceMesh(), stats=stats)
+    planner = MouthPlanner(
+        plan.speech.phonemes,
+        jaw=JawFromLoudness(plan.speech.samples, plan.speech.sample_rate),
+    )
     target_name, source_name = options.target_language, plan.source_language
     writer = Mp4Writer(
         out_path,
@@ -295,13 +300,22 @@ def render_video(
     video = VideoReport()
     wall_start, cpu_start = time.perf_counter(), time.thread_time()
     try:
-        frames = iter_frames(source, threads=options.threads)
+        frames = iter_video_frames(source, threads=options.threads)
+        width, height = writer.size
         while True:
             with stats.timed("decode"):
                 item = next(frames, None)
-            if item is None:
-                break
-            rgb, time_s = item
+                if item is None:
+                    break
+                decoded, time_s = item
+                if (decoded.width, decoded.height, decoded.format.name) != (
+                    width,
+                    height,
+                    "yuv420p",
+                ):
+                    decoded = decoded.reformat(width=width, height=height, format="yuv420p")
+                yuv = decoded.to_ndarray()
+                rgb = decoded.to_ndarray(format="rgb24")
             region: MouthRegion | None = None
             landmarks = tracker.track(rgb)
             if landmarks is not None:
@@ -311,11 +325,13 @@ def render_video(
                     shape = planner.shapes(np.array([time_s])).at(0)
                 with stats.timed("warp"):
                     region = warp_mouth(rgb, landmarks, shape)
+                    if region is not None:
+                        write_rgb_patch(yuv, rgb, region)
                 if region is not None:
                     video.frames_warped += 1
-            video.regions.append(region)
+            video.mouth_boxes.append(region.box if region is not None else None)
             with stats.timed("encode"):
-                writer.add_frame(rgb, time_s)
+                writer.add_yuv_frame(yuv, time_s)
             video.frames += 1
             if video.frames % 25 == 0:
                 done = min(video.frames / info.frame_count, 1.0)
@@ -329,8 +345,6 @@ def render_video(
         raise
     video.wall_s = time.perf_counter() - wall_start
     video.cpu_s = time.thread_time() - cpu_start
-    stats.extend("detect", tracker.times.detect_ms)
-    stats.extend("landmarks", tracker.times.landmarks_ms)
     if not math.isfinite(video.wall_s):
         video.wall_s = 0.0
     return video

@@ -19,7 +19,14 @@ import numpy.typing as npt
 
 from media.dub.errors import VideoFileError
 
-__all__ = ["MAX_VIDEO_S", "VideoInfo", "iter_audio", "iter_frames", "probe_video"]
+__all__ = [
+    "MAX_VIDEO_S",
+    "VideoInfo",
+    "iter_audio",
+    "iter_frames",
+    "iter_video_frames",
+    "probe_video",
+]
 
 #: The longest input accepted (the dubbed track is built in memory: 30 min is ~350 MB).
 MAX_VIDEO_S: Final = 30 * 60.0
@@ -81,17 +88,22 @@ def probe_video(path: Path) -> VideoInfo:
     return VideoInfo(width, height, Fraction(rate), float(duration), min(channels, 2))
 
 
-def iter_frames(path: Path, *, threads: int = 1) -> Iterator[tuple[npt.NDArray[np.uint8], float]]:
-    """Every frame of the first video stream as (RGB array, time in seconds)."""
+def iter_video_frames(path: Path, *, threads: int = 1) -> Iterator[tuple[Any, float]]:
+    """Every frame of the first video stream as (``av.VideoFrame``, time in seconds)."""
     try:
         with av.open(str(path), mode="r", metadata_errors="ignore") as container:
             stream: Any = container.streams.video[0]
             stream.thread_count = threads
             for frame in container.decode(stream):
-                time_s = float(frame.time) if frame.time is not None else 0.0
-                yield frame.to_ndarray(format="rgb24"), time_s
+                yield frame, float(frame.time) if frame.time is not None else 0.0
     except (av.error.FFmpegError, OSError) as error:
         raise VideoFileError(f"{path}: cannot decode its video ({_describe(error)})") from error
+
+
+def iter_frames(path: Path, *, threads: int = 1) -> Iterator[tuple[npt.NDArray[np.uint8], float]]:
+    """Every frame of the first video stream as (RGB array, time in seconds)."""
+    for frame, time_s in iter_video_frames(path, threads=threads):
+        yield frame.to_ndarray(format="rgb24"), time_s
 
 
 def iter_audio(path: Path, *, rate: int, channels: int) -> Iterator[npt.NDArray[np.float32]]:

@@ -7,7 +7,8 @@ target to target: every segment's dominance rises before it and decays after it
 is the dominance-weighted mean of the targets around it. A bilabial /p b m/ dominates strongly,
 so the lips close even inside a fast word; an alveolar /t d n/ barely constrains the lips and
 takes the shape of its neighbouring vowels, which is what coarticulation looks like. Pauses
-longer than :data:`REST_AFTER_S` let the mouth close to rest.
+longer than :data:`REST_AFTER_S` let the mouth close to rest. How wide the mouth opens also
+follows the speech's loudness (:class:`JawFromLoudness`): louder syllables open more.
 
 Shapes are in face units: ``opening`` is the inner-lip gap over the outer eye-corner distance
 (the same measure :func:`media.dub.face_mesh.mouth_opening` reads back from a frame),
@@ -30,6 +31,7 @@ from media.dub.espeak_timed import PhonemeTime
 
 __all__ = [
     "REST",
+    "JawFromLoudness",
     "MouthPlanner",
     "MouthShape",
     "MouthTrack",
@@ -41,6 +43,10 @@ __all__ = [
 REST_AFTER_S: Final = 0.12
 #: Dominance decay rate (per second) around a segment's edges.
 _THETA: Final = 28.0
+#: Jaw factor at silence-level loudness, its cap, and the loudness window (one 25 fps frame).
+_JAW_FLOOR: Final = 0.35
+_JAW_MAX: Final = 1.25
+_JAW_WINDOW_S: Final = 0.04
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,16 +192,65 @@ def _with_rests(phonemes: Sequence[PhonemeTime]) -> list[PhonemeTime]:
     ]
 
 
+class JawFromLoudness:
+    """How far the jaw drops at a time, from the speech's own loudness.
+
+    Visemes say which shape the lips make; how *wide* a vowel opens also follows vocal effort
+    (stressed, louder syllables open more). The factor is ``floor + (1 - floor) * rms / ref``,
+    capped at :data:`_JAW_MAX`, with ``rms`` over :data:`_JAW_WINDOW_S` around the time and
+    ``ref`` the 90th percentile of the voiced frames' RMS. It multiplies the viseme opening, so
+    a closure (opening 0) stays closed however loud the speech is.
+    """
+
+    def __init__(
+        self, samples: npt.NDArray[np.float32], sample_rate: int, *, floor: float = _JAW_FLOOR
+    ) -> None:
+        signal = np.asarray(samples, dtype=np.float64)
+        self._cumulative = np.concatenate([[0.0], np.cumsum(signal**2)])
+        self._rate = sample_rate
+        self._floor = floor
+        hop = max(1, round(0.01 * sample_rate))
+        frames = self._rms(np.arange(0, signal.size, hop) / sample_rate)
+        voiced = (
+            frames[frames > 0.05 * frames.max()] if frames.size and frames.max() > 0 else frames
+        )
+        self._reference = float(np.percentile(voiced, 90)) if voiced.size else 1.0
+
+    def _rms(self, times_s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        size = self._cumulative.size - 1
+        half = max(1, round(_JAW_WINDOW_S * self._rate / 2))
+        centres = np.round(times_s * self._rate).astype(np.int64)
+        lo = np.clip(centres - half, 0, size)
+        hi = np.clip(centres + half, 0, size)
+        energy = (self._cumulative[hi] - self._cumulative[lo]) / np.maximum(hi - lo, 1)
+        result: npt.NDArray[np.float64] = np.sqrt(np.maximum(energy, 0.0))
+        return result
+
+    def factor(self, times_s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        loudness = self._rms(times_s) / max(self._reference, 1e-9)
+        result: npt.NDArray[np.float64] = np.clip(
+            self._floor + (1.0 - self._floor) * loudness, 0.0, _JAW_MAX
+        )
+        return result
+
+
 class MouthPlanner:
     """Mouth shapes for any times, looking only at the phonemes near them (long videos)."""
 
     #: Phonemes further than this from every asked time cannot influence the shape.
     MARGIN_S: Final = 1.0
 
-    def __init__(self, phonemes: Sequence[PhonemeTime], *, lead_s: float = 0.02) -> None:
+    def __init__(
+        self,
+        phonemes: Sequence[PhonemeTime],
+        *,
+        lead_s: float = 0.02,
+        jaw: JawFromLoudness | None = None,
+    ) -> None:
         self._phonemes = sorted(phonemes, key=lambda p: p.start_s)
         self._starts = [p.start_s for p in self._phonemes]
         self._lead_s = lead_s
+        self._jaw = jaw
 
     def shapes(self, times_s: npt.ArrayLike) -> MouthTrack:
         times = np.asarray(times_s, dtype=np.float64)
@@ -205,4 +260,11 @@ class MouthPlanner:
         last = bisect.bisect_right(self._starts, float(times.max()) + self.MARGIN_S)
         # The phoneme that started before the window may still be sounding in it.
         nearby = self._phonemes[max(first - 1, 0) : last]
-        return plan_mouth_track(nearby, times, lead_s=self._lead_s)
+        track = plan_mouth_track(nearby, times, lead_s=self._lead_s)
+        if self._jaw is None:
+            return track
+        # The jaw leads the sound as the lips do.
+        jaw = self._jaw.factor(times + self._lead_s)
+        return MouthTrack(
+            track.times_s, track.opening * jaw, track.width, track.rounding, track.closure
+        )
