@@ -53,9 +53,9 @@ _LOWER: Final = np.arange(1, 10)
 _UPPER: Final = np.arange(11, 20)
 _UPPER_SHARE: Final = 0.3
 _RING_FOLLOW: Final = 0.4
-_CAVITY: Final = np.array([92.0, 48.0, 46.0])
-_CAVITY_DEEP: Final = np.array([38.0, 18.0, 18.0])
-_TEETH: Final = np.array([196.0, 184.0, 170.0])
+_CAVITY: Final = np.array([86.0, 40.0, 40.0])
+_CAVITY_DEEP: Final = np.array([30.0, 10.0, 12.0])
+_TEETH: Final = np.array([212.0, 202.0, 186.0])
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -200,18 +200,7 @@ def warp_mouth(
     ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
     src_x, src_y = xs.copy(), ys.copy()
     covered = np.zeros(xs.shape, dtype=bool)
-    for triangle in _TRIANGLES:
-        _rasterise(
-            triangle,
-            source_px=source_px,
-            target_px=target_px,
-            xs=xs,
-            ys=ys,
-            src_x=src_x,
-            src_y=src_y,
-            covered=covered,
-            offset=(x0, y0),
-        )
+    _rasterise(source_px, target_px, xs=xs, ys=ys, src_x=src_x, src_y=src_y, covered=covered)
     if not covered.any():
         return None
     warped = sample_bilinear(frame, src_x, src_y)
@@ -222,46 +211,61 @@ def warp_mouth(
 
 
 def _rasterise(
-    triangle: npt.NDArray[np.int_],
-    *,
     source_px: npt.NDArray[np.float64],
     target_px: npt.NDArray[np.float64],
+    *,
     xs: npt.NDArray[np.float64],
     ys: npt.NDArray[np.float64],
     src_x: npt.NDArray[np.float64],
     src_y: npt.NDArray[np.float64],
     covered: npt.NDArray[np.bool_],
-    offset: tuple[int, int],
 ) -> None:
-    t = target_px[triangle]
-    s = source_px[triangle]
-    t_matrix = np.array(
-        [[t[1, 0] - t[0, 0], t[2, 0] - t[0, 0]], [t[1, 1] - t[0, 1], t[2, 1] - t[0, 1]]]
+    """For every pixel inside a target triangle, where to read it in the source.
+
+    The per-triangle algebra (inverse edge matrices, target -> source affine maps, bounding
+    boxes) is done for all triangles at once; the loop only fills each triangle's box.
+    """
+    target = target_px[_TRIANGLES]
+    source = source_px[_TRIANGLES]
+    e1 = target[:, 1] - target[:, 0]
+    e2 = target[:, 2] - target[:, 0]
+    det = e1[:, 0] * e2[:, 1] - e2[:, 0] * e1[:, 1]
+    usable = np.abs(det) > 1e-6
+    safe = np.where(usable, det, 1.0)
+    # (u, v) = inverse @ (p - t0): barycentric coordinates in the target triangle.
+    inverse = (
+        np.stack(
+            [np.stack([e2[:, 1], -e2[:, 0]], axis=1), np.stack([-e1[:, 1], e1[:, 0]], axis=1)],
+            axis=1,
+        )
+        / safe[:, None, None]
     )
-    det = float(np.linalg.det(t_matrix))
-    if abs(det) < 1e-6:
-        return
-    left = max(int(np.floor(t[:, 0].min())) - offset[0], 0)
-    top = max(int(np.floor(t[:, 1].min())) - offset[1], 0)
-    right = min(int(np.ceil(t[:, 0].max())) - offset[0] + 1, xs.shape[1])
-    bottom = min(int(np.ceil(t[:, 1].max())) - offset[1] + 1, xs.shape[0])
-    if right <= left or bottom <= top:
-        return
-    px = xs[top:bottom, left:right] - t[0, 0]
-    py = ys[top:bottom, left:right] - t[0, 1]
-    inverse = np.linalg.inv(t_matrix)
-    u = inverse[0, 0] * px + inverse[0, 1] * py
-    v = inverse[1, 0] * px + inverse[1, 1] * py
-    inside = (u >= -1e-6) & (v >= -1e-6) & (u + v <= 1.0 + 1e-6)
-    if not inside.any():
-        return
-    sx = s[0, 0] + u * (s[1, 0] - s[0, 0]) + v * (s[2, 0] - s[0, 0])
-    sy = s[0, 1] + u * (s[1, 1] - s[0, 1]) + v * (s[2, 1] - s[0, 1])
-    window_x = src_x[top:bottom, left:right]
-    window_y = src_y[top:bottom, left:right]
-    window_x[inside] = sx[inside]
-    window_y[inside] = sy[inside]
-    covered[top:bottom, left:right] |= inside
+    s1 = source[:, 1] - source[:, 0]
+    s2 = source[:, 2] - source[:, 0]
+    # src = s0 + u * s1 + v * s2 = linear @ (p - t0) + s0.
+    linear = np.stack([s1, s2], axis=2) @ inverse
+    x_origin, y_origin = float(xs[0, 0]), float(ys[0, 0])
+    lows = np.floor(target.min(axis=1)).astype(int) - [int(x_origin), int(y_origin)]
+    highs = np.ceil(target.max(axis=1)).astype(int) - [int(x_origin), int(y_origin)] + 1
+    height, width = xs.shape
+    for index in np.flatnonzero(usable).tolist():
+        left, top = max(int(lows[index, 0]), 0), max(int(lows[index, 1]), 0)
+        right, bottom = min(int(highs[index, 0]), width), min(int(highs[index, 1]), height)
+        if right <= left or bottom <= top:
+            continue
+        t0x, t0y = float(target[index, 0, 0]), float(target[index, 0, 1])
+        px = xs[top:bottom, left:right] - t0x
+        py = ys[top:bottom, left:right] - t0y
+        (i00, i01), (i10, i11) = inverse[index].tolist()
+        u = i00 * px + i01 * py
+        v = i10 * px + i11 * py
+        inside = (u >= -1e-6) & (v >= -1e-6) & (u + v <= 1.0 + 1e-6)
+        (l00, l01), (l10, l11) = linear[index].tolist()
+        s0x, s0y = float(source[index, 0, 0]), float(source[index, 0, 1])
+        dx, dy = px[inside], py[inside]
+        src_x[top:bottom, left:right][inside] = l00 * dx + l01 * dy + s0x
+        src_y[top:bottom, left:right][inside] = l10 * dx + l11 * dy + s0y
+        covered[top:bottom, left:right] |= inside
 
 
 def _fill_cavity(
@@ -302,11 +306,14 @@ def _fill_cavity(
     half_width = max(float(new_inner[10, 0] - new_inner[0, 0]) / 2, 1e-6)
     across = np.clip(1.0 - (u / half_width) ** 2, 0.0, 1.0)
     teeth_height = np.minimum(0.32 * gap, 0.06 * mouth.interocular) * np.sqrt(across)
-    upper_teeth = (v - y_top) < teeth_height
-    lower_teeth = (y_bottom - v) < 0.4 * teeth_height
-    # Teeth darken towards the corners and towards their edge in the mouth.
+    # Teeth fill the middle of the mouth; its corners stay dark (the buccal corridor). Their
+    # edge against the cavity is soft over a pixel, and the upper lip shades their top.
+    teeth_weight = np.clip(teeth_height - (v - y_top) + 0.5, 0.0, 1.0)
+    lower_weight = np.clip(0.4 * teeth_height - (y_bottom - v) + 0.5, 0.0, 1.0)
+    weight = np.maximum(teeth_weight, lower_weight) * np.clip((across - 0.2) * 4.0, 0.0, 1.0)
     below = np.clip((v - y_top) / np.maximum(teeth_height, 1e-6), 0.0, 1.0)
-    shade = ((0.55 + 0.35 * across) * (1.0 - 0.25 * below))[..., None]
-    colour = np.where((upper_teeth | lower_teeth)[..., None], _TEETH[None, None, :] * shade, colour)
+    lip_shadow = 0.7 + 0.3 * np.clip(below * 4.0, 0.0, 1.0)
+    shade = ((0.6 + 0.35 * across) * lip_shadow * (1.0 - 0.15 * below))[..., None]
+    colour = colour + (_TEETH[None, None, :] * shade - colour) * weight[..., None]
     blend = (alpha * strength)[..., None]
     warped[...] = warped * (1.0 - blend) + colour * blend
