@@ -139,9 +139,10 @@ class _Library:
 
     @classmethod
     def get(cls) -> _Library:
-        if cls._instance is None:
-            cls._instance = cls()
-        return cls._instance
+        with _lock:  # one initialisation, even when two jobs start at once
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
 
     def _on_synth(self, wav: Any, count: int, events: Any) -> int:
         if count > 0:
