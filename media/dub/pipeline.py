@@ -52,6 +52,7 @@ from media.dub.visemes import JawFromLoudness, MouthPlanner
 from media.dub.yuv_patch import write_rgb_patch
 from media.features import log_mel
 from media.translate import language_key
+from media.tts import TtsConfig
 from media.voice import NoSpeechError, measure_voice_traits
 from schemas.messages import VoiceTraits
 
@@ -79,8 +80,8 @@ _SHARE_SPOKEN: Final = 0.4
 class DubOptions:
     target_language: str
     source_language: str = "en"
-    #: (language, espeak-ng voice) overrides, as ``media.tts.TtsConfig.espeak_voices``.
-    espeak_voices: tuple[tuple[str, str], ...] = (("pt", "pt-br"),)
+    #: (language, espeak-ng voice) overrides; the same defaults as calls' speech.
+    espeak_voices: tuple[tuple[str, str], ...] = TtsConfig().espeak_voices
     lip_sync: bool = True
     crf: int = 16
     preset: str = "ultrafast"
