@@ -333,6 +333,9 @@ class JobRunner:
             # Under the node's home: private like the rest of it (mkdir's parents ignore modes).
             for folder in (out.parent.parent, out.parent):
                 folder.mkdir(mode=0o700, exist_ok=True)
+            # The folder is this job's own: a partial file there is an attempt the node died in.
+            for stale in out.parent.glob(f".{out.name}.*.part"):
+                stale.unlink(missing_ok=True)
         result = dub_video(
             source,
             out,

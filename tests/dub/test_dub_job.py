@@ -67,8 +67,12 @@ async def test_a_dub_job_runs_on_the_node(material, root: Path) -> None:
 
             job = await rpc("dub.submit", {"path": str(material["one"]), "to": "pt"})
             assert job["status"] == "pending"
-            await nursery.start(runner.run)
             job_id = str(job["id"])
+            # What a node killed mid-dub leaves behind in the job's folder: removed on the rerun.
+            stale = home.root / "dubs" / job_id / ".one.pt.mp4.deadbeef.part"
+            stale.parent.mkdir(parents=True)
+            stale.write_bytes(b"half a file")
+            await nursery.start(runner.run)
 
             def finished() -> bool:
                 record = node.jobs.get(job_id)
@@ -81,6 +85,7 @@ async def test_a_dub_job_runs_on_the_node(material, root: Path) -> None:
             out = Path(shown["outputs"]["files"]["mp4"])
             assert out.parent == home.root / "dubs" / job_id
             assert out.name == "one.pt.mp4"
+            assert sorted(p.name for p in out.parent.iterdir()) == ["one.pt.mp4"]
             assert shown["outputs"]["frames_lip_synced"] > 0
             with av.open(str(out)) as container:
                 assert len(container.streams.audio) == 2
