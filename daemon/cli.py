@@ -568,6 +568,16 @@ def bench_web(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("dub")
+def bench_dub(json_path: JsonOption = None) -> None:
+    """Lip-synced dub of a 30 s 720p test video: fps, stage p50s, sync, PSNR vs pass-through."""
+    import json
+
+    from simulations.bench_dub import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 @bench_app.command("reliability")
 def bench_reliability(
     json_path: JsonOption = None,
@@ -591,8 +601,10 @@ def bench_reliability(
 # These command modules import this one lazily (for fail/UserError): register them last.
 from daemon.call_cli import call_command  # noqa: E402
 from daemon.caption_cli import caption_command  # noqa: E402
+from daemon.dub_cli import dub_command  # noqa: E402
 
 app.command("caption")(caption_command)
+app.command("dub")(dub_command)
 app.command("call")(call_command)
 
 

@@ -1,4 +1,5 @@
-"""The node's caption job runner: ``caption.submit`` over the status RPC, one job at a time.
+"""The node's job runner: ``caption.submit`` and ``dub.submit`` over the status RPC, one job at a
+time.
 
 Theory of operation
 -------------------
@@ -22,6 +23,9 @@ waited for.
 Failures are per job: a ``MediaError`` (corrupt or silent file, missing model) or an ``OSError``
 fails the job with the error's one-line message; anything else is a bug, logged with its traceback
 and recorded as ``internal error: ...``. Either way the runner goes on with the next job.
+
+Two kinds of job share the queue: ``caption`` (:func:`media.caption_file.caption_recording`)
+and ``dub`` (:func:`media.dub.pipeline.dub_video`, a translated, lip-synced MP4).
 
 The Whisper model is loaded on the first job (not at node start: a node that never captions
 never pays for it) and kept; translators are built once per language pair.
@@ -60,7 +64,9 @@ from media.translate import (
 
 __all__ = [
     "CAPTION_JOB_KIND",
+    "DUB_JOB_KIND",
     "CaptionJobOptions",
+    "DubJobOptions",
     "JobOptionsError",
     "JobRunner",
     "default_named_model_loader",
@@ -85,6 +91,8 @@ CAPTIONS_DIR_NAME: Final = "captions"
 #: Other Whisper models a job may name: ``<home>/models/whisper/<name>/`` (CTranslate2 folders).
 WHISPER_MODELS_DIR_NAME: Final = "whisper"
 MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DUB_JOB_KIND: Final = "dub"
+DUBS_DIR_NAME: Final = "dubs"
 
 Handler = Callable[[Any], Awaitable[object]]
 TranscriberFactory = Callable[[], FeatureDecoder]
@@ -148,6 +156,34 @@ class CaptionJobOptions:
         if out_dir is not None and not isinstance(out_dir, str):
             raise JobOptionsError("'out_dir' must be a string")
         return cls(to=tuple(to), out_dir=out_dir, transcript=transcript, model=model)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DubJobOptions:
+    """What a dub job was asked for: the target language, the output file, replace or not."""
+
+    to: str
+    out: str | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        language_key(self.to)  # raises a one-line TranslationError for a malformed tag
+        if self.out is not None and not Path(self.out).is_absolute():
+            raise JobOptionsError(f"out must be an absolute path, got {self.out!r}")
+
+    def to_json(self) -> dict[str, object]:
+        return {"to": self.to, "out": self.out, "force": self.force}
+
+    @classmethod
+    def from_json(cls, options: Mapping[str, object]) -> DubJobOptions:
+        to, out, force = options.get("to"), options.get("out"), options.get("force", False)
+        if not isinstance(to, str):
+            raise JobOptionsError("'to' must be a language tag")
+        if out is not None and not isinstance(out, str):
+            raise JobOptionsError("'out' must be a string")
+        if not isinstance(force, bool):
+            raise JobOptionsError("'force' must be true or false")
+        return cls(to=to, out=out, force=force)
 
 
 def job_dict(job: JobRecord) -> dict[str, object]:
@@ -328,15 +364,18 @@ class JobRunner:
         self.jobs_finished += 1
 
     def _run_job(self, job: JobRecord) -> dict[str, object]:
-        """Worker thread: caption one job; return what ``mark_ready`` stores."""
-        if job.kind != CAPTION_JOB_KIND:
-            raise JobOptionsError(f"unknown job kind {job.kind!r}")
-        options = CaptionJobOptions.from_json(job.options)
+        """Worker thread: run one job; return what ``mark_ready`` stores."""
 
         def on_progress(stage: str, fraction: float) -> None:
             if self._stop_worker.is_set():
                 raise _JobInterrupted
             self._progress = _Progress(job.job_id, stage, fraction)
+
+        if job.kind == DUB_JOB_KIND:
+            return self._run_dub(job, on_progress)
+        if job.kind != CAPTION_JOB_KIND:
+            raise JobOptionsError(f"unknown job kind {job.kind!r}")
+        options = CaptionJobOptions.from_json(job.options)
 
         out_dir = self.output_dir(job, options)
         private = options.out_dir is None  # under the node's home: private like the rest of it
@@ -358,6 +397,41 @@ class JobRunner:
             write_atomic(path, transcript_json(result).encode(), mode=0o600 if private else 0o644)
             outputs["transcript"] = str(path)
         return outputs
+
+    def dub_output(self, job_id: str, source: Path, options: DubJobOptions) -> Path:
+        """Where a dub goes: the file asked for, else ``<home>/dubs/<job id>/<stem>.<to>.mp4``."""
+        if options.out is not None:
+            return Path(options.out)
+        return self._home.root / DUBS_DIR_NAME / job_id / f"{source.stem}.{options.to}.mp4"
+
+    def _run_dub(
+        self, job: JobRecord, on_progress: Callable[[str, float], None]
+    ) -> dict[str, object]:
+        from media.dub.pipeline import DubOptions, dub_video
+
+        options = DubJobOptions.from_json(job.options)
+        source = Path(job.input_path)
+        out = self.dub_output(job.job_id, source, options)
+        if options.out is None:
+            # Under the node's home: private like the rest of it (mkdir's parents ignore modes).
+            for folder in (out.parent.parent, out.parent):
+                folder.mkdir(mode=0o700, exist_ok=True)
+            # The folder is this job's own: a partial file there is an attempt the node died in.
+            for stale in out.parent.glob(f".{out.name}.*.part"):
+                stale.unlink(missing_ok=True)
+        result = dub_video(
+            source,
+            out,
+            options=DubOptions(
+                target_language=options.to,
+                source_language=self._source_language,
+                replace=options.force,
+            ),
+            transcriber=self._get_transcriber(),
+            translator_factory=self._get_translator,
+            progress=on_progress,
+        )
+        return {"files": {"mp4": str(out)}, **result.summary()}
 
     def _get_transcriber(self, model: str | None = None) -> FeatureDecoder:
         with self._model_lock:
@@ -417,7 +491,56 @@ class JobRunner:
                 shown["progress"] = {"stage": current["stage"], "fraction": current["fraction"]}
             return shown
 
-        return {"caption.submit": submit, "caption.get": get}
+        async def submit_dub(params: Any) -> object:
+            return await self.submit_dub(params)
+
+        # A job id names one job whatever its kind: "dub.get" is "caption.get" by another name.
+        return {
+            "caption.submit": submit,
+            "caption.get": get,
+            "dub.submit": submit_dub,
+            "dub.get": get,
+        }
+
+    async def submit_dub(self, params: object) -> dict[str, object]:
+        """Validate a ``dub.submit`` request (path, to, out, force), queue it; the job dict."""
+        request = _mapping(params)
+        unknown = set(request) - {"path", "to", "out", "force"}
+        if unknown:
+            raise RpcHandlerError("invalid_params", f"unknown parameters: {sorted(unknown)}")
+        path = _absolute_path(request.get("path"), "path")
+        if not path.is_file():
+            what = "does not exist" if not path.exists() else "is not a regular file"
+            raise RpcHandlerError("invalid_params", f"{str(path)!r} {what}")
+        out_value = request.get("out")
+        out = None if out_value is None else _absolute_path(out_value, "out")
+        force = request.get("force", False)
+        to = request.get("to")
+        if not isinstance(to, str) or not isinstance(force, bool):
+            raise RpcHandlerError("invalid_params", "to must be a language tag, force a boolean")
+        try:
+            options = DubJobOptions(to=to, out=None if out is None else str(out), force=force)
+        except (JobOptionsError, MediaError) as error:
+            raise RpcHandlerError("invalid_params", str(error)) from None
+        if out is not None and (out == path or (out.exists() and not force)):
+            reason = "is the input" if out == path else "exists (force to replace it)"
+            raise RpcHandlerError("invalid_params", f"{str(out)!r} {reason}")
+        if out is not None and not out.parent.is_dir():
+            raise RpcHandlerError("invalid_params", f"{str(out.parent)!r} is not a folder")
+        if language_key(to) == language_key(self._source_language):
+            raise RpcHandlerError("invalid_params", f"the video is already in {to!r}")
+        try:
+            await trio.to_thread.run_sync(self._get_translator, self._source_language, to)
+        except UnsupportedLanguagePairError as error:
+            raise RpcHandlerError("unsupported_language", str(error)) from None
+        except MediaError as error:
+            raise RpcHandlerError("translation_unavailable", str(error)) from None
+        record = self._jobs.create(
+            kind=DUB_JOB_KIND, input_path=str(path), options=options.to_json()
+        )
+        event(log, logging.INFO, "job.submitted", job=record.job_id, input=str(path), kind="dub")
+        self.wake()
+        return job_dict(record)
 
     async def submit(self, params: object) -> dict[str, object]:
         """Validate a ``caption.submit`` request, queue the job, wake the loop; the job dict."""

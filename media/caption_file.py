@@ -59,6 +59,7 @@ __all__ = [
     "TranslatorFactory",
     "caption_recording",
     "plan_slices",
+    "transcribe_words",
 ]
 
 #: Whisper's window: a slice of at most this much audio is decoded as one window.
@@ -359,3 +360,27 @@ def _write_documents(
         where = error.filename if error.filename is not None else out_dir
         raise SubtitleError(f"cannot write captions to {str(where)!r}: {reason}") from error
     return {key: document.path for key, document in documents.items()}
+
+
+def transcribe_words(
+    audio: FloatArray,
+    transcriber: FeatureDecoder,
+    *,
+    progress: Progress | None = None,
+    window_s: float = WHISPER_WINDOW_S,
+    search_s: float = CUT_SEARCH_S,
+) -> tuple[str, list[WordTime], float]:
+    """Language, timed words and duration of 16 kHz ``audio``, transcribed as
+    :func:`caption_recording` does it (for callers that need the words, e.g. ``parley dub``).
+
+    ``progress`` gets the "transcribe" stage with fractions in [0.05, 0.85].
+    """
+    mel = log_mel(audio)
+    language, words = _transcribe(
+        mel,
+        transcriber,
+        window_frames=round(window_s * FRAMES_PER_SECOND),
+        search_frames=round(search_s * FRAMES_PER_SECOND),
+        progress=progress if progress is not None else _no_progress,
+    )
+    return language, words, (mel.shape[1] - 1) / FRAMES_PER_SECOND
