@@ -1,7 +1,8 @@
 """The ``parley`` command line.
 
-Every expected failure (a bad config, a missing identity, a bad input file) ends as one line on
-stderr and exit code 2; tracebacks are for bugs only.
+Every expected failure ends as one line on stderr, never a traceback (those are for bugs):
+exit code 2 for a bad input (config, flag, identity, file), 1 for a runtime failure (the port is
+in use, another node already runs on this home), and 3 from ``parley status`` when no node runs.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import daemon.offline  # noqa: F401  (must come before any dependency that phones home)
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -16,9 +18,17 @@ import typer
 from rich.console import Console
 
 from daemon.atomic import write_atomic
-from daemon.cli_options import HomeOption
-from daemon.config import Config, ConfigError, load_config, render_default_config
-from daemon.home import NodeHome, default_home
+from daemon.cli_options import HomeOption, JsonFlag, LogFileOption, PortOption
+from daemon.config import (
+    Config,
+    ConfigError,
+    Override,
+    SourcedConfig,
+    load_config,
+    load_sourced_config,
+    render_default_config,
+)
+from daemon.home import NodeHome, NoHomeError, default_home, existing_home
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,39 +38,100 @@ if TYPE_CHECKING:
     from fl.flower_app import ClientPlan
 from daemon.identity import Identity, IdentityError, load_identity, save_identity
 
+EXIT_RUNTIME_FAILURE = 1
 EXIT_USER_ERROR = 2
+EXIT_NOT_RUNNING = 3
 
 app = typer.Typer(
     name="parley",
     help="A peer-to-peer node for translated calls over personal speech codecs.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    # Inherited by every subcommand's context: -h works wherever --help does.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 stdout = Console()
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from daemon.version import parley_version
+
+        print(f"parley {parley_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="Print parley's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """A peer-to-peer node for translated calls over personal speech codecs."""
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     """Failures that are the user's input or environment, shown as one line, never a trace."""
     from daemon.database import DatabaseError
     from daemon.discovery import DiscoveryError
+    from daemon.logs import LogFileError
     from daemon.rpc_server import RpcServerError
     from fl.errors import FLError
     from media.errors import MediaError
 
-    return (DatabaseError, DiscoveryError, RpcServerError, FLError, MediaError, OSError)
+    return (
+        DatabaseError,
+        DiscoveryError,
+        LogFileError,
+        RpcServerError,
+        FLError,
+        MediaError,
+        NoHomeError,
+        OSError,
+    )
+
+
+def _runtime_failures() -> tuple[type[Exception], ...]:
+    """Expected failures of the moment rather than of the input: exit code 1."""
+    from daemon.node import ListenError
+    from daemon.rpc_server import NodeAlreadyRunningError
+
+    return (ListenError, NodeAlreadyRunningError)
 
 
 class UserError(Exception):
     """An expected failure whose message is the one line the user sees."""
 
+    def __init__(self, message: str, *, exit_code: int = EXIT_USER_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
-def fail(message: str) -> NoReturn:
-    raise UserError(message)
+
+def fail(message: str, *, exit_code: int = EXIT_USER_ERROR) -> NoReturn:
+    raise UserError(message, exit_code=exit_code)
 
 
 def resolve_home(home: Path | None) -> NodeHome:
     return NodeHome(home if home is not None else default_home())
+
+
+def require_home(home: Path | None) -> NodeHome:
+    """The initialised node home, or the one line "no node home at …: run `parley init`"."""
+    return existing_home(home if home is not None else default_home())
+
+
+def print_json(document: object) -> None:
+    """``--json`` output: plain print (rich would wrap and colour it)."""
+    import json
+
+    print(json.dumps(document, indent=2, default=str))
 
 
 @app.command()
@@ -84,41 +155,83 @@ def init(
 
 
 @app.command("id")
-def show_id(home: HomeOption = None) -> None:
+def show_id(home: HomeOption = None, as_json: JsonFlag = False) -> None:
     """Print this node's peer id and public key."""
-    node_home = resolve_home(home)
+    node_home = require_home(home)
     identity = load_identity(node_home.identity_path)
+    if as_json:
+        print_json({"peer_id": identity.peer_id, "public_key": identity.public_key.hex()})
+        return
     stdout.print(f"peer id     {identity.peer_id}", highlight=False)
     stdout.print(f"public key  {identity.public_key.hex()}", highlight=False)
 
 
+def _node_settings(node_home: NodeHome, port: int | None, log_file: Path | None) -> SourcedConfig:
+    """config.toml with ``parley node``'s flags applied, checked like the file's values."""
+    overrides = []
+    if port is not None:
+        overrides.append(Override(key="listen.port", value=port, flag="--port"))
+    if log_file is not None:
+        overrides.append(Override(key="node.log_file", value=str(log_file), flag="--log-file"))
+    return load_sourced_config(node_home.config_path).with_overrides(overrides)
+
+
 @app.command("config")
-def check_config(home: HomeOption = None) -> None:
-    """Validate config.toml and print the settings in effect."""
-    node_home = resolve_home(home)
-    config = load_config(node_home.config_path)
-    stdout.print(config)
+def check_config(
+    home: HomeOption = None,
+    port: PortOption = None,
+    log_file: LogFileOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate config.toml and print the settings in effect as TOML, each with its source
+    (default, file or flag); give ``parley node``'s flags to see what they change."""
+    from daemon.config import render_sourced_config, sourced_config_dict
+
+    sourced = _node_settings(resolve_home(home), port, log_file)
+    if as_json:
+        print_json(sourced_config_dict(sourced))
+    else:
+        print(render_sourced_config(sourced), end="")
 
 
 def _load(home: Path | None) -> tuple[NodeHome, Config]:
-    node_home = resolve_home(home)
+    node_home = require_home(home)
     return node_home, load_config(node_home.config_path)
+
+
+def _log_path(config: Config) -> Path | None:
+    return Path(config.node.log_file).expanduser() if config.node.log_file else None
 
 
 @app.command()
 def node(
     home: HomeOption = None,
-    port: Annotated[int | None, typer.Option("--port", help="Override listen.port.")] = None,
+    port: PortOption = None,
+    log_file: LogFileOption = None,
 ) -> None:
-    """Run the node: announce, keep the peer table, accept handshakes, run FL rounds."""
+    """Run the node: announce, keep the peer table, accept handshakes, run FL rounds.
+
+    Logs go to stderr (the journal under systemd) unless node.log_file or --log-file names a
+    file. SIGHUP re-reads config.toml and applies the node.log_* settings; others need a
+    restart (the node logs which).
+    """
     import trio
 
     from daemon.logs import configure_logging
-    from daemon.node import NodeOptions, run_node
+    from daemon.node import run_node
 
-    node_home, config = _load(home)
-    configure_logging(log_format=config.node.log_format, level=config.node.log_level)
-    trio.run(run_node, node_home, config, NodeOptions(listen_port=port))
+    node_home = require_home(home)
+    config = _node_settings(node_home, port, log_file).config
+    configure_logging(
+        log_format=config.node.log_format, level=config.node.log_level, log_file=_log_path(config)
+    )
+
+    def reload() -> None:
+        from daemon.reload import reload_config
+
+        reload_config(node_home, config, lambda: _node_settings(node_home, port, log_file).config)
+
+    trio.run(partial(run_node, node_home, config, on_reload=reload))
 
 
 def _rpc(node_home: NodeHome, method: str, params: dict[str, object] | None = None) -> object:
@@ -127,7 +240,10 @@ def _rpc(node_home: NodeHome, method: str, params: dict[str, object] | None = No
     try:
         return call_sync(node_home.socket_path, method, params)
     except RpcUnavailableError:
-        fail(f"no node is running with home {node_home.root} (start one with 'parley node')")
+        fail(
+            f"no node is running with home {node_home.root} (start one with 'parley node')",
+            exit_code=EXIT_NOT_RUNNING,
+        )
     except RpcCallError as error:
         fail(f"{method}: {error}")
     except RpcClientError as error:
@@ -135,27 +251,37 @@ def _rpc(node_home: NodeHome, method: str, params: dict[str, object] | None = No
 
 
 @app.command()
-def status(
-    home: HomeOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """What the running node is doing: peers, sessions, rounds, jobs."""
+def status(home: HomeOption = None, as_json: JsonFlag = False) -> None:
+    """What the running node is doing: peers, sessions, rounds, jobs.
+
+    Exit code 3 when no node runs on this home (``--json`` then says ``"running": false``).
+    """
+    from daemon.rpc_client import RpcUnavailableError, call_sync
     from daemon.status_view import render_status
+    from daemon.version import parley_version
 
-    node_home = resolve_home(home)
-    report = {
-        method: _rpc(node_home, method)
-        for method in ("status", "peers", "sessions", "rounds", "jobs")
-    }
+    node_home = require_home(home)
+    try:
+        first = call_sync(node_home.socket_path, "status")
+    except RpcUnavailableError:
+        if as_json:
+            print_json({"running": False, "home": str(node_home.root), "version": parley_version()})
+        else:
+            print(f"parley node: not running (home {node_home.root}); start it with 'parley node'")
+        raise typer.Exit(EXIT_NOT_RUNNING) from None
+    report = {"running": True, "status": first}
+    report.update(
+        {method: _rpc(node_home, method) for method in ("peers", "sessions", "rounds", "jobs")}
+    )
     if as_json:
-        import json
-
-        print(json.dumps(report, indent=2, default=str))
+        print_json(report)
     else:
         render_status(stdout, report)
 
 
-peers_app = typer.Typer(help="The trust list: who may receive our weights and be aggregated.")
+peers_app = typer.Typer(
+    help="The trust list: who may receive our weights and be aggregated.", no_args_is_help=True
+)
 app.add_typer(peers_app, name="peers")
 
 
@@ -163,15 +289,14 @@ def _peer_table(node_home: NodeHome) -> tuple[Database, PeerTable]:
     from daemon.database import PeerStore, open_database
     from daemon.peers import PeerTable
 
+    node_home = require_home(node_home.root)
+    our_key = load_identity(node_home.identity_path).public_key
     database = open_database(node_home.database_path)
-    return database, PeerTable(PeerStore(database), ttl=1.0)
+    return database, PeerTable(PeerStore(database), ttl=1.0, our_key=our_key)
 
 
 @peers_app.command("list")
-def peers_list(
-    home: HomeOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
+def peers_list(home: HomeOption = None, as_json: JsonFlag = False) -> None:
     """Every peer we know, with its trust state."""
     from daemon.status_view import peer_rows, render_peers
 
@@ -179,9 +304,7 @@ def peers_list(
     with database:
         rows = peer_rows(table.known())
     if as_json:
-        import json
-
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
     else:
         render_peers(stdout, rows)
 
@@ -234,12 +357,16 @@ def peers_untrust(
 def start_round(
     home: HomeOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the round and print it.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Ask the running node for an FL round now."""
-    import json
+    from daemon.status_view import round_summary
 
-    result = _rpc(resolve_home(home), "round.start", {"wait": wait})
-    print(json.dumps(result, indent=2, default=str))
+    result = _rpc(require_home(home), "round.start", {"wait": wait})
+    if as_json:
+        print_json(result)
+    else:
+        stdout.print(round_summary(result), highlight=False)
 
 
 @app.command()
@@ -256,8 +383,7 @@ def enroll(
     from fl.config import CodecConfig, TrainConfig
     from fl.enroll import enroll as enroll_recordings
 
-    node_home, config = _load(home)
-    load_identity(node_home.identity_path)  # enrolling needs an initialised home
+    node_home, config = _load(home)  # enrolling needs an initialised home
     node_home.create()
     codecs = CodecStore(node_home.models_dir, node_home.features_dir, CodecConfig())
     codec_config = codecs.current().config
@@ -412,7 +538,9 @@ def _corpus_plan(
     return dataclasses.replace(plan, data_source="prepared", data_dir=str(features))
 
 
-codec_app = typer.Typer(help="The personal speech codec: quality at a bitrate.")
+codec_app = typer.Typer(
+    help="The personal speech codec: quality at a bitrate.", no_args_is_help=True
+)
 app.add_typer(codec_app, name="codec")
 
 
@@ -439,7 +567,10 @@ def codec_eval(
     print(json.dumps({key: result[key] for key in ("settings", "baselines")}, indent=2))
 
 
-bench_app = typer.Typer(help="Benchmarks: JSON with ratios against baselines measured in one run.")
+bench_app = typer.Typer(
+    help="Benchmarks: JSON with ratios against baselines measured in one run.",
+    no_args_is_help=True,
+)
 app.add_typer(bench_app, name="bench")
 
 JsonOption = Annotated[
@@ -518,7 +649,7 @@ app.command("call")(call_command)
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app, turning expected failures into one line."""
     try:
-        app(args=argv, prog_name="parley", standalone_mode=False)
+        returned = app(args=argv, prog_name="parley", standalone_mode=False)
     except typer.Abort:
         print("parley: aborted", file=sys.stderr)
         sys.exit(130)
@@ -527,13 +658,45 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         import click
 
+        if isinstance(error, click.exceptions.NoArgsIsHelpError):
+            # `parley` or `parley peers` alone: the help (typer has printed it) is the answer.
+            sys.exit(0)
         if isinstance(error, click.ClickException):  # usage errors, in non-standalone mode
             error.show()
             sys.exit(error.exit_code)
-        if isinstance(error, (UserError, ConfigError, IdentityError, *_expected_errors())):
-            print(f"parley: {error}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
-        raise
+        expected = _one_expected_failure(error)
+        if expected is None:
+            raise
+        print(f"parley: {expected}", file=sys.stderr)
+        sys.exit(_exit_code(expected))
+    # Outside standalone mode click returns a `typer.Exit(code)` raised by a command.
+    if isinstance(returned, int) and returned:
+        sys.exit(returned)
+
+
+def _one_expected_failure(error: BaseException) -> BaseException | None:
+    """The failure to show for ``error``: itself, or the first of an exception group (trio's
+    nurseries wrap a failed start in groups) when every failure in it is an expected one."""
+    leaves: list[BaseException] = []
+    pending = [error]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    expected = (UserError, ConfigError, IdentityError, *_expected_errors(), *_runtime_failures())
+    if leaves and all(isinstance(leaf, expected) for leaf in leaves):
+        return leaves[0]
+    return None
+
+
+def _exit_code(error: BaseException) -> int:
+    if isinstance(error, UserError):
+        return error.exit_code
+    if isinstance(error, _runtime_failures()):
+        return EXIT_RUNTIME_FAILURE
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -46,11 +46,18 @@ from daemon.home import NodeHome
 from daemon.identity import Identity, load_identity
 from daemon.jobs import JobRunner, job_dict
 from daemon.logs import event, get_logger
-from daemon.peers import KeyChangedError, PeerTable, format_peer_id, sanitize_peer_name
+from daemon.peers import (
+    KeyChangedError,
+    PeerTable,
+    format_peer_id,
+    sanitize_peer_name,
+    seen_at,
+)
 from daemon.rpc import RpcHandlerError
-from daemon.rpc_server import serve_rpc
+from daemon.rpc_server import prepare_socket_path, serve_rpc
 from daemon.scheduler import RoundInProgressError, RoundScheduler, RoundSettings, checkpoint_version
 from daemon.trust_policy import TrustPolicy
+from daemon.version import parley_version
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, CodecConfig, TrainConfig
 from handshake.noise import StaticIdentity
@@ -65,6 +72,10 @@ EXPIRY_INTERVAL_S: Final = 10.0
 CAPABILITIES: Final = ("fl/1", "call/1")
 
 Handler = Callable[[Any], Awaitable[object]]
+
+
+class ListenError(Exception):
+    """The node cannot listen on its TCP address (in use, not ours); one line for the user."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -137,6 +148,7 @@ class RunningNode:
         return {
             "node_id": self.peer_id,
             "name": self.name,
+            "version": parley_version(),
             "uptime_s": time.time() - self.started_at,
             "listen": f"{self.config.listen.host}:{self.listen_port}",
             "model_version": checkpoint_version(ours),
@@ -228,7 +240,7 @@ def _peer_dict(record: PeerRecord, present: bool) -> dict[str, object]:
         "source": record.source.value,
         "addresses": [f"{host}:{port}" for host, port in record.addresses],
         "present": present,
-        "last_seen": record.last_seen,
+        "last_seen": seen_at(record),
         "last_handshake": record.last_handshake,
     }
 
@@ -291,6 +303,9 @@ async def open_node(
     options = options if options is not None else NodeOptions()
     identity = load_identity(home.identity_path)
     home.create()
+    # Before the database: a second node on this home must not touch the first one's state
+    # (it would mark the first node's running round abandoned and requeue its jobs).
+    prepare_socket_path(home.socket_path)
     static_peers = parse_static_peers(config.discovery.static_peers)
     database = open_database(home.database_path)
     try:
@@ -376,7 +391,7 @@ async def open_node(
             node.observe(peer)
         async with trio.open_nursery() as nursery:
             port = options.listen_port if options.listen_port is not None else config.listen.port
-            node.listen_port = await nursery.start(connections.serve, config.listen.host, port)
+            node.listen_port = await _listen(nursery, connections, config.listen.host, port)
             handlers = {**node.rpc_handlers(), **node.job_runner.rpc_handlers()}
             await nursery.start(serve_rpc, home.socket_path, handlers)
             await nursery.start(node.job_runner.run)
@@ -411,14 +426,40 @@ async def open_node(
         database.close()
 
 
-async def run_node(home: NodeHome, config: Config, options: NodeOptions | None = None) -> None:
-    """Run until SIGINT/SIGTERM or the ``shutdown`` RPC, then shut down gracefully."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _listen(
+    nursery: trio.Nursery, connections: ConnectionManager, host: str, port: int
+) -> int:
+    try:
+        bound: int = await nursery.start(connections.serve, host, port)
+    except OSError as error:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = (error.strerror or str(error)).lower()
+        raise ListenError(f"cannot listen on {shown}: {reason}") from None
+    return bound
+
+
+async def run_node(
+    home: NodeHome,
+    config: Config,
+    options: NodeOptions | None = None,
+    *,
+    on_reload: Callable[[], None] | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM or the ``shutdown`` RPC, then shut down gracefully.
+
+    ``SIGHUP`` calls ``on_reload`` (the CLI re-reads config.toml and applies what it can
+    without a restart); without one, ``SIGHUP`` is logged and ignored.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with open_node(home, config, options) as node, trio.open_nursery() as nursery:
 
             async def on_signal() -> None:
                 async for signum in signals:
                     event(log, logging.INFO, "node.signal", signal=signal.Signals(signum).name)
+                    if signum == signal.SIGHUP:
+                        if on_reload is not None:
+                            on_reload()
+                        continue
                     node.shutdown_requested.set()
 
             nursery.start_soon(on_signal)
@@ -426,4 +467,4 @@ async def run_node(home: NodeHome, config: Config, options: NodeOptions | None =
             nursery.cancel_scope.cancel()
 
 
-__all__ = ["NodeOptions", "RunningNode", "open_node", "run_node"]
+__all__ = ["ListenError", "NodeOptions", "RunningNode", "open_node", "run_node"]

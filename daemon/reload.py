@@ -1,0 +1,61 @@
+"""``SIGHUP`` for a running node: re-read config.toml and apply what can change live.
+
+What applies without a restart: the ``node.log_*`` settings (level, format and file; the file
+is reopened, so this is also how to follow ``logrotate`` or a log file moved away). Every other
+changed setting is named in one ``config.reload_needs_restart`` log line. A config that no
+longer loads is refused in one ``config.reload_failed`` line and the node goes on unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from daemon.config import Config, ConfigError
+from daemon.home import NodeHome
+from daemon.logs import LogFileError, configure_logging, event, get_logger
+
+log = get_logger("reload")
+
+#: Settings a running node applies on SIGHUP.
+LIVE_SETTINGS = ("node.log_level", "node.log_format", "node.log_file")
+
+
+def changed_settings(before: Config, after: Config) -> list[str]:
+    """The ``section.key`` names whose values differ."""
+    changed = []
+    for section in dataclasses.fields(before):
+        old, new = getattr(before, section.name), getattr(after, section.name)
+        for spec in dataclasses.fields(old):
+            if getattr(old, spec.name) != getattr(new, spec.name):
+                changed.append(f"{section.name}.{spec.name}")
+    return changed
+
+
+def reload_config(home: NodeHome, running: Config, load: Callable[[], Config]) -> Config | None:
+    """Load the config again with ``load``; apply the live settings; return the new config, or
+    ``None`` when it could not be loaded (the node keeps ``running``)."""
+    try:
+        fresh = load()
+    except ConfigError as error:
+        event(log, logging.ERROR, "config.reload_failed", home=home.root, reason=str(error))
+        return None
+    node = fresh.node
+    try:
+        configure_logging(
+            log_format=node.log_format,
+            level=node.log_level,
+            log_file=Path(node.log_file).expanduser() if node.log_file else None,
+        )
+    except LogFileError as error:
+        event(log, logging.ERROR, "config.reload_failed", home=home.root, reason=str(error))
+        return None
+    changed = changed_settings(running, fresh)
+    applied = [key for key in changed if key in LIVE_SETTINGS]
+    pending = [key for key in changed if key not in LIVE_SETTINGS]
+    event(log, logging.INFO, "config.reloaded", applied=",".join(applied) or "none")
+    if pending:
+        event(log, logging.WARNING, "config.reload_needs_restart", settings=",".join(pending))
+    return fresh
