@@ -337,18 +337,19 @@ def _set_trust(home: Path | None, key_or_name: str, trusted: bool) -> None:
     stdout.print(f"{shown}: {record.trust.value}", highlight=False)
 
 
+PeerArgument = typer.Argument(
+    metavar="KEY|NAME", help="The peer's full key, its name, or a unique id prefix."
+)
+
+
 @peers_app.command("trust")
-def peers_trust(
-    key_or_name: Annotated[str, typer.Argument(metavar="KEY|NAME")], home: HomeOption = None
-) -> None:
+def peers_trust(key_or_name: Annotated[str, PeerArgument], home: HomeOption = None) -> None:
     """Trust a peer: it receives our weights and its bundles are aggregated."""
     _set_trust(home, key_or_name, True)
 
 
 @peers_app.command("untrust")
-def peers_untrust(
-    key_or_name: Annotated[str, typer.Argument(metavar="KEY|NAME")], home: HomeOption = None
-) -> None:
+def peers_untrust(key_or_name: Annotated[str, PeerArgument], home: HomeOption = None) -> None:
     """Stop trusting a peer (it stays known and pinned)."""
     _set_trust(home, key_or_name, False)
 

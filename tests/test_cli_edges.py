@@ -245,9 +245,7 @@ def test_parley_alone_and_every_group_alone_show_help_with_exit_0():
     from daemon.cli import app
 
     root = typer.main.get_command(app)
-    groups = [[]] + [
-        [name] for name, sub in root.commands.items() if isinstance(sub, click.Group)
-    ]
+    groups = [[]] + [[name] for name, sub in root.commands.items() if isinstance(sub, click.Group)]
     assert ["peers"] in groups
     for group in groups:
         result = parley(*group)
