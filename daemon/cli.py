@@ -642,9 +642,13 @@ def bench_reliability(
 # These command modules import this one lazily (for fail/UserError): register them last.
 from daemon.call_cli import call_command  # noqa: E402
 from daemon.caption_cli import caption_command  # noqa: E402
+from daemon.ping_cli import ping_command  # noqa: E402
+from daemon.service_cli import install_service_command  # noqa: E402
 
 app.command("caption")(caption_command)
 app.command("call")(call_command)
+app.command("ping")(ping_command)
+app.command("install-service")(install_service_command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -701,4 +705,8 @@ def _exit_code(error: BaseException) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m daemon.cli` runs this file as __main__; command modules import daemon.cli and
+    # raise *its* UserError, so run that module's main, whose except clauses match them.
+    from daemon.cli import main as cli_main
+
+    cli_main()
