@@ -330,3 +330,37 @@ def test_status_of_a_node_that_is_down_answers_with_exit_3():
         assert machine.returncode == 3
         report = json.loads(machine.stdout)
         assert report["running"] is False and report["home"] == str(home.root)
+
+
+# --- rough edge 6: a call to an unreachable peer ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_call_to_an_unreachable_peer_fails_first_and_writes_nothing(tmp_path):
+    from daemon.codec_store import CodecStore
+    from fl.config import CodecConfig
+    from tests.speech import SPEECH_TEXT, synthesize_speech
+
+    with short_root() as root:
+        home, _ = local_home(root, "caller")
+        CodecStore(home.models_dir, home.features_dir, CodecConfig()).current()
+        assert parley("peers", "trust", OTHER_KEY, "--home", str(home.root)).returncode == 0
+        speech = synthesize_speech(SPEECH_TEXT, tmp_path / "speech.wav")
+        out = tmp_path / "call-out"
+        port = free_port()  # nothing listens there
+        result = parley(
+            "call",
+            f"127.0.0.1:{port}:{OTHER_KEY}",
+            "--in",
+            str(speech),
+            "--lang",
+            "pt",
+            "--out",
+            str(out),
+            "--home",
+            str(home.root),
+        )
+        assert result.returncode == 1
+        line = one_line(result)
+        assert line.startswith(f"parley: unreachable: 127.0.0.1:{port}: ")
+        assert not out.exists()
