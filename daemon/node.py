@@ -36,14 +36,10 @@ from daemon.database import (
     RoundStore,
     open_database,
 )
-from daemon.discovery import (
-    DiscoveredPeer,
-    local_interface_addresses,
-    open_mdns_discovery,
-    parse_static_peers,
-)
+from daemon.discovery import DiscoveredPeer, open_mdns_discovery, parse_static_peers
 from daemon.home import NodeHome
 from daemon.identity import Identity, load_identity
+from daemon.interface_watch import follow_interfaces
 from daemon.jobs import JobRunner, job_dict
 from daemon.logs import event, get_logger
 from daemon.peers import (
@@ -282,8 +278,8 @@ async def _discover(node: RunningNode) -> None:
                     event(log, logging.INFO, "peer.gone", peer=format_peer_id(key)[:16])
 
         nursery.start_soon(expire)
-        if config.mdns:
-            interfaces = list(config.interfaces) or local_interface_addresses()
+
+        async def announce_and_browse(interfaces: list[str]) -> None:
             async with open_mdns_discovery(
                 interfaces=interfaces,
                 port=node.listen_port,
@@ -293,6 +289,12 @@ async def _discover(node: RunningNode) -> None:
                 event(log, logging.INFO, "mdns.announced", interfaces=",".join(interfaces))
                 async for peer in discovery:
                     node.observe(peer)
+
+        if config.mdns and config.interfaces:
+            await announce_and_browse(list(config.interfaces))
+        elif config.mdns:
+            # No interfaces named: follow this machine's addresses as they come and go.
+            await follow_interfaces(announce_and_browse)
 
 
 @asynccontextmanager
