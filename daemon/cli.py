@@ -138,6 +138,7 @@ def print_json(document: object) -> None:
 def init(
     home: HomeOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing identity.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create a node home: a fresh X25519 identity (0600) and a commented config.toml."""
     node_home = resolve_home(home)
@@ -150,6 +151,9 @@ def init(
         write_atomic(node_home.config_path, render_default_config().encode(), mode=0o600)
     else:
         load_config(node_home.config_path)  # an existing config is kept, but must be valid
+    if as_json:
+        print_json({"home": str(node_home.root), "peer_id": identity.peer_id})
+        return
     stdout.print(f"initialised {node_home.root}")
     stdout.print(f"peer id     {identity.peer_id}")
 
@@ -375,6 +379,7 @@ def enroll(
     files: Annotated[list[Path], typer.Argument(metavar="FILES...", help="Your recordings.")],
     home: HomeOption = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 1500,
+    as_json: JsonFlag = False,
 ) -> None:
     """Train this node's personal codec on your own recordings (they never leave this node)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -422,6 +427,17 @@ def enroll(
             metadata={**checkpoint.metadata, FEATURES_DIGEST_KEY: codecs.features_digest()},
         ),
     )
+    if as_json:
+        print_json(
+            {
+                "recordings": len(result.recordings),
+                "speech_s": result.total_frames / 100,
+                "mel_l1_before": result.l1_before,
+                "mel_l1_after": result.l1_after,
+                "kbps": codec_config.kbps,
+            }
+        )
+        return
     stdout.print(
         f"enrolled {len(result.recordings)} recording(s), {result.total_frames / 100:.1f} s of "
         f"speech in all; mel L1 {result.l1_before:.4f} -> {result.l1_after:.4f} "

@@ -307,14 +307,33 @@ def test_config_prints_toml_with_sources_and_json():
         assert "call.language: must be a language tag Whisper knows" in one_line(refused)
 
 
-def test_id_has_json():
+def test_init_and_id_have_json():
     with short_root() as root:
+        fresh = root / "fresh"
+        created = json.loads(parley("init", "--json", "--home", str(fresh)).stdout)
+        assert created["home"] == str(fresh)
+        shown = json.loads(parley("id", "--json", "--home", str(fresh)).stdout)
+        assert shown["peer_id"] == created["peer_id"]
         home, identity = local_home(root, "ident")
         result = parley("id", "--json", "--home", str(home.root))
         assert json.loads(result.stdout) == {
             "peer_id": identity.peer_id,
             "public_key": identity.public_key.hex(),
         }
+
+
+@pytest.mark.slow
+def test_enroll_has_json(tmp_path):
+    from tests.speech import SPEECH_TEXT, synthesize_speech
+
+    with short_root() as root:
+        home, _ = local_home(root, "enrolled")
+        speech = synthesize_speech(SPEECH_TEXT, tmp_path / "speech.wav")
+        result = parley("enroll", str(speech), "--steps", "2", "--json", "--home", str(home.root))
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["recordings"] == 1 and report["speech_s"] > 1
+        assert report["mel_l1_before"] > 0 and report["kbps"] > 0
 
 
 # --- operating: status of a node that is down ------------------------------------------------
