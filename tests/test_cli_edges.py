@@ -36,6 +36,20 @@ def parley(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess[str]:
+    """``daemon.cli.main`` in this process (no interpreter start-up), as a CompletedProcess."""
+    from daemon.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
     """The single stderr line of a failure (and no traceback)."""
     assert "Traceback" not in result.stderr, result.stderr
@@ -90,11 +104,23 @@ def stop_node(node: subprocess.Popen[str]) -> str:
 
 
 @pytest.mark.parametrize("port", ["-1", "70000", "0"])
-def test_a_bad_port_flag_is_checked_like_the_config_file(port):
+def test_a_bad_port_flag_is_checked_like_the_config_file(port, capsys):
     with short_root() as root:
         home, _ = local_home(root, "flag")
-        for command in ("node", "config"):
-            result = parley(command, "--home", str(home.root), "--port", port)
+        result = in_process(capsys, "config", "--home", str(home.root), "--port", port)
+        assert result.returncode == 2
+        assert one_line(result) == f"parley: --port: must be 1..65535, got {port}"
+
+
+def test_node_refuses_a_bad_port_flag(capsys):
+    with short_root() as root:
+        home, _ = local_home(root, "flag")
+        # -1 in this process (it used to end in a socket.gaierror traceback); 70000 in a
+        # subprocess with a timeout, since it used to start a node on the config's port.
+        for port, result in (
+            ("-1", in_process(capsys, "node", "--home", str(home.root), "--port", "-1")),
+            ("70000", parley("node", "--home", str(home.root), "--port", "70000")),
+        ):
             assert result.returncode == 2
             assert one_line(result) == f"parley: --port: must be 1..65535, got {port}"
         assert not home.socket_path.exists()
@@ -189,10 +215,10 @@ def wait_for_line(path: Path, text: str, timeout: float = 20) -> None:
         ["round"],
     ],
 )
-def test_commands_on_a_missing_home_say_run_init(command):
+def test_commands_on_a_missing_home_say_run_init(command, capsys):
     with short_root() as root:
         missing = root / "nowhere"
-        result = parley(*command, "--home", str(missing))
+        result = in_process(capsys, *command, "--home", str(missing))
         assert result.returncode == 2
         assert one_line(result) == f"parley: no node home at {missing}: run `parley init`"
         assert not missing.exists()
