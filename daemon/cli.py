@@ -176,7 +176,9 @@ def _node_settings(node_home: NodeHome, port: int | None, log_file: Path | None)
     if port is not None:
         overrides.append(Override(key="listen.port", value=port, flag="--port"))
     if log_file is not None:
-        overrides.append(Override(key="node.log_file", value=str(log_file), flag="--log-file"))
+        # Relative to where the command runs, as a user typing it expects.
+        absolute = str(log_file.expanduser().absolute())
+        overrides.append(Override(key="node.log_file", value=absolute, flag="--log-file"))
     return load_sourced_config(node_home.config_path).with_overrides(overrides)
 
 
@@ -203,10 +205,6 @@ def _load(home: Path | None) -> tuple[NodeHome, Config]:
     return node_home, load_config(node_home.config_path)
 
 
-def _log_path(config: Config) -> Path | None:
-    return Path(config.node.log_file).expanduser() if config.node.log_file else None
-
-
 @app.command()
 def node(
     home: HomeOption = None,
@@ -223,11 +221,14 @@ def node(
 
     from daemon.logs import configure_logging
     from daemon.node import run_node
+    from daemon.reload import node_log_path
 
     node_home = require_home(home)
     config = _node_settings(node_home, port, log_file).config
     configure_logging(
-        log_format=config.node.log_format, level=config.node.log_level, log_file=_log_path(config)
+        log_format=config.node.log_format,
+        level=config.node.log_level,
+        log_file=node_log_path(node_home, config),
     )
 
     def reload() -> None:

@@ -143,8 +143,8 @@ class NodeSection(_Section):
     )
     log_file: str = setting(
         "",
-        "Write logs to this file (rotated at 10 MB, 5 kept) instead of stderr; empty means "
-        "stderr (the journal under systemd).",
+        "Write logs to this file (rotated at 10 MB, 5 kept; relative to the node home) instead "
+        "of stderr; empty means stderr (the journal under systemd).",
     )
 
 

@@ -23,6 +23,14 @@ log = get_logger("reload")
 LIVE_SETTINGS = ("node.log_level", "node.log_format", "node.log_file")
 
 
+def node_log_path(home: NodeHome, config: Config) -> Path | None:
+    """Where ``node.log_file`` puts the logs: ``None`` for stderr; a relative path is inside the
+    node home (a service's working directory is ``/``)."""
+    if not config.node.log_file:
+        return None
+    return home.root / Path(config.node.log_file).expanduser()
+
+
 def changed_settings(before: Config, after: Config) -> list[str]:
     """The ``section.key`` names whose values differ."""
     changed = []
@@ -47,7 +55,7 @@ def reload_config(home: NodeHome, running: Config, load: Callable[[], Config]) -
         configure_logging(
             log_format=node.log_format,
             level=node.log_level,
-            log_file=Path(node.log_file).expanduser() if node.log_file else None,
+            log_file=node_log_path(home, fresh),
         )
     except LogFileError as error:
         event(log, logging.ERROR, "config.reload_failed", home=home.root, reason=str(error))

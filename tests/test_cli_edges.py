@@ -409,3 +409,22 @@ def test_a_call_to_an_unreachable_peer_fails_first_and_writes_nothing(tmp_path):
         line = one_line(result)
         assert line.startswith(f"parley: unreachable: 127.0.0.1:{port}: ")
         assert not out.exists()
+
+
+def test_a_relative_log_file_is_inside_the_home_and_a_flag_is_relative_to_where_it_runs(
+    capsys, monkeypatch
+):
+    from daemon.reload import node_log_path
+
+    with short_root() as root:
+        home, _ = local_home(root, "logs")
+        assert node_log_path(home, Config()) is None
+        in_config = Config().replace("node", log_file="logs/node.log")
+        assert node_log_path(home, in_config) == home.root / "logs" / "node.log"
+        absolute = Config().replace("node", log_file="/var/tmp/parley.log")
+        assert node_log_path(home, absolute) == Path("/var/tmp/parley.log")
+        monkeypatch.chdir(root)
+        shown = in_process(
+            capsys, "config", "--json", "--home", str(home.root), "--log-file", "x.log"
+        )
+        assert json.loads(shown.stdout)["node"]["log_file"]["value"] == str(root / "x.log")
