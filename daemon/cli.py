@@ -274,7 +274,8 @@ def status(home: HomeOption = None, as_json: JsonFlag = False) -> None:
         else:
             print(f"parley node: not running (home {node_home.root}); start it with 'parley node'")
         raise typer.Exit(EXIT_NOT_RUNNING) from None
-    report = {"running": True, "status": first}
+    version = first.get("version") if isinstance(first, dict) else None
+    report = {"running": True, "version": version, "status": first}
     report.update(
         {method: _rpc(node_home, method) for method in ("peers", "sessions", "rounds", "jobs")}
     )

@@ -161,6 +161,7 @@ def test_a_running_node_second_node_status_round_reload_and_log_file():
             assert status.returncode == 0, status.stderr
             report = json.loads(status.stdout)
             assert report["running"] is True
+            assert report["version"] == version("parley")
             assert report["status"]["node_id"] == identity.peer_id
             assert report["status"]["version"] == version("parley")
             requested = parley("round", "--home", str(home.root))
@@ -224,24 +225,26 @@ def test_commands_on_a_missing_home_say_run_init(command, capsys):
         assert not missing.exists()
 
 
-def test_trusting_our_own_key_is_refused():
+def test_trusting_our_own_key_is_refused(capsys):
     with short_root() as root:
         home, identity = local_home(root, "self")
         for key in (identity.public_key.hex(), identity.peer_id):
-            result = parley("peers", "trust", key, "--home", str(home.root))
+            result = in_process(capsys, "peers", "trust", key, "--home", str(home.root))
             assert result.returncode == 2
             assert "this node's own key" in one_line(result)
-        listed = parley("peers", "list", "--json", "--home", str(home.root))
+        listed = in_process(capsys, "peers", "list", "--json", "--home", str(home.root))
         assert json.loads(listed.stdout) == []
 
 
-def test_a_peer_trusted_before_it_was_seen_shows_never_seen():
+def test_a_peer_trusted_before_it_was_seen_shows_never_seen(capsys):
     with short_root() as root:
         home, _ = local_home(root, "early")
-        assert parley("peers", "trust", OTHER_KEY, "--home", str(home.root)).returncode == 0
-        rows = json.loads(parley("peers", "list", "--json", "--home", str(home.root)).stdout)
+        trusted = in_process(capsys, "peers", "trust", OTHER_KEY, "--home", str(home.root))
+        assert trusted.returncode == 0
+        listed = in_process(capsys, "peers", "list", "--json", "--home", str(home.root))
+        rows = json.loads(listed.stdout)
         assert rows[0]["trust"] == "trusted" and rows[0]["last_seen"] is None
-        table = parley("peers", "list", "--home", str(home.root)).stdout
+        table = in_process(capsys, "peers", "list", "--home", str(home.root)).stdout
         assert "0s ago" not in table and "never" in table
 
 
