@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from daemon.database import Database
+    from daemon.node import RunningNode
     from daemon.peers import PeerTable
     from fl.flower_app import ClientPlan
 from daemon.identity import Identity, IdentityError, load_identity, save_identity
@@ -214,8 +215,8 @@ def node(
     """Run the node: announce, keep the peer table, accept handshakes, run FL rounds.
 
     Logs go to stderr (the journal under systemd) unless node.log_file or --log-file names a
-    file. SIGHUP re-reads config.toml and applies the node.log_* settings; others need a
-    restart (the node logs which).
+    file. SIGHUP re-reads config.toml and applies the node.log_* and fl.* settings; others
+    need a restart (the node logs which).
     """
     import trio
 
@@ -231,10 +232,15 @@ def node(
         log_file=node_log_path(node_home, config),
     )
 
-    def reload() -> None:
+    def reload(running: RunningNode) -> None:
         from daemon.reload import reload_config
 
-        reload_config(node_home, config, lambda: _node_settings(node_home, port, log_file).config)
+        reload_config(
+            node_home,
+            config,
+            lambda: _node_settings(node_home, port, log_file).config,
+            apply_fl=running.apply_fl_settings,
+        )
 
     trio.run(partial(run_node, node_home, config, on_reload=reload))
 

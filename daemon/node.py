@@ -10,6 +10,7 @@ running round finish or fail cleanly, close the database.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import socket
@@ -23,7 +24,7 @@ import trio
 
 from daemon.calls import CallService, make_call_handler
 from daemon.codec_store import CodecStore
-from daemon.config import Config
+from daemon.config import Config, FlSection
 from daemon.connections import ConnectionManager, SessionHandler, SessionInfo
 from daemon.database import (
     Database,
@@ -134,6 +135,18 @@ class RunningNode:
             event(
                 log, logging.WARNING, "peer.key_changed", name=error.event.name, reason=str(error)
             )
+
+    def apply_fl_settings(self, fl: FlSection) -> None:
+        """The ``[fl]`` settings of a reloaded config, for the rounds from now on."""
+        current = self.scheduler.settings
+        self.scheduler.update_settings(
+            dataclasses.replace(
+                current,
+                interval_s=fl.round_interval_min * 60.0,
+                aggregation=_aggregation_config(fl),
+                train=dataclasses.replace(current.train, steps=fl.local_steps),
+            )
+        )
 
     # -- status RPC --------------------------------------------------------------------------
 
@@ -256,6 +269,15 @@ def _round_dict(record: RoundRecord) -> dict[str, object]:
     }
 
 
+def _aggregation_config(fl: FlSection) -> AggregationConfig:
+    return AggregationConfig(
+        alpha=fl.alpha,
+        clip_norm_ratio=fl.clip_norm_ratio,
+        robust=fl.robust,  # type: ignore[arg-type]
+        trim_fraction=fl.trim_fraction,
+    )
+
+
 def _stream_settings(config: Config) -> StreamSettings:
     return StreamSettings(
         handshake_timeout_s=config.session.handshake_timeout_s,
@@ -360,12 +382,7 @@ async def open_node(
             rounds=rounds,
             settings=RoundSettings(
                 interval_s=config.fl.round_interval_min * 60.0,
-                aggregation=AggregationConfig(
-                    alpha=config.fl.alpha,
-                    clip_norm_ratio=config.fl.clip_norm_ratio,
-                    robust=config.fl.robust,  # type: ignore[arg-type]
-                    trim_fraction=config.fl.trim_fraction,
-                ),
+                aggregation=_aggregation_config(config.fl),
                 train=train,
                 train_each_round=options.train_each_round,
             ),
@@ -445,7 +462,7 @@ async def run_node(
     config: Config,
     options: NodeOptions | None = None,
     *,
-    on_reload: Callable[[], None] | None = None,
+    on_reload: Callable[[RunningNode], None] | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM or the ``shutdown`` RPC, then shut down gracefully.
 
@@ -460,7 +477,7 @@ async def run_node(
                     event(log, logging.INFO, "node.signal", signal=signal.Signals(signum).name)
                     if signum == signal.SIGHUP:
                         if on_reload is not None:
-                            on_reload()
+                            on_reload(node)
                         continue
                     node.shutdown_requested.set()
 

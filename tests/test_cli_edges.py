@@ -180,13 +180,17 @@ def test_a_running_node_second_node_status_round_reload_and_log_file():
             )
             node.send_signal(signal.SIGHUP)
             wait_for_line(log_file, "listen.port: must be 1..65535, got 70000")
-            # A setting that needs a restart is named.
+            # FL settings apply from the next round; one that needs a restart is named.
             home.config_path.write_text(
                 text.replace("round_interval_min = 0", "round_interval_min = 0\nalpha = 0.5")
+                + "[call]\nbatch_ms = 200\n"
             )
             node.send_signal(signal.SIGHUP)
-            wait_for_line(log_file, "event=config.reload_needs_restart settings=fl.alpha")
-            assert parley("status", "--home", str(home.root)).returncode == 0
+            wait_for_line(log_file, "event=config.reloaded applied=fl.alpha")
+            wait_for_line(log_file, "event=config.reload_needs_restart settings=call.batch_ms")
+            after = parley("round", "--wait", "--json", "--home", str(home.root))
+            assert after.returncode == 0, after.stderr
+            assert json.loads(after.stdout)["alpha"] == 0.5
         finally:
             stderr = stop_node(node)
         assert node.returncode == 0, stderr

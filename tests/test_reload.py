@@ -50,3 +50,30 @@ def test_a_config_or_log_file_that_cannot_be_used_changes_nothing(tmp_path):
     assert "event=config.reload_failed" in text and "got 70000" in text
     assert "cannot open the log file" in text
     configure_logging(log_format="keyvalue", level="info")
+
+
+async def test_reloaded_fl_settings_drive_the_next_rounds_of_a_running_node():
+    """A node started with scheduled rounds off gets an interval and a new alpha by reload:
+    rounds start on their own and record the new alpha."""
+    import trio
+
+    from daemon.database import RoundStatus
+    from daemon.node import NodeOptions, open_node
+    from tests.node_helpers import loopback_config, make_home, short_root, wait_for
+
+    with short_root() as root:
+        home, _ = make_home(root, "fl")
+        config = loopback_config(name="fl", mdns=False)
+        assert config.fl.round_interval_min == 0
+        async with open_node(home, config, NodeOptions(listen_port=0)) as node:
+            await trio.sleep(0.5)
+            assert node.rounds.count(status=RoundStatus.COMPLETED) == 0
+            fresh = config.replace("fl", round_interval_min=0.005, alpha=0.4)
+            assert reload_config(home, config, lambda: fresh, apply_fl=node.apply_fl_settings)
+            await wait_for(
+                lambda: node.rounds.count(status=RoundStatus.COMPLETED) >= 2,
+                timeout=30,
+                what="two scheduled rounds",
+            )
+            assert all(record.alpha == 0.4 for record in node.rounds.recent(limit=2))
+        configure_logging(log_format="keyvalue", level="info")
