@@ -1,7 +1,8 @@
 """The ``parley`` command line.
 
-Every expected failure (a bad config, a missing identity, a bad input file) ends as one line on
-stderr and exit code 2; tracebacks are for bugs only.
+Every expected failure ends as one line on stderr, never a traceback (those are for bugs):
+exit code 2 for a bad input (config, flag, identity, file), 1 for a runtime failure (the port is
+in use, another node already runs on this home), and 3 from ``parley status`` when no node runs.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import daemon.offline  # noqa: F401  (must come before any dependency that phones home)
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -16,57 +18,128 @@ import typer
 from rich.console import Console
 
 from daemon.atomic import write_atomic
-from daemon.cli_options import HomeOption
-from daemon.config import Config, ConfigError, load_config, render_default_config
-from daemon.home import NodeHome, default_home
+from daemon.cli_options import HomeOption, JsonFlag, LogFileOption, PortOption
+from daemon.config import (
+    Config,
+    ConfigError,
+    Override,
+    SourcedConfig,
+    load_config,
+    load_sourced_config,
+    render_default_config,
+)
+from daemon.home import NodeHome, NoHomeError, default_home, existing_home
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from daemon.database import Database
+    from daemon.node import RunningNode
     from daemon.peers import PeerTable
     from fl.flower_app import ClientPlan
 from daemon.identity import Identity, IdentityError, load_identity, save_identity
 
+EXIT_RUNTIME_FAILURE = 1
 EXIT_USER_ERROR = 2
+EXIT_NOT_RUNNING = 3
 
 app = typer.Typer(
     name="parley",
     help="A peer-to-peer node for translated calls over personal speech codecs.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    # Inherited by every subcommand's context: -h works wherever --help does.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 stdout = Console()
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from daemon.version import parley_version
+
+        print(f"parley {parley_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="Print parley's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """A peer-to-peer node for translated calls over personal speech codecs."""
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     """Failures that are the user's input or environment, shown as one line, never a trace."""
     from daemon.database import DatabaseError
     from daemon.discovery import DiscoveryError
+    from daemon.logs import LogFileError
     from daemon.rpc_server import RpcServerError
     from fl.errors import FLError
     from media.errors import MediaError
 
-    return (DatabaseError, DiscoveryError, RpcServerError, FLError, MediaError, OSError)
+    return (
+        DatabaseError,
+        DiscoveryError,
+        LogFileError,
+        RpcServerError,
+        FLError,
+        MediaError,
+        NoHomeError,
+        OSError,
+    )
+
+
+def _runtime_failures() -> tuple[type[Exception], ...]:
+    """Expected failures of the moment rather than of the input: exit code 1."""
+    from daemon.node import ListenError
+    from daemon.rpc_server import NodeAlreadyRunningError
+
+    return (ListenError, NodeAlreadyRunningError)
 
 
 class UserError(Exception):
     """An expected failure whose message is the one line the user sees."""
 
+    def __init__(self, message: str, *, exit_code: int = EXIT_USER_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
-def fail(message: str) -> NoReturn:
-    raise UserError(message)
+
+def fail(message: str, *, exit_code: int = EXIT_USER_ERROR) -> NoReturn:
+    raise UserError(message, exit_code=exit_code)
 
 
 def resolve_home(home: Path | None) -> NodeHome:
     return NodeHome(home if home is not None else default_home())
 
 
+def require_home(home: Path | None) -> NodeHome:
+    """The initialised node home, or the one line "no node home at …: run `parley init`"."""
+    return existing_home(home if home is not None else default_home())
+
+
+def print_json(document: object) -> None:
+    """``--json`` output: plain print (rich would wrap and colour it)."""
+    import json
+
+    print(json.dumps(document, indent=2, default=str))
+
+
 @app.command()
 def init(
     home: HomeOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing identity.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create a node home: a fresh X25519 identity (0600) and a commented config.toml."""
     node_home = resolve_home(home)
@@ -79,25 +152,53 @@ def init(
         write_atomic(node_home.config_path, render_default_config().encode(), mode=0o600)
     else:
         load_config(node_home.config_path)  # an existing config is kept, but must be valid
+    if as_json:
+        print_json({"home": str(node_home.root), "peer_id": identity.peer_id})
+        return
     stdout.print(f"initialised {node_home.root}")
     stdout.print(f"peer id     {identity.peer_id}")
 
 
 @app.command("id")
-def show_id(home: HomeOption = None) -> None:
+def show_id(home: HomeOption = None, as_json: JsonFlag = False) -> None:
     """Print this node's peer id and public key."""
-    node_home = resolve_home(home)
+    node_home = require_home(home)
     identity = load_identity(node_home.identity_path)
+    if as_json:
+        print_json({"peer_id": identity.peer_id, "public_key": identity.public_key.hex()})
+        return
     stdout.print(f"peer id     {identity.peer_id}", highlight=False)
     stdout.print(f"public key  {identity.public_key.hex()}", highlight=False)
 
 
+def _node_settings(node_home: NodeHome, port: int | None, log_file: Path | None) -> SourcedConfig:
+    """config.toml with ``parley node``'s flags applied, checked like the file's values."""
+    overrides = []
+    if port is not None:
+        overrides.append(Override(key="listen.port", value=port, flag="--port"))
+    if log_file is not None:
+        # Relative to where the command runs, as a user typing it expects.
+        absolute = str(log_file.expanduser().absolute())
+        overrides.append(Override(key="node.log_file", value=absolute, flag="--log-file"))
+    return load_sourced_config(node_home.config_path).with_overrides(overrides)
+
+
 @app.command("config")
-def check_config(home: HomeOption = None) -> None:
-    """Validate config.toml and print the settings in effect."""
-    node_home = resolve_home(home)
-    config = load_config(node_home.config_path)
-    stdout.print(config)
+def check_config(
+    home: HomeOption = None,
+    port: PortOption = None,
+    log_file: LogFileOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate config.toml and print the settings in effect as TOML, each with its source
+    (default, file or flag); give ``parley node``'s flags to see what they change."""
+    from daemon.config import render_sourced_config, sourced_config_dict
+
+    sourced = _node_settings(resolve_home(home), port, log_file)
+    if as_json:
+        print_json(sourced_config_dict(sourced))
+    else:
+        print(render_sourced_config(sourced), end="")
 
 
 @app.command()
@@ -125,27 +226,39 @@ def doctor(
 
 
 def _load(home: Path | None) -> tuple[NodeHome, Config]:
-    node_home = resolve_home(home)
+    node_home = require_home(home)
     return node_home, load_config(node_home.config_path)
 
 
 @app.command()
 def node(
     home: HomeOption = None,
-    port: Annotated[int | None, typer.Option("--port", help="Override listen.port.")] = None,
+    port: PortOption = None,
+    log_file: LogFileOption = None,
     open_browser: Annotated[
         bool,
         typer.Option("--open", help="Print the web page's login link and open it in a browser."),
     ] = False,
 ) -> None:
-    """Run the node: announce, keep the peer table, accept handshakes, run FL rounds."""
+    """Run the node: announce, keep the peer table, accept handshakes, run FL rounds.
+
+    Logs go to stderr (the journal under systemd) unless node.log_file or --log-file names a
+    file. SIGHUP re-reads config.toml and applies the node.log_* and fl.* settings; others
+    need a restart (the node logs which).
+    """
     import trio
 
     from daemon.logs import configure_logging
-    from daemon.node import NodeOptions, RunningNode, run_node
+    from daemon.node import NodeOptions, run_node
+    from daemon.reload import node_log_path
 
-    node_home, config = _load(home)
-    configure_logging(log_format=config.node.log_format, level=config.node.log_level)
+    node_home = require_home(home)
+    config = _node_settings(node_home, port, log_file).config
+    configure_logging(
+        log_format=config.node.log_format,
+        level=config.node.log_level,
+        log_file=node_log_path(node_home, config),
+    )
 
     def show_page(running: RunningNode) -> None:
         from urllib.parse import quote
@@ -158,8 +271,18 @@ def node(
 
         webbrowser.open(link)
 
-    options = NodeOptions(listen_port=port, on_web_started=show_page if open_browser else None)
-    trio.run(run_node, node_home, config, options)
+    def reload(running: RunningNode) -> None:
+        from daemon.reload import reload_config
+
+        reload_config(
+            node_home,
+            config,
+            lambda: _node_settings(node_home, port, log_file).config,
+            apply_fl=running.apply_fl_settings,
+        )
+
+    options = NodeOptions(on_web_started=show_page if open_browser else None)
+    trio.run(partial(run_node, node_home, config, options, on_reload=reload))
 
 
 def _rpc(node_home: NodeHome, method: str, params: dict[str, object] | None = None) -> object:
@@ -168,7 +291,10 @@ def _rpc(node_home: NodeHome, method: str, params: dict[str, object] | None = No
     try:
         return call_sync(node_home.socket_path, method, params)
     except RpcUnavailableError:
-        fail(f"no node is running with home {node_home.root} (start one with 'parley node')")
+        fail(
+            f"no node is running with home {node_home.root} (start one with 'parley node')",
+            exit_code=EXIT_NOT_RUNNING,
+        )
     except RpcCallError as error:
         fail(f"{method}: {error}")
     except RpcClientError as error:
@@ -176,22 +302,31 @@ def _rpc(node_home: NodeHome, method: str, params: dict[str, object] | None = No
 
 
 @app.command()
-def status(
-    home: HomeOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """What the running node is doing: peers, sessions, rounds, jobs."""
+def status(home: HomeOption = None, as_json: JsonFlag = False) -> None:
+    """What the running node is doing: peers, sessions, rounds, jobs.
+
+    Exit code 3 when no node runs on this home (``--json`` then says ``"running": false``).
+    """
+    from daemon.rpc_client import RpcUnavailableError, call_sync
     from daemon.status_view import render_status
+    from daemon.version import parley_version
 
-    node_home = resolve_home(home)
-    report = {
-        method: _rpc(node_home, method)
-        for method in ("status", "peers", "sessions", "rounds", "jobs")
-    }
+    node_home = require_home(home)
+    try:
+        first = call_sync(node_home.socket_path, "status")
+    except RpcUnavailableError:
+        if as_json:
+            print_json({"running": False, "home": str(node_home.root), "version": parley_version()})
+        else:
+            print(f"parley node: not running (home {node_home.root}); start it with 'parley node'")
+        raise typer.Exit(EXIT_NOT_RUNNING) from None
+    version = first.get("version") if isinstance(first, dict) else None
+    report = {"running": True, "version": version, "status": first}
+    report.update(
+        {method: _rpc(node_home, method) for method in ("peers", "sessions", "rounds", "jobs")}
+    )
     if as_json:
-        import json
-
-        print(json.dumps(report, indent=2, default=str))
+        print_json(report)
     else:
         render_status(stdout, report)
 
@@ -208,7 +343,7 @@ def web(
 
     from daemon.web.auth import TokenFileError, load_or_create_token
 
-    node_home = resolve_home(home)
+    node_home = require_home(home)
     info = _rpc(node_home, "web.info")
     url = info.get("url") if isinstance(info, dict) else None
     if not isinstance(url, str):
@@ -226,7 +361,9 @@ def web(
             print("parley: no browser could be opened; open the link above", file=sys.stderr)
 
 
-peers_app = typer.Typer(help="The trust list: who may receive our weights and be aggregated.")
+peers_app = typer.Typer(
+    help="The trust list: who may receive our weights and be aggregated.", no_args_is_help=True
+)
 app.add_typer(peers_app, name="peers")
 
 
@@ -234,15 +371,14 @@ def _peer_table(node_home: NodeHome) -> tuple[Database, PeerTable]:
     from daemon.database import PeerStore, open_database
     from daemon.peers import PeerTable
 
+    node_home = require_home(node_home.root)
+    our_key = load_identity(node_home.identity_path).public_key
     database = open_database(node_home.database_path)
-    return database, PeerTable(PeerStore(database), ttl=1.0)
+    return database, PeerTable(PeerStore(database), ttl=1.0, our_key=our_key)
 
 
 @peers_app.command("list")
-def peers_list(
-    home: HomeOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
+def peers_list(home: HomeOption = None, as_json: JsonFlag = False) -> None:
     """Every peer we know, with its trust state."""
     from daemon.status_view import peer_rows, render_peers
 
@@ -250,9 +386,7 @@ def peers_list(
     with database:
         rows = peer_rows(table.known())
     if as_json:
-        import json
-
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
     else:
         render_peers(stdout, rows)
 
@@ -285,18 +419,19 @@ def _set_trust(home: Path | None, key_or_name: str, trusted: bool) -> None:
     stdout.print(f"{shown}: {record.trust.value}", highlight=False)
 
 
+PeerArgument = typer.Argument(
+    metavar="KEY|NAME", help="The peer's full key, its name, or a unique id prefix."
+)
+
+
 @peers_app.command("trust")
-def peers_trust(
-    key_or_name: Annotated[str, typer.Argument(metavar="KEY|NAME")], home: HomeOption = None
-) -> None:
+def peers_trust(key_or_name: Annotated[str, PeerArgument], home: HomeOption = None) -> None:
     """Trust a peer: it receives our weights and its bundles are aggregated."""
     _set_trust(home, key_or_name, True)
 
 
 @peers_app.command("untrust")
-def peers_untrust(
-    key_or_name: Annotated[str, typer.Argument(metavar="KEY|NAME")], home: HomeOption = None
-) -> None:
+def peers_untrust(key_or_name: Annotated[str, PeerArgument], home: HomeOption = None) -> None:
     """Stop trusting a peer (it stays known and pinned)."""
     _set_trust(home, key_or_name, False)
 
@@ -305,12 +440,16 @@ def peers_untrust(
 def start_round(
     home: HomeOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the round and print it.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Ask the running node for an FL round now."""
-    import json
+    from daemon.status_view import round_summary
 
-    result = _rpc(resolve_home(home), "round.start", {"wait": wait})
-    print(json.dumps(result, indent=2, default=str))
+    result = _rpc(require_home(home), "round.start", {"wait": wait})
+    if as_json:
+        print_json(result)
+    else:
+        stdout.print(round_summary(result), highlight=False)
 
 
 @app.command()
@@ -318,6 +457,7 @@ def enroll(
     files: Annotated[list[Path], typer.Argument(metavar="FILES...", help="Your recordings.")],
     home: HomeOption = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 1500,
+    as_json: JsonFlag = False,
 ) -> None:
     """Train this node's personal codec on your own recordings (they never leave this node)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -327,8 +467,7 @@ def enroll(
     from fl.config import CodecConfig, TrainConfig
     from fl.enroll import enroll as enroll_recordings
 
-    node_home, config = _load(home)
-    load_identity(node_home.identity_path)  # enrolling needs an initialised home
+    node_home, config = _load(home)  # enrolling needs an initialised home
     node_home.create()
     codecs = CodecStore(node_home.models_dir, node_home.features_dir, CodecConfig())
     codec_config = codecs.current().config
@@ -366,6 +505,17 @@ def enroll(
             metadata={**checkpoint.metadata, FEATURES_DIGEST_KEY: codecs.features_digest()},
         ),
     )
+    if as_json:
+        print_json(
+            {
+                "recordings": len(result.recordings),
+                "speech_s": result.total_frames / 100,
+                "mel_l1_before": result.l1_before,
+                "mel_l1_after": result.l1_after,
+                "kbps": codec_config.kbps,
+            }
+        )
+        return
     stdout.print(
         f"enrolled {len(result.recordings)} recording(s), {result.total_frames / 100:.1f} s of "
         f"speech in all; mel L1 {result.l1_before:.4f} -> {result.l1_after:.4f} "
@@ -483,7 +633,9 @@ def _corpus_plan(
     return dataclasses.replace(plan, data_source="prepared", data_dir=str(features))
 
 
-codec_app = typer.Typer(help="The personal speech codec: quality at a bitrate.")
+codec_app = typer.Typer(
+    help="The personal speech codec: quality at a bitrate.", no_args_is_help=True
+)
 app.add_typer(codec_app, name="codec")
 
 
@@ -510,7 +662,10 @@ def codec_eval(
     print(json.dumps({key: result[key] for key in ("settings", "baselines")}, indent=2))
 
 
-bench_app = typer.Typer(help="Benchmarks: JSON with ratios against baselines measured in one run.")
+bench_app = typer.Typer(
+    help="Benchmarks: JSON with ratios against baselines measured in one run.",
+    no_args_is_help=True,
+)
 app.add_typer(bench_app, name="bench")
 
 JsonOption = Annotated[
@@ -602,16 +757,20 @@ def bench_reliability(
 from daemon.call_cli import call_command  # noqa: E402
 from daemon.caption_cli import caption_command  # noqa: E402
 from daemon.dub_cli import dub_command  # noqa: E402
+from daemon.ping_cli import ping_command  # noqa: E402
+from daemon.service_cli import install_service_command  # noqa: E402
 
 app.command("caption")(caption_command)
 app.command("dub")(dub_command)
 app.command("call")(call_command)
+app.command("ping")(ping_command)
+app.command("install-service")(install_service_command)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app, turning expected failures into one line."""
     try:
-        code = app(args=argv, prog_name="parley", standalone_mode=False)
+        returned = app(args=argv, prog_name="parley", standalone_mode=False)
     except typer.Abort:
         print("parley: aborted", file=sys.stderr)
         sys.exit(130)
@@ -620,17 +779,50 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         import click
 
+        if isinstance(error, click.exceptions.NoArgsIsHelpError):
+            # `parley` or `parley peers` alone: the help (typer has printed it) is the answer.
+            sys.exit(0)
         if isinstance(error, click.ClickException):  # usage errors, in non-standalone mode
             error.show()
             sys.exit(error.exit_code)
-        if isinstance(error, (UserError, ConfigError, IdentityError, *_expected_errors())):
-            print(f"parley: {error}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
-        raise
-    # Without standalone mode, click returns a command's typer.Exit code instead of exiting.
-    if isinstance(code, int) and code:
-        sys.exit(code)
+        expected = _one_expected_failure(error)
+        if expected is None:
+            raise
+        print(f"parley: {expected}", file=sys.stderr)
+        sys.exit(_exit_code(expected))
+    # Outside standalone mode click returns a `typer.Exit(code)` raised by a command.
+    if isinstance(returned, int) and returned:
+        sys.exit(returned)
+
+
+def _one_expected_failure(error: BaseException) -> BaseException | None:
+    """The failure to show for ``error``: itself, or the first of an exception group (trio's
+    nurseries wrap a failed start in groups) when every failure in it is an expected one."""
+    leaves: list[BaseException] = []
+    pending = [error]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    expected = (UserError, ConfigError, IdentityError, *_expected_errors(), *_runtime_failures())
+    if leaves and all(isinstance(leaf, expected) for leaf in leaves):
+        return leaves[0]
+    return None
+
+
+def _exit_code(error: BaseException) -> int:
+    if isinstance(error, UserError):
+        return error.exit_code
+    if isinstance(error, _runtime_failures()):
+        return EXIT_RUNTIME_FAILURE
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m daemon.cli` runs this file as __main__; command modules import daemon.cli and
+    # raise *its* UserError, so run that module's main, whose except clauses match them.
+    from daemon.cli import main as cli_main
+
+    cli_main()

@@ -15,6 +15,7 @@ so a database locked by another process delays that unit, not the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import signal
@@ -29,7 +30,7 @@ import trio
 
 from daemon.calls import CALLS_DIR, CallObserver, CallService, make_call_handler
 from daemon.codec_store import CodecStore
-from daemon.config import Config
+from daemon.config import Config, FlSection
 from daemon.connections import ConnectionManager, SessionHandler, SessionInfo
 from daemon.database import (
     Database,
@@ -45,21 +46,28 @@ from daemon.database import (
 )
 from daemon.discovery import (
     DiscoveredPeer,
-    local_interface_addresses,
     open_mdns_discovery,
     parse_static_peers,
 )
 from daemon.faults import FaultLog, run_isolated
 from daemon.home import NodeHome
 from daemon.identity import Identity, load_identity
+from daemon.interface_watch import follow_interfaces
 from daemon.jobs import CAPTIONS_DIR_NAME, JobRunner, job_dict
 from daemon.logs import event, get_logger
-from daemon.peers import KeyChangedError, PeerTable, format_peer_id, sanitize_peer_name
+from daemon.peers import (
+    KeyChangedError,
+    PeerTable,
+    format_peer_id,
+    sanitize_peer_name,
+    seen_at,
+)
 from daemon.rpc import RpcHandlerError
-from daemon.rpc_server import serve_rpc
+from daemon.rpc_server import prepare_socket_path, serve_rpc
 from daemon.scheduler import RoundInProgressError, RoundScheduler, RoundSettings, checkpoint_version
 from daemon.storage import StorageBound
 from daemon.trust_policy import TrustPolicy
+from daemon.version import parley_version
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, CodecConfig, TrainConfig
 from handshake.noise import StaticIdentity
@@ -80,6 +88,10 @@ MAX_PENDING_FIRST_CONTACTS: Final = 256
 CAPABILITIES: Final = ("fl/1", "call/1")
 
 Handler = Callable[[Any], Awaitable[object]]
+
+
+class ListenError(Exception):
+    """The node cannot listen on its TCP address (in use, not ours); one line for the user."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -161,6 +173,18 @@ class RunningNode:
             in_use.add(self.home.root / CAPTIONS_DIR_NAME / str(running["id"]))
         self.storage.enforce(in_use=in_use)
 
+    def apply_fl_settings(self, fl: FlSection) -> None:
+        """The ``[fl]`` settings of a reloaded config, for the rounds from now on."""
+        current = self.scheduler.settings
+        self.scheduler.update_settings(
+            dataclasses.replace(
+                current,
+                interval_s=fl.round_interval_min * 60.0,
+                aggregation=_aggregation_config(fl),
+                train=dataclasses.replace(current.train, steps=fl.local_steps),
+            )
+        )
+
     # -- status RPC --------------------------------------------------------------------------
 
     def _status_from_database(self) -> dict[str, object]:
@@ -189,6 +213,7 @@ class RunningNode:
         return {
             "node_id": self.peer_id,
             "name": self.name,
+            "version": parley_version(),
             "uptime_s": time.time() - self.started_at,
             "listen": f"{self.config.listen.host}:{self.listen_port}",
             "model_version": checkpoint_version(ours),
@@ -313,7 +338,7 @@ def _peer_dict(record: PeerRecord, present: bool) -> dict[str, object]:
         "source": record.source.value,
         "addresses": [f"{host}:{port}" for host, port in record.addresses],
         "present": present,
-        "last_seen": record.last_seen,
+        "last_seen": seen_at(record),
         "last_handshake": record.last_handshake,
     }
 
@@ -331,6 +356,15 @@ def _round_dict(record: RoundRecord) -> dict[str, object]:
         "loss_after": record.loss_after,
         "record": dict(record.record),
     }
+
+
+def _aggregation_config(fl: FlSection) -> AggregationConfig:
+    return AggregationConfig(
+        alpha=fl.alpha,
+        clip_norm_ratio=fl.clip_norm_ratio,
+        robust=fl.robust,  # type: ignore[arg-type]
+        trim_fraction=fl.trim_fraction,
+    )
 
 
 def _stream_settings(config: Config) -> StreamSettings:
@@ -355,8 +389,8 @@ async def _discover(node: RunningNode) -> None:
                     event(log, logging.INFO, "peer.gone", peer=format_peer_id(key)[:16])
 
         nursery.start_soon(expire)
-        if config.mdns:
-            interfaces = list(config.interfaces) or local_interface_addresses()
+
+        async def announce_and_browse(interfaces: list[str]) -> None:
             async with open_mdns_discovery(
                 interfaces=interfaces,
                 port=node.listen_port,
@@ -367,6 +401,12 @@ async def _discover(node: RunningNode) -> None:
                 async for peer in discovery:
                     node.observe(peer)
 
+        if config.mdns and config.interfaces:
+            await announce_and_browse(list(config.interfaces))
+        elif config.mdns:
+            # No interfaces named: follow this machine's addresses as they come and go.
+            await follow_interfaces(announce_and_browse)
+
 
 @asynccontextmanager
 async def open_node(
@@ -376,6 +416,9 @@ async def open_node(
     options = options if options is not None else NodeOptions()
     identity = load_identity(home.identity_path)
     home.create()
+    # Before the database: a second node on this home must not touch the first one's state
+    # (it would mark the first node's running round abandoned and requeue its jobs).
+    prepare_socket_path(home.socket_path)
     static_peers = parse_static_peers(config.discovery.static_peers)
     database = open_database(home.database_path)
     try:
@@ -443,12 +486,7 @@ async def open_node(
             rounds=rounds,
             settings=RoundSettings(
                 interval_s=config.fl.round_interval_min * 60.0,
-                aggregation=AggregationConfig(
-                    alpha=config.fl.alpha,
-                    clip_norm_ratio=config.fl.clip_norm_ratio,
-                    robust=config.fl.robust,  # type: ignore[arg-type]
-                    trim_fraction=config.fl.trim_fraction,
-                ),
+                aggregation=_aggregation_config(config.fl),
                 train=train,
                 train_each_round=options.train_each_round,
             ),
@@ -490,7 +528,7 @@ async def open_node(
             node.observe(peer)
         async with trio.open_nursery() as nursery:
             port = options.listen_port if options.listen_port is not None else config.listen.port
-            node.listen_port = await nursery.start(connections.serve, config.listen.host, port)
+            node.listen_port = await _listen(nursery, connections, config.listen.host, port)
             jobs_handlers = node.job_runner.rpc_handlers()
             handlers = {
                 **node.rpc_handlers(),
@@ -558,14 +596,40 @@ async def open_node(
         database.close()
 
 
-async def run_node(home: NodeHome, config: Config, options: NodeOptions | None = None) -> None:
-    """Run until SIGINT/SIGTERM or the ``shutdown`` RPC, then shut down gracefully."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _listen(
+    nursery: trio.Nursery, connections: ConnectionManager, host: str, port: int
+) -> int:
+    try:
+        bound: int = await nursery.start(connections.serve, host, port)
+    except OSError as error:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = (error.strerror or str(error)).lower()
+        raise ListenError(f"cannot listen on {shown}: {reason}") from None
+    return bound
+
+
+async def run_node(
+    home: NodeHome,
+    config: Config,
+    options: NodeOptions | None = None,
+    *,
+    on_reload: Callable[[RunningNode], None] | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM or the ``shutdown`` RPC, then shut down gracefully.
+
+    ``SIGHUP`` calls ``on_reload`` (the CLI re-reads config.toml and applies what it can
+    without a restart); without one, ``SIGHUP`` is logged and ignored.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with open_node(home, config, options) as node, trio.open_nursery() as nursery:
 
             async def on_signal() -> None:
                 async for signum in signals:
                     event(log, logging.INFO, "node.signal", signal=signal.Signals(signum).name)
+                    if signum == signal.SIGHUP:
+                        if on_reload is not None:
+                            on_reload(node)
+                        continue
                     node.shutdown_requested.set()
 
             nursery.start_soon(on_signal)
@@ -573,4 +637,4 @@ async def run_node(home: NodeHome, config: Config, options: NodeOptions | None =
             nursery.cancel_scope.cancel()
 
 
-__all__ = ["NodeOptions", "RunningNode", "open_node", "run_node"]
+__all__ = ["ListenError", "NodeOptions", "RunningNode", "open_node", "run_node"]

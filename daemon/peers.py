@@ -102,6 +102,10 @@ class AmbiguousPeerError(PeerError, LookupError):
     """More than one known peer matches the given name or id prefix."""
 
 
+class OwnKeyError(PeerError, ValueError):
+    """The key is this node's own: it is not a peer, so it cannot be added or trusted."""
+
+
 class KeyChangedError(PeerError):
     """A known name was announced with a different key; refused and recorded."""
 
@@ -188,6 +192,7 @@ class PeerTable:
         clock: Callable[[], float] = time.time,
         pin_names: bool = True,
         max_known: int = MAX_KNOWN_PEERS,
+        our_key: bytes | None = None,
     ) -> None:
         if not ttl > 0:
             raise ValueError(f"peer ttl must be positive, got {ttl}")
@@ -198,6 +203,7 @@ class PeerTable:
         self._pin_names = pin_names
         self._ttl = ttl
         self._clock = clock
+        self._our_key = our_key
         # key -> (last announcement time, source of that announcement)
         self._presence: dict[bytes, tuple[float, PeerSource]] = {}
 
@@ -215,6 +221,7 @@ class PeerTable:
         is still recorded; callers check ``record.trust``.
         """
         format_peer_id(public_key)  # validates the length
+        self._refuse_our_key(public_key)
         if name is not None:
             validate_peer_name(name)
         now = self._clock()
@@ -369,8 +376,14 @@ class PeerTable:
         self._presence.pop(record.public_key, None)
         return record
 
+    def _refuse_our_key(self, public_key: bytes) -> None:
+        if public_key == self._our_key:
+            raise OwnKeyError(f"{short_peer_id(public_key)} is this node's own key, not a peer's")
+
     def _set_trust(self, key_or_name: str, state: TrustState) -> PeerRecord:
-        record = replace(self.resolve(key_or_name), trust=state)
+        record = self.resolve(key_or_name)
+        self._refuse_our_key(record.public_key)
+        record = replace(record, trust=state)
         if not self._store.set_trust(record.public_key, state):
             raise UnknownPeerError(f"no known peer with id {short_peer_id(record.public_key)}")
         return record
@@ -397,6 +410,18 @@ class PeerTable:
                     seen_at=now,
                 )
                 raise KeyChangedError(event)
+
+
+def seen_at(record: PeerRecord) -> float | None:
+    """When the peer was last seen on the network, or ``None`` if it never was.
+
+    A peer the user trusted by its key before it ever showed up has a record (the trust list
+    keeps it) but no address and no handshake: it was never seen, whatever its stored time.
+    Every sighting (mDNS, a static entry, an inbound handshake) brings an address.
+    """
+    if not record.addresses and record.last_handshake is None:
+        return None
+    return record.last_seen
 
 
 def _first_record(

@@ -88,6 +88,9 @@ class RoundScheduler:
         self._peers = peers
         self._rounds = rounds
         self._settings = settings
+        #: Settings from a config reload, adopted when no round is running (see update_settings).
+        self._next_settings: RoundSettings | None = None
+        self._round_wanted = False
         self._our_peer_id = our_peer_id
         self._on_aggregated = on_aggregated
         self._clock = clock
@@ -122,7 +125,23 @@ class RoundScheduler:
 
     def request_round(self) -> None:
         """Ask the scheduler loop for a round now (the ``round.start`` RPC)."""
+        self._round_wanted = True
         self._wake.set()
+
+    @property
+    def settings(self) -> RoundSettings:
+        """The settings in force (or about to be, after a reload)."""
+        return self._next_settings or self._settings
+
+    def update_settings(self, settings: RoundSettings) -> None:
+        """New settings from a config reload. A running round finishes with the settings it
+        started with; the schedule restarts from now on the new interval."""
+        self._next_settings = settings
+        self._wake.set()
+
+    def _adopt_next_settings(self) -> None:
+        if self._next_settings is not None and not self._lock.locked():
+            self._settings, self._next_settings = self._next_settings, None
 
     @property
     def running(self) -> bool:
@@ -132,11 +151,15 @@ class RoundScheduler:
 
     async def run(self) -> None:
         """Run rounds on the schedule and on request, until cancelled."""
-        interval = self._settings.interval_s
         while True:
-            with trio.move_on_after(interval if interval > 0 else math.inf):
+            self._adopt_next_settings()
+            interval = self.settings.interval_s
+            with trio.move_on_after(interval if interval > 0 else math.inf) as timer:
                 await self._wake.wait()
             self._wake = trio.Event()
+            if not timer.cancelled_caught and not self._round_wanted:
+                continue  # woken by new settings only: wait again on their interval
+            self._round_wanted = False
             try:
                 await self.run_round()
             except RoundInProgressError:
@@ -151,6 +174,8 @@ class RoundScheduler:
             return await self._run_round_locked()
 
     async def _run_round_locked(self) -> RoundRecord:
+        if self._next_settings is not None:
+            self._settings, self._next_settings = self._next_settings, None
         trusted = await trio.to_thread.run_sync(self._trusted_present)
         record = await trio.to_thread.run_sync(
             functools.partial(

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from daemon.database import PeerRecord
-from daemon.peers import format_peer_id
+from daemon.peers import format_peer_id, seen_at
 
 
 def _ago(stamp: object) -> str:
@@ -40,11 +40,25 @@ def peer_rows(records: Iterable[PeerRecord]) -> list[dict[str, object]]:
             "trust": record.trust.value,
             "source": record.source.value,
             "addresses": [f"{host}:{port}" for host, port in record.addresses],
-            "last_seen": record.last_seen,
+            "last_seen": seen_at(record),
             "last_handshake": record.last_handshake,
         }
         for record in records
     ]
+
+
+def round_summary(result: object) -> str:
+    """One line for ``parley round``: the round's outcome, or that one was requested."""
+    if not isinstance(result, Mapping):
+        return str(result)
+    if result.get("requested"):
+        return "round requested: the node starts it now ('parley status' shows it)"
+    peers = result.get("peers") or []
+    text = f"round {result.get('round')} {result.get('status')}: {len(peers)} peer(s)"
+    before, after = result.get("loss_before"), result.get("loss_after")
+    if isinstance(before, int | float) and isinstance(after, int | float):
+        text += f", loss {before:.4f} -> {after:.4f}"
+    return text
 
 
 def render_peers(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -135,9 +135,10 @@ async def _call(root: Path, checkpoint: Path) -> None:
 async def _caption_on_web(bob: RunningNode, audio: npt.NDArray[np.float32], wav: Path) -> None:
     """Upload ``audio`` to bob's web API as a recording to caption in en + pt; wait for it."""
     import httpx
-    import soundfile
 
-    soundfile.write(str(wav), audio, SAMPLE_RATE, subtype="PCM_16")
+    from simulations.corpus import write_float_wav
+
+    write_float_wav(wav, audio, SAMPLE_RATE)
     token = (bob.home.root / TOKEN_FILE_NAME).read_text().strip()
     assert bob.web_url is not None
     async with httpx.AsyncClient(
