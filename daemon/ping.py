@@ -15,9 +15,10 @@ from typing import Final
 
 import trio
 
+from handshake.handshake import HandshakeRejected
 from handshake.noise import StaticIdentity
 from handshake.stream import SessionStream, initiate_session
-from schemas.messages import Bye, Hello, Ping, Pong
+from schemas.messages import Bye, ByeReason, Hello, Ping, Pong
 
 CONNECT_TIMEOUT_S: Final = 5.0
 PONG_TIMEOUT_S: Final = 5.0
@@ -90,6 +91,11 @@ async def ping_peer(
             cause: BaseException = error
             while cause.__cause__ is not None:
                 cause = cause.__cause__
+            if isinstance(cause, HandshakeRejected) and cause.reason is ByeReason.NOT_TRUSTED:
+                raise PingError(
+                    f"{_show(host, port)} refused the session: that node does not trust this one "
+                    "(its trust.calls_from admits only peers it trusts)"
+                ) from None
             raise PingError(f"handshake with {_show(host, port)} failed: {cause}") from None
         handshaken = clock()
         async with session:

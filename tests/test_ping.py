@@ -10,6 +10,7 @@ import sys
 import trio
 
 from daemon.codec_store import CodecStore
+from daemon.database import PeerSource
 from daemon.node import CAPABILITIES, NodeOptions, open_node
 from daemon.ping import PingError, ping_peer
 from fl.config import CodecConfig
@@ -41,6 +42,11 @@ async def test_ping_times_the_handshake_and_round_trips_and_sends_no_weights():
         hello = hello_of(home_a)
         config = loopback_config(name="b", mdns=False)
         async with open_node(home_b, config, NodeOptions(listen_port=0)) as node:
+            # b admits sessions from peers it trusts only (trust.calls_from's default).
+            node.peers.observe(
+                identity_a.public_key, name=None, address=None, source=PeerSource.STATIC
+            )
+            node.peers.trust(identity_a.public_key.hex())
             result = await ping_peer(
                 identity=StaticIdentity(identity_a.private_key),
                 public_key=identity_b.public_key,
@@ -73,6 +79,27 @@ async def test_ping_times_the_handshake_and_round_trips_and_sends_no_weights():
         assert len(report["round_trips_s"]) == 2
         assert report["rtt_min_s"] <= report["rtt_median_s"] <= report["rtt_max_s"]
         assert report["handshake_s"] > 0
+
+
+async def test_ping_to_a_node_that_does_not_trust_us_says_so():
+    with short_root() as root:
+        home_b, identity_b = make_home(root, "b")
+        home_a, identity_a = make_home(root, "a")
+        config = loopback_config(name="b", mdns=False)
+        async with open_node(home_b, config, NodeOptions(listen_port=0)) as node:
+            try:
+                await ping_peer(
+                    identity=StaticIdentity(identity_a.private_key),
+                    public_key=identity_b.public_key,
+                    addresses=[("127.0.0.1", node.listen_port)],
+                    hello=hello_of(home_a),
+                    count=1,
+                    interval_s=0.0,
+                )
+            except PingError as error:
+                assert "does not trust this one" in str(error)
+            else:
+                raise AssertionError("an untrusted ping got a session")
 
 
 async def test_ping_to_a_closed_port_is_one_error():
