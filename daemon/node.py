@@ -29,7 +29,6 @@ from daemon.database import (
     Database,
     JobStatus,
     JobStore,
-    PeerRecord,
     PeerStore,
     RoundRecord,
     RoundStatus,
@@ -50,6 +49,7 @@ from daemon.peers import KeyChangedError, PeerTable, format_peer_id, sanitize_pe
 from daemon.rpc import RpcHandlerError
 from daemon.rpc_server import serve_rpc
 from daemon.scheduler import RoundInProgressError, RoundScheduler, RoundSettings, checkpoint_version
+from daemon.status_view import key_change_dicts, peer_rows
 from daemon.trust_policy import TrustPolicy
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, CodecConfig, TrainConfig
@@ -158,6 +158,8 @@ class RunningNode:
             "connections": self.connections.stats.as_dict(),
             "job_running": self.job_runner.progress,
             "calls": self.call_service.status() if self.call_service is not None else None,
+            "key_changes": key_change_dicts(self.peers.pending_key_changes(limit=20)),
+            "names_not_pinned": self.peers.names_not_pinned,
         }
 
     def rpc_handlers(self) -> dict[str, Handler]:
@@ -166,8 +168,11 @@ class RunningNode:
 
         async def peers(params: Any) -> object:
             present = {peer.public_key for peer in self.peers.present()}
+            records = self.peers.known()
+            rows = peer_rows(records, self.peers.pending_key_changes())
             return [
-                _peer_dict(record, record.public_key in present) for record in self.peers.known()
+                {**row, "present": record.public_key in present}
+                for row, record in zip(rows, records, strict=True)
             ]
 
         async def sessions(params: Any) -> object:
@@ -218,19 +223,6 @@ def _int_param(params: Any, name: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
         raise RpcHandlerError("invalid_params", f"{name} must be an integer 1..100000")
     return value
-
-
-def _peer_dict(record: PeerRecord, present: bool) -> dict[str, object]:
-    return {
-        "id": format_peer_id(record.public_key),
-        "name": record.name,
-        "trust": record.trust.value,
-        "source": record.source.value,
-        "addresses": [f"{host}:{port}" for host, port in record.addresses],
-        "present": present,
-        "last_seen": record.last_seen,
-        "last_handshake": record.last_handshake,
-    }
 
 
 def _round_dict(record: RoundRecord) -> dict[str, object]:
