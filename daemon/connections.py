@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-Inbound: every accepted connection first passes the per-address rate limit (refused ones are
-closed at once and counted, before they can take anything else), then waits for a handshake
-slot (at most ``max_concurrent_handshakes`` run at a time). The wait for a slot is itself
-bounded, in time (the handshake deadline) and in how many may queue
+Inbound: every accepted connection first passes the rate limit, per address and per /24 or
+/64 prefix (:class:`~daemon.ratelimit.HandshakeLimiter`; refused ones are closed at once and
+counted, before they can take anything else, so no Diffie-Hellman is spent on them), and the
+cap on half-open connections (accepted, handshake not finished) from its prefix; then it waits
+for a handshake slot (at most ``max_concurrent_handshakes`` run at a time). The wait for a slot
+is itself bounded, in time (the handshake deadline) and in how many may queue
 (:data:`MAX_WAITING_PER_SLOT` per slot): a flood from many addresses is refused as ``busy``
 rather than piling up sockets. The handshake deadline covers the wait for the peer, so a
 half-open handshake cannot hold a slot for ever. Message 1 carries only a ``Hello``: a length
@@ -15,6 +17,12 @@ A completed handshake is recorded in the peer table; a trusted initiator's bundl
 is handed to ``on_bundle`` for the next round and kept as its decoder (``on_bundle`` may answer
 a rejection reason, which is counted). The session then stays open for what follows (calls),
 served by ``on_session``; the default answers pings and waits for ``Bye``.
+
+Descriptors and memory are budgeted too: :func:`connection_limits` derives the caps on
+sessions and half-open connections from ``RLIMIT_NOFILE``, keeping headroom for the node's
+own files (database, models, calls, the status socket), so a crowd of strangers cannot make
+``parley status`` fail; chunk reassembly in every session draws on one shared
+:class:`~handshake.session.MemoryBudget`.
 
 Every refusal is counted in :class:`ConnectionStats` under a reason code from a fixed set
 (:data:`REJECTION_REASONS`, plus ``invalid_bundle:<code>`` with codes from
@@ -45,7 +53,7 @@ from daemon.backoff import Backoff
 from daemon.database import PeerRecord, PeerSource
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, short_peer_id
-from daemon.ratelimit import RateLimiter
+from daemon.ratelimit import HandshakeLimiter, address_prefix
 from daemon.trust_policy import TrustPolicy
 from handshake.framing import FRAME_HEADER_LEN
 from handshake.handshake import HandshakeRejected, TrustDecision
@@ -76,6 +84,41 @@ MAX_WAITING_PER_SLOT: Final = 4
 #: in all and from one address; a handshake beyond either is closed with Bye and counted.
 MAX_INBOUND_SESSIONS: Final = 1024
 MAX_INBOUND_SESSIONS_PER_ADDRESS: Final = 64
+#: Descriptors kept for the node's own use, at least, and as a share of the limit.
+FD_HEADROOM_MIN: Final = 64
+FD_HEADROOM_FRACTION: Final = 0.125
+#: Half-open connections from one /24 or /64, as a share of all half-open ones (at least 8).
+HALF_OPEN_PREFIX_SHARE: Final = 0.25
+MIN_HALF_OPEN_PER_PREFIX: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Caps on what inbound peers may hold (see :func:`connection_limits`)."""
+
+    max_sessions: int
+    max_half_open: int
+    max_half_open_per_prefix: int
+
+
+def connection_limits(nofile: int, *, max_concurrent_handshakes: int) -> ConnectionLimits:
+    """Caps that fit in ``nofile`` descriptors (``RLIMIT_NOFILE``'s soft limit).
+
+    ``max(64, nofile / 8)`` stay free for the node itself; of the rest a third at most goes to
+    half-open connections (handshake slots and those waiting for one) and the remainder to
+    established sessions, never more than :data:`MAX_INBOUND_SESSIONS`. At ``ulimit -n 200``:
+    45 half-open and 91 sessions; at 1,024: 160 and 736.
+    """
+    budget = max(4, nofile - max(FD_HEADROOM_MIN, int(nofile * FD_HEADROOM_FRACTION)))
+    half_open = max(2, min(max_concurrent_handshakes * (1 + MAX_WAITING_PER_SLOT), budget // 3))
+    sessions = max(1, min(MAX_INBOUND_SESSIONS, budget - half_open))
+    per_prefix = max(MIN_HALF_OPEN_PER_PREFIX, int(half_open * HALF_OPEN_PREFIX_SHARE))
+    return ConnectionLimits(
+        max_sessions=sessions,
+        max_half_open=half_open,
+        max_half_open_per_prefix=min(per_prefix, half_open),
+    )
+
 
 #: Every reason this module refuses a connection or session for (``invalid_bundle:*`` aside).
 REJECTION_REASONS: Final = frozenset(
@@ -93,6 +136,7 @@ REJECTION_REASONS: Final = frozenset(
         "connection_error",
         "bundle_from_untrusted_peer",
         "too_many_sessions",
+        "half_open_limit",
         "internal_error",
     }
 )
@@ -294,6 +338,9 @@ class ConnectionManager:
         clock: Callable[[], float] = time.monotonic,
         max_inbound_sessions: int = MAX_INBOUND_SESSIONS,
         max_inbound_sessions_per_address: int = MAX_INBOUND_SESSIONS_PER_ADDRESS,
+        max_half_open: int | None = None,
+        max_half_open_per_prefix: int | None = None,
+        handshakes_per_prefix_per_s: float | None = None,
     ) -> None:
         self._identity = identity
         self._hello = hello
@@ -304,13 +351,25 @@ class ConnectionManager:
         self._handshake_slots = trio.CapacityLimiter(max_concurrent_handshakes)
         self._max_waiting = MAX_WAITING_PER_SLOT * max_concurrent_handshakes
         self._waiting = 0
+        self._max_half_open = (
+            max_half_open
+            if max_half_open is not None
+            else max_concurrent_handshakes * (1 + MAX_WAITING_PER_SLOT)
+        )
+        self._max_half_open_per_prefix = (
+            max_half_open_per_prefix
+            if max_half_open_per_prefix is not None
+            else max(MIN_HALF_OPEN_PER_PREFIX, int(self._max_half_open * HALF_OPEN_PREFIX_SHARE))
+        )
+        self._half_open_total = 0
+        self._half_open: dict[str, int] = {}
         self._max_inbound_sessions = max_inbound_sessions
         self._max_inbound_sessions_per_address = max_inbound_sessions_per_address
         self._inbound_sessions: dict[str, int] = {}
         self._inbound_total = 0
-        self._rate_limiter = RateLimiter(
+        self._rate_limiter = HandshakeLimiter(
             rate_per_s=handshakes_per_address_per_s,
-            burst=max(1.0, 2 * handshakes_per_address_per_s),
+            prefix_rate_per_s=handshakes_per_prefix_per_s,
             clock=clock,
         )
         self._replay_cache = ReplayCache(clock=trio.current_time)
@@ -351,10 +410,39 @@ class ConnectionManager:
             self.stats.reject("too_many_sessions")
             await trio.aclose_forcefully(stream)
             return
-        if self._waiting >= self._max_waiting:
+        prefix = address_prefix(host)
+        if self._half_open_total >= self._max_half_open:
             self.stats.reject("busy")
             await trio.aclose_forcefully(stream)
             return
+        if self._half_open.get(prefix, 0) >= self._max_half_open_per_prefix:
+            # One network's silent sockets cannot take the others' places in the queue.
+            self.stats.reject("half_open_limit")
+            await trio.aclose_forcefully(stream)
+            return
+        self._half_open_total += 1
+        self._half_open[prefix] = self._half_open.get(prefix, 0) + 1
+        try:
+            session = await self._handshake_inbound(stream, host)
+        finally:
+            self._half_open_total -= 1
+            remaining = self._half_open[prefix] - 1
+            if remaining:
+                self._half_open[prefix] = remaining
+            else:
+                del self._half_open[prefix]
+        if session is None:
+            return
+        await self._serve_inbound(session, host)
+
+    async def _handshake_inbound(
+        self, stream: trio.SocketStream, host: str
+    ) -> SessionStream | None:
+        """Wait for a slot and run the responder's handshake; None if refused (counted)."""
+        if self._waiting >= self._max_waiting:
+            self.stats.reject("busy")
+            await trio.aclose_forcefully(stream)
+            return None
         counted = CountingStream(stream, self.stats, max_first_frame=MAX_MESSAGE1_BYTES)
         # The wait for a slot is bounded too, so queued connections cannot pile up.
         self._waiting += 1
@@ -366,7 +454,7 @@ class ConnectionManager:
         if waiting.cancelled_caught:
             self.stats.reject("busy")
             await trio.aclose_forcefully(stream)
-            return
+            return None
         try:
             started = self._clock()
             try:
@@ -390,10 +478,13 @@ class ConnectionManager:
                     direction="inbound",
                     reason=_failure_reason(error),
                 )
-                return
+                return None
         finally:
             self._handshake_slots.release()
         self.stats.record_handshake_time(self._clock() - started)
+        return session
+
+    async def _serve_inbound(self, session: SessionStream, host: str) -> None:
         if self._session_limit_reached(host):
             # Handshakes that were in flight together can overshoot the pre-check.
             self.stats.reject("too_many_sessions")

@@ -154,6 +154,7 @@ class SessionStream(trio.abc.AsyncResource):
         if self._closed:
             return
         self._closed = True
+        self._session.discard_partial()
         try:
             if self._broken is None and self._session.state is SessionState.OPEN:
                 with trio.move_on_after(self._settings.close_timeout_s):
@@ -199,6 +200,7 @@ class SessionStream(trio.abc.AsyncResource):
                 session.receive_data(bytes(data))
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
             self._broken = exc
+            self._session.discard_partial()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
             raise trio.BrokenResourceError(f"session failed: {exc}") from exc
