@@ -63,6 +63,7 @@ class CodecStore:
         self._default_config = default_config
         self._current: OurCodec | None = None
         self._loaded_mtime: int | None = None
+        self._reference_norm: float | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -83,6 +84,21 @@ class CodecStore:
             self._current = OurCodec(checkpoint, self._bundle_of(checkpoint))
             self._loaded_mtime = mtime
         return self._current
+
+    def reference_norm(self) -> float:
+        """The norm of the shared starting codec: the fixed clip reference of every round
+        (:func:`fl.aggregate.aggregate_round`), the same on every node with our config."""
+        if self._reference_norm is None:
+            state = self._starting_point().state
+            self._reference_norm = float(
+                np.sqrt(
+                    sum(
+                        float(np.sum(np.square(value, dtype=np.float64)))
+                        for value in state.values()
+                    )
+                )
+            )
+        return self._reference_norm
 
     def _starting_point(self) -> Checkpoint:
         """The shipped pretrained codec when it fits our configuration, else the seeded init.

@@ -168,6 +168,11 @@ class SessionSection(_Section):
     handshakes_per_address_per_s: float = setting(
         5.0, "Rate limit on handshakes started by one address.", in_range(0.1, 10000)
     )
+    handshakes_per_prefix_per_s: float = setting(
+        20.0,
+        "Rate limit on handshakes started from one /24 (IPv4) or /64 (IPv6), all addresses.",
+        in_range(0.1, 100000),
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,7 +188,14 @@ class FlSection(_Section):
         0.7, "Personalization: personal = alpha*local + (1-alpha)*global.", in_range(0, 1)
     )
     clip_norm_ratio: float = setting(
-        1.0, "Clip a peer's update to this fraction of our model's norm.", in_range(0.001, 100)
+        1.0,
+        "Clip a peer's update to this fraction of the shared starting codec's norm.",
+        in_range(0.001, 100),
+    )
+    max_loss_increase: float = setting(
+        0.02,
+        "Discard a round that worsens our held-out loss by more than this fraction.",
+        in_range(0, 10),
     )
     robust: str = setting(
         "trimmed_mean",

@@ -11,6 +11,7 @@ running round finish or fail cleanly, close the database.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import socket
 import time
@@ -24,7 +25,12 @@ import trio
 from daemon.calls import CallService, make_call_handler
 from daemon.codec_store import CodecStore
 from daemon.config import Config
-from daemon.connections import ConnectionManager, SessionHandler, SessionInfo
+from daemon.connections import (
+    ConnectionManager,
+    SessionHandler,
+    SessionInfo,
+    connection_limits,
+)
 from daemon.database import (
     Database,
     JobStatus,
@@ -54,7 +60,7 @@ from daemon.trust_policy import TrustPolicy
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, CodecConfig, TrainConfig
 from handshake.noise import StaticIdentity
-from handshake.session import SessionSettings
+from handshake.session import REASSEMBLY_BUDGET_BYTES, MemoryBudget, SessionSettings
 from handshake.stream import SessionStream, StreamSettings
 from schemas.messages import PROTOCOL_VERSION, Hello, WeightsBundle
 
@@ -246,8 +252,16 @@ def _stream_settings(config: Config) -> StreamSettings:
         session=SessionSettings(
             rekey_after_seconds=config.session.rekey_after_s,
             rekey_after_messages=config.session.rekey_after_messages,
+            # One budget for every session of this node (issue #11: ~4.5 MiB each, unshared).
+            reassembly_budget=MemoryBudget(REASSEMBLY_BUDGET_BYTES),
         ),
     )
+
+
+def _descriptor_limit() -> int:
+    """The soft ``RLIMIT_NOFILE`` (what this process may open), bounded for the arithmetic."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else min(int(soft), 1 << 20)
 
 
 async def _discover(node: RunningNode) -> None:
@@ -313,6 +327,9 @@ async def open_node(
             bundle = codecs.current().bundle
             return bundle if options.outgoing_bundle is None else options.outgoing_bundle(bundle)
 
+        limits = connection_limits(
+            _descriptor_limit(), max_concurrent_handshakes=config.session.max_concurrent_handshakes
+        )
         connections = ConnectionManager(
             identity=StaticIdentity(identity.private_key),
             hello=lambda: node_ref[0].hello(),  # noqa: PLW0108 (node_ref is filled below)
@@ -322,6 +339,10 @@ async def open_node(
             settings=_stream_settings(config),
             max_concurrent_handshakes=config.session.max_concurrent_handshakes,
             handshakes_per_address_per_s=config.session.handshakes_per_address_per_s,
+            handshakes_per_prefix_per_s=config.session.handshakes_per_prefix_per_s,
+            max_inbound_sessions=limits.max_sessions,
+            max_half_open=limits.max_half_open,
+            max_half_open_per_prefix=limits.max_half_open_per_prefix,
             on_bundle=on_bundle,
             on_session=options.session_handler or serve_calls,
         )
@@ -343,6 +364,7 @@ async def open_node(
                 ),
                 train=train,
                 train_each_round=options.train_each_round,
+                max_loss_increase=config.fl.max_loss_increase,
             ),
             our_peer_id=identity.peer_id,
             on_aggregated=options.on_aggregated,

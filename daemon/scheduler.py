@@ -5,7 +5,10 @@ A round (DESIGN.md §7):
 1. reload our checkpoint; train locally if new audio was enrolled since it was trained;
 2. exchange bundles, through handshakes, with every reachable trusted peer (and take the
    bundles trusted peers brought us in their own handshakes since the last round);
-3. aggregate with personalized FedAvg (:func:`fl.aggregate.aggregate_round`);
+3. aggregate with personalized FedAvg (:func:`fl.aggregate.aggregate_round`), clipping
+   against the shared starting codec's norm, and keep the result only if our held-out loss
+   did not regress beyond ``max_loss_increase`` (:mod:`fl.round_guard`; otherwise the round
+   is recorded with ``discarded`` and our model stays as it was);
 4. checkpoint atomically;
 5. record the round.
 
@@ -36,6 +39,7 @@ from fl.checkpoint import Checkpoint
 from fl.config import AggregationConfig, TrainConfig
 from fl.errors import InvalidBundleError
 from fl.model import new_model, state_to_numpy
+from fl.round_guard import DEFAULT_MAX_LOSS_INCREASE, loss_regressed, split_heldout
 from fl.train import evaluate_l1, train_codec
 from schemas.messages import WeightsBundle
 
@@ -55,6 +59,8 @@ class RoundSettings:
     #: Train on our own audio in every round (APFL-style), not only after new enrollments.
     #: Off for users (their audio does not change between rounds); on in FL studies.
     train_each_round: bool = False
+    #: A round whose result worsens our held-out loss by more than this fraction is discarded.
+    max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE
 
 
 class RoundInProgressError(Exception):
@@ -220,7 +226,7 @@ class RoundScheduler:
         return self._codecs.save(checkpoint)
 
     def _train(self, ours: OurCodec, digest: str) -> Checkpoint:
-        features = self._codecs.load_features()
+        features, _heldout = split_heldout(self._codecs.load_features())
         model = new_model(ours.config, ours.checkpoint.state)
         train_codec(model, features, self._settings.train)
         return Checkpoint(
@@ -286,17 +292,44 @@ class RoundScheduler:
                     state=state,
                 )
             )
-        result = aggregate_round(local, updates, self._settings.aggregation, round_number=number)
+
+        def aggregate(peers: list[PeerUpdate]) -> AggregationResult:
+            return aggregate_round(
+                local,
+                peers,
+                self._settings.aggregation,
+                round_number=number,
+                reference_norm=self._codecs.reference_norm(),
+            )
+
+        result = aggregate(updates)
+        _train, heldout = split_heldout(self._codecs.load_features())
+        loss_before = loss_after = None
+        discarded: str | None = None
+        left_out: list[str] = []
+        if heldout:
+            margin = self._settings.max_loss_increase
+            loss_before = evaluate_l1(new_model(config, ours.checkpoint.state), heldout)
+            loss_after = evaluate_l1(new_model(config, result.personal_state), heldout)
+            suspects = [peer.peer_id for peer in result.record.participants if peer.clipped]
+            if loss_regressed(loss_before, loss_after, margin) and suspects:
+                # Honest updates pass the clip with room to spare; clipped ones are suspect.
+                # Try once without them before giving up the honest peers' part too.
+                retry = aggregate([update for update in updates if update.peer_id not in suspects])
+                retry_loss = evaluate_l1(new_model(config, retry.personal_state), heldout)
+                if not loss_regressed(loss_before, retry_loss, margin):
+                    result, loss_after, left_out = retry, retry_loss, suspects
+            if loss_regressed(loss_before, loss_after, margin):
+                discarded = (
+                    f"held-out loss would go from {loss_before:.4f} to {loss_after:.4f}, "
+                    f"over the {margin:.0%} allowed; kept our previous model"
+                )
+                event(log, logging.WARNING, "round.discarded", round=number, reason=discarded)
         if self._on_aggregated is not None:
             self._on_aggregated(number, result)
-        features = self._codecs.load_features()
-        loss_before = loss_after = None
-        if features:
-            loss_before = evaluate_l1(new_model(config, ours.checkpoint.state), features)
-            loss_after = evaluate_l1(new_model(config, result.personal_state), features)
         checkpoint = Checkpoint(
             codec_config=config,
-            state=result.personal_state,
+            state=ours.checkpoint.state if discarded else result.personal_state,
             round=number,
             sample_count=ours.checkpoint.sample_count,
             metadata={**ours.checkpoint.metadata, "source": "round", "alpha": result.record.alpha},
@@ -304,6 +337,8 @@ class RoundScheduler:
         record = asdict(result.record)
         record["rejected"] = [*record["rejected"], *invalid]
         record["total_sample_count"] = result.record.total_sample_count
+        record["discarded"] = discarded
+        record["left_out_for_loss"] = left_out
         return checkpoint, loss_before, loss_after, record
 
 

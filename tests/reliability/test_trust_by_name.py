@@ -7,6 +7,7 @@ the flood, and trusting by name must ask for the key's fingerprint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -102,15 +103,16 @@ def _seed(home_root: Path, *, flood: int) -> None:
             connection.executemany(
                 "INSERT INTO peers (public_key, addresses, source, first_seen, last_seen, trust)"
                 " VALUES (?, '[]', 'inbound', ?, ?, 'known')",
-                [(index.to_bytes(4, "big") * 8, 2e3 + index, 2e3 + index) for index in range(flood)],
+                [
+                    (index.to_bytes(4, "big") * 8, 2e3 + index, 2e3 + index)
+                    for index in range(flood)
+                ],
             )
         table.record_handshake(b"\xee" * 32, address=None, source=PeerSource.INBOUND)  # prunes
-        try:
+        with contextlib.suppress(KeyChangedError):
             table.observe(
                 MALLORY, name="alice", address=("127.0.0.66", 7400), source=PeerSource.MDNS
             )
-        except KeyChangedError:
-            pass
 
 
 def _trust_of(home_root: Path, key: bytes) -> TrustState | None:
@@ -134,7 +136,7 @@ def test_trust_by_name_after_a_key_flood_never_trusts_the_attacker(capsys):
         args = ("peers", "trust", "alice", "--home", str(home.root), "--fingerprint")
         code, _out, err = _cli(capsys, *args, fingerprint(MALLORY))
         assert code == 2 and _trust_of(home.root, MALLORY) is not TrustState.TRUSTED
-        code, out, err = _cli(capsys, *args, fingerprint(ALICE))
+        code, _out, err = _cli(capsys, *args, fingerprint(ALICE))
         assert code == 0, err
         assert _trust_of(home.root, ALICE) is TrustState.TRUSTED
         assert _trust_of(home.root, MALLORY) is not TrustState.TRUSTED
