@@ -159,6 +159,11 @@ class SessionSection(_Section):
     rekey_after_s: float = setting(
         120.0, "Rekey a session after this many seconds (WireGuard's figure).", in_range(1, 86400)
     )
+    send_timeout_s: float = setting(
+        10.0,
+        "Close a session whose peer does not read what we send within this time.",
+        in_range(0.1, 600),
+    )
     rekey_after_messages: int = setting(
         2**60, "Rekey a session after this many messages.", in_range(16, 2**60)
     )

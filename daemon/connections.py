@@ -61,6 +61,7 @@ from handshake.noise import AuthenticationError, StaticIdentity
 from handshake.replay import ReplayCache, ReplayedMessageError
 from handshake.stream import (
     InitiatorRejectedByUs,
+    SendTimeoutError,
     SessionStream,
     StreamSettings,
     accept_session,
@@ -71,8 +72,11 @@ from schemas.messages import Bye, Hello, Ping, Pong, WeightsBundle
 
 log = get_logger("connections")
 
-#: An inbound session with no traffic for this long is closed.
+#: An inbound session with no traffic for this long is closed (pings do not count).
 SESSION_IDLE_TIMEOUT_S: Final = 120.0
+#: The longest an inbound session without a call lives (WireGuard's REJECT_AFTER_TIME); the
+#: peer dials again for what comes next, with a fresh key exchange.
+SESSION_MAX_AGE_S: Final = 180.0
 #: Dialing one address gives up after this long.
 CONNECT_TIMEOUT_S: Final = 5.0
 #: Largest message 1 we read. It holds an ephemeral key, a Hello and a tag: a node sends a
@@ -137,6 +141,8 @@ REJECTION_REASONS: Final = frozenset(
         "bundle_from_untrusted_peer",
         "too_many_sessions",
         "half_open_limit",
+        "evicted_for_trusted",
+        "send_timeout",
         "internal_error",
     }
 )
@@ -299,6 +305,8 @@ def reason_code(error: BaseException, *, in_handshake: bool) -> str:
         return "oversized_frame"
     if isinstance(cause, ReplayedMessageError):
         return "replayed_msg1"
+    if isinstance(cause, SendTimeoutError):
+        return "send_timeout"
     if isinstance(cause, AuthenticationError):
         return "auth_failed" if in_handshake else "tampered"
     if isinstance(cause, InitiatorRejectedByUs | HandshakeRejected):
@@ -405,8 +413,9 @@ class ConnectionManager:
             self.stats.reject("rate_limited")
             await trio.aclose_forcefully(stream)
             return
-        if self._session_limit_reached(host):
-            # Checked before the handshake too: a full house should not cost us DH operations.
+        if self._session_limit_reached(host) and not self._evictable_session():
+            # Checked before the handshake too: a full house should not cost us DH operations
+            # (while strangers hold sessions, a trusted peer may still displace one).
             self.stats.reject("too_many_sessions")
             await trio.aclose_forcefully(stream)
             return
@@ -486,10 +495,20 @@ class ConnectionManager:
 
     async def _serve_inbound(self, session: SessionStream, host: str) -> None:
         if self._session_limit_reached(host):
-            # Handshakes that were in flight together can overshoot the pre-check.
-            self.stats.reject("too_many_sessions")
-            await session.aclose()
-            return
+            # A trusted peer displaces the oldest session of a peer we do not trust: strangers
+            # filling every place must not lock out the people the node is for.
+            victim = self._evictable_session()
+            trusted = session.trust_decision is TrustDecision.TRUSTED
+            per_address_full = (
+                self._inbound_sessions.get(host, 0) >= self._max_inbound_sessions_per_address
+            )
+            if not trusted or victim is None or per_address_full:
+                self.stats.reject("too_many_sessions")
+                await session.aclose()
+                return
+            self.stats.reject("evicted_for_trusted")
+            event(log, logging.INFO, "session.evicted", peer=short_peer_id(victim[1].peer))
+            await victim[0].aclose()
         self._inbound_sessions[host] = self._inbound_sessions.get(host, 0) + 1
         self._inbound_total += 1
         try:
@@ -501,6 +520,19 @@ class ConnectionManager:
                 self._inbound_sessions[host] = remaining
             else:
                 del self._inbound_sessions[host]
+
+    def _evictable_session(self) -> tuple[SessionStream, SessionInfo] | None:
+        """The oldest inbound session of a peer we do not trust, if any."""
+        candidates = [
+            info
+            for info in self.sessions.values()
+            if info.direction == "inbound" and info.trust != "trusted"
+        ]
+        if not candidates:
+            return None
+        oldest = min(candidates, key=lambda info: info.started_at)
+        stream = self._open_streams.get(oldest.session_id)
+        return None if stream is None else (stream, oldest)
 
     def _session_limit_reached(self, host: str) -> bool:
         return (
@@ -625,14 +657,56 @@ class ConnectionManager:
         raise DialError("; ".join(failures))
 
 
-async def serve_idle_session(session: SessionStream, info: SessionInfo) -> None:
-    """The default life of an inbound session: answer pings until ``Bye`` or idleness."""
-    while True:
-        with trio.move_on_after(SESSION_IDLE_TIMEOUT_S) as idle:
+class SessionLifetime:
+    """When a session with nothing to do ends: ``idle_s`` after its last real message (a
+    ``Ping`` is answered but is not activity, or a peer could keep a session for ever with
+    one ping a minute), and ``max_age_s`` after it opened in any case. Sans-IO: the clock
+    (trio's, in the node) is passed in."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        idle_s: float = SESSION_IDLE_TIMEOUT_S,
+        max_age_s: float = SESSION_MAX_AGE_S,
+    ) -> None:
+        if not (idle_s > 0 and max_age_s > 0):
+            raise ValueError("idle_s and max_age_s must be positive")
+        self._clock = clock
+        self._idle_s = idle_s
+        self._opened = clock()
+        self._max_age_s = max_age_s
+        self._last_activity = self._opened
+
+    def activity(self) -> None:
+        """A message that is not a ping arrived."""
+        self._last_activity = self._clock()
+
+    @property
+    def deadline(self) -> float:
+        return min(self._last_activity + self._idle_s, self._opened + self._max_age_s)
+
+    @property
+    def over(self) -> bool:
+        return self._clock() >= self.deadline
+
+
+async def serve_idle_session(
+    session: SessionStream,
+    info: SessionInfo,
+    *,
+    idle_s: float = SESSION_IDLE_TIMEOUT_S,
+    max_age_s: float = SESSION_MAX_AGE_S,
+) -> None:
+    """The default life of an inbound session: answer pings until ``Bye``, idleness or age
+    (see :class:`SessionLifetime`)."""
+    lifetime = SessionLifetime(clock=trio.current_time, idle_s=idle_s, max_age_s=max_age_s)
+    while not lifetime.over:
+        with trio.move_on_at(lifetime.deadline):
             message = await session.receive_message()
-        if idle.cancelled_caught:
-            return
-        if isinstance(message, Bye):
+        if lifetime.over or isinstance(message, Bye):
             return
         if isinstance(message, Ping):
             await session.send_message(Pong(message.nonce))
+        else:
+            lifetime.activity()

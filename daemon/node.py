@@ -249,6 +249,7 @@ def _round_dict(record: RoundRecord) -> dict[str, object]:
 def _stream_settings(config: Config) -> StreamSettings:
     return StreamSettings(
         handshake_timeout_s=config.session.handshake_timeout_s,
+        send_timeout_s=config.session.send_timeout_s,
         session=SessionSettings(
             rekey_after_seconds=config.session.rekey_after_s,
             rekey_after_messages=config.session.rekey_after_messages,

@@ -23,10 +23,12 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 import trio
 
 from daemon.codec_store import FEATURES_DIGEST_KEY, CodecStore, OurCodec
@@ -34,12 +36,12 @@ from daemon.connections import ConnectionManager, DialError
 from daemon.database import PeerRecord, RoundRecord, RoundStatus, RoundStore
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, format_peer_id, short_peer_id
-from fl.aggregate import AggregationResult, PeerUpdate, aggregate_round
+from fl.aggregate import AggregationResult, PeerUpdate
 from fl.checkpoint import Checkpoint
 from fl.config import AggregationConfig, TrainConfig
 from fl.errors import InvalidBundleError
 from fl.model import new_model, state_to_numpy
-from fl.round_guard import DEFAULT_MAX_LOSS_INCREASE, loss_regressed, split_heldout
+from fl.round_guard import DEFAULT_MAX_LOSS_INCREASE, guarded_aggregate, split_heldout
 from fl.train import evaluate_l1, train_codec
 from schemas.messages import WeightsBundle
 
@@ -293,38 +295,26 @@ class RoundScheduler:
                 )
             )
 
-        def aggregate(peers: list[PeerUpdate]) -> AggregationResult:
-            return aggregate_round(
-                local,
-                peers,
-                self._settings.aggregation,
-                round_number=number,
-                reference_norm=self._codecs.reference_norm(),
-            )
-
-        result = aggregate(updates)
         _train, heldout = split_heldout(self._codecs.load_features())
-        loss_before = loss_after = None
-        discarded: str | None = None
-        left_out: list[str] = []
-        if heldout:
-            margin = self._settings.max_loss_increase
-            loss_before = evaluate_l1(new_model(config, ours.checkpoint.state), heldout)
-            loss_after = evaluate_l1(new_model(config, result.personal_state), heldout)
-            suspects = [peer.peer_id for peer in result.record.participants if peer.clipped]
-            if loss_regressed(loss_before, loss_after, margin) and suspects:
-                # Honest updates pass the clip with room to spare; clipped ones are suspect.
-                # Try once without them before giving up the honest peers' part too.
-                retry = aggregate([update for update in updates if update.peer_id not in suspects])
-                retry_loss = evaluate_l1(new_model(config, retry.personal_state), heldout)
-                if not loss_regressed(loss_before, retry_loss, margin):
-                    result, loss_after, left_out = retry, retry_loss, suspects
-            if loss_regressed(loss_before, loss_after, margin):
-                discarded = (
-                    f"held-out loss would go from {loss_before:.4f} to {loss_after:.4f}, "
-                    f"over the {margin:.0%} allowed; kept our previous model"
-                )
-                event(log, logging.WARNING, "round.discarded", round=number, reason=discarded)
+
+        def heldout_loss(state: Mapping[str, npt.NDArray[np.floating]]) -> float:
+            return evaluate_l1(new_model(config, state), heldout)
+
+        guarded = guarded_aggregate(
+            local,
+            updates,
+            self._settings.aggregation,
+            round_number=number,
+            reference_norm=self._codecs.reference_norm(),
+            heldout_loss=heldout_loss if heldout else None,
+            max_increase=self._settings.max_loss_increase,
+        )
+        result = guarded.result
+        loss_before, loss_after = guarded.loss_before, guarded.loss_after
+        discarded = guarded.reason
+        left_out = list(guarded.left_out)
+        if discarded is not None:
+            event(log, logging.WARNING, "round.discarded", round=number, reason=discarded)
         if self._on_aggregated is not None:
             self._on_aggregated(number, result)
         checkpoint = Checkpoint(

@@ -14,6 +14,8 @@ Each figure comes from a real run, here and now:
 * ``load``: 64 concurrent handshakes, 5 waves, with 8 concurrent calls of 29 s of speech
   (en -> pt, real time) and 3 caption jobs on the node.
 * ``multihost``: 3 nodes in network namespaces, mDNS + a round (needs root).
+* issue #11's ``trust_by_name``, ``multi_address_flood``, ``fd_pressure``, ``slow_reader`` and
+  ``poison_rounds`` (:mod:`tests.reliability.abuse_stages`), the same with ``quick``.
 
 The reliability scenarios live in the test tree (``tests/reliability``) so that CI runs the
 same code with small budgets; run this from a checkout. ``quick=True`` uses the CI budgets.
@@ -234,6 +236,7 @@ def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
             script_audio,
             trained_caller_checkpoint,
         )
+        from tests.reliability.abuse_stages import stages as abuse_stages
         from tests.reliability.process_nodes import CallLoad, run_crash_trials, run_load
 
         calls = CallLoad(
@@ -267,6 +270,7 @@ def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
                 ).as_dict(),
             ),
             ("multihost", lambda: _multihost(root / "m")),
+            *abuse_stages(root / "abuse", quick=quick),
         ]
         for name, stage in stages:
             # One stage failing is a finding to report, not a reason to lose the others.
