@@ -413,7 +413,8 @@ class ConnectionManager:
             self.stats.reject("rate_limited")
             await trio.aclose_forcefully(stream)
             return
-        if self._session_limit_reached(host) and not self._evictable_session():
+        address_full = self._inbound_sessions.get(host, 0) >= self._max_inbound_sessions_per_address
+        if address_full or (self._session_limit_reached(host) and not self._evictable_session()):
             # Checked before the handshake too: a full house should not cost us DH operations
             # (while strangers hold sessions, a trusted peer may still displace one).
             self.stats.reject("too_many_sessions")
