@@ -616,11 +616,17 @@ class ConnectionManager:
         key = peer.public_key
         if not self.ready_to_dial(key):
             raise DialError("backing off after an earlier failure")
-        if not peer.addresses:
+        # Proven addresses first; announced ones only become addresses once a handshake to
+        # them succeeds (the handshake authenticates the key, the announcement does not).
+        addresses = [*peer.addresses]
+        addresses += [
+            item for item in self._peers.candidate_addresses(key) if item not in addresses
+        ]
+        if not addresses:
             raise DialError("no known address")
         send_weights = self._policy.send_weights_to(key)
         failures: list[str] = []
-        for host, port in peer.addresses:
+        for host, port in addresses:
             started = self._clock()
             try:
                 with trio.fail_after(CONNECT_TIMEOUT_S):

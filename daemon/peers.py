@@ -94,6 +94,8 @@ FINGERPRINT_LENGTH = 16
 # Names are shown in terminals and logs: printable ASCII letters, digits and a few separators,
 # no leading/trailing space, so a TXT record cannot smuggle control characters or look-alikes.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]*[A-Za-z0-9._-])?")
+#: Peers with announced-but-unproven endpoints remembered at most (in memory).
+MAX_CANDIDATE_PEERS = 1024
 #: Key-change events looked at to find the open ones.
 MAX_PENDING_SCAN = 1000
 _HEX_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
@@ -237,6 +239,8 @@ class PeerTable:
         self._clock = clock
         # key -> (last announcement time, source of that announcement)
         self._presence: dict[bytes, tuple[float, PeerSource]] = {}
+        # key -> announced endpoints not yet proven by a handshake (insertion-ordered, bounded)
+        self._candidates: dict[bytes, list[tuple[str, int]]] = {}
 
     def observe(
         self,
@@ -262,19 +266,42 @@ class PeerTable:
             name = None
         if existing is None:
             record = _first_record(public_key, name, address, source, now, handshake=False)
+        elif source is PeerSource.MDNS and existing.addresses:
+            # An announcement is not authenticated: it may not move a peer we already reach
+            # (a static peer keeps its configured address and its source). A new endpoint
+            # waits as a candidate until a handshake from it succeeds (record_handshake).
+            if address is not None and address not in existing.addresses:
+                self._add_candidate(public_key, address)
+            record = replace(
+                existing,
+                name=existing.name if name is None else name,
+                source=existing.source if existing.source is PeerSource.STATIC else source,
+                last_seen=now,
+            )
         else:
             record = replace(
                 existing,
                 name=existing.name if name is None else name,
                 addresses=_merge_addresses(existing.addresses, address),
-                source=source,
+                source=PeerSource.STATIC if existing.source is PeerSource.STATIC else source,
                 last_seen=now,
             )
         self._store.upsert(record)
         if existing is None:
             self._store.prune_known(self._max_known)
-        self._presence[public_key] = (now, source)
+        self._presence[public_key] = (now, record.source)
         return record
+
+    def candidate_addresses(self, public_key: bytes) -> tuple[tuple[str, int], ...]:
+        """Endpoints announced for a known key but not yet proven by a handshake from them."""
+        return tuple(self._candidates.get(public_key, ()))
+
+    def _add_candidate(self, public_key: bytes, address: tuple[str, int]) -> None:
+        kept = self._candidates.pop(public_key, [])
+        kept = [address, *(item for item in kept if item != address)][:MAX_ADDRESSES_PER_PEER]
+        self._candidates[public_key] = kept
+        while len(self._candidates) > MAX_CANDIDATE_PEERS:
+            del self._candidates[next(iter(self._candidates))]
 
     def record_handshake(
         self, public_key: bytes, *, address: tuple[str, int] | None, source: PeerSource
@@ -292,6 +319,12 @@ class PeerTable:
                 last_seen=now,
                 last_handshake=now,
             )
+        if address is not None and public_key in self._candidates:
+            remaining = [item for item in self._candidates[public_key] if item != address]
+            if remaining:
+                self._candidates[public_key] = remaining
+            else:
+                del self._candidates[public_key]
         self._store.upsert(record)
         if existing is None:
             self._store.prune_known(self._max_known)
