@@ -522,6 +522,19 @@ class ConnectionManager:
             else:
                 del self._inbound_sessions[host]
 
+    def limits(self) -> dict[str, object]:
+        """The caps in force and how full they are (for ``parley status``)."""
+        budget = self._settings.session.reassembly_budget
+        return {
+            "max_sessions": self._max_inbound_sessions,
+            "inbound_sessions": self._inbound_total,
+            "max_half_open": self._max_half_open,
+            "max_half_open_per_prefix": self._max_half_open_per_prefix,
+            "half_open": self._half_open_total,
+            "reassembly_budget_bytes": None if budget is None else budget.total_bytes,
+            "reassembly_in_use_bytes": None if budget is None else budget.in_use,
+        }
+
     def _evictable_session(self) -> tuple[SessionStream, SessionInfo] | None:
         """The oldest inbound session of a peer we do not trust, if any."""
         candidates = [

@@ -162,6 +162,7 @@ class RunningNode:
                 "jobs_pending": self.jobs.count(status=JobStatus.PENDING),
             },
             "connections": self.connections.stats.as_dict(),
+            "limits": self.connections.limits(),
             "job_running": self.job_runner.progress,
             "calls": self.call_service.status() if self.call_service is not None else None,
             "key_changes": key_change_dicts(self.peers.pending_key_changes(limit=20)),

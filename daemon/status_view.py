@@ -126,6 +126,16 @@ def _calls(calls: Mapping[str, Any] | None) -> str:
     return text
 
 
+def _limits(limits: object) -> str:
+    if not isinstance(limits, Mapping):
+        return "-"
+    return (
+        f"sessions {limits.get('inbound_sessions')}/{limits.get('max_sessions')}, "
+        f"half-open {limits.get('half_open')}/{limits.get('max_half_open')} "
+        f"({limits.get('max_half_open_per_prefix')} per prefix)"
+    )
+
+
 def _key_changes(changes: object) -> str:
     if not isinstance(changes, list) or not changes:
         return "none"
@@ -173,6 +183,7 @@ def render_status(console: Console, report: Mapping[str, Any]) -> None:
         ("jobs pending", str(counts["jobs_pending"])),
         ("calls", _calls(status.get("calls"))),
         ("key changes", _key_changes(status.get("key_changes"))),
+        ("limits", _limits(status.get("limits"))),
     ):
         summary.add_row(label, str(value))
     console.print(summary)
