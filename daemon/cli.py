@@ -256,7 +256,14 @@ def _change_trust(
     yes: bool = False,
     confirm: bool = True,
 ) -> None:
-    from daemon.peers import InvalidPeerKeyError, PeerError, UnknownPeerError, parse_peer_key
+    from daemon.database import TrustState
+    from daemon.peers import (
+        InvalidPeerKeyError,
+        PeerError,
+        UnknownPeerError,
+        matches_fingerprint,
+        parse_peer_key,
+    )
 
     database, table = _peer_table(resolve_home(home))
     with database:
@@ -264,6 +271,16 @@ def _change_trust(
             try:
                 found = table.resolve(key_or_name)
             except UnknownPeerError:
+                offered = [
+                    change.offered_key
+                    for change in table.pending_key_changes()
+                    if matches_fingerprint(change.offered_key, key_or_name)
+                ]
+                if state is TrustState.BLOCKED and len(set(offered)) == 1:
+                    # The key that tried to take a pinned name: blockable by its fingerprint.
+                    record = table.add_by_key(offered[0], trust=state)
+                    _print_peer(record)
+                    return
                 try:
                     key = parse_peer_key(key_or_name)
                 except InvalidPeerKeyError:

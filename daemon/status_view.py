@@ -98,7 +98,7 @@ def render_peers(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
         console.print(
             "A pinned name was announced with another key. If its owner confirms the new "
             "fingerprint: parley peers accept-key NAME --fingerprint FP; otherwise: "
-            "parley peers block FP",
+            "parley peers block FP (the offered one)",
             highlight=False,
         )
 

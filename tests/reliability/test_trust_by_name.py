@@ -158,6 +158,15 @@ def test_key_changes_are_listed_and_accept_key_block_forget_work(capsys):
         code, out, _err = _cli(capsys, "peers", "list", "--home", str(home.root))
         assert "accept-key" in out and "CHANGED" in out
 
+        # The offered key can be blocked by the fingerprint shown (it has no row of its own).
+        code, _out, err = _cli(
+            capsys, "peers", "block", fingerprint(MALLORY), "--home", str(home.root)
+        )
+        assert code == 0, err
+        assert _trust_of(home.root, MALLORY) is TrustState.BLOCKED
+        code, _out, err = _cli(capsys, "peers", "untrust", MALLORY.hex(), "--home", str(home.root))
+        assert code == 0, err
+
         # accept-key needs the new key's fingerprint.
         code, _out, err = _cli(capsys, "peers", "accept-key", "alice", "--home", str(home.root))
         assert code == 2 and fingerprint(MALLORY) in err
