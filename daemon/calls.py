@@ -78,12 +78,7 @@ import numpy.typing as npt
 import trio
 
 from daemon.atomic import write_atomic
-from daemon.connections import (
-    SESSION_IDLE_TIMEOUT_S,
-    SessionHandler,
-    SessionInfo,
-    SessionLifetime,
-)
+from daemon.connections import SESSION_IDLE_TIMEOUT_S, SessionHandler, SessionInfo
 from daemon.logs import event, get_logger
 from daemon.peers import short_peer_id
 from fl.config import CodecConfig
@@ -345,7 +340,7 @@ class CallSessionHandler:
     async def __call__(self, session: SessionStream, info: SessionInfo) -> None:
         # Between calls a session ends when idle (pings are not activity) or old; a call in
         # progress holds it until the call ends (the call has its own limits).
-        lifetime = SessionLifetime(clock=trio.current_time)
+        lifetime = info.lifetime()
         while not lifetime.over:
             with trio.move_on_at(lifetime.deadline):
                 message = await session.receive_message()

@@ -159,6 +159,16 @@ class SessionSection(_Section):
     rekey_after_s: float = setting(
         120.0, "Rekey a session after this many seconds (WireGuard's figure).", in_range(1, 86400)
     )
+    idle_timeout_s: float = setting(
+        120.0,
+        "Close a session with no message but pings for this long.",
+        in_range(1, 86400),
+    )
+    max_age_s: float = setting(
+        180.0,
+        "Close a session without a call after this long (WireGuard's 180 s); peers redial.",
+        in_range(1, 86400),
+    )
     send_timeout_s: float = setting(
         10.0,
         "Close a session whose peer does not read what we send within this time.",

@@ -261,6 +261,15 @@ class SessionInfo:
     address: str
     started_at: float
     trust: str
+    #: How long the session may idle and live without a call (config ``session.idle_timeout_s``
+    #: and ``session.max_age_s``); handlers build their :class:`SessionLifetime` from these.
+    idle_s: float = SESSION_IDLE_TIMEOUT_S
+    max_age_s: float = SESSION_MAX_AGE_S
+
+    def lifetime(self) -> SessionLifetime:
+        return SessionLifetime(
+            clock=trio.current_time, idle_s=self.idle_s, max_age_s=self.max_age_s
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -349,7 +358,11 @@ class ConnectionManager:
         max_half_open: int | None = None,
         max_half_open_per_prefix: int | None = None,
         handshakes_per_prefix_per_s: float | None = None,
+        session_idle_s: float = SESSION_IDLE_TIMEOUT_S,
+        session_max_age_s: float = SESSION_MAX_AGE_S,
     ) -> None:
+        self._session_idle_s = session_idle_s
+        self._session_max_age_s = session_max_age_s
         self._identity = identity
         self._hello = hello
         self._our_bundle = our_bundle
@@ -580,6 +593,8 @@ class ConnectionManager:
                 address=address[0],
                 started_at=time.time(),
                 trust=decision.name.lower() if decision is not None else "initiated",
+                idle_s=self._session_idle_s,
+                max_age_s=self._session_max_age_s,
             )
             event(
                 log,
@@ -711,16 +726,10 @@ class SessionLifetime:
         return self._clock() >= self.deadline
 
 
-async def serve_idle_session(
-    session: SessionStream,
-    info: SessionInfo,
-    *,
-    idle_s: float = SESSION_IDLE_TIMEOUT_S,
-    max_age_s: float = SESSION_MAX_AGE_S,
-) -> None:
+async def serve_idle_session(session: SessionStream, info: SessionInfo) -> None:
     """The default life of an inbound session: answer pings until ``Bye``, idleness or age
     (see :class:`SessionLifetime`)."""
-    lifetime = SessionLifetime(clock=trio.current_time, idle_s=idle_s, max_age_s=max_age_s)
+    lifetime = info.lifetime()
     while not lifetime.over:
         with trio.move_on_at(lifetime.deadline):
             message = await session.receive_message()

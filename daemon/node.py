@@ -345,6 +345,8 @@ async def open_node(
             max_inbound_sessions=limits.max_sessions,
             max_half_open=limits.max_half_open,
             max_half_open_per_prefix=limits.max_half_open_per_prefix,
+            session_idle_s=config.session.idle_timeout_s,
+            session_max_age_s=config.session.max_age_s,
             on_bundle=on_bundle,
             on_session=options.session_handler or serve_calls,
         )

@@ -100,6 +100,31 @@ async def test_a_busy_session_without_a_call_ends_at_its_maximum_age(autojump_cl
     assert ended_at and ended_at[0] - started <= SESSION_MAX_AGE_S + 11.0
 
 
+async def test_the_age_comes_from_the_session_info(autojump_clock):
+    """Config ``session.max_age_s`` reaches handlers through SessionInfo."""
+    from dataclasses import replace
+
+    left, right = trio.testing.memory_stream_pair()
+    ours, theirs = await handshake_pair(left, right)
+    short = replace(INFO, max_age_s=30.0, idle_s=1000.0)
+    ended_at: list[float] = []
+
+    async def serve() -> None:
+        await serve_idle_session(theirs, short)
+        ended_at.append(trio.current_time())
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        with trio.move_on_after(600):
+            for index in range(1000):  # bounded; the handler returns long before
+                await ours.send_message(CodecFrames(index, 0.0, 1, b"\x00"))
+                if ended_at:
+                    break
+                await trio.sleep(5.0)
+    assert ended_at and 30.0 <= ended_at[0] - started <= 36.0
+
+
 async def test_a_peer_that_stops_reading_cannot_pin_the_writer(autojump_clock):
     left, right = trio.testing.lockstep_stream_pair()  # a write waits for the reader
     settings = StreamSettings(send_timeout_s=5.0)
