@@ -397,14 +397,19 @@ class CallSessionHandler:
         self.service = service
 
     async def __call__(self, session: SessionStream, info: SessionInfo) -> None:
-        while True:
-            with trio.move_on_after(SESSION_IDLE_TIMEOUT_S) as idle:
+        # Between calls a session ends when idle (pings are not activity) or old; a call in
+        # progress holds it until the call ends (the call has its own limits).
+        lifetime = info.lifetime()
+        while not lifetime.over:
+            with trio.move_on_at(lifetime.deadline):
                 message = await session.receive_message()
-            if idle.cancelled_caught or isinstance(message, Bye):
+            if lifetime.over or isinstance(message, Bye):
                 return
             if isinstance(message, Ping):
                 await session.send_message(Pong(message.nonce))
-            elif isinstance(message, CallStart):
+                continue
+            lifetime.activity()
+            if isinstance(message, CallStart):
                 if not await _serve_call(self.service, session, info, message):
                     return
             else:

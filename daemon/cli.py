@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from daemon.database import Database
+    from daemon.database import PeerRecord as PeerRecordType
+    from daemon.database import TrustState as TrustStateType
     from daemon.node import RunningNode
     from daemon.peers import PeerTable
     from fl.flower_app import ClientPlan
@@ -384,39 +386,122 @@ def peers_list(home: HomeOption = None, as_json: JsonFlag = False) -> None:
 
     database, table = _peer_table(resolve_home(home))
     with database:
-        rows = peer_rows(table.known())
+        rows = peer_rows(table.known(), table.pending_key_changes())
     if as_json:
         print_json(rows)
     else:
         render_peers(stdout, rows)
 
 
-def _set_trust(home: Path | None, key_or_name: str, trusted: bool) -> None:
-    from daemon.database import PeerSource
-    from daemon.peers import InvalidPeerKeyError, PeerError, UnknownPeerError, parse_peer_key
+FingerprintOption = Annotated[
+    str | None,
+    typer.Option(
+        "--fingerprint",
+        metavar="FP",
+        help="The key's fingerprint (shown by 'parley peers list'); needed with a name.",
+    ),
+]
+YesOption = Annotated[
+    bool, typer.Option("--yes", help="Do not ask; only with the full key, never a name.")
+]
+
+
+def _print_peer(record: PeerRecordType) -> None:
+    from daemon.peers import fingerprint
+
+    shown = record.name or "(no name)"
+    stdout.print(
+        f"{shown}: {record.trust.value} (fingerprint {fingerprint(record.public_key)})",
+        highlight=False,
+    )
+
+
+def _confirm_key(
+    what: str, key_or_name: str, public_key: bytes, typed: str | None, yes: bool
+) -> None:
+    """Make sure the user means this key, not whoever holds a name now (see daemon.peers).
+
+    A full key is the identity itself. Anything else (a name, an id prefix) needs the
+    fingerprint back, on the command line or typed at a terminal; ``--yes`` cannot stand in.
+    """
+    from daemon.peers import InvalidPeerKeyError, fingerprint, matches_fingerprint, parse_peer_key
+
+    try:
+        if parse_peer_key(key_or_name) == public_key:
+            return
+    except InvalidPeerKeyError:
+        pass
+    shown = fingerprint(public_key)
+    if yes:
+        fail(f"--yes needs the full key, not {key_or_name!r}: a name can be announced by anyone")
+    if typed is not None:
+        if not matches_fingerprint(public_key, typed):
+            fail(
+                f"{key_or_name!r} now has fingerprint {shown}, not {typed!r}; refusing to {what} "
+                "it (check the key with its owner)"
+            )
+        return
+    if not sys.stdin.isatty():
+        fail(
+            f"{key_or_name!r} has fingerprint {shown}; to {what} it, repeat it with "
+            f"--fingerprint {shown} (after checking it with its owner) or give the full key"
+        )
+    stdout.print(f"{key_or_name}: fingerprint {shown}", highlight=False)
+    answer = typer.prompt("Type the fingerprint to confirm (check it with its owner)")
+    if not matches_fingerprint(public_key, answer):
+        fail(f"fingerprint does not match {shown}; nothing changed")
+
+
+def _change_trust(
+    home: Path | None,
+    key_or_name: str,
+    state: TrustStateType,
+    *,
+    typed: str | None = None,
+    yes: bool = False,
+    confirm: bool = True,
+) -> None:
+    from daemon.database import TrustState
+    from daemon.peers import (
+        InvalidPeerKeyError,
+        PeerError,
+        UnknownPeerError,
+        matches_fingerprint,
+        parse_peer_key,
+    )
 
     database, table = _peer_table(resolve_home(home))
     with database:
         try:
             try:
-                table.resolve(key_or_name)
+                found = table.resolve(key_or_name)
             except UnknownPeerError:
+                offered = [
+                    change.offered_key
+                    for change in table.pending_key_changes()
+                    if matches_fingerprint(change.offered_key, key_or_name)
+                ]
+                if state is TrustState.BLOCKED and len(set(offered)) == 1:
+                    # The key that tried to take a pinned name: blockable by its fingerprint.
+                    record = table.add_by_key(offered[0], trust=state)
+                    _print_peer(record)
+                    return
                 try:
                     key = parse_peer_key(key_or_name)
                 except InvalidPeerKeyError:
                     raise UnknownPeerError(
-                        f"no known peer named {key_or_name!r}; give its full key to trust it "
-                        "before it is seen"
+                        f"no known peer named {key_or_name!r}; give its full key to "
+                        f"{state.value.removesuffix('ed')} it before it is seen"
                     ) from None
-                # A full key typed by the user: trusting it before it was ever seen is allowed.
-                table.observe(key, name=None, address=None, source=PeerSource.STATIC)
-            record = table.trust(key_or_name) if trusted else table.untrust(key_or_name)
+                # A full key typed by the user: allowed before the key was ever seen.
+                record = table.add_by_key(key, trust=state)
+            else:
+                if confirm:
+                    _confirm_key(state.value, key_or_name, found.public_key, typed, yes)
+                record = table.add_by_key(found.public_key, trust=state)
         except PeerError as error:
             fail(str(error))
-    from daemon.peers import format_peer_id
-
-    shown = record.name or format_peer_id(record.public_key)[:16]
-    stdout.print(f"{shown}: {record.trust.value}", highlight=False)
+    _print_peer(record)
 
 
 PeerArgument = typer.Argument(
@@ -425,15 +510,109 @@ PeerArgument = typer.Argument(
 
 
 @peers_app.command("trust")
-def peers_trust(key_or_name: Annotated[str, PeerArgument], home: HomeOption = None) -> None:
-    """Trust a peer: it receives our weights and its bundles are aggregated."""
-    _set_trust(home, key_or_name, True)
+def peers_trust(
+    key_or_name: Annotated[str, PeerArgument],
+    home: HomeOption = None,
+    typed: FingerprintOption = None,
+    yes: YesOption = False,
+) -> None:
+    """Trust a peer: it receives our weights and its bundles are aggregated.
+
+    By name, the key's fingerprint must be given back (--fingerprint, or typed at a prompt).
+    """
+    from daemon.database import TrustState
+
+    _change_trust(home, key_or_name, TrustState.TRUSTED, typed=typed, yes=yes)
 
 
 @peers_app.command("untrust")
 def peers_untrust(key_or_name: Annotated[str, PeerArgument], home: HomeOption = None) -> None:
     """Stop trusting a peer (it stays known and pinned)."""
-    _set_trust(home, key_or_name, False)
+    from daemon.database import TrustState
+
+    _change_trust(home, key_or_name, TrustState.KNOWN, confirm=False)
+
+
+@peers_app.command("block")
+def peers_block(key_or_name: Annotated[str, PeerArgument], home: HomeOption = None) -> None:
+    """Block a peer: its handshakes are refused and it gets nothing from us."""
+    from daemon.database import TrustState
+
+    _change_trust(home, key_or_name, TrustState.BLOCKED, confirm=False)
+
+
+@peers_app.command("forget")
+def peers_forget(
+    key_or_name: Annotated[str, PeerArgument],
+    home: HomeOption = None,
+    typed: FingerprintOption = None,
+    yes: YesOption = False,
+) -> None:
+    """Remove a peer from the trust list; the name it pinned is free again.
+
+    By name, the key's fingerprint must be given back, as for trust.
+    """
+    from daemon.peers import PeerError
+
+    database, table = _peer_table(resolve_home(home))
+    with database:
+        try:
+            found = table.resolve(key_or_name)
+            _confirm_key("forget", key_or_name, found.public_key, typed, yes)
+            table.forget(found.public_key.hex())
+        except PeerError as error:
+            fail(str(error))
+    stdout.print(f"forgot {found.name or '(no name)'}", highlight=False)
+
+
+@peers_app.command("accept-key")
+def peers_accept_key(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    home: HomeOption = None,
+    typed: FingerprintOption = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="The new key in full (instead of --fingerprint).")
+    ] = None,
+) -> None:
+    """Accept the new key a pinned name was announced with (see 'parley peers list').
+
+    The new key's fingerprint (or the full key) must be given; the old key loses the name and
+    any trust, and the new one is pinned as known: trust it separately.
+    """
+    from daemon.peers import PeerError, fingerprint, parse_peer_key
+
+    database, table = _peer_table(resolve_home(home))
+    with database:
+        try:
+            offers = [change for change in table.pending_key_changes() if change.name == name]
+            if not offers:
+                fail(f"no pending key change for {name!r}")
+            if key is not None:
+                wanted = parse_peer_key(key)
+                if all(change.offered_key != wanted for change in offers):
+                    fail(f"{name!r} was not offered with that key")
+                change = table.accept_key(name, wanted)
+            else:
+                # Several keys may claim the name: the fingerprint says which one is meant.
+                from daemon.peers import matches_fingerprint
+
+                if typed is None:
+                    shown = ", ".join(fingerprint(change.offered_key) for change in offers)
+                    fail(
+                        f"{name!r} was offered with key(s) {shown}; repeat the right one with "
+                        "--fingerprint (after checking it with its owner) or give --key"
+                    )
+                chosen = [c for c in offers if matches_fingerprint(c.offered_key, typed)]
+                if not chosen:
+                    fail(f"no key offered for {name!r} has fingerprint {typed!r}")
+                change = table.accept_key(name, chosen[0].offered_key)
+        except PeerError as error:
+            fail(str(error))
+    stdout.print(
+        f"{name}: now pinned to {fingerprint(change.offered_key)} (known; "
+        f"was {fingerprint(change.pinned_key)})",
+        highlight=False,
+    )
 
 
 @app.command("round")

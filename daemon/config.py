@@ -199,6 +199,21 @@ class SessionSection(_Section):
     rekey_after_s: float = setting(
         120.0, "Rekey a session after this many seconds (WireGuard's figure).", in_range(1, 86400)
     )
+    idle_timeout_s: float = setting(
+        120.0,
+        "Close a session with no message but pings for this long.",
+        in_range(1, 86400),
+    )
+    max_age_s: float = setting(
+        180.0,
+        "Close a session without a call after this long (WireGuard's 180 s); peers redial.",
+        in_range(1, 86400),
+    )
+    send_timeout_s: float = setting(
+        10.0,
+        "Close a session whose peer does not read what we send within this time.",
+        in_range(0.1, 600),
+    )
     rekey_after_messages: int = setting(
         2**60, "Rekey a session after this many messages.", in_range(16, 2**60)
     )
@@ -207,6 +222,11 @@ class SessionSection(_Section):
     )
     handshakes_per_address_per_s: float = setting(
         5.0, "Rate limit on handshakes started by one address.", in_range(0.1, 10000)
+    )
+    handshakes_per_prefix_per_s: float = setting(
+        20.0,
+        "Rate limit on handshakes started from one /24 (IPv4) or /64 (IPv6), all addresses.",
+        in_range(0.1, 100000),
     )
 
 
@@ -223,7 +243,14 @@ class FlSection(_Section):
         0.7, "Personalization: personal = alpha*local + (1-alpha)*global.", in_range(0, 1)
     )
     clip_norm_ratio: float = setting(
-        1.0, "Clip a peer's update to this fraction of our model's norm.", in_range(0.001, 100)
+        1.0,
+        "Clip a peer's update to this fraction of the shared starting codec's norm.",
+        in_range(0.001, 100),
+    )
+    max_loss_increase: float = setting(
+        0.02,
+        "Discard a round that worsens our held-out loss by more than this fraction.",
+        in_range(0, 10),
     )
     robust: str = setting(
         "trimmed_mean",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import resource
 import signal
 import socket
 import time
@@ -31,12 +32,16 @@ import trio
 from daemon.calls import CALLS_DIR, CallObserver, CallService, make_call_handler
 from daemon.codec_store import CodecStore
 from daemon.config import Config, FlSection
-from daemon.connections import ConnectionManager, SessionHandler, SessionInfo
+from daemon.connections import (
+    ConnectionManager,
+    SessionHandler,
+    SessionInfo,
+    connection_limits,
+)
 from daemon.database import (
     Database,
     JobStatus,
     JobStore,
-    PeerRecord,
     PeerSource,
     PeerStore,
     RoundRecord,
@@ -60,18 +65,18 @@ from daemon.peers import (
     PeerTable,
     format_peer_id,
     sanitize_peer_name,
-    seen_at,
 )
 from daemon.rpc import RpcHandlerError
 from daemon.rpc_server import prepare_socket_path, serve_rpc
 from daemon.scheduler import RoundInProgressError, RoundScheduler, RoundSettings, checkpoint_version
+from daemon.status_view import key_change_dicts, peer_rows
 from daemon.storage import StorageBound
 from daemon.trust_policy import TrustPolicy
 from daemon.version import parley_version
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, CodecConfig, TrainConfig
 from handshake.noise import StaticIdentity
-from handshake.session import SessionSettings
+from handshake.session import REASSEMBLY_BUDGET_BYTES, MemoryBudget, SessionSettings
 from handshake.stream import SessionStream, StreamSettings
 from schemas.messages import PROTOCOL_VERSION, Hello, WeightsBundle
 
@@ -198,6 +203,7 @@ class RunningNode:
             "peers_trusted": sum(1 for peer in known if peer.trust.value == "trusted"),
             "rounds_completed": self.rounds.count(status=RoundStatus.COMPLETED),
             "jobs_pending": self.jobs.count(status=JobStatus.PENDING),
+            "key_changes": key_change_dicts(self.peers.pending_key_changes(limit=20)),
         }
 
     async def status_async(self) -> dict[str, object]:
@@ -234,17 +240,22 @@ class RunningNode:
                 "jobs_pending": stored["jobs_pending"],
             },
             "connections": self.connections.stats.as_dict(),
+            "limits": self.connections.limits(),
             "job_running": self.job_runner.progress,
             "calls": self.call_service.status() if self.call_service is not None else None,
             "faults": self.faults.as_dict(),
             "storage": self.storage.status(),
+            "key_changes": stored["key_changes"],
+            "names_not_pinned": self.peers.names_not_pinned,
         }
 
     def peer_list(self) -> list[dict[str, object]]:
         """Every known peer with its trust and presence (the RPC's ``peers``, the web's)."""
+        records = self.peers.known()
+        rows = peer_rows(records, self.peers.pending_key_changes())
         return [
-            _peer_dict(record, self.peers.is_present(record.public_key))
-            for record in self.peers.known()
+            {**row, "present": self.peers.is_present(record.public_key)}
+            for row, record in zip(rows, records, strict=True)
         ]
 
     def round_list(self, *, limit: int = 20) -> list[dict[str, object]]:
@@ -330,19 +341,6 @@ def _int_param(params: Any, name: str, default: int) -> int:
     return value
 
 
-def _peer_dict(record: PeerRecord, present: bool) -> dict[str, object]:
-    return {
-        "id": format_peer_id(record.public_key),
-        "name": record.name,
-        "trust": record.trust.value,
-        "source": record.source.value,
-        "addresses": [f"{host}:{port}" for host, port in record.addresses],
-        "present": present,
-        "last_seen": seen_at(record),
-        "last_handshake": record.last_handshake,
-    }
-
-
 def _round_dict(record: RoundRecord) -> dict[str, object]:
     return {
         "round": record.round_number,
@@ -370,11 +368,20 @@ def _aggregation_config(fl: FlSection) -> AggregationConfig:
 def _stream_settings(config: Config) -> StreamSettings:
     return StreamSettings(
         handshake_timeout_s=config.session.handshake_timeout_s,
+        send_timeout_s=config.session.send_timeout_s,
         session=SessionSettings(
             rekey_after_seconds=config.session.rekey_after_s,
             rekey_after_messages=config.session.rekey_after_messages,
+            # One budget for every session of this node (issue #11: ~4.5 MiB each, unshared).
+            reassembly_budget=MemoryBudget(REASSEMBLY_BUDGET_BYTES),
         ),
     )
+
+
+def _descriptor_limit() -> int:
+    """The soft ``RLIMIT_NOFILE`` (what this process may open), bounded for the arithmetic."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else min(int(soft), 1 << 20)
 
 
 async def _discover(node: RunningNode) -> None:
@@ -463,6 +470,9 @@ async def open_node(
             bundle = codecs.current().bundle
             return bundle if options.outgoing_bundle is None else options.outgoing_bundle(bundle)
 
+        limits = connection_limits(
+            _descriptor_limit(), max_concurrent_handshakes=config.session.max_concurrent_handshakes
+        )
         connections = ConnectionManager(
             identity=StaticIdentity(identity.private_key),
             hello=lambda: node_ref[0].hello(),  # noqa: PLW0108 (node_ref is filled below)
@@ -472,6 +482,12 @@ async def open_node(
             settings=_stream_settings(config),
             max_concurrent_handshakes=config.session.max_concurrent_handshakes,
             handshakes_per_address_per_s=config.session.handshakes_per_address_per_s,
+            handshakes_per_prefix_per_s=config.session.handshakes_per_prefix_per_s,
+            max_inbound_sessions=limits.max_sessions,
+            max_half_open=limits.max_half_open,
+            max_half_open_per_prefix=limits.max_half_open_per_prefix,
+            session_idle_s=config.session.idle_timeout_s,
+            session_max_age_s=config.session.max_age_s,
             on_bundle=on_bundle,
             on_session=options.session_handler or serve_calls,
             faults=faults,
@@ -489,6 +505,7 @@ async def open_node(
                 aggregation=_aggregation_config(config.fl),
                 train=train,
                 train_each_round=options.train_each_round,
+                max_loss_increase=config.fl.max_loss_increase,
             ),
             our_peer_id=identity.peer_id,
             on_aggregated=options.on_aggregated,
