@@ -226,8 +226,10 @@ def call_command(
             highlight=False,
         )
     model = new_model(ours.config, ours.checkpoint.state)
-    models = CallModels.from_config(config)
+    models = CallModels.from_config(config, home_root=node_home.root)
     try:
+        # The callee checks its own matrix too; refusing here saves a handshake and says why.
+        models.language_matrix().check_speaker(speaker_language)
         voice = measure_voice(audio, models.transcriber(speaker_language))
     except (CallError, MediaError) as error:
         fail(str(error))

@@ -510,8 +510,10 @@ def bench_reliability(
 # These command modules import this one lazily (for fail/UserError): register them last.
 from daemon.call_cli import call_command  # noqa: E402
 from daemon.caption_cli import caption_command  # noqa: E402
+from daemon.languages_cli import languages_command  # noqa: E402
 
 app.command("caption")(caption_command)
+app.command("languages")(languages_command)
 app.command("call")(call_command)
 
 

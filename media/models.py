@@ -275,14 +275,15 @@ class WhisperStore:
     """Whisper models by name or folder, each loaded once and shared (thread-safe).
 
     ``folder_for(name)`` resolves an embedded name to its folder (assembling base into
-    ``cache_dir`` on first use); ``model_for(language)`` applies the ``models.whisper`` choice.
+    ``cache_dir`` on first use; ``None``: base is unavailable, tiny.en and folders still load);
+    ``model_for(language)`` applies the ``models.whisper`` choice.
     """
 
     def __init__(
         self,
         choice: WhisperChoice,
         *,
-        cache_dir: Path,
+        cache_dir: Path | None,
         cpu_threads: int = DEFAULT_CPU_THREADS,
         compute_type: str = "float32",
         loader: Callable[..., WhisperModel] = load_whisper,
@@ -299,6 +300,11 @@ class WhisperStore:
         if name == TINY_EN:
             return embedded_whisper_dir()
         if name == BASE:
+            if self._cache_dir is None:
+                raise ModelNotFoundError(
+                    "the multilingual Whisper base is assembled inside a node home, and none "
+                    "was given"
+                )
             return assemble_base(self._cache_dir)
         return Path(name).expanduser()
 
