@@ -487,6 +487,16 @@ def bench_call(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("languages")
+def bench_languages(json_path: JsonOption = None) -> None:
+    """ASR WER per language and voice, language identification, chrF per translation route."""
+    import json
+
+    from simulations.bench_languages import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 @bench_app.command("reliability")
 def bench_reliability(
     json_path: JsonOption = None,
