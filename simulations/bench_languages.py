@@ -10,8 +10,10 @@ Theory of operation
    espeak-ng's Spanish, Latin-American Spanish and a variant. Sentences are read two at a time
    (one recording, a short pause between them), so recordings last about five seconds or more.
 3. **Recognition.** Each recording is transcribed with the declared language on the model
-   ``models.whisper = auto`` picks (tiny.en for English, base otherwise), with the caption
-   defaults (beam 5, float32). WER against the two sentences (Whisper-style normalisation,
+   ``models.whisper = auto`` picks (tiny.en for English, base otherwise), with the call
+   settings (int8, greedy: what a call's listener runs; the caption defaults, beam 5 in
+   float32, cost several times more on two shared cores). WER against the two sentences
+   (Whisper-style normalisation,
    media/wer.py), per voice and per language (pooled word errors / reference words).
 4. **Identification.** Whisper base identifies the language of every recording; the accuracy is
    over all recordings and over those of at least five seconds (the goal's condition).
@@ -32,6 +34,7 @@ import daemon.offline  # noqa: F401  (before faster_whisper / transformers)
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -103,6 +106,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _progress(message: str) -> None:
+    print(f"bench languages: {message}", file=sys.stderr, flush=True)
+
+
 def _synthesizer(language: str, spec: str) -> Synthesizer:
     if spec == "piper":
         return PiperSynthesizer(language=language)
@@ -144,16 +151,21 @@ def _bench(cache_dir: Path, cpu_threads: int) -> dict[str, Any]:
     sentences = load_sentences(EVALUATION)
     report: dict[str, Any] = {
         "sentence_set": f"simulations/language_data/{EVALUATION}.tsv",
+        "asr_settings": "int8, greedy (the call listener's)",
         "sentences_per_language": len(sentences),
     }
     load_s: dict[str, float] = {}
 
     # Models: Whisper (tiny.en and base), as `auto` picks them.
-    store = WhisperStore(WhisperChoice("auto"), cache_dir=cache_dir, cpu_threads=cpu_threads)
+    store = WhisperStore(
+        WhisperChoice("auto"), cache_dir=cache_dir, cpu_threads=cpu_threads, compute_type="int8"
+    )
     _, load_s["whisper.base_assemble"] = _timed(lambda: store.folder_for("base"))
     _, load_s["whisper.tiny.en"] = _timed(lambda: store.model_for("en"))
     _, load_s["whisper.base"] = _timed(lambda: store.model_for("pt"))
-    recognizer = WhisperRecognizer(store, options=DecodeOptions())
+    recognizer = WhisperRecognizer(
+        store, options=DecodeOptions(beam_size=1, best_of=1, temperatures=(0.0,))
+    )
 
     # Speech.
     recordings: list[Recording] = []
@@ -169,7 +181,8 @@ def _bench(cache_dir: Path, cpu_threads: int) -> dict[str, Any]:
     base = FeatureTranscriber(store.model_for(None))
     transcripts: dict[str, list[tuple[str, str]]] = {}
     identified: list[tuple[Recording, str, float]] = []
-    for recording in recordings:
+    for number, recording in enumerate(recordings):
+        _progress(f"recognition {number + 1}/{len(recordings)} ({recording.voice})")
         mel = log_mel(recording.audio)
         text = recognizer.for_language(recording.language).transcribe_features(mel).text
         transcripts.setdefault(recording.voice, []).append((recording.reference, text))
@@ -218,6 +231,7 @@ def _bench(cache_dir: Path, cpu_threads: int) -> dict[str, Any]:
                 continue
             key = f"translation.{source}-{target}"
             scores: dict[str, float] = {}
+            _progress(f"translation {source}-{target}")
             for route in candidate_routes(source, target, config):
                 translator, seconds = _timed(lambda: build_route(route, config))  # noqa: B023
                 kept.append(translator)
