@@ -95,7 +95,7 @@ class LanguageMatrix:
         if key not in self.recognize:
             raise LanguageUnavailableError(
                 f"cannot recognize speech in {language!r}: {self.recognize_missing}"
-                if self.recognize_missing and key in WHISPER_LANGUAGES
+                if self.recognize_missing and (key in WHISPER_LANGUAGES or not self.recognize)
                 else f"cannot recognize speech in {language!r}: no Whisper model knows it"
             )
         return key
@@ -162,7 +162,10 @@ def recognizable(choice: WhisperChoice) -> tuple[dict[str, str], str]:
     missing = ""
     if choice.is_folder:
         folder = Path(choice.setting).expanduser()
-        model = load_whisper(folder, cpu_threads=1, compute_type="int8")
+        try:
+            model = load_whisper(folder, cpu_threads=1, compute_type="int8")
+        except MediaError as error:
+            return {}, str(error)
         languages = WHISPER_LANGUAGES if model.model.is_multilingual else ("en",)
         if not model.model.is_multilingual:
             missing = f"models.whisper {choice.setting!r} is English-only"
