@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.parley-installed
-DEB_PACKAGES := espeak-ng flite ffmpeg sox chromium chromium-driver
+DEB_PACKAGES := espeak-ng flite ffmpeg sox chromium chromium-driver apertium apertium-eng-spa \
+	apertium-es-pt gawk
 
 .PHONY: demo test bootstrap system-packages
 

@@ -226,7 +226,13 @@ def call_command(
             highlight=False,
         )
     model = new_model(ours.config, ours.checkpoint.state)
-    models = CallModels.from_config(config)
+    models = CallModels.from_config(config, home_root=node_home.root)
+    try:
+        # The callee checks its own matrix too; refusing here saves a handshake and says why.
+        models.language_matrix().check_speaker(speaker_language)
+    except (CallError, MediaError) as error:
+        fail(str(error))
+
     call_id = secrets.randbits(62)
     out_dir = out if out is not None else Path.cwd() / f"parley-call-{call_id}"
     languages = (speaker_language, lang)

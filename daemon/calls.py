@@ -114,7 +114,7 @@ from media.captions import Cue, wrap_lines
 from media.errors import MediaError
 from media.features import SAMPLE_RATE, log_mel
 from media.latency import LatencyStats
-from media.models import load_whisper
+from media.models import WhisperChoice, WhisperStore, whisper_cache_dir
 from media.streaming_asr import StreamingSettings, StreamingTranscriber
 from media.subtitles import CaptionTracks, SubtitleError, open_caption_tracks
 from media.translate import TranslationConfig, Translator, language_key, select_translator
@@ -136,6 +136,7 @@ from schemas.messages import (
 
 if TYPE_CHECKING:
     from daemon.node import RunningNode
+    from media.languages import LanguageMatrix
 
 log = get_logger("calls")
 
@@ -174,6 +175,8 @@ class CallModels:
         self,
         *,
         whisper_dir: Path | None = None,
+        whisper: WhisperChoice | None = None,
+        cache_dir: Path | None = None,
         cpu_threads: int = 2,
         compute_type: str = "int8",
         translation: TranslationConfig | None = None,
@@ -181,11 +184,17 @@ class CallModels:
         asr_options: DecodeOptions | None = None,
         streaming: StreamingSettings | None = None,
     ) -> None:
-        self._whisper_dir = whisper_dir
-        self._cpu_threads = cpu_threads
         # int8: a streaming decode runs every half second on the whole buffer (a full 30 s
         # Whisper window), and int8 halves its time on a CPU for the same words in our tests.
-        self._compute_type = compute_type
+        # models.whisper (auto: tiny.en for English speakers, base otherwise); an explicit
+        # folder wins. The base model is assembled under cache_dir (a node home's models/).
+        choice = WhisperChoice(str(whisper_dir)) if whisper_dir is not None else whisper
+        self._whisper_store = WhisperStore(
+            choice if choice is not None else WhisperChoice(),
+            cache_dir=cache_dir,
+            cpu_threads=cpu_threads,
+            compute_type=compute_type,
+        )
         self._translation = translation if translation is not None else TranslationConfig()
         self._tts = tts if tts is not None else TtsConfig()
         # Greedy decoding: a streaming decode runs every half second, beam search would not
@@ -200,40 +209,47 @@ class CallModels:
         # that only queues work and delays the final decode at the end of an utterance.
         self.streaming = streaming if streaming is not None else StreamingSettings(min_chunk_s=1.0)
         self._lock = threading.Lock()
-        self._whisper: FeatureTranscriber | None = None
+        self._matrix: LanguageMatrix | None = None
         self._translators: dict[tuple[str, str], Translator] = {}
         self._synthesizers: dict[str, Synthesizer] = {}
 
     @classmethod
-    def from_config(cls, config: object) -> CallModels:
-        """From a node :class:`~daemon.config.Config` (its ``models`` section)."""
+    def from_config(cls, config: object, *, home_root: Path | None = None) -> CallModels:
+        """From a node :class:`~daemon.config.Config` (``models``), caching under ``home_root``."""
+        from daemon.language_setup import translation_config_for, whisper_choice_for
+
         models = getattr(config, "models")  # noqa: B009 (typed as object to avoid an import cycle)
-        whisper_dir = Path(models.whisper_dir) if models.whisper_dir else None
         return cls(
-            whisper_dir=whisper_dir,
+            whisper=whisper_choice_for(config),  # type: ignore[arg-type]
+            cache_dir=whisper_cache_dir(home_root) if home_root is not None else None,
             cpu_threads=models.cpu_threads,
-            translation=TranslationConfig(backend=models.translation_backend),
+            translation=translation_config_for(config),  # type: ignore[arg-type]
         )
 
     def transcriber(self, language: str) -> FeatureTranscriber:
-        with self._lock:
-            if self._whisper is None:
-                model = load_whisper(
-                    self._whisper_dir,
-                    cpu_threads=self._cpu_threads,
-                    compute_type=self._compute_type,
-                )
-                self._whisper = FeatureTranscriber(model, options=self._asr_options)
-            whisper = self._whisper
+        """A decoder fixed to the declared speaker ``language`` (no identification in calls)."""
         key = language_key(language)
-        if not whisper.is_multilingual and key != "en":
-            raise CallError(
-                f"the Whisper model here is English-only; it cannot transcribe {language!r}"
-            )
+        model = self._whisper_store.model_for(key)
+        whisper = FeatureTranscriber(model, options=self._asr_options)
         language_option = key if whisper.is_multilingual else "en"
         return FeatureTranscriber(
-            whisper.model, options=dataclasses.replace(self._asr_options, language=language_option)
+            model, options=dataclasses.replace(self._asr_options, language=language_option)
         )
+
+    def language_matrix(self) -> LanguageMatrix:
+        """What these settings can recognize, translate and speak (computed once)."""
+        from media.languages import language_matrix
+
+        with self._lock:
+            if self._matrix is None:
+                self._matrix = language_matrix(
+                    whisper=self._whisper_store.choice, translation=self._translation, tts=self._tts
+                )
+            return self._matrix
+
+    def check_languages(self, source: str, target: str) -> None:
+        """Refuse, in one line, a pair this install cannot serve (media.languages)."""
+        self.language_matrix().check_call(source, target)
 
     def translator(self, source: str, target: str) -> Translator:
         key = (language_key(source), language_key(target))
@@ -365,7 +381,11 @@ def make_call_handler(
     ``models`` lets a test or a bench preload the models (``await trio.to_thread.run_sync(
     models.prepare, "en", "pt")``) so the first call does not pay for loading them.
     """
-    chosen_models = models if models is not None else CallModels.from_config(node.config)
+    chosen_models = (
+        models
+        if models is not None
+        else CallModels.from_config(node.config, home_root=node.home.root)
+    )
     call_config = node.config.call
     service = CallService(
         home_root=node.home.root,
@@ -482,6 +502,7 @@ def _load_for_call(
     """Blocking: the sender's decoder and our models; raises CallError/MediaError/FLError."""
     decoder = model_from_bundle(bundle, latent_bits=start.codec.latent_bits)
     models = service.models
+    models.check_languages(start.speaker_language, start.listener_language)
     transcriber = models.transcriber(start.speaker_language)
     translator = models.translator(start.speaker_language, start.listener_language)
     synthesizer = models.synthesizer(start.listener_language)

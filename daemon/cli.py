@@ -914,6 +914,16 @@ def bench_dub(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("languages")
+def bench_languages(json_path: JsonOption = None) -> None:
+    """ASR WER per language and voice, language identification, chrF per translation route."""
+    import json
+
+    from simulations.bench_languages import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 @bench_app.command("reliability")
 def bench_reliability(
     json_path: JsonOption = None,
@@ -938,11 +948,13 @@ def bench_reliability(
 from daemon.call_cli import call_command  # noqa: E402
 from daemon.caption_cli import caption_command  # noqa: E402
 from daemon.dub_cli import dub_command  # noqa: E402
+from daemon.languages_cli import languages_command  # noqa: E402
 from daemon.ping_cli import ping_command  # noqa: E402
 from daemon.service_cli import install_service_command  # noqa: E402
 
 app.command("caption")(caption_command)
 app.command("dub")(dub_command)
+app.command("languages")(languages_command)
 app.command("call")(call_command)
 app.command("ping")(ping_command)
 app.command("install-service")(install_service_command)

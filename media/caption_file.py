@@ -48,7 +48,7 @@ from media.vad import frame_levels_db
 from schemas.messages import WordTime
 
 if TYPE_CHECKING:
-    from media.asr import Transcript
+    from media.asr import LanguageGuess, Transcript
 
 __all__ = [
     "CaptionFileError",
@@ -56,6 +56,7 @@ __all__ = [
     "FeatureDecoder",
     "Progress",
     "SlicePlan",
+    "SpeechRecognizer",
     "TranslatorFactory",
     "caption_recording",
     "plan_slices",
@@ -92,6 +93,14 @@ class FeatureDecoder(Protocol):
     def transcribe_features(self, mel: FloatArray) -> Transcript: ...
 
 
+class SpeechRecognizer(Protocol):
+    """Identification plus per-language decoders (``media.recognizer.WhisperRecognizer``)."""
+
+    def identify_language(self, mel: FloatArray) -> LanguageGuess: ...
+
+    def for_language(self, language: str) -> FeatureDecoder: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CaptionResult:
     """What was written: ``outputs`` maps ``"<lang>.<ext>"`` (e.g. ``"pt.vtt"``) to the file.
@@ -105,6 +114,8 @@ class CaptionResult:
     cue_count: int
     duration_s: float
     tracks: Mapping[str, Sequence[Cue]] = field(default_factory=dict)
+    #: Whisper's probability for ``language`` when it was identified; ``None`` when forced.
+    language_probability: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +175,12 @@ def caption_recording(
     path: str | os.PathLike[str],
     *,
     out_dir: Path,
-    transcriber: FeatureDecoder,
+    transcriber: FeatureDecoder | None = None,
     translator_factory: TranslatorFactory,
     to_languages: Sequence[str] = (),
     source_language: str = "en",
+    recognizer: SpeechRecognizer | None = None,
+    language: str | None = None,
     layout: CaptionLayout | None = None,
     progress: Progress | None = None,
     window_s: float = WHISPER_WINDOW_S,
@@ -182,6 +195,11 @@ def caption_recording(
     unsupported pair fails in a moment, not after the whole recording was transcribed; should
     the transcript come out in another language (a multilingual model detecting it), they are
     built again for that one.
+
+    With a ``recognizer`` instead of a ``transcriber``, the spoken language is ``language`` when
+    given, else identified on the recording (``CaptionResult.language_probability`` says how
+    sure), and the decoder for that language transcribes it; translators are then built right
+    after decoding the audio, before the transcription.
 
     Raises a ``MediaError``: the input's ``AudioFileError``/``SilentAudioError``, the translator
     factory's ``UnsupportedLanguagePairError``, ``SubtitleError`` when a file cannot be written.
@@ -198,12 +216,27 @@ def caption_recording(
     if out_dir.exists() and not out_dir.is_dir():
         raise CaptionFileError(f"output folder {str(out_dir)!r} exists and is not a folder")
 
-    translators = _build_translators(translator_factory, source_language, targets)
+    if (transcriber is None) == (recognizer is None):
+        raise ValueError("pass exactly one of transcriber and recognizer")
+    probability: float | None = None
+    if recognizer is None:
+        translators = _build_translators(translator_factory, source_language, targets)
+    elif language is not None:
+        source_language = _unique_languages([language])[0]
+        translators = _build_translators(translator_factory, source_language, targets)
+        transcriber = recognizer.for_language(source_language)
 
     report("decode", 0.0)
     audio = load_audio(source_path)
     mel = log_mel(audio)
     report("decode", _PROGRESS_DECODED)
+    if recognizer is not None and language is None:
+        guess = recognizer.identify_language(mel)
+        source_language, probability = guess.language, guess.probability
+        translators = _build_translators(translator_factory, source_language, targets)
+        transcriber = recognizer.for_language(source_language)
+    if transcriber is None:  # a forced language built it above
+        raise ValueError("no transcriber")  # unreachable: one of the branches set it
 
     transcript_language, words = _transcribe(
         mel,
@@ -236,6 +269,7 @@ def caption_recording(
         cue_count=len(source_cues),
         duration_s=duration_s,
         tracks=tracks,
+        language_probability=probability,
     )
 
 

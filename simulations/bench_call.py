@@ -279,7 +279,12 @@ async def open_call_pair(
         handler_ref.append(handler)
         static = (f"127.0.0.1:{listener.listen_port}:{listener_id.public_key.hex()}",)
         caller = await stack.enter_async_context(
-            open_node(caller_home, loopback_node_config(caller_name, static_peers=static))
+            # Port 0: the caller's own listener must not collide with other nodes on this host.
+            open_node(
+                caller_home,
+                loopback_node_config(caller_name, static_peers=static),
+                NodeOptions(listen_port=0),
+            )
         )
         caller.peers.observe(
             listener_id.public_key,

@@ -410,7 +410,7 @@ async def test_a_caption_from_the_caller_ends_the_call(tmp_path, call_models):
     [
         (False, "pt", True, "the caller must trust this node"),
         (True, "pt", False, "codec version mismatch"),
-        (True, "xx", True, "no translation backend serves en→xx"),
+        (True, "xx", True, "cannot translate en→xx"),
     ],
 )
 async def test_a_call_that_cannot_be_served_is_refused_in_one_line(
