@@ -13,8 +13,9 @@ Two models ship inside PyPI packages, so a fresh machine works offline:
   reader sees either no folder or a whole, checked one. A mismatch is refused with one line
   that names the two packages.
 
-Where the cache lives: inside the node home (``<home>/models/whisper/``). parley writes only
-inside its home and the paths a user names (DESIGN.md §10), and the home is where a user who
+Where the cache lives: inside the node home (``<home>/models/assembled/``; the user's own named
+models go in ``<home>/models/whisper/``). parley writes only inside its home and the paths a
+user names (DESIGN.md §10), and the home is where a user who
 removes parley looks; a shared ``$XDG_CACHE_HOME`` folder would be a second place nobody chose.
 The cost is one copy (145 MB) per home, paid once.
 
@@ -94,7 +95,7 @@ class ModelIntegrityError(ModelLoadError):
 
 def whisper_cache_dir(home_root: Path) -> Path:
     """Where a home keeps assembled Whisper models (see the module docstring)."""
-    return home_root / "models" / "whisper"
+    return home_root / "models" / "assembled"
 
 
 def embedded_whisper_dir() -> Path:

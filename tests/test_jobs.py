@@ -203,7 +203,11 @@ async def test_internal_error_and_missing_model_fail_the_job_only(
 ) -> None:
     with open_database(tmp_path / "node.db") as database:
         jobs = JobStore(database)
+        # The config refuses a folder that does not exist, so the model goes after it is read
+        # (a folder deleted while the node runs).
+        (tmp_path / "no-model").mkdir()
         broken_config = Config().replace("models", whisper_dir=str(tmp_path / "no-model"))
+        (tmp_path / "no-model").rmdir()
         missing_model = JobRunner(
             jobs,
             home=NodeHome(tmp_path),
