@@ -494,6 +494,7 @@ async def test_the_call_handler_answers_pings_and_registers_with_the_node(tmp_pa
         connections=SimpleNamespace(stats=SimpleNamespace(reject=lambda code: None)),
         peers=SimpleNamespace(get=lambda key: None),
         enforce_storage_limits=lambda: None,
+        call_observers=[],
         call_service=None,
     )
     handler = make_call_handler(fake_node)
