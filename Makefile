@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.parley-installed
-DEB_PACKAGES := espeak-ng flite ffmpeg sox
+DEB_PACKAGES := espeak-ng flite ffmpeg sox libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
 
 .PHONY: demo test bootstrap system-packages
 

@@ -534,8 +534,10 @@ def bench_reliability(
 # These command modules import this one lazily (for fail/UserError): register them last.
 from daemon.call_cli import call_command  # noqa: E402
 from daemon.caption_cli import caption_command  # noqa: E402
+from daemon.devices_cli import devices_command  # noqa: E402
 
 app.command("caption")(caption_command)
+app.command("devices")(devices_command)
 app.command("call")(call_command)
 
 
