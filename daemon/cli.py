@@ -511,6 +511,16 @@ def bench_call(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("echo")
+def bench_echo(json_path: JsonOption = None) -> None:
+    """Echo cancellation: ERLE on our TTS through a synthetic room, with near-end speech."""
+    import json
+
+    from simulations.bench_echo import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 @bench_app.command("reliability")
 def bench_reliability(
     json_path: JsonOption = None,
