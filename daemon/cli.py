@@ -79,6 +79,11 @@ def init(
         write_atomic(node_home.config_path, render_default_config().encode(), mode=0o600)
     else:
         load_config(node_home.config_path)  # an existing config is kept, but must be valid
+    # The shipped starting codec is ours until we enroll, so a fresh home can call at once.
+    from daemon.codec_store import CodecStore
+    from fl.config import CodecConfig
+
+    CodecStore(node_home.models_dir, node_home.features_dir, CodecConfig()).current()
     stdout.print(f"initialised {node_home.root}")
     stdout.print(f"peer id     {identity.peer_id}")
 
@@ -576,4 +581,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m daemon.cli` runs this file as __main__, a second copy of the module: the
+    # command modules raise daemon.cli.UserError, so the importable module's main() must be the
+    # one that catches it (else a user error ends in a traceback).
+    from daemon.cli import main as importable_main
+
+    importable_main()
