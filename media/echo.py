@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -105,6 +105,18 @@ class EchoCanceller:
                 )
                 self._run(self._apm.process_reverse_stream, frame)
                 self.reference_frames += 1
+
+    def device_reference(self, device_rate_hz: int) -> Callable[[FloatArray], None]:
+        """A :class:`media.audio_devices.Speaker` ``on_played`` hook: the blocks it plays, at
+        the device's rate, resampled to 16 kHz and taken as the reference."""
+        from media.audio_devices import StreamResampler
+
+        resampler = StreamResampler(device_rate_hz, SAMPLE_RATE)
+
+        def on_played(block: FloatArray) -> None:
+            self.reference(resampler.push(block))
+
+        return on_played
 
     def process(self, captured: FloatArray) -> FloatArray:
         """The captured audio with the echo removed, in whole 10 ms frames (the rest waits)."""

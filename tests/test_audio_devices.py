@@ -238,3 +238,38 @@ def test_devices_command_lists_them_as_json(pulse: PulseServer) -> None:
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     assert any(d["name"] == "pulse" and d["input_channels"] > 0 for d in listed)
+
+
+def test_echo_through_real_devices_is_cancelled_with_the_playout_as_reference(
+    pulse: PulseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Speaker and microphone on one sound server, the speaker's sink feeding the microphone:
+    the acoustic loop of a laptop without headphones, with the real devices' own latency."""
+    from media.echo import EchoCanceller
+
+    monkeypatch.setenv("PULSE_SINK", "mic_feed")  # what we play, the microphone hears
+    list_devices(refresh=True)
+    device = find_device("pulse", Direction.OUTPUT)
+    far = np.concatenate([noise_burst(0.8, seed=s) for s in (5, 6, 7, 8, 9, 10)])
+    results: dict[bool, float] = {}
+    for enabled in (False, True):
+        canceller = EchoCanceller(enabled=enabled)
+        playout = PlayoutBuffer(sample_rate_hz=48_000)
+        captured: list[npt.NDArray[np.float32]] = []
+        with (
+            Microphone(find_device("pulse", Direction.INPUT)) as microphone,
+            Speaker(device, playout, on_played=canceller.device_reference(48_000)) as speaker,
+        ):
+            time.sleep(1.5)  # the capture path starts late here (see tests/pulse.py)
+            microphone.read(0.0)
+            playout.add(1, far, rate_hz=RATE)
+            deadline = time.monotonic() + far.size / RATE + 1.0
+            while time.monotonic() < deadline:
+                captured.append(canceller.process(microphone.read(0.1)))
+            assert speaker.drain(timeout_s=5)
+        out = np.concatenate(captured)
+        tail = out[2 * RATE :]  # after convergence
+        results[enabled] = float(np.sum(tail.astype(np.float64) ** 2))
+    erle_db = 10 * np.log10(results[False] / max(results[True], 1e-12))
+    assert results[False] > 1.0, "no echo reached the microphone: the loop is broken"
+    assert erle_db > 15.0, f"ERLE through the devices only {erle_db:.1f} dB"
