@@ -101,7 +101,11 @@ def _sounddevice() -> ModuleType:
 
 
 def list_devices(*, refresh: bool = False) -> list[AudioDevice]:
-    """Every device PortAudio sees, in its index order."""
+    """Every device PortAudio sees, in its index order.
+
+    ``refresh`` restarts PortAudio to see devices that appeared since it started; it closes
+    every open stream, so only refresh while no :class:`Microphone` or :class:`Speaker` is open.
+    """
     sd = _sounddevice()
     if refresh:
         # sounddevice's documented way to re-scan (its FAQ): restart PortAudio.
