@@ -79,7 +79,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -280,6 +280,17 @@ class CallRecord:
     summary: dict[str, object] | None
 
 
+class CallObserver(Protocol):
+    """Told what the listener's calls do (the web page's live captions); called on the event
+    loop, so it must not block. ``call_key`` is the call's folder name, unique per call."""
+
+    def call_started(self, call_key: str, peer: str, start: CallStart) -> None: ...
+
+    def captions(self, call_key: str, captions: Sequence[Caption], now_s: float) -> None: ...
+
+    def call_ended(self, call_key: str, reason: str) -> None: ...
+
+
 @dataclass(slots=True)
 class CallService:
     """The node's call handling: its collaborators and what it has done."""
@@ -309,6 +320,7 @@ class CallService:
     after_call: Callable[[], object] | None = None
     #: Folders of the calls in progress (the storage bound never deletes them).
     active_dirs: set[Path] = field(default_factory=set)
+    observers: list[CallObserver] = field(default_factory=list)
 
     def calls_dir(self) -> Path:
         return self.home_root / CALLS_DIR
@@ -337,6 +349,9 @@ class CallService:
     def record(self, call: CallRecord) -> None:
         self.history.append(call)
         del self.history[:-MAX_CALL_HISTORY]
+        if call.call_dir is not None:
+            for observer in self.observers:
+                observer.call_ended(call.call_dir.name, call.reason)
 
 
 def make_call_handler(
@@ -369,6 +384,7 @@ def make_call_handler(
         max_duration_s=call_config.max_duration_s,
         max_caption_delay_s=call_config.max_caption_delay_s,
         after_call=node.enforce_storage_limits,
+        observers=node.call_observers,  # shared: an observer may join before or after this
     )
     node.call_service = service  # for the status RPC
     return CallSessionHandler(service)
@@ -381,14 +397,19 @@ class CallSessionHandler:
         self.service = service
 
     async def __call__(self, session: SessionStream, info: SessionInfo) -> None:
-        while True:
-            with trio.move_on_after(SESSION_IDLE_TIMEOUT_S) as idle:
+        # Between calls a session ends when idle (pings are not activity) or old; a call in
+        # progress holds it until the call ends (the call has its own limits).
+        lifetime = info.lifetime()
+        while not lifetime.over:
+            with trio.move_on_at(lifetime.deadline):
                 message = await session.receive_message()
-            if idle.cancelled_caught or isinstance(message, Bye):
+            if lifetime.over or isinstance(message, Bye):
                 return
             if isinstance(message, Ping):
                 await session.send_message(Pong(message.nonce))
-            elif isinstance(message, CallStart):
+                continue
+            lifetime.activity()
+            if isinstance(message, CallStart):
                 if not await _serve_call(self.service, session, info, message):
                     return
             else:
@@ -611,6 +632,8 @@ async def _run_started_call(
         languages=f"{start.speaker_language}->{start.listener_language}",
         folder=str(call_dir),
     )
+    for observer in service.observers:
+        observer.call_started(call_dir.name, peer, start)
     frames_send, frames_receive = trio.open_memory_channel[npt.NDArray[np.uint8]](
         MAX_QUEUED_MESSAGES
     )
@@ -620,6 +643,8 @@ async def _run_started_call(
 
     async def send_captions(captions: Sequence[Caption]) -> None:
         if captions:
+            for observer in service.observers:
+                observer.captions(call_dir.name, captions, clock())
             await session.send_messages(captions)
 
     failures: list[str] = []

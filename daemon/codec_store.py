@@ -81,6 +81,7 @@ class CodecStore:
         self._loaded_mtime: int | None = None
         #: What was recovered from (shown in the status), newest last.
         self.warnings: list[str] = []
+        self._reference_norm: float | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -140,6 +141,21 @@ class CodecStore:
         event(log, logging.WARNING, "codec.recovered", reason=text)
         self.warnings.append(text)
         del self.warnings[:-MAX_WARNINGS]
+
+    def reference_norm(self) -> float:
+        """The norm of the shared starting codec: the fixed clip reference of every round
+        (:func:`fl.aggregate.aggregate_round`), the same on every node with our config."""
+        if self._reference_norm is None:
+            state = self._starting_point().state
+            self._reference_norm = float(
+                np.sqrt(
+                    sum(
+                        float(np.sum(np.square(value, dtype=np.float64)))
+                        for value in state.values()
+                    )
+                )
+            )
+        return self._reference_norm
 
     def _starting_point(self) -> Checkpoint:
         """The shipped pretrained codec when it fits our configuration, else the seeded init.

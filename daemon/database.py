@@ -590,17 +590,31 @@ class PeerStore:
 
     def prune_known(self, keep: int) -> int:
         """Forget the least recently seen ``known`` peers beyond ``keep`` (static peers, trusted
-        and blocked ones are never forgotten); return how many went."""
+        and blocked ones, and any row that pins a name, are never forgotten); return how many
+        went."""
         with self._database.transaction() as connection:
             cursor = connection.execute(
                 """
                 DELETE FROM peers WHERE public_key IN (
-                    SELECT public_key FROM peers WHERE trust = 'known' AND source != 'static'
+                    SELECT public_key FROM peers
+                    WHERE trust = 'known' AND source != 'static' AND name IS NULL
                     ORDER BY last_seen DESC LIMIT -1 OFFSET ?
                 )
                 """,
                 (keep,),
             )
+        return cursor.rowcount
+
+    def count_named(self) -> int:
+        """Rows that pin a name."""
+        with self._database.transaction(write=False) as connection:
+            row = connection.execute("SELECT count(*) FROM peers WHERE name IS NOT NULL").fetchone()
+        return int(row[0])
+
+    def delete_key_changes(self, name: str) -> int:
+        """Drop the key-change events of ``name`` (the user decided on them)."""
+        with self._database.transaction() as connection:
+            cursor = connection.execute("DELETE FROM key_changes WHERE name = ?", (name,))
         return cursor.rowcount
 
     def record_key_change(

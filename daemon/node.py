@@ -15,8 +15,10 @@ so a database locked by another process delays that unit, not the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import resource
 import signal
 import socket
 import time
@@ -27,15 +29,19 @@ from typing import Any, Final
 
 import trio
 
-from daemon.calls import CALLS_DIR, CallService, make_call_handler
+from daemon.calls import CALLS_DIR, CallObserver, CallService, make_call_handler
 from daemon.codec_store import CodecStore
-from daemon.config import Config
-from daemon.connections import ConnectionManager, SessionHandler, SessionInfo
+from daemon.config import Config, FlSection
+from daemon.connections import (
+    ConnectionManager,
+    SessionHandler,
+    SessionInfo,
+    connection_limits,
+)
 from daemon.database import (
     Database,
     JobStatus,
     JobStore,
-    PeerRecord,
     PeerSource,
     PeerStore,
     RoundRecord,
@@ -45,25 +51,32 @@ from daemon.database import (
 )
 from daemon.discovery import (
     DiscoveredPeer,
-    local_interface_addresses,
     open_mdns_discovery,
     parse_static_peers,
 )
 from daemon.faults import FaultLog, run_isolated
 from daemon.home import NodeHome
 from daemon.identity import Identity, load_identity
+from daemon.interface_watch import follow_interfaces
 from daemon.jobs import CAPTIONS_DIR_NAME, JobRunner, job_dict
 from daemon.logs import event, get_logger
-from daemon.peers import KeyChangedError, PeerTable, format_peer_id, sanitize_peer_name
+from daemon.peers import (
+    KeyChangedError,
+    PeerTable,
+    format_peer_id,
+    sanitize_peer_name,
+)
 from daemon.rpc import RpcHandlerError
-from daemon.rpc_server import serve_rpc
+from daemon.rpc_server import prepare_socket_path, serve_rpc
 from daemon.scheduler import RoundInProgressError, RoundScheduler, RoundSettings, checkpoint_version
+from daemon.status_view import key_change_dicts, peer_rows
 from daemon.storage import StorageBound
 from daemon.trust_policy import TrustPolicy
+from daemon.version import parley_version
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, CodecConfig, TrainConfig
 from handshake.noise import StaticIdentity
-from handshake.session import SessionSettings
+from handshake.session import REASSEMBLY_BUDGET_BYTES, MemoryBudget, SessionSettings
 from handshake.stream import SessionStream, StreamSettings
 from schemas.messages import PROTOCOL_VERSION, Hello, WeightsBundle
 
@@ -82,6 +95,10 @@ CAPABILITIES: Final = ("fl/1", "call/1")
 Handler = Callable[[Any], Awaitable[object]]
 
 
+class ListenError(Exception):
+    """The node cannot listen on its TCP address (in use, not ours); one line for the user."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NodeOptions:
     """Overrides for tests and simulations (the config file stays the user's)."""
@@ -95,6 +112,10 @@ class NodeOptions:
     on_aggregated: Callable[[int, AggregationResult], None] | None = None
     #: FL studies only: what this node sends instead of its real bundle (a poisoning peer).
     outgoing_bundle: Callable[[WeightsBundle], WeightsBundle] | None = None
+    #: The web page's port instead of ``web.port`` (0: any free port; tests and benches).
+    web_port: int | None = None
+    #: Called with the web page's base URL once it is served (``parley node --open``).
+    on_web_started: Callable[[RunningNode], None] | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +138,10 @@ class RunningNode:
     faults: FaultLog
     listen_port: int = 0
     call_service: CallService | None = None
+    #: Told of every call this node serves (the web page's live captions); see daemon.calls.
+    call_observers: list[CallObserver] = field(default_factory=list)
+    #: Where the web page is served (``http://host:port``), once it is; see daemon.web.server.
+    web_url: str | None = None
     started_at: float = field(default_factory=time.time)
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -153,6 +178,18 @@ class RunningNode:
             in_use.add(self.home.root / CAPTIONS_DIR_NAME / str(running["id"]))
         self.storage.enforce(in_use=in_use)
 
+    def apply_fl_settings(self, fl: FlSection) -> None:
+        """The ``[fl]`` settings of a reloaded config, for the rounds from now on."""
+        current = self.scheduler.settings
+        self.scheduler.update_settings(
+            dataclasses.replace(
+                current,
+                interval_s=fl.round_interval_min * 60.0,
+                aggregation=_aggregation_config(fl),
+                train=dataclasses.replace(current.train, steps=fl.local_steps),
+            )
+        )
+
     # -- status RPC --------------------------------------------------------------------------
 
     def _status_from_database(self) -> dict[str, object]:
@@ -166,6 +203,7 @@ class RunningNode:
             "peers_trusted": sum(1 for peer in known if peer.trust.value == "trusted"),
             "rounds_completed": self.rounds.count(status=RoundStatus.COMPLETED),
             "jobs_pending": self.jobs.count(status=JobStatus.PENDING),
+            "key_changes": key_change_dicts(self.peers.pending_key_changes(limit=20)),
         }
 
     async def status_async(self) -> dict[str, object]:
@@ -181,6 +219,7 @@ class RunningNode:
         return {
             "node_id": self.peer_id,
             "name": self.name,
+            "version": parley_version(),
             "uptime_s": time.time() - self.started_at,
             "listen": f"{self.config.listen.host}:{self.listen_port}",
             "model_version": checkpoint_version(ours),
@@ -201,34 +240,41 @@ class RunningNode:
                 "jobs_pending": stored["jobs_pending"],
             },
             "connections": self.connections.stats.as_dict(),
+            "limits": self.connections.limits(),
             "job_running": self.job_runner.progress,
             "calls": self.call_service.status() if self.call_service is not None else None,
             "faults": self.faults.as_dict(),
             "storage": self.storage.status(),
+            "key_changes": stored["key_changes"],
+            "names_not_pinned": self.peers.names_not_pinned,
         }
+
+    def peer_list(self) -> list[dict[str, object]]:
+        """Every known peer with its trust and presence (the RPC's ``peers``, the web's)."""
+        records = self.peers.known()
+        rows = peer_rows(records, self.peers.pending_key_changes())
+        return [
+            {**row, "present": self.peers.is_present(record.public_key)}
+            for row, record in zip(rows, records, strict=True)
+        ]
+
+    def round_list(self, *, limit: int = 20) -> list[dict[str, object]]:
+        """The latest FL rounds, newest first (the RPC's ``rounds``, the web's)."""
+        return [_round_dict(record) for record in self.rounds.recent(limit=limit)]
 
     def rpc_handlers(self) -> dict[str, Handler]:
         async def status(params: Any) -> object:
             return await self.status_async()
 
-        def list_peers() -> list[dict[str, object]]:
-            return [
-                _peer_dict(record, self.peers.is_present(record.public_key))
-                for record in self.peers.known()
-            ]
-
         async def peers(params: Any) -> object:
-            return await trio.to_thread.run_sync(list_peers)
+            return await trio.to_thread.run_sync(self.peer_list)
 
         async def sessions(params: Any) -> object:
             return [info.as_dict() for info in self.connections.sessions.values()]
 
         async def rounds(params: Any) -> object:
             limit = _int_param(params, "limit", 20)
-            recent = await trio.to_thread.run_sync(
-                functools.partial(self.rounds.recent, limit=limit)
-            )
-            return [_round_dict(record) for record in recent]
+            return await trio.to_thread.run_sync(functools.partial(self.round_list, limit=limit))
 
         async def round_start(params: Any) -> object:
             if _param(params, "wait", False):
@@ -247,6 +293,9 @@ class RunningNode:
             listed = await trio.to_thread.run_sync(functools.partial(self.jobs.list, limit=limit))
             return [job_dict(job) for job in listed]
 
+        async def web_info(params: Any) -> object:
+            return {"url": self.web_url}
+
         async def shutdown(params: Any) -> object:
             self.shutdown_requested.set()
             return {"shutting_down": True}
@@ -258,6 +307,7 @@ class RunningNode:
             "rounds": rounds,
             "round.start": round_start,
             "jobs": jobs,
+            "web.info": web_info,
             "shutdown": shutdown,
         }
         return {name: self.counted(name, handler) for name, handler in handlers.items()}
@@ -291,19 +341,6 @@ def _int_param(params: Any, name: str, default: int) -> int:
     return value
 
 
-def _peer_dict(record: PeerRecord, present: bool) -> dict[str, object]:
-    return {
-        "id": format_peer_id(record.public_key),
-        "name": record.name,
-        "trust": record.trust.value,
-        "source": record.source.value,
-        "addresses": [f"{host}:{port}" for host, port in record.addresses],
-        "present": present,
-        "last_seen": record.last_seen,
-        "last_handshake": record.last_handshake,
-    }
-
-
 def _round_dict(record: RoundRecord) -> dict[str, object]:
     return {
         "round": record.round_number,
@@ -319,14 +356,32 @@ def _round_dict(record: RoundRecord) -> dict[str, object]:
     }
 
 
+def _aggregation_config(fl: FlSection) -> AggregationConfig:
+    return AggregationConfig(
+        alpha=fl.alpha,
+        clip_norm_ratio=fl.clip_norm_ratio,
+        robust=fl.robust,  # type: ignore[arg-type]
+        trim_fraction=fl.trim_fraction,
+    )
+
+
 def _stream_settings(config: Config) -> StreamSettings:
     return StreamSettings(
         handshake_timeout_s=config.session.handshake_timeout_s,
+        send_timeout_s=config.session.send_timeout_s,
         session=SessionSettings(
             rekey_after_seconds=config.session.rekey_after_s,
             rekey_after_messages=config.session.rekey_after_messages,
+            # One budget for every session of this node (issue #11: ~4.5 MiB each, unshared).
+            reassembly_budget=MemoryBudget(REASSEMBLY_BUDGET_BYTES),
         ),
     )
+
+
+def _descriptor_limit() -> int:
+    """The soft ``RLIMIT_NOFILE`` (what this process may open), bounded for the arithmetic."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else min(int(soft), 1 << 20)
 
 
 async def _discover(node: RunningNode) -> None:
@@ -341,8 +396,8 @@ async def _discover(node: RunningNode) -> None:
                     event(log, logging.INFO, "peer.gone", peer=format_peer_id(key)[:16])
 
         nursery.start_soon(expire)
-        if config.mdns:
-            interfaces = list(config.interfaces) or local_interface_addresses()
+
+        async def announce_and_browse(interfaces: list[str]) -> None:
             async with open_mdns_discovery(
                 interfaces=interfaces,
                 port=node.listen_port,
@@ -353,6 +408,12 @@ async def _discover(node: RunningNode) -> None:
                 async for peer in discovery:
                     node.observe(peer)
 
+        if config.mdns and config.interfaces:
+            await announce_and_browse(list(config.interfaces))
+        elif config.mdns:
+            # No interfaces named: follow this machine's addresses as they come and go.
+            await follow_interfaces(announce_and_browse)
+
 
 @asynccontextmanager
 async def open_node(
@@ -362,6 +423,9 @@ async def open_node(
     options = options if options is not None else NodeOptions()
     identity = load_identity(home.identity_path)
     home.create()
+    # Before the database: a second node on this home must not touch the first one's state
+    # (it would mark the first node's running round abandoned and requeue its jobs).
+    prepare_socket_path(home.socket_path)
     static_peers = parse_static_peers(config.discovery.static_peers)
     database = open_database(home.database_path)
     try:
@@ -406,6 +470,9 @@ async def open_node(
             bundle = codecs.current().bundle
             return bundle if options.outgoing_bundle is None else options.outgoing_bundle(bundle)
 
+        limits = connection_limits(
+            _descriptor_limit(), max_concurrent_handshakes=config.session.max_concurrent_handshakes
+        )
         connections = ConnectionManager(
             identity=StaticIdentity(identity.private_key),
             hello=lambda: node_ref[0].hello(),  # noqa: PLW0108 (node_ref is filled below)
@@ -415,6 +482,12 @@ async def open_node(
             settings=_stream_settings(config),
             max_concurrent_handshakes=config.session.max_concurrent_handshakes,
             handshakes_per_address_per_s=config.session.handshakes_per_address_per_s,
+            handshakes_per_prefix_per_s=config.session.handshakes_per_prefix_per_s,
+            max_inbound_sessions=limits.max_sessions,
+            max_half_open=limits.max_half_open,
+            max_half_open_per_prefix=limits.max_half_open_per_prefix,
+            session_idle_s=config.session.idle_timeout_s,
+            session_max_age_s=config.session.max_age_s,
             on_bundle=on_bundle,
             on_session=options.session_handler or serve_calls,
             faults=faults,
@@ -429,14 +502,10 @@ async def open_node(
             rounds=rounds,
             settings=RoundSettings(
                 interval_s=config.fl.round_interval_min * 60.0,
-                aggregation=AggregationConfig(
-                    alpha=config.fl.alpha,
-                    clip_norm_ratio=config.fl.clip_norm_ratio,
-                    robust=config.fl.robust,  # type: ignore[arg-type]
-                    trim_fraction=config.fl.trim_fraction,
-                ),
+                aggregation=_aggregation_config(config.fl),
                 train=train,
                 train_each_round=options.train_each_round,
+                max_loss_increase=config.fl.max_loss_increase,
             ),
             our_peer_id=identity.peer_id,
             on_aggregated=options.on_aggregated,
@@ -476,7 +545,7 @@ async def open_node(
             node.observe(peer)
         async with trio.open_nursery() as nursery:
             port = options.listen_port if options.listen_port is not None else config.listen.port
-            node.listen_port = await nursery.start(connections.serve, config.listen.host, port)
+            node.listen_port = await _listen(nursery, connections, config.listen.host, port)
             jobs_handlers = node.job_runner.rpc_handlers()
             handlers = {
                 **node.rpc_handlers(),
@@ -484,6 +553,12 @@ async def open_node(
             }
             await nursery.start(serve_rpc, home.socket_path, handlers)
             await nursery.start(node.job_runner.run)
+            if config.web.enabled:
+                from daemon.web.server import serve_node_web
+
+                await nursery.start(serve_node_web, node, options.web_port)
+                if node.web_url is not None and options.on_web_started is not None:
+                    options.on_web_started(node)
             discovery_scope = trio.CancelScope()
 
             async def discover() -> None:
@@ -538,14 +613,40 @@ async def open_node(
         database.close()
 
 
-async def run_node(home: NodeHome, config: Config, options: NodeOptions | None = None) -> None:
-    """Run until SIGINT/SIGTERM or the ``shutdown`` RPC, then shut down gracefully."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _listen(
+    nursery: trio.Nursery, connections: ConnectionManager, host: str, port: int
+) -> int:
+    try:
+        bound: int = await nursery.start(connections.serve, host, port)
+    except OSError as error:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = (error.strerror or str(error)).lower()
+        raise ListenError(f"cannot listen on {shown}: {reason}") from None
+    return bound
+
+
+async def run_node(
+    home: NodeHome,
+    config: Config,
+    options: NodeOptions | None = None,
+    *,
+    on_reload: Callable[[RunningNode], None] | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM or the ``shutdown`` RPC, then shut down gracefully.
+
+    ``SIGHUP`` calls ``on_reload`` (the CLI re-reads config.toml and applies what it can
+    without a restart); without one, ``SIGHUP`` is logged and ignored.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with open_node(home, config, options) as node, trio.open_nursery() as nursery:
 
             async def on_signal() -> None:
                 async for signum in signals:
                     event(log, logging.INFO, "node.signal", signal=signal.Signals(signum).name)
+                    if signum == signal.SIGHUP:
+                        if on_reload is not None:
+                            on_reload(node)
+                        continue
                     node.shutdown_requested.set()
 
             nursery.start_soon(on_signal)
@@ -553,4 +654,4 @@ async def run_node(home: NodeHome, config: Config, options: NodeOptions | None =
             nursery.cancel_scope.cancel()
 
 
-__all__ = ["NodeOptions", "RunningNode", "open_node", "run_node"]
+__all__ = ["ListenError", "NodeOptions", "RunningNode", "open_node", "run_node"]

@@ -5,7 +5,10 @@ A round (DESIGN.md §7):
 1. reload our checkpoint; train locally if new audio was enrolled since it was trained;
 2. exchange bundles, through handshakes, with every reachable trusted peer (and take the
    bundles trusted peers brought us in their own handshakes since the last round);
-3. aggregate with personalized FedAvg (:func:`fl.aggregate.aggregate_round`);
+3. aggregate with personalized FedAvg (:func:`fl.aggregate.aggregate_round`), clipping
+   against the shared starting codec's norm, and keep the result only if our held-out loss
+   did not regress beyond ``max_loss_increase`` (:mod:`fl.round_guard`; otherwise the round
+   is recorded with ``discarded`` and our model stays as it was);
 4. checkpoint atomically;
 5. record the round.
 
@@ -23,10 +26,12 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 import trio
 
 from daemon.codec_store import FEATURES_DIGEST_KEY, CodecStore, OurCodec
@@ -35,11 +40,12 @@ from daemon.database import DatabaseError, PeerRecord, RoundRecord, RoundStatus,
 from daemon.faults import FaultLog, describe_failure
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, format_peer_id, short_peer_id
-from fl.aggregate import AggregationResult, PeerUpdate, aggregate_round
+from fl.aggregate import AggregationResult, PeerUpdate
 from fl.checkpoint import Checkpoint
 from fl.config import AggregationConfig, TrainConfig
 from fl.errors import InvalidBundleError
 from fl.model import new_model, state_to_numpy
+from fl.round_guard import DEFAULT_MAX_LOSS_INCREASE, guarded_aggregate, split_heldout
 from fl.train import evaluate_l1, train_codec
 from schemas.messages import WeightsBundle
 
@@ -62,6 +68,8 @@ class RoundSettings:
     #: Train on our own audio in every round (APFL-style), not only after new enrollments.
     #: Off for users (their audio does not change between rounds); on in FL studies.
     train_each_round: bool = False
+    #: A round whose result worsens our held-out loss by more than this fraction is discarded.
+    max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE
 
 
 class RoundInProgressError(Exception):
@@ -88,6 +96,9 @@ class RoundScheduler:
         self._peers = peers
         self._rounds = rounds
         self._settings = settings
+        #: Settings from a config reload, adopted when no round is running (see update_settings).
+        self._next_settings: RoundSettings | None = None
+        self._round_wanted = False
         self._our_peer_id = our_peer_id
         self._on_aggregated = on_aggregated
         self._clock = clock
@@ -122,7 +133,23 @@ class RoundScheduler:
 
     def request_round(self) -> None:
         """Ask the scheduler loop for a round now (the ``round.start`` RPC)."""
+        self._round_wanted = True
         self._wake.set()
+
+    @property
+    def settings(self) -> RoundSettings:
+        """The settings in force (or about to be, after a reload)."""
+        return self._next_settings or self._settings
+
+    def update_settings(self, settings: RoundSettings) -> None:
+        """New settings from a config reload. A running round finishes with the settings it
+        started with; the schedule restarts from now on the new interval."""
+        self._next_settings = settings
+        self._wake.set()
+
+    def _adopt_next_settings(self) -> None:
+        if self._next_settings is not None and not self._lock.locked():
+            self._settings, self._next_settings = self._next_settings, None
 
     @property
     def running(self) -> bool:
@@ -132,11 +159,15 @@ class RoundScheduler:
 
     async def run(self) -> None:
         """Run rounds on the schedule and on request, until cancelled."""
-        interval = self._settings.interval_s
         while True:
-            with trio.move_on_after(interval if interval > 0 else math.inf):
+            self._adopt_next_settings()
+            interval = self.settings.interval_s
+            with trio.move_on_after(interval if interval > 0 else math.inf) as timer:
                 await self._wake.wait()
             self._wake = trio.Event()
+            if not timer.cancelled_caught and not self._round_wanted:
+                continue  # woken by new settings only: wait again on their interval
+            self._round_wanted = False
             try:
                 await self.run_round()
             except RoundInProgressError:
@@ -151,6 +182,8 @@ class RoundScheduler:
             return await self._run_round_locked()
 
     async def _run_round_locked(self) -> RoundRecord:
+        if self._next_settings is not None:
+            self._settings, self._next_settings = self._next_settings, None
         trusted = await trio.to_thread.run_sync(self._trusted_present)
         record = await trio.to_thread.run_sync(
             functools.partial(
@@ -264,7 +297,7 @@ class RoundScheduler:
         return await trio.to_thread.run_sync(self._codecs.save, checkpoint)
 
     def _train(self, ours: OurCodec, digest: str) -> Checkpoint:
-        features = self._codecs.load_features()
+        features, _heldout = split_heldout(self._codecs.load_features())
         model = new_model(ours.config, ours.checkpoint.state)
         train_codec(model, features, self._settings.train)
         return Checkpoint(
@@ -330,17 +363,32 @@ class RoundScheduler:
                     state=state,
                 )
             )
-        result = aggregate_round(local, updates, self._settings.aggregation, round_number=number)
+
+        _train, heldout = split_heldout(self._codecs.load_features())
+
+        def heldout_loss(state: Mapping[str, npt.NDArray[np.floating]]) -> float:
+            return evaluate_l1(new_model(config, state), heldout)
+
+        guarded = guarded_aggregate(
+            local,
+            updates,
+            self._settings.aggregation,
+            round_number=number,
+            reference_norm=self._codecs.reference_norm(),
+            heldout_loss=heldout_loss if heldout else None,
+            max_increase=self._settings.max_loss_increase,
+        )
+        result = guarded.result
+        loss_before, loss_after = guarded.loss_before, guarded.loss_after
+        discarded = guarded.reason
+        left_out = list(guarded.left_out)
+        if discarded is not None:
+            event(log, logging.WARNING, "round.discarded", round=number, reason=discarded)
         if self._on_aggregated is not None:
             self._on_aggregated(number, result)
-        features = self._codecs.load_features()
-        loss_before = loss_after = None
-        if features:
-            loss_before = evaluate_l1(new_model(config, ours.checkpoint.state), features)
-            loss_after = evaluate_l1(new_model(config, result.personal_state), features)
         checkpoint = Checkpoint(
             codec_config=config,
-            state=result.personal_state,
+            state=ours.checkpoint.state if discarded else result.personal_state,
             round=number,
             sample_count=ours.checkpoint.sample_count,
             metadata={**ours.checkpoint.metadata, "source": "round", "alpha": result.record.alpha},
@@ -348,6 +396,8 @@ class RoundScheduler:
         record = asdict(result.record)
         record["rejected"] = [*record["rejected"], *invalid]
         record["total_sample_count"] = result.record.total_sample_count
+        record["discarded"] = discarded
+        record["left_out_for_loss"] = left_out
         return checkpoint, loss_before, loss_after, record
 
 

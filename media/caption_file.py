@@ -31,7 +31,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -59,6 +59,7 @@ __all__ = [
     "TranslatorFactory",
     "caption_recording",
     "plan_slices",
+    "transcribe_words",
 ]
 
 #: Whisper's window: a slice of at most this much audio is decoded as one window.
@@ -93,12 +94,17 @@ class FeatureDecoder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class CaptionResult:
-    """What was written: ``outputs`` maps ``"<lang>.<ext>"`` (e.g. ``"pt.vtt"``) to the file."""
+    """What was written: ``outputs`` maps ``"<lang>.<ext>"`` (e.g. ``"pt.vtt"``) to the file.
+
+    ``tracks`` holds the cues of every language (the source's with their word times), for a
+    caller that keeps more than the subtitle files (the web page's transcript).
+    """
 
     outputs: Mapping[str, Path]
     language: str
     cue_count: int
     duration_s: float
+    tracks: Mapping[str, Sequence[Cue]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +235,7 @@ def caption_recording(
         language=transcript_language,
         cue_count=len(source_cues),
         duration_s=duration_s,
+        tracks=tracks,
     )
 
 
@@ -353,3 +360,27 @@ def _write_documents(
         where = error.filename if error.filename is not None else out_dir
         raise SubtitleError(f"cannot write captions to {str(where)!r}: {reason}") from error
     return {key: document.path for key, document in documents.items()}
+
+
+def transcribe_words(
+    audio: FloatArray,
+    transcriber: FeatureDecoder,
+    *,
+    progress: Progress | None = None,
+    window_s: float = WHISPER_WINDOW_S,
+    search_s: float = CUT_SEARCH_S,
+) -> tuple[str, list[WordTime], float]:
+    """Language, timed words and duration of 16 kHz ``audio``, transcribed as
+    :func:`caption_recording` does it (for callers that need the words, e.g. ``parley dub``).
+
+    ``progress`` gets the "transcribe" stage with fractions in [0.05, 0.85].
+    """
+    mel = log_mel(audio)
+    language, words = _transcribe(
+        mel,
+        transcriber,
+        window_frames=round(window_s * FRAMES_PER_SECOND),
+        search_frames=round(search_s * FRAMES_PER_SECOND),
+        progress=progress if progress is not None else _no_progress,
+    )
+    return language, words, (mel.shape[1] - 1) / FRAMES_PER_SECOND

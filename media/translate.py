@@ -251,7 +251,7 @@ class TransformersTranslator:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
         except ImportError as error:
             raise ModelNotFoundError(
-                "the transformers package is not installed: pip install transformers"
+                "the transformers package is not installed: pip install 'parley[translate-hf]'"
             ) from error
         self._torch = torch
         try:

@@ -20,6 +20,8 @@ Each figure comes from a real run, here and now:
   stranger handshake; ``node_survived``.
 * ``disk_full``: an FL round whose checkpoint write fails with ENOSPC (a stand-in writer: the
   disk is not really filled); ``node_survived``, ``state_loadable`` (no round left running).
+* issue #11's ``trust_by_name``, ``multi_address_flood``, ``fd_pressure``, ``slow_reader`` and
+  ``poison_rounds`` (:mod:`tests.reliability.abuse_stages`), the same with ``quick``.
 
 The reliability scenarios live in the test tree (``tests/reliability``) so that CI runs the
 same code with small budgets; run this from a checkout. ``quick=True`` uses the CI budgets.
@@ -262,6 +264,7 @@ def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
             script_audio,
             trained_caller_checkpoint,
         )
+        from tests.reliability.abuse_stages import stages as abuse_stages
         from tests.reliability.process_nodes import CallLoad, run_crash_trials, run_load
 
         calls = CallLoad(
@@ -298,6 +301,7 @@ def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
             ("stranger_calls", lambda: _stranger_calls(root / "s", quick=quick)),
             ("locked_db", lambda: _locked_db(root / "k")),
             ("disk_full", lambda: _disk_full(root / "d")),
+            *abuse_stages(root / "abuse", quick=quick),
         ]
         for name, stage in stages:
             # One stage failing is a finding to report, not a reason to lose the others.

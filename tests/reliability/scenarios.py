@@ -393,13 +393,17 @@ async def case_poisoned_bundles(node: RunningNode) -> dict[str, CaseResult]:
             {"reason": reason, "round_status": record.status.value},
         )
     participants = {item["peer_id"]: item for item in report.get("participants", [])}
-    huge = participants.get(format_peer_id(identities["huge_norm"].public), {})
+    huge_id = format_peer_id(identities["huge_norm"].public)
+    huge = participants.get(huge_id, {})
     clipped = bool(huge) and huge["clipped_norm"] < huge["update_norm"]
+    # Issue #11: a clipped update whose round would inflate our model is left out instead.
+    left_out = huge_id in (report.get("left_out_for_loss") or [])
     results["huge_norm"] = CaseResult(
-        int(clipped),
+        int(clipped or left_out),
         True,
         {
             "clipped": clipped,
+            "left_out": left_out,
             "model_finite": finite,
             "moved": moved,
             "move_bound": bound,
