@@ -572,7 +572,9 @@ def peers_forget(
 
 @peers_app.command("accept-key")
 def peers_accept_key(
-    name: Annotated[str, typer.Argument(metavar="NAME")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The pinned name announced with a new key.")
+    ],
     home: HomeOption = None,
     typed: FingerprintOption = None,
     key: Annotated[

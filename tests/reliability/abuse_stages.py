@@ -288,6 +288,9 @@ async def _slow_reader(root: Path, send_timeout_s: float, limit_s: float) -> dic
     config = config.replace("listen", host="127.0.0.1")
     config = config.replace("discovery", mdns=False, interfaces=("127.0.0.1",))
     config = config.replace("session", send_timeout_s=send_timeout_s)
+    # The slow reader is a stranger: a node that admits strangers' sessions (the default refuses
+    # them at the handshake) must still not let one pin a handler.
+    config = config.replace("trust", calls_from="anyone")
     async with open_node(home, config, NodeOptions(listen_port=0)) as node:
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read it
