@@ -308,11 +308,13 @@ class _Utterance:
 
 @dataclass(frozen=True, slots=True)
 class PlayedUtterance:
-    """An utterance that started playing: ``first_sample`` counts samples since the first pull
-    (divide by the buffer's rate for seconds; the mouth-to-ear measure's end point)."""
+    """An utterance that started playing: ``first_sample`` counts samples since the first pull;
+    ``heard_at_s`` is when its first sample reaches the speaker on the clock the puller passed
+    (the mouth-to-ear measure's end point), None when the puller passed no clock."""
 
     utterance_id: int
     first_sample: int
+    heard_at_s: float | None = None
 
 
 class PlayoutBuffer:
@@ -360,8 +362,12 @@ class PlayoutBuffer:
                 utterance.final = True
                 del self._open[utterance_id]
 
-    def pull(self, frames: int) -> FloatArray:
-        """The next ``frames`` samples for the device (silence where there is nothing)."""
+    def pull(self, frames: int, *, block_heard_at_s: float | None = None) -> FloatArray:
+        """The next ``frames`` samples for the device (silence where there is nothing).
+
+        ``block_heard_at_s``: when the block's first sample will be heard (the device callback's
+        clock plus the output latency); dates :attr:`started`.
+        """
         out = np.zeros(frames, dtype=np.float32)
         filled = 0
         with self._lock:
@@ -371,7 +377,14 @@ class PlayoutBuffer:
                     if not current.pieces:
                         break  # nothing of it yet: silence between utterances
                     current.started_at = self._position + filled
-                    self._started.append(PlayedUtterance(current.utterance_id, current.started_at))
+                    heard_at = (
+                        block_heard_at_s + filled / self.sample_rate_hz
+                        if block_heard_at_s is not None
+                        else None
+                    )
+                    self._started.append(
+                        PlayedUtterance(current.utterance_id, current.started_at, heard_at)
+                    )
                 if not current.pieces:
                     if current.final:
                         self._utterances.popleft()
@@ -423,6 +436,7 @@ class Speaker:
         *,
         block_s: float = DEFAULT_BLOCK_S,
         on_played: Callable[[FloatArray], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if device.output_channels < 1:
             raise AudioDeviceError(f"{device.name!r} has no output channels")
@@ -430,6 +444,8 @@ class Speaker:
         self.playout = playout
         self._block = max(1, round(block_s * playout.sample_rate_hz))
         self._on_played = on_played
+        #: ``PlayoutBuffer.started`` is dated on this clock (plus PortAudio's output latency).
+        self._clock = clock
         self._device_underruns = 0
         self._lock = threading.Lock()
         self._stream: Any = None
@@ -464,7 +480,14 @@ class Speaker:
         if status.output_underflow:
             with self._lock:
                 self._device_underruns += 1
-        block = self.playout.pull(frames)
+        # PortAudio says when this block reaches the DAC, on its stream clock; the gap to "now"
+        # on that clock moves it onto ours. (The callback's own time is no guide: PortAudio
+        # fills the device buffer with several callbacks in a row at the start.)
+        until_heard_s = float(time_info.outputBufferDacTime) - float(time_info.currentTime)
+        if not 0.0 <= until_heard_s < 5.0:  # a host API that leaves the times at zero
+            stream = self._stream
+            until_heard_s = float(stream.latency) if stream is not None else 0.0
+        block = self.playout.pull(frames, block_heard_at_s=self._clock() + until_heard_s)
         outdata[:, 0] = block
         if self._on_played is not None:
             self._on_played(block)

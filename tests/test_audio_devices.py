@@ -150,6 +150,9 @@ def test_the_speaker_plays_utterances_in_order_without_overlap(
     assert abs(lag_second - (lag_first + first.size)) < RATE * 0.005
     assert playout.underruns == 0
     assert [p.utterance_id for p in playout.started] == [1, 2]
+    first_heard, second_heard = (p.heard_at_s for p in playout.started)
+    assert first_heard is not None and second_heard is not None
+    assert second_heard - first_heard == pytest.approx(first.size / RATE, abs=0.005)
 
 
 def test_playout_buffer_plays_in_order_and_counts_only_mid_utterance_gaps() -> None:
@@ -169,6 +172,18 @@ def test_playout_buffer_plays_in_order_and_counts_only_mid_utterance_gaps() -> N
     assert [(p.utterance_id, p.first_sample) for p in playout.started] == [(7, 100), (8, 250)]
     with pytest.raises(ValueError, match="already finished"):
         playout.add(7, a, rate_hz=RATE)
+
+
+def test_playout_dates_each_utterance_start_for_mouth_to_ear() -> None:
+    playout = PlayoutBuffer(sample_rate_hz=RATE)
+    playout.add(1, np.full(RATE // 10, 0.1, np.float32), rate_hz=RATE)
+    playout.pull(RATE // 20, block_heard_at_s=50.0)  # starts at the block's first sample
+    playout.add(2, np.full(RATE // 10, 0.2, np.float32), rate_hz=RATE)
+    playout.pull(RATE // 10, block_heard_at_s=50.05)  # 1 ends 50 ms in, 2 starts right then
+    assert [(p.utterance_id, p.heard_at_s) for p in playout.started] == [
+        (1, 50.0),
+        (2, pytest.approx(50.1)),
+    ]
 
 
 def _devices() -> list[AudioDevice]:
