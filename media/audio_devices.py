@@ -216,15 +216,18 @@ class Microphone:
         block_s: float = DEFAULT_BLOCK_S,
         max_queued_s: float = DEFAULT_MAX_QUEUED_S,
         rate_hz: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if device.input_channels < 1:
             raise AudioDeviceError(f"{device.name!r} has no input channels")
         self.device = device
         self.device_rate_hz = rate_hz if rate_hz is not None else round(device.default_rate_hz)
         self._block = max(1, round(block_s * self.device_rate_hz))
-        self._blocks: queue.Queue[FloatArray] = queue.Queue(
+        #: Each block with the time its first sample was captured, on ``clock``.
+        self._blocks: queue.Queue[tuple[FloatArray, float]] = queue.Queue(
             maxsize=max(1, round(max_queued_s / block_s))
         )
+        self._clock = clock
         self._resampler = StreamResampler(self.device_rate_hz, SAMPLE_RATE)
         self._overruns = 0
         self._lock = threading.Lock()
@@ -258,8 +261,13 @@ class Microphone:
 
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
         lost = 1 if status.input_overflow else 0
+        # PortAudio dates the block's first sample at the ADC on its stream clock.
+        since_captured_s = float(time_info.currentTime) - float(time_info.inputBufferAdcTime)
+        if not 0.0 <= since_captured_s < 5.0:  # a host API that leaves the times at zero
+            since_captured_s = frames / self.device_rate_hz
+        captured_at_s = self._clock() - since_captured_s
         try:
-            self._blocks.put_nowait(np.array(indata[:, 0], dtype=np.float32))
+            self._blocks.put_nowait((np.array(indata[:, 0], dtype=np.float32), captured_at_s))
         except queue.Full:
             lost += 1
         if lost:
@@ -268,7 +276,12 @@ class Microphone:
 
     def read(self, timeout_s: float = 0.1) -> FloatArray:
         """Everything captured since the last read, at 16 kHz (waits up to ``timeout_s``)."""
-        blocks: list[FloatArray] = []
+        return self.read_timed(timeout_s)[0]
+
+    def read_timed(self, timeout_s: float = 0.1) -> tuple[FloatArray, float | None]:
+        """:meth:`read`, with when the first of those samples was captured (on ``clock``; None
+        when nothing came). The resampler's own delay, a few samples, is not counted."""
+        blocks: list[tuple[FloatArray, float]] = []
         try:
             blocks.append(self._blocks.get(timeout=timeout_s))
             while True:
@@ -276,8 +289,9 @@ class Microphone:
         except queue.Empty:
             pass
         if not blocks:
-            return np.zeros(0, dtype=np.float32)
-        return self._resampler.push(np.concatenate(blocks))
+            return np.zeros(0, dtype=np.float32), None
+        samples = self._resampler.push(np.concatenate([block for block, _ in blocks]))
+        return samples, blocks[0][1]
 
     def close(self) -> None:
         stream, self._stream = self._stream, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -89,16 +90,24 @@ def test_the_microphone_records_what_plays_into_the_virtual_mic(
     soundfile.write(wav, resample(padded, RATE, 48_000), 48_000, subtype="FLOAT")
     device = find_device("pulse", Direction.INPUT)
     captured: list[npt.NDArray[np.float32]] = []
+    stamps: list[tuple[float, int]] = []
     with Microphone(device) as microphone:
         time.sleep(0.3)
         player = pulse.play_file("mic_feed", wav)
         deadline = time.monotonic() + 4.0
         while time.monotonic() < deadline:
-            captured.append(microphone.read(0.1))
+            samples, captured_at = microphone.read_timed(0.1)
+            if captured_at is not None:
+                stamps.append((captured_at, sum(c.size for c in captured)))
+                assert captured_at <= time.monotonic()
+            captured.append(samples)
         assert player.wait(timeout=10) == 0
         overruns = microphone.overruns
     recording = np.concatenate(captured)
     assert microphone.device_rate_hz == round(device.default_rate_hz)
+    # Capture times advance with the audio: each read starts where the previous one ended.
+    for (earlier, earlier_at), (later, later_at) in itertools.pairwise(stamps):
+        assert later - earlier == pytest.approx((later_at - earlier_at) / RATE, abs=0.03)
     lag, correlation = best_match(recording, signal)
     assert correlation > 0.9, f"the known signal did not arrive (correlation {correlation:.2f})"
     assert lag > 0
