@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.parley-installed
 DEB_PACKAGES := espeak-ng flite ffmpeg sox chromium chromium-driver apertium apertium-eng-spa \
-	apertium-es-pt gawk
+	apertium-es-pt gawk libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
 
 .PHONY: demo test bootstrap system-packages
 

@@ -216,8 +216,6 @@ def call_command(
     except MediaError as error:
         fail(f"bad input file: {error}")
     store = CodecStore(node_home.models_dir, node_home.features_dir, CodecConfig())
-    if not store.checkpoint_path.exists():
-        fail(f"no codec in {node_home.root}: run 'parley enroll' (or start the node once) first")
     ours = store.current()
     if ours.checkpoint.metadata.get("source") == "init":
         stderr.print(

@@ -154,6 +154,11 @@ def init(
         write_atomic(node_home.config_path, render_default_config().encode(), mode=0o600)
     else:
         load_config(node_home.config_path)  # an existing config is kept, but must be valid
+    # The shipped starting codec is ours until we enroll, so a fresh home can call at once.
+    from daemon.codec_store import CodecStore
+    from fl.config import CodecConfig
+
+    CodecStore(node_home.models_dir, node_home.features_dir, CodecConfig()).current()
     if as_json:
         print_json({"home": str(node_home.root), "peer_id": identity.peer_id})
         return
@@ -894,6 +899,16 @@ def bench_call(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("echo")
+def bench_echo(json_path: JsonOption = None) -> None:
+    """Echo cancellation: ERLE on our TTS through a synthetic room, with near-end speech."""
+    import json
+
+    from simulations.bench_echo import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 @bench_app.command("web")
 def bench_web(json_path: JsonOption = None) -> None:
     """The web server: list page p95 (1,000 recordings), SSE delay, 200 MiB upload, RSS added."""
@@ -947,12 +962,14 @@ def bench_reliability(
 # These command modules import this one lazily (for fail/UserError): register them last.
 from daemon.call_cli import call_command  # noqa: E402
 from daemon.caption_cli import caption_command  # noqa: E402
+from daemon.devices_cli import devices_command  # noqa: E402
 from daemon.dub_cli import dub_command  # noqa: E402
 from daemon.languages_cli import languages_command  # noqa: E402
 from daemon.ping_cli import ping_command  # noqa: E402
 from daemon.service_cli import install_service_command  # noqa: E402
 
 app.command("caption")(caption_command)
+app.command("devices")(devices_command)
 app.command("dub")(dub_command)
 app.command("languages")(languages_command)
 app.command("call")(call_command)
