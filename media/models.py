@@ -192,6 +192,8 @@ def assemble_base(
             )
         for path in side:
             shutil.copyfile(path, building / path.name)
+        for path in building.iterdir():  # private like every file in the home
+            path.chmod(0o600)
         try:
             building.rename(target)
         except OSError:

@@ -8,8 +8,10 @@ by a node in another namespace, over real mDNS (root only; namespaces it creates
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -17,7 +19,9 @@ import trio
 import trio.testing
 
 from daemon.discovery import DiscoveryError
+from daemon.identity import load_identity
 from daemon.interface_watch import follow_interfaces
+from daemon.rpc_client import RpcClientError
 
 
 class Addresses:
@@ -103,6 +107,15 @@ def test_a_node_whose_address_changes_is_found_at_the_new_one_in_namespaces():
             write_config(home_a, host="0.0.0.0", port=port, mdns=True, interfaces=())
             write_config(home_b, host=star.address(1), port=port, mdns=True,
                          interfaces=[star.address(1)])  # fmt: skip
+            # Each trusts the other: B proves A's new address by a handshake in a round.
+            for home, other in ((home_a, home_b), (home_b, home_a)):
+                key = load_identity(other.identity_path).public_key.hex()
+                trusted = subprocess.run(
+                    [sys.executable, "-m", "daemon.cli", "peers", "trust", key,
+                     "--home", str(home.root)],
+                    capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                assert trusted.returncode == 0, trusted.stderr
             for index, home in enumerate((home_a, home_b)):
                 process = NodeProcess(home, port, prefix=star.exec_prefix(index))
                 process.start(wait=False)
@@ -128,7 +141,15 @@ def test_a_node_whose_address_changes_is_found_at_the_new_one_in_namespaces():
             ip("-n", namespace, "addr", "del", f"{star.address(0)}/24", "dev", "eth0")
             ip("-n", namespace, "addr", "add", f"{new_address}/24", "dev", "eth0")
             new = f"{new_address}:{port}"
-            wait_until(lambda: addresses_of_a()[:1] == [new], "B to see A's new address", processes)
+
+            def found_at_new_address() -> bool:
+                # An announcement alone does not move a known peer (issue 11): it is a
+                # candidate until a handshake to it succeeds, here in a round of B's.
+                with contextlib.suppress(RpcClientError):
+                    node_b.rpc("round.start", {"wait": True}, timeout=60)
+                return addresses_of_a()[:1] == [new]
+
+            wait_until(found_at_new_address, "B to reach A at its new address", processes)
             log_a = processes[0].log()
             assert "event=mdns.interfaces_changed" in log_a
             assert f"new={new_address}" in log_a

@@ -775,7 +775,12 @@ def run_multihost(root: Path, *, nodes: int = 3, discover_timeout_s: float = 60)
             report.problem = f"peers present per node after {discover_timeout_s} s: {present}"
             return report
         output = parley(
-            "round", "--wait", "--home", str(homes[0][0].root), prefix=star.exec_prefix(0)
+            "round",
+            "--wait",
+            "--json",
+            "--home",
+            str(homes[0][0].root),
+            prefix=star.exec_prefix(0),
         )
         report.round = json.loads(output)
         report.ok = report.round.get("status") == "completed" and (
