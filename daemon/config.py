@@ -228,6 +228,11 @@ class SessionSection(_Section):
         "Rate limit on handshakes started from one /24 (IPv4) or /64 (IPv6), all addresses.",
         in_range(0.1, 100000),
     )
+    half_open_per_prefix: int = setting(
+        0,
+        "Half-open connections from one /24 or /64 at once; 0: a quarter of the node's cap.",
+        in_range(0, 100000),
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

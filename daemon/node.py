@@ -485,7 +485,10 @@ async def open_node(
             handshakes_per_prefix_per_s=config.session.handshakes_per_prefix_per_s,
             max_inbound_sessions=limits.max_sessions,
             max_half_open=limits.max_half_open,
-            max_half_open_per_prefix=limits.max_half_open_per_prefix,
+            max_half_open_per_prefix=min(
+                config.session.half_open_per_prefix or limits.max_half_open_per_prefix,
+                limits.max_half_open,
+            ),
             session_idle_s=config.session.idle_timeout_s,
             session_max_age_s=config.session.max_age_s,
             on_bundle=on_bundle,

@@ -581,11 +581,12 @@ def run_load(
     # The untrusted half are strangers: "anyone" lets them complete handshakes (the default
     # refuses them at message 3), the heavier load for the node. The peers all dial from one /24
     # (127.0.x.y): the per-prefix budget (issue #11), sized for a LAN's ordinary traffic, would
-    # refuse a deliberate crowd of 64 at once.
+    # refuse a deliberate crowd of 64 at once, and so would the per-prefix half-open cap.
     write_config(
         home,
         port=port,
-        extra='[trust]\ncalls_from = "anyone"\n[session]\nhandshakes_per_prefix_per_s = 1000.0\n',
+        extra='[trust]\ncalls_from = "anyone"\n[session]\nhandshakes_per_prefix_per_s = 1000.0\n'
+        "half_open_per_prefix = 1000\n",
     )
     identities = [StaticIdentity.generate() for _ in range(peers)]
     callers = [StaticIdentity.generate() for _ in range(calls.calls if calls else 0)]
