@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.parley-installed
-DEB_PACKAGES := espeak-ng flite ffmpeg sox
+DEB_PACKAGES := espeak-ng flite ffmpeg sox festival festvox-kallpc16k festvox-kdlpc16k
 
 .PHONY: demo test bootstrap system-packages
 
