@@ -62,6 +62,7 @@ Clock: latencies are measured on the listener's clock, from the arrival of ``Cal
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -103,6 +104,7 @@ from media.errors import MediaError
 from media.features import SAMPLE_RATE, log_mel
 from media.latency import LatencyStats
 from media.models import load_whisper
+from media.sender_vad import SenderVadError, SileroStreamingVad, load_silero_session
 from media.streaming_asr import StreamingSettings, StreamingTranscriber
 from media.subtitles import CaptionTracks, SubtitleError, open_caption_tracks
 from media.translate import TranslationConfig, Translator, language_key, select_translator
@@ -811,6 +813,21 @@ async def dial_peer(
     raise CallError("unreachable: " + "; ".join(failures))
 
 
+@functools.cache
+def _silero_session() -> object:
+    # One ONNX session for every call of this process: the VAD's state travels in its inputs.
+    return load_silero_session()
+
+
+def _sender_vad() -> SileroStreamingVad | None:
+    """The caller's own VAD marks speech start/end in its frames (advisory, issue 16)."""
+    try:
+        return SileroStreamingVad(_silero_session())
+    except SenderVadError as error:
+        log.warning("calls go without speech marks: %s", error)
+        return None
+
+
 async def place_call(
     session: SessionStream,
     *,
@@ -829,7 +846,7 @@ async def place_call(
     """
     samples = np.asarray(audio, dtype=np.float32)
     call_id = call_id if call_id is not None else secrets.randbits(62)
-    sender = CallSender(model)
+    sender = CallSender(model, vad=_sender_vad())
     start = CallStart(
         call_id=call_id,
         speaker_language=request.speaker_language,
