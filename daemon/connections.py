@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-Inbound: every accepted connection first passes the per-address rate limit (refused ones are
-closed at once and counted, before they can take anything else), then waits for a handshake
-slot (at most ``max_concurrent_handshakes`` run at a time). The wait for a slot is itself
-bounded, in time (the handshake deadline) and in how many may queue
+Inbound: every accepted connection first passes the rate limit, per address and per /24 or
+/64 prefix (:class:`~daemon.ratelimit.HandshakeLimiter`; refused ones are closed at once and
+counted, before they can take anything else, so no Diffie-Hellman is spent on them), and the
+cap on half-open connections (accepted, handshake not finished) from its prefix; then it waits
+for a handshake slot (at most ``max_concurrent_handshakes`` run at a time). The wait for a slot
+is itself bounded, in time (the handshake deadline) and in how many may queue
 (:data:`MAX_WAITING_PER_SLOT` per slot): a flood from many addresses is refused as ``busy``
 rather than piling up sockets. The handshake deadline covers the wait for the peer, so a
 half-open handshake cannot hold a slot for ever. Message 1 carries only a ``Hello``: a length
@@ -15,6 +17,12 @@ A completed handshake is recorded in the peer table; a trusted initiator's bundl
 is handed to ``on_bundle`` for the next round and kept as its decoder (``on_bundle`` may answer
 a rejection reason, which is counted). The session then stays open for what follows (calls),
 served by ``on_session``; the default answers pings and waits for ``Bye``.
+
+Descriptors and memory are budgeted too: :func:`connection_limits` derives the caps on
+sessions and half-open connections from ``RLIMIT_NOFILE``, keeping headroom for the node's
+own files (database, models, calls, the status socket), so a crowd of strangers cannot make
+``parley status`` fail; chunk reassembly in every session draws on one shared
+:class:`~handshake.session.MemoryBudget`.
 
 Every refusal is counted in :class:`ConnectionStats` under a reason code from a fixed set
 (:data:`REJECTION_REASONS`, plus ``invalid_bundle:<code>`` with codes from
@@ -43,9 +51,10 @@ import trio
 
 from daemon.backoff import Backoff
 from daemon.database import PeerRecord, PeerSource
+from daemon.faults import FaultLog
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, short_peer_id
-from daemon.ratelimit import RateLimiter
+from daemon.ratelimit import HandshakeLimiter, address_prefix
 from daemon.trust_policy import TrustPolicy
 from handshake.framing import FRAME_HEADER_LEN
 from handshake.handshake import HandshakeRejected, TrustDecision
@@ -53,6 +62,7 @@ from handshake.noise import AuthenticationError, StaticIdentity
 from handshake.replay import ReplayCache, ReplayedMessageError
 from handshake.stream import (
     InitiatorRejectedByUs,
+    SendTimeoutError,
     SessionStream,
     StreamSettings,
     accept_session,
@@ -63,8 +73,11 @@ from schemas.messages import Bye, Hello, Ping, Pong, WeightsBundle
 
 log = get_logger("connections")
 
-#: An inbound session with no traffic for this long is closed.
+#: An inbound session with no traffic for this long is closed (pings do not count).
 SESSION_IDLE_TIMEOUT_S: Final = 120.0
+#: The longest an inbound session without a call lives (WireGuard's REJECT_AFTER_TIME); the
+#: peer dials again for what comes next, with a fresh key exchange.
+SESSION_MAX_AGE_S: Final = 180.0
 #: Dialing one address gives up after this long.
 CONNECT_TIMEOUT_S: Final = 5.0
 #: Largest message 1 we read. It holds an ephemeral key, a Hello and a tag: a node sends a
@@ -76,6 +89,41 @@ MAX_WAITING_PER_SLOT: Final = 4
 #: in all and from one address; a handshake beyond either is closed with Bye and counted.
 MAX_INBOUND_SESSIONS: Final = 1024
 MAX_INBOUND_SESSIONS_PER_ADDRESS: Final = 64
+#: Descriptors kept for the node's own use, at least, and as a share of the limit.
+FD_HEADROOM_MIN: Final = 64
+FD_HEADROOM_FRACTION: Final = 0.125
+#: Half-open connections from one /24 or /64, as a share of all half-open ones (at least 8).
+HALF_OPEN_PREFIX_SHARE: Final = 0.25
+MIN_HALF_OPEN_PER_PREFIX: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Caps on what inbound peers may hold (see :func:`connection_limits`)."""
+
+    max_sessions: int
+    max_half_open: int
+    max_half_open_per_prefix: int
+
+
+def connection_limits(nofile: int, *, max_concurrent_handshakes: int) -> ConnectionLimits:
+    """Caps that fit in ``nofile`` descriptors (``RLIMIT_NOFILE``'s soft limit).
+
+    ``max(64, nofile / 8)`` stay free for the node itself; of the rest a third at most goes to
+    half-open connections (handshake slots and those waiting for one) and the remainder to
+    established sessions, never more than :data:`MAX_INBOUND_SESSIONS`. At ``ulimit -n 200``:
+    45 half-open and 91 sessions; at 1,024: 160 and 736.
+    """
+    budget = max(4, nofile - max(FD_HEADROOM_MIN, int(nofile * FD_HEADROOM_FRACTION)))
+    half_open = max(2, min(max_concurrent_handshakes * (1 + MAX_WAITING_PER_SLOT), budget // 3))
+    sessions = max(1, min(MAX_INBOUND_SESSIONS, budget - half_open))
+    per_prefix = max(MIN_HALF_OPEN_PER_PREFIX, int(half_open * HALF_OPEN_PREFIX_SHARE))
+    return ConnectionLimits(
+        max_sessions=sessions,
+        max_half_open=half_open,
+        max_half_open_per_prefix=min(per_prefix, half_open),
+    )
+
 
 #: Every reason this module refuses a connection or session for (``invalid_bundle:*`` aside).
 REJECTION_REASONS: Final = frozenset(
@@ -93,6 +141,9 @@ REJECTION_REASONS: Final = frozenset(
         "connection_error",
         "bundle_from_untrusted_peer",
         "too_many_sessions",
+        "half_open_limit",
+        "evicted_for_trusted",
+        "send_timeout",
         "internal_error",
     }
 )
@@ -211,6 +262,15 @@ class SessionInfo:
     address: str
     started_at: float
     trust: str
+    #: How long the session may idle and live without a call (config ``session.idle_timeout_s``
+    #: and ``session.max_age_s``); handlers build their :class:`SessionLifetime` from these.
+    idle_s: float = SESSION_IDLE_TIMEOUT_S
+    max_age_s: float = SESSION_MAX_AGE_S
+
+    def lifetime(self) -> SessionLifetime:
+        return SessionLifetime(
+            clock=trio.current_time, idle_s=self.idle_s, max_age_s=self.max_age_s
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -255,6 +315,8 @@ def reason_code(error: BaseException, *, in_handshake: bool) -> str:
         return "oversized_frame"
     if isinstance(cause, ReplayedMessageError):
         return "replayed_msg1"
+    if isinstance(cause, SendTimeoutError):
+        return "send_timeout"
     if isinstance(cause, AuthenticationError):
         return "auth_failed" if in_handshake else "tampered"
     if isinstance(cause, InitiatorRejectedByUs | HandshakeRejected):
@@ -294,7 +356,16 @@ class ConnectionManager:
         clock: Callable[[], float] = time.monotonic,
         max_inbound_sessions: int = MAX_INBOUND_SESSIONS,
         max_inbound_sessions_per_address: int = MAX_INBOUND_SESSIONS_PER_ADDRESS,
+        max_half_open: int | None = None,
+        max_half_open_per_prefix: int | None = None,
+        handshakes_per_prefix_per_s: float | None = None,
+        session_idle_s: float = SESSION_IDLE_TIMEOUT_S,
+        session_max_age_s: float = SESSION_MAX_AGE_S,
+        faults: FaultLog | None = None,
     ) -> None:
+        self._faults = faults if faults is not None else FaultLog()
+        self._session_idle_s = session_idle_s
+        self._session_max_age_s = session_max_age_s
         self._identity = identity
         self._hello = hello
         self._our_bundle = our_bundle
@@ -304,13 +375,25 @@ class ConnectionManager:
         self._handshake_slots = trio.CapacityLimiter(max_concurrent_handshakes)
         self._max_waiting = MAX_WAITING_PER_SLOT * max_concurrent_handshakes
         self._waiting = 0
+        self._max_half_open = (
+            max_half_open
+            if max_half_open is not None
+            else max_concurrent_handshakes * (1 + MAX_WAITING_PER_SLOT)
+        )
+        self._max_half_open_per_prefix = (
+            max_half_open_per_prefix
+            if max_half_open_per_prefix is not None
+            else max(MIN_HALF_OPEN_PER_PREFIX, int(self._max_half_open * HALF_OPEN_PREFIX_SHARE))
+        )
+        self._half_open_total = 0
+        self._half_open: dict[str, int] = {}
         self._max_inbound_sessions = max_inbound_sessions
         self._max_inbound_sessions_per_address = max_inbound_sessions_per_address
         self._inbound_sessions: dict[str, int] = {}
         self._inbound_total = 0
-        self._rate_limiter = RateLimiter(
+        self._rate_limiter = HandshakeLimiter(
             rate_per_s=handshakes_per_address_per_s,
-            burst=max(1.0, 2 * handshakes_per_address_per_s),
+            prefix_rate_per_s=handshakes_per_prefix_per_s,
             clock=clock,
         )
         self._replay_cache = ReplayCache(clock=trio.current_time)
@@ -333,7 +416,17 @@ class ConnectionManager:
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound_port: int = listeners[0].socket.getsockname()[1]
         task_status.started(bound_port)
-        await trio.serve_listeners(self.handle_inbound, listeners)
+        await trio.serve_listeners(self._handle_inbound_isolated, listeners)
+
+    async def _handle_inbound_isolated(self, stream: trio.SocketStream) -> None:
+        """One connection is one unit: an unexpected error (a locked database, a bug in a
+        session handler) closes it and is counted, never ends the node (daemon.faults)."""
+        try:
+            await self.handle_inbound(stream)
+        except Exception as error:
+            self.stats.reject("internal_error")
+            self._faults.record("connection", error)
+            await trio.aclose_forcefully(stream)
 
     async def handle_inbound(self, stream: trio.SocketStream) -> None:
         try:
@@ -346,15 +439,46 @@ class ConnectionManager:
             self.stats.reject("rate_limited")
             await trio.aclose_forcefully(stream)
             return
-        if self._session_limit_reached(host):
-            # Checked before the handshake too: a full house should not cost us DH operations.
+        address_full = self._inbound_sessions.get(host, 0) >= self._max_inbound_sessions_per_address
+        if address_full or (self._session_limit_reached(host) and not self._evictable_session()):
+            # Checked before the handshake too: a full house should not cost us DH operations
+            # (while strangers hold sessions, a trusted peer may still displace one).
             self.stats.reject("too_many_sessions")
             await trio.aclose_forcefully(stream)
             return
-        if self._waiting >= self._max_waiting:
+        prefix = address_prefix(host)
+        if self._half_open_total >= self._max_half_open:
             self.stats.reject("busy")
             await trio.aclose_forcefully(stream)
             return
+        if self._half_open.get(prefix, 0) >= self._max_half_open_per_prefix:
+            # One network's silent sockets cannot take the others' places in the queue.
+            self.stats.reject("half_open_limit")
+            await trio.aclose_forcefully(stream)
+            return
+        self._half_open_total += 1
+        self._half_open[prefix] = self._half_open.get(prefix, 0) + 1
+        try:
+            session = await self._handshake_inbound(stream, host)
+        finally:
+            self._half_open_total -= 1
+            remaining = self._half_open[prefix] - 1
+            if remaining:
+                self._half_open[prefix] = remaining
+            else:
+                del self._half_open[prefix]
+        if session is None:
+            return
+        await self._serve_inbound(session, host)
+
+    async def _handshake_inbound(
+        self, stream: trio.SocketStream, host: str
+    ) -> SessionStream | None:
+        """Wait for a slot and run the responder's handshake; None if refused (counted)."""
+        if self._waiting >= self._max_waiting:
+            self.stats.reject("busy")
+            await trio.aclose_forcefully(stream)
+            return None
         counted = CountingStream(stream, self.stats, max_first_frame=MAX_MESSAGE1_BYTES)
         # The wait for a slot is bounded too, so queued connections cannot pile up.
         self._waiting += 1
@@ -366,7 +490,7 @@ class ConnectionManager:
         if waiting.cancelled_caught:
             self.stats.reject("busy")
             await trio.aclose_forcefully(stream)
-            return
+            return None
         try:
             started = self._clock()
             try:
@@ -390,15 +514,28 @@ class ConnectionManager:
                     direction="inbound",
                     reason=_failure_reason(error),
                 )
-                return
+                return None
         finally:
             self._handshake_slots.release()
         self.stats.record_handshake_time(self._clock() - started)
+        return session
+
+    async def _serve_inbound(self, session: SessionStream, host: str) -> None:
         if self._session_limit_reached(host):
-            # Handshakes that were in flight together can overshoot the pre-check.
-            self.stats.reject("too_many_sessions")
-            await session.aclose()
-            return
+            # A trusted peer displaces the oldest session of a peer we do not trust: strangers
+            # filling every place must not lock out the people the node is for.
+            victim = self._evictable_session()
+            trusted = session.trust_decision is TrustDecision.TRUSTED
+            per_address_full = (
+                self._inbound_sessions.get(host, 0) >= self._max_inbound_sessions_per_address
+            )
+            if not trusted or victim is None or per_address_full:
+                self.stats.reject("too_many_sessions")
+                await session.aclose()
+                return
+            self.stats.reject("evicted_for_trusted")
+            event(log, logging.INFO, "session.evicted", peer=short_peer_id(victim[1].peer))
+            await victim[0].aclose()
         self._inbound_sessions[host] = self._inbound_sessions.get(host, 0) + 1
         self._inbound_total += 1
         try:
@@ -410,6 +547,32 @@ class ConnectionManager:
                 self._inbound_sessions[host] = remaining
             else:
                 del self._inbound_sessions[host]
+
+    def limits(self) -> dict[str, object]:
+        """The caps in force and how full they are (for ``parley status``)."""
+        budget = self._settings.session.reassembly_budget
+        return {
+            "max_sessions": self._max_inbound_sessions,
+            "inbound_sessions": self._inbound_total,
+            "max_half_open": self._max_half_open,
+            "max_half_open_per_prefix": self._max_half_open_per_prefix,
+            "half_open": self._half_open_total,
+            "reassembly_budget_bytes": None if budget is None else budget.total_bytes,
+            "reassembly_in_use_bytes": None if budget is None else budget.in_use,
+        }
+
+    def _evictable_session(self) -> tuple[SessionStream, SessionInfo] | None:
+        """The oldest inbound session of a peer we do not trust, if any."""
+        candidates = [
+            info
+            for info in self.sessions.values()
+            if info.direction == "inbound" and info.trust != "trusted"
+        ]
+        if not candidates:
+            return None
+        oldest = min(candidates, key=lambda info: info.started_at)
+        stream = self._open_streams.get(oldest.session_id)
+        return None if stream is None else (stream, oldest)
 
     def _session_limit_reached(self, host: str) -> bool:
         return (
@@ -423,7 +586,9 @@ class ConnectionManager:
         async with session:
             peer = session.their_static_public
             self.stats.handshakes_completed += 1
-            self._peers.record_handshake(peer, address=None, source=PeerSource.INBOUND)
+            await trio.to_thread.run_sync(
+                lambda: self._peers.record_handshake(peer, address=None, source=PeerSource.INBOUND)
+            )
             decision = session.trust_decision
             if decision is TrustDecision.TRUSTED:
                 self.stats.bundles_sent += 1
@@ -443,6 +608,8 @@ class ConnectionManager:
                 address=address[0],
                 started_at=time.time(),
                 trust=decision.name.lower() if decision is not None else "initiated",
+                idle_s=self._session_idle_s,
+                max_age_s=self._session_max_age_s,
             )
             event(
                 log,
@@ -492,11 +659,17 @@ class ConnectionManager:
         key = peer.public_key
         if not self.ready_to_dial(key):
             raise DialError("backing off after an earlier failure")
-        if not peer.addresses:
+        # Proven addresses first; announced ones only become addresses once a handshake to
+        # them succeeds (the handshake authenticates the key, the announcement does not).
+        addresses = [*peer.addresses]
+        addresses += [
+            item for item in self._peers.candidate_addresses(key) if item not in addresses
+        ]
+        if not addresses:
             raise DialError("no known address")
         send_weights = self._policy.send_weights_to(key)
         failures: list[str] = []
-        for host, port in peer.addresses:
+        for host, port in addresses:
             started = self._clock()
             try:
                 with trio.fail_after(CONNECT_TIMEOUT_S):
@@ -534,14 +707,50 @@ class ConnectionManager:
         raise DialError("; ".join(failures))
 
 
+class SessionLifetime:
+    """When a session with nothing to do ends: ``idle_s`` after its last real message (a
+    ``Ping`` is answered but is not activity, or a peer could keep a session for ever with
+    one ping a minute), and ``max_age_s`` after it opened in any case. Sans-IO: the clock
+    (trio's, in the node) is passed in."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        idle_s: float = SESSION_IDLE_TIMEOUT_S,
+        max_age_s: float = SESSION_MAX_AGE_S,
+    ) -> None:
+        if not (idle_s > 0 and max_age_s > 0):
+            raise ValueError("idle_s and max_age_s must be positive")
+        self._clock = clock
+        self._idle_s = idle_s
+        self._opened = clock()
+        self._max_age_s = max_age_s
+        self._last_activity = self._opened
+
+    def activity(self) -> None:
+        """A message that is not a ping arrived."""
+        self._last_activity = self._clock()
+
+    @property
+    def deadline(self) -> float:
+        return min(self._last_activity + self._idle_s, self._opened + self._max_age_s)
+
+    @property
+    def over(self) -> bool:
+        return self._clock() >= self.deadline
+
+
 async def serve_idle_session(session: SessionStream, info: SessionInfo) -> None:
-    """The default life of an inbound session: answer pings until ``Bye`` or idleness."""
-    while True:
-        with trio.move_on_after(SESSION_IDLE_TIMEOUT_S) as idle:
+    """The default life of an inbound session: answer pings until ``Bye``, idleness or age
+    (see :class:`SessionLifetime`)."""
+    lifetime = info.lifetime()
+    while not lifetime.over:
+        with trio.move_on_at(lifetime.deadline):
             message = await session.receive_message()
-        if idle.cancelled_caught:
-            return
-        if isinstance(message, Bye):
+        if lifetime.over or isinstance(message, Bye):
             return
         if isinstance(message, Ping):
             await session.send_message(Pong(message.nonce))
+        else:
+            lifetime.activity()

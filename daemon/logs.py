@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 LOGGER_NAME = "parley"
@@ -55,12 +57,39 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document)
 
 
-def configure_logging(*, log_format: str, level: str, stream: TextIO | None = None) -> None:
-    """Route parley's logger to ``stream`` (stderr) in the chosen format."""
+#: A log file is rotated when it reaches this size; this many old files are kept beside it
+#: (``node.log.1`` … ``node.log.5``), so a node running for months holds at most ~60 MB of logs.
+LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 5
+
+
+class LogFileError(Exception):
+    """The log file cannot be opened; ``str()`` is the one line to show."""
+
+
+def configure_logging(
+    *, log_format: str, level: str, stream: TextIO | None = None, log_file: Path | None = None
+) -> None:
+    """Route parley's logger to ``log_file`` (rotated) or else ``stream`` (stderr).
+
+    Calling it again replaces the handlers: that is how ``SIGHUP`` applies a changed level,
+    format or file, and reopens a file that ``logrotate`` or a user moved away.
+    """
     logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler: logging.Handler
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=LOG_FILE_MAX_BYTES, backupCount=LOG_FILE_BACKUPS, delay=False
+            )
+        except OSError as error:
+            raise LogFileError(f"{log_file}: cannot open the log file: {error.strerror}") from None
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
     handler.setFormatter(JsonFormatter() if log_format == "json" else KeyValueFormatter())
     logger.addHandler(handler)
     logger.setLevel(level.upper())

@@ -23,10 +23,18 @@ Trust states: ``known`` (pinned on first use, may call us), ``trusted`` (receive
 is aggregated), ``blocked`` (ignored). New peers start ``known``.
 
 Bounds, for a node that runs for months next to peers it does not control: at most
-:data:`MAX_KNOWN_PEERS` merely-known peers are remembered (the least recently seen go first;
-trusted, blocked and static peers always stay), and a repeated key-change offer refreshes its
-event instead of adding one (at most ``MAX_KEY_CHANGE_EVENTS`` are kept). Forgetting a known
-peer also releases the name it pinned: the pin protects names the user has seen lately.
+:data:`MAX_KNOWN_PEERS` merely-known *nameless* peers are remembered (the least recently seen
+go first; trusted, blocked, static and name-pinning peers always stay), and a repeated
+key-change offer refreshes its event instead of adding one (at most ``MAX_KEY_CHANGE_EVENTS``
+are kept). A pin is never released by pruning, only by the user (:meth:`PeerTable.forget`,
+:meth:`PeerTable.accept_key`): otherwise a flood of fresh keys would push "alice" out and let a
+neighbour announce itself as "alice". So that pins cannot grow the database either, at most
+:data:`MAX_PINNED_NAMES` names are pinned; past that a new name is not pinned (the peer is
+recorded without it) until the user forgets some.
+
+Trusting by *name* is what an attacker would aim at, so the command line shows the key's
+:func:`fingerprint` and asks for it back (:func:`matches_fingerprint`); a full key needs no
+such check, it is the identity itself.
 """
 
 from __future__ import annotations
@@ -48,9 +56,11 @@ from daemon.database import (
 )
 
 __all__ = [
+    "FINGERPRINT_LENGTH",
     "MAX_ADDRESSES_PER_PEER",
     "MAX_KNOWN_PEERS",
     "MAX_NAME_LENGTH",
+    "MAX_PINNED_NAMES",
     "MIN_ID_PREFIX_LENGTH",
     "SHORT_ID_LENGTH",
     "AmbiguousPeerError",
@@ -60,7 +70,9 @@ __all__ = [
     "PeerError",
     "PeerTable",
     "UnknownPeerError",
+    "fingerprint",
     "format_peer_id",
+    "matches_fingerprint",
     "parse_peer_key",
     "sanitize_peer_name",
     "short_peer_id",
@@ -75,9 +87,17 @@ MAX_ADDRESSES_PER_PEER = 4
 #: Peers we merely know (not trusted, blocked or static) remembered at most; past this the
 #: least recently seen are forgotten, so a neighbour cycling keys cannot grow the database.
 MAX_KNOWN_PEERS = 10_000
+#: Names pinned at most (a pin is never pruned; see the module docstring).
+MAX_PINNED_NAMES = 10_000
+#: Characters of the peer id a fingerprint shows and a confirmation must repeat (80 bits).
+FINGERPRINT_LENGTH = 16
 # Names are shown in terminals and logs: printable ASCII letters, digits and a few separators,
 # no leading/trailing space, so a TXT record cannot smuggle control characters or look-alikes.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]*[A-Za-z0-9._-])?")
+#: Peers with announced-but-unproven endpoints remembered at most (in memory).
+MAX_CANDIDATE_PEERS = 1024
+#: Key-change events looked at to find the open ones.
+MAX_PENDING_SCAN = 1000
 _HEX_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 _BASE32_ID_LENGTH = 52  # ceil(32 * 8 / 5)
 
@@ -100,6 +120,10 @@ class UnknownPeerError(PeerError, LookupError):
 
 class AmbiguousPeerError(PeerError, LookupError):
     """More than one known peer matches the given name or id prefix."""
+
+
+class OwnKeyError(PeerError, ValueError):
+    """The key is this node's own: it is not a peer, so it cannot be added or trusted."""
 
 
 class KeyChangedError(PeerError):
@@ -125,6 +149,19 @@ def format_peer_id(public_key: bytes) -> str:
 def short_peer_id(public_key: bytes) -> str:
     """The first :data:`SHORT_ID_LENGTH` characters of :func:`format_peer_id`."""
     return format_peer_id(public_key)[:SHORT_ID_LENGTH]
+
+
+def fingerprint(public_key: bytes) -> str:
+    """What a person compares before trusting a key: the first 16 id characters in fours."""
+    head = format_peer_id(public_key)[:FINGERPRINT_LENGTH]
+    return "-".join(head[start : start + 4] for start in range(0, FINGERPRINT_LENGTH, 4))
+
+
+def matches_fingerprint(public_key: bytes, text: str) -> bool:
+    """Whether ``text`` (any case, spaces and dashes ignored) is the key's fingerprint: at
+    least :data:`FINGERPRINT_LENGTH` characters that start its peer id."""
+    typed = "".join(char for char in text.lower() if char not in " -\t")
+    return len(typed) >= FINGERPRINT_LENGTH and format_peer_id(public_key).startswith(typed)
 
 
 def parse_peer_key(text: str) -> bytes:
@@ -188,18 +225,28 @@ class PeerTable:
         clock: Callable[[], float] = time.time,
         pin_names: bool = True,
         max_known: int = MAX_KNOWN_PEERS,
+        our_key: bytes | None = None,
+        max_pinned_names: int = MAX_PINNED_NAMES,
     ) -> None:
         if not ttl > 0:
             raise ValueError(f"peer ttl must be positive, got {ttl}")
         if max_known < 1:
             raise ValueError(f"max_known must be at least 1, got {max_known}")
+        if max_pinned_names < 1:
+            raise ValueError(f"max_pinned_names must be at least 1, got {max_pinned_names}")
         self._store = store
         self._max_known = max_known
+        self._max_pinned_names = max_pinned_names
+        #: Names left unpinned because :data:`MAX_PINNED_NAMES` was reached (for the status).
+        self.names_not_pinned = 0
         self._pin_names = pin_names
         self._ttl = ttl
         self._clock = clock
+        self._our_key = our_key
         # key -> (last announcement time, source of that announcement)
         self._presence: dict[bytes, tuple[float, PeerSource]] = {}
+        # key -> announced endpoints not yet proven by a handshake (insertion-ordered, bounded)
+        self._candidates: dict[bytes, list[tuple[str, int]]] = {}
 
     def observe(
         self,
@@ -215,26 +262,57 @@ class PeerTable:
         is still recorded; callers check ``record.trust``.
         """
         format_peer_id(public_key)  # validates the length
+        self._refuse_our_key(public_key)
         if name is not None:
             validate_peer_name(name)
         now = self._clock()
         self._check_name_pinning(public_key, name, source=source, address=address, now=now)
         existing = self._store.get(public_key)
+        if name is not None and self._would_pin_beyond_the_cap(existing, name):
+            self.names_not_pinned += 1
+            name = None
         if existing is None:
             record = _first_record(public_key, name, address, source, now, handshake=False)
+            if self._store.insert_new(record):
+                self._store.prune_known(self._max_known)
+            else:  # another writer added it meanwhile: record what we learned
+                self._store.update_presence(
+                    public_key, name=name, addresses=record.addresses, source=source, last_seen=now
+                )
         else:
+            if source is PeerSource.MDNS and existing.addresses:
+                # An announcement is not authenticated: it may not move a peer we already reach
+                # (a static peer keeps its configured address and its source). A new endpoint
+                # waits as a candidate until a handshake from it succeeds (record_handshake).
+                if address is not None and address not in existing.addresses:
+                    self._add_candidate(public_key, address)
+                addresses = existing.addresses
+            else:
+                addresses = _merge_addresses(existing.addresses, address)
             record = replace(
                 existing,
                 name=existing.name if name is None else name,
-                addresses=_merge_addresses(existing.addresses, address),
-                source=source,
+                addresses=addresses,
+                source=PeerSource.STATIC if existing.source is PeerSource.STATIC else source,
                 last_seen=now,
             )
-        self._store.upsert(record)
-        if existing is None:
-            self._store.prune_known(self._max_known)
-        self._presence[public_key] = (now, source)
+            # Column-level: the node never writes ``trust`` here (a CLI may change it now).
+            self._store.update_presence(
+                public_key, name=name, addresses=addresses, source=record.source, last_seen=now
+            )
+        self._presence[public_key] = (now, record.source)
         return record
+
+    def candidate_addresses(self, public_key: bytes) -> tuple[tuple[str, int], ...]:
+        """Endpoints announced for a known key but not yet proven by a handshake from them."""
+        return tuple(self._candidates.get(public_key, ()))
+
+    def _add_candidate(self, public_key: bytes, address: tuple[str, int]) -> None:
+        kept = self._candidates.pop(public_key, [])
+        kept = [address, *(item for item in kept if item != address)][:MAX_ADDRESSES_PER_PEER]
+        self._candidates[public_key] = kept
+        while len(self._candidates) > MAX_CANDIDATE_PEERS:
+            del self._candidates[next(iter(self._candidates))]
 
     def record_handshake(
         self, public_key: bytes, *, address: tuple[str, int] | None, source: PeerSource
@@ -245,6 +323,11 @@ class PeerTable:
         existing = self._store.get(public_key)
         if existing is None:
             record = _first_record(public_key, None, address, source, now, handshake=True)
+            if self._store.insert_new(record):
+                self._store.prune_known(self._max_known)
+                existing = None
+            else:
+                existing = record
         else:
             record = replace(
                 existing,
@@ -252,9 +335,21 @@ class PeerTable:
                 last_seen=now,
                 last_handshake=now,
             )
-        self._store.upsert(record)
-        if existing is None:
-            self._store.prune_known(self._max_known)
+        if address is not None and public_key in self._candidates:
+            remaining = [item for item in self._candidates[public_key] if item != address]
+            if remaining:
+                self._candidates[public_key] = remaining
+            else:
+                del self._candidates[public_key]
+        if existing is not None:
+            self._store.update_presence(
+                public_key,
+                name=None,
+                addresses=record.addresses,
+                source=None,
+                last_seen=now,
+                last_handshake=now,
+            )
         self._presence[public_key] = (now, self._presence.get(public_key, (now, source))[1])
         return record
 
@@ -275,7 +370,8 @@ class PeerTable:
 
     def present(self) -> list[PeerRecord]:
         """Peers announced within ``ttl`` (as of the last :meth:`expire`) plus static ones."""
-        records = (self._store.get(key) for key in self._presence)
+        # A snapshot of the keys: the node may call this from a worker thread.
+        records = (self._store.get(key) for key in list(self._presence))
         return [record for record in records if record is not None]
 
     def known(self) -> list[PeerRecord]:
@@ -291,6 +387,70 @@ class PeerTable:
 
     def key_changes(self, *, limit: int = 100) -> list[KeyChangeEvent]:
         return self._store.key_changes(limit=limit)
+
+    def pending_key_changes(self, *, limit: int = 100) -> list[KeyChangeEvent]:
+        """Key-change offers still open: the name is still pinned to the key the event names
+        (the newest offer per name and key first)."""
+        pending: list[KeyChangeEvent] = []
+        seen: set[tuple[str, bytes]] = set()
+        for change in self._store.key_changes(limit=MAX_PENDING_SCAN):
+            if (change.name, change.offered_key) in seen:
+                continue
+            seen.add((change.name, change.offered_key))
+            holder = self._store.get(change.pinned_key)
+            if holder is not None and holder.name == change.name:
+                pending.append(change)
+                if len(pending) >= limit:
+                    break
+        return pending
+
+    def accept_key(self, name: str, offered_key: bytes | None = None) -> KeyChangeEvent:
+        """Move the pin of ``name`` to the key it was last offered with (or ``offered_key``).
+
+        The old key keeps its row, nameless and no longer trusted (a blocked one stays
+        blocked); the new key is pinned to the name as ``known``: trusting it is a separate,
+        explicit step. Raises :class:`UnknownPeerError` when no such offer is open.
+        """
+        offers = [
+            change
+            for change in self.pending_key_changes(limit=MAX_PENDING_SCAN)
+            if change.name == name and (offered_key is None or change.offered_key == offered_key)
+        ]
+        if not offers:
+            raise UnknownPeerError(f"no pending key change for {name!r}")
+        change = offers[0]
+        old = self._store.get(change.pinned_key)
+        if old is not None:
+            trust = TrustState.BLOCKED if old.trust is TrustState.BLOCKED else TrustState.KNOWN
+            self._store.upsert(replace(old, name=None, trust=trust))
+        now = self._clock()
+        new = self._store.get(change.offered_key)
+        address = _parse_address(change.address)
+        if new is None:
+            new = _first_record(
+                change.offered_key, name, address, change.source, now, handshake=False
+            )
+        else:
+            new = replace(new, name=name, addresses=_merge_addresses(new.addresses, address))
+        self._store.upsert(new)
+        self._store.delete_key_changes(name)
+        return change
+
+    def add_by_key(self, public_key: bytes, *, trust: TrustState) -> PeerRecord:
+        """Record a key typed in full by the user with ``trust`` (allowed before it is seen)."""
+        self._refuse_our_key(public_key)
+        existing = self._store.get(public_key)
+        if existing is None:
+            record = _first_record(
+                public_key, None, None, PeerSource.STATIC, self._clock(), handshake=False
+            )
+            record = replace(record, trust=trust)
+            if self._store.insert_new(record):
+                return record
+            existing = record  # the node recorded it meanwhile: change its trust only
+        # Column-level: a running node may be updating the same row's presence right now.
+        self._store.set_trust(public_key, trust)
+        return replace(existing, trust=trust)
 
     def resolve(self, key_or_name: str) -> PeerRecord:
         """Find one known peer by full key (base32/hex), exact name, or base32 id prefix."""
@@ -346,10 +506,22 @@ class PeerTable:
         self._presence.pop(record.public_key, None)
         return record
 
+    def _refuse_our_key(self, public_key: bytes) -> None:
+        if public_key == self._our_key:
+            raise OwnKeyError(f"{short_peer_id(public_key)} is this node's own key, not a peer's")
+
     def _set_trust(self, key_or_name: str, state: TrustState) -> PeerRecord:
-        record = replace(self.resolve(key_or_name), trust=state)
-        self._store.upsert(record)
+        record = self.resolve(key_or_name)
+        self._refuse_our_key(record.public_key)
+        record = replace(record, trust=state)
+        if not self._store.set_trust(record.public_key, state):
+            raise UnknownPeerError(f"no known peer with id {short_peer_id(record.public_key)}")
         return record
+
+    def _would_pin_beyond_the_cap(self, existing: PeerRecord | None, name: str) -> bool:
+        if not self._pin_names or (existing is not None and existing.name == name):
+            return False
+        return self._store.count_named() >= self._max_pinned_names
 
     def _check_name_pinning(
         self,
@@ -373,6 +545,18 @@ class PeerTable:
                     seen_at=now,
                 )
                 raise KeyChangedError(event)
+
+
+def seen_at(record: PeerRecord) -> float | None:
+    """When the peer was last seen on the network, or ``None`` if it never was.
+
+    A peer the user trusted by its key before it ever showed up has a record (the trust list
+    keeps it) but no address and no handshake: it was never seen, whatever its stored time.
+    Every sighting (mDNS, a static entry, an inbound handshake) brings an address.
+    """
+    if not record.addresses and record.last_handshake is None:
+        return None
+    return record.last_seen
 
 
 def _first_record(
@@ -405,6 +589,15 @@ def _merge_addresses(
         return existing
     rest = tuple(address for address in existing if address != latest)
     return ((latest, *rest))[:MAX_ADDRESSES_PER_PEER]
+
+
+def _parse_address(text: str | None) -> tuple[str, int] | None:
+    """Inverse of :func:`_format_address` (None for anything else)."""
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    return (host, int(port)) if host and port.isdigit() and int(port) < 65536 else None
 
 
 def _format_address(address: tuple[str, int]) -> str:

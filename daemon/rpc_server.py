@@ -42,6 +42,7 @@ __all__ = [
     "MAX_UNIX_PATH_BYTES",
     "READ_SIZE",
     "Handler",
+    "NodeAlreadyRunningError",
     "RpcServerError",
     "prepare_socket_path",
     "serve_rpc",
@@ -60,6 +61,10 @@ SOCKET_MODE = 0o600
 
 class RpcServerError(Exception):
     """The RPC socket cannot be set up; the message is one line and names the path."""
+
+
+class NodeAlreadyRunningError(RpcServerError):
+    """Another node answers on this home's socket: a runtime conflict, not a bad input."""
 
 
 def _probe_live(path: Path) -> bool:
@@ -91,7 +96,9 @@ def prepare_socket_path(path: Path) -> None:
     if not stat.S_ISSOCK(mode):
         raise RpcServerError(f"{path}: exists and is not a socket; refusing to replace it")
     if _probe_live(path):
-        raise RpcServerError(f"{path}: another node is already serving on this socket")
+        raise NodeAlreadyRunningError(
+            f"another node is already running with home {path.parent} (its socket {path} answers)"
+        )
     logger.info("removing stale RPC socket %s", path)
     path.unlink(missing_ok=True)
 

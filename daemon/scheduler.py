@@ -5,37 +5,47 @@ A round (DESIGN.md §7):
 1. reload our checkpoint; train locally if new audio was enrolled since it was trained;
 2. exchange bundles, through handshakes, with every reachable trusted peer (and take the
    bundles trusted peers brought us in their own handshakes since the last round);
-3. aggregate with personalized FedAvg (:func:`fl.aggregate.aggregate_round`);
+3. aggregate with personalized FedAvg (:func:`fl.aggregate.aggregate_round`), clipping
+   against the shared starting codec's norm, and keep the result only if our held-out loss
+   did not regress beyond ``max_loss_increase`` (:mod:`fl.round_guard`; otherwise the round
+   is recorded with ``discarded`` and our model stays as it was);
 4. checkpoint atomically;
 5. record the round.
 
-Rounds never overlap. Any failure before step 4 leaves the previous checkpoint in place and
-records the round as failed with the reason; the heavy steps (training, aggregation, loss
-evaluation) run in a worker thread, off the event loop.
+Rounds never overlap. Any failure before the checkpoint is written (a full disk while writing
+it included) leaves the previous checkpoint in place and records the round as failed with the
+reason (``disk full: ...`` first when that is the cause); a round is never left "running" while
+the node runs. The heavy steps (training, aggregation, loss evaluation) and the database work
+run in worker threads, off the event loop. One failed round never ends the scheduler loop: an
+unexpected error is counted in the node's faults (``status``) and the next round runs on time.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 import trio
 
 from daemon.codec_store import FEATURES_DIGEST_KEY, CodecStore, OurCodec
 from daemon.connections import ConnectionManager, DialError
-from daemon.database import PeerRecord, RoundRecord, RoundStatus, RoundStore
+from daemon.database import DatabaseError, PeerRecord, RoundRecord, RoundStatus, RoundStore
+from daemon.faults import FaultLog, describe_failure
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, format_peer_id, short_peer_id
-from fl.aggregate import AggregationResult, PeerUpdate, aggregate_round
+from fl.aggregate import AggregationResult, PeerUpdate
 from fl.checkpoint import Checkpoint
 from fl.config import AggregationConfig, TrainConfig
 from fl.errors import InvalidBundleError
 from fl.model import new_model, state_to_numpy
+from fl.round_guard import DEFAULT_MAX_LOSS_INCREASE, guarded_aggregate, split_heldout
 from fl.train import evaluate_l1, train_codec
 from schemas.messages import WeightsBundle
 
@@ -45,6 +55,9 @@ log = get_logger("rounds")
 MAX_PARALLEL_EXCHANGES: Final = 8
 #: Bundles trusted peers brought us between rounds; one per peer (the latest) is kept.
 MAX_INBOX: Final = 256
+#: Attempts at recording a failed round (the database may be locked by another process).
+FINISH_ATTEMPTS: Final = 3
+FINISH_RETRY_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +68,8 @@ class RoundSettings:
     #: Train on our own audio in every round (APFL-style), not only after new enrollments.
     #: Off for users (their audio does not change between rounds); on in FL studies.
     train_each_round: bool = False
+    #: A round whose result worsens our held-out loss by more than this fraction is discarded.
+    max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE
 
 
 class RoundInProgressError(Exception):
@@ -73,12 +88,17 @@ class RoundScheduler:
         our_peer_id: str,
         on_aggregated: Callable[[int, AggregationResult], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        faults: FaultLog | None = None,
     ) -> None:
+        self._faults = faults if faults is not None else FaultLog()
         self._codecs = codecs
         self._connections = connections
         self._peers = peers
         self._rounds = rounds
         self._settings = settings
+        #: Settings from a config reload, adopted when no round is running (see update_settings).
+        self._next_settings: RoundSettings | None = None
+        self._round_wanted = False
         self._our_peer_id = our_peer_id
         self._on_aggregated = on_aggregated
         self._clock = clock
@@ -113,7 +133,23 @@ class RoundScheduler:
 
     def request_round(self) -> None:
         """Ask the scheduler loop for a round now (the ``round.start`` RPC)."""
+        self._round_wanted = True
         self._wake.set()
+
+    @property
+    def settings(self) -> RoundSettings:
+        """The settings in force (or about to be, after a reload)."""
+        return self._next_settings or self._settings
+
+    def update_settings(self, settings: RoundSettings) -> None:
+        """New settings from a config reload. A running round finishes with the settings it
+        started with; the schedule restarts from now on the new interval."""
+        self._next_settings = settings
+        self._wake.set()
+
+    def _adopt_next_settings(self) -> None:
+        if self._next_settings is not None and not self._lock.locked():
+            self._settings, self._next_settings = self._next_settings, None
 
     @property
     def running(self) -> bool:
@@ -123,13 +159,21 @@ class RoundScheduler:
 
     async def run(self) -> None:
         """Run rounds on the schedule and on request, until cancelled."""
-        interval = self._settings.interval_s
         while True:
-            with trio.move_on_after(interval if interval > 0 else math.inf):
+            self._adopt_next_settings()
+            interval = self.settings.interval_s
+            with trio.move_on_after(interval if interval > 0 else math.inf) as timer:
                 await self._wake.wait()
             self._wake = trio.Event()
-            with contextlib.suppress(RoundInProgressError):
+            if not timer.cancelled_caught and not self._round_wanted:
+                continue  # woken by new settings only: wait again on their interval
+            self._round_wanted = False
+            try:
                 await self.run_round()
+            except RoundInProgressError:
+                pass
+            except Exception as error:
+                self._faults.record("round", error)
 
     async def run_round(self) -> RoundRecord:
         if self._lock.locked():
@@ -138,12 +182,15 @@ class RoundScheduler:
             return await self._run_round_locked()
 
     async def _run_round_locked(self) -> RoundRecord:
-        trusted = [
-            peer for peer in self._peers.present() if self._peers.is_trusted(peer.public_key)
-        ]
-        record = self._rounds.begin(
-            alpha=self._settings.aggregation.alpha,
-            peers=[format_peer_id(peer.public_key) for peer in trusted],
+        if self._next_settings is not None:
+            self._settings, self._next_settings = self._next_settings, None
+        trusted = await trio.to_thread.run_sync(self._trusted_present)
+        record = await trio.to_thread.run_sync(
+            functools.partial(
+                self._rounds.begin,
+                alpha=self._settings.aggregation.alpha,
+                peers=[format_peer_id(peer.public_key) for peer in trusted],
+            )
         )
         number = record.round_number
         self.current_round = number
@@ -154,29 +201,23 @@ class RoundScheduler:
             ours = await self._train_if_new_audio()
             bundles, failures = await self._collect_bundles(trusted)
             result = await trio.to_thread.run_sync(self._aggregate, ours, bundles, number)
+            checkpoint, loss_before, loss_after, aggregation = result
+            await trio.to_thread.run_sync(self._codecs.save, checkpoint)
         except BaseException as error:
             reason = (
                 "cancelled (node shutting down)"
                 if isinstance(error, trio.Cancelled)
-                else (f"{type(error).__name__}: {error}")
+                else describe_failure(error)
             )
-            with trio.CancelScope(shield=True):
-                finished = self._rounds.finish(
-                    number,
-                    status=RoundStatus.FAILED,
-                    peers=[],
-                    n=None,
-                    loss_before=None,
-                    loss_after=None,
-                    record={"error": reason},
-                )
-            self.current_round = None
+            try:
+                with trio.CancelScope(shield=True):
+                    finished = await self._record_failure(number, reason)
+            finally:
+                self.current_round = None
             event(log, logging.WARNING, "round.failed", round=number, reason=reason)
             if isinstance(error, Exception):
                 return finished
             raise
-        checkpoint, loss_before, loss_after, aggregation = result
-        self._codecs.save(checkpoint)
         for key in bundles:
             self._inbox.pop(key, None)
         seconds = self._clock() - started
@@ -188,15 +229,27 @@ class RoundScheduler:
             "bytes_exchanged": moved - bytes_before,
             "model_version": checkpoint_version(self._codecs.current()),
         }
-        finished = self._rounds.finish(
-            number,
-            status=RoundStatus.COMPLETED,
-            peers=[format_peer_id(key) for key in bundles],
-            n=int(aggregation["total_sample_count"]),  # type: ignore[call-overload]
-            loss_before=loss_before,
-            loss_after=loss_after,
-            record=report,
-        )
+        try:
+            finished = await trio.to_thread.run_sync(
+                functools.partial(
+                    self._rounds.finish,
+                    number,
+                    status=RoundStatus.COMPLETED,
+                    peers=[format_peer_id(key) for key in bundles],
+                    n=int(aggregation["total_sample_count"]),  # type: ignore[call-overload]
+                    loss_before=loss_before,
+                    loss_after=loss_after,
+                    record=report,
+                )
+            )
+        except DatabaseError as error:
+            # The checkpoint is written; only its record failed: say so rather than "running".
+            with trio.CancelScope(shield=True):
+                finished = await self._record_failure(
+                    number, f"model saved, round record not written: {describe_failure(error)}"
+                )
+            self.current_round = None
+            return finished
         self.current_round = None
         event(
             log,
@@ -210,6 +263,30 @@ class RoundScheduler:
         )
         return finished
 
+    def _trusted_present(self) -> list[PeerRecord]:
+        return [peer for peer in self._peers.present() if self._peers.is_trusted(peer.public_key)]
+
+    async def _record_failure(self, number: int, reason: str) -> RoundRecord:
+        """Record round ``number`` as failed, retrying while the database is locked."""
+        finish = functools.partial(
+            self._rounds.finish,
+            number,
+            status=RoundStatus.FAILED,
+            peers=[],
+            n=None,
+            loss_before=None,
+            loss_after=None,
+            record={"error": reason},
+        )
+        for attempt in range(FINISH_ATTEMPTS):
+            try:
+                return await trio.to_thread.run_sync(finish)
+            except DatabaseError:
+                if attempt == FINISH_ATTEMPTS - 1:
+                    raise  # left "running": marked abandoned at the next start
+                await trio.sleep(FINISH_RETRY_S)
+        raise AssertionError("unreachable")
+
     async def _train_if_new_audio(self) -> OurCodec:
         ours = self._codecs.current()
         digest = self._codecs.features_digest()
@@ -217,10 +294,10 @@ class RoundScheduler:
         if not digest or (trained_on == digest and not self._settings.train_each_round):
             return ours
         checkpoint = await trio.to_thread.run_sync(self._train, ours, digest)
-        return self._codecs.save(checkpoint)
+        return await trio.to_thread.run_sync(self._codecs.save, checkpoint)
 
     def _train(self, ours: OurCodec, digest: str) -> Checkpoint:
-        features = self._codecs.load_features()
+        features, _heldout = split_heldout(self._codecs.load_features())
         model = new_model(ours.config, ours.checkpoint.state)
         train_codec(model, features, self._settings.train)
         return Checkpoint(
@@ -286,17 +363,32 @@ class RoundScheduler:
                     state=state,
                 )
             )
-        result = aggregate_round(local, updates, self._settings.aggregation, round_number=number)
+
+        _train, heldout = split_heldout(self._codecs.load_features())
+
+        def heldout_loss(state: Mapping[str, npt.NDArray[np.floating]]) -> float:
+            return evaluate_l1(new_model(config, state), heldout)
+
+        guarded = guarded_aggregate(
+            local,
+            updates,
+            self._settings.aggregation,
+            round_number=number,
+            reference_norm=self._codecs.reference_norm(),
+            heldout_loss=heldout_loss if heldout else None,
+            max_increase=self._settings.max_loss_increase,
+        )
+        result = guarded.result
+        loss_before, loss_after = guarded.loss_before, guarded.loss_after
+        discarded = guarded.reason
+        left_out = list(guarded.left_out)
+        if discarded is not None:
+            event(log, logging.WARNING, "round.discarded", round=number, reason=discarded)
         if self._on_aggregated is not None:
             self._on_aggregated(number, result)
-        features = self._codecs.load_features()
-        loss_before = loss_after = None
-        if features:
-            loss_before = evaluate_l1(new_model(config, ours.checkpoint.state), features)
-            loss_after = evaluate_l1(new_model(config, result.personal_state), features)
         checkpoint = Checkpoint(
             codec_config=config,
-            state=result.personal_state,
+            state=ours.checkpoint.state if discarded else result.personal_state,
             round=number,
             sample_count=ours.checkpoint.sample_count,
             metadata={**ours.checkpoint.metadata, "source": "round", "alpha": result.record.alpha},
@@ -304,6 +396,8 @@ class RoundScheduler:
         record = asdict(result.record)
         record["rejected"] = [*record["rejected"], *invalid]
         record["total_sample_count"] = result.record.total_sample_count
+        record["discarded"] = discarded
+        record["left_out_for_loss"] = left_out
         return checkpoint, loss_before, loss_after, record
 
 

@@ -3,10 +3,15 @@
 Pure functions over ``{name: array}`` states: no torch, no I/O, no clock. One round:
 
 1. **Validate** every peer update against our own (architecture id, tensor names and shapes,
-   finite values, ``sample_count > 0``, no duplicate peer id). A bad update is *recorded* with
-   its reason and left out; it never raises, since one bad peer must not stop the round.
+   finite values, ``0 < sample_count <= max_sample_count``, no duplicate peer id). A bad update
+   is *recorded* with its reason and left out; it never raises, since one bad peer must not
+   stop the round.
 2. **Clip** each peer's update ``u_k = w_k - local`` (one flat vector over all tensors) to
-   ``||u_k|| <= clip_norm_ratio * ||local||``.
+   ``||u_k|| <= clip_norm_ratio * reference_norm``. The reference is fixed (the norm of the
+   shared starting codec, which the caller passes), not ``||local||``: a radius relative to the
+   current model lets a poisoner grow the model by a constant factor every round, which
+   compounds (1.3x per round was 36,000x after 40 rounds). Without a reference, ``||local||``
+   is used (one-off aggregations, tests).
 3. **Aggregate** ours and the clipped peers' weights: ``Σ n_k w_k / Σ n_k`` or, with at least
    ``min_bundles_for_robust`` participants (ours included), a coordinate-wise trimmed mean or
    median. The robust statistics are unweighted on purpose: ``sample_count`` is self-reported,
@@ -17,7 +22,9 @@ Pure functions over ``{name: array}`` states: no torch, no I/O, no clock. One ro
 5. **Personalize**: ``personal = alpha * local + (1 - alpha) * global``.
 
 Hence, whatever the peers send, ``||personal - local|| <= (1 - alpha) * clip_norm_ratio *
-||local||``: a poisoned bundle moves our model by at most that much per round.
+reference_norm``: a poisoned bundle moves our model by at most that much per round, a bound
+that does not grow with the model. Steps that add up over rounds are the round scheduler's to
+catch: it discards a round whose result worsens our held-out loss (:mod:`fl.round_guard`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from fl.config import AggregationConfig
+from fl.config import MAX_SAMPLE_COUNT, AggregationConfig
 
 State = Mapping[str, npt.NDArray[np.floating]]
 FloatArray = npt.NDArray[np.float64]
@@ -111,7 +118,11 @@ def _unflatten(
 
 
 def validation_error(
-    update: PeerUpdate, architecture_id: str, shapes: Mapping[str, tuple[int, ...]]
+    update: PeerUpdate,
+    architecture_id: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    max_sample_count: int = MAX_SAMPLE_COUNT,
 ) -> str | None:
     """Why ``update`` cannot be aggregated with a model of this architecture, or ``None``."""
     if update.architecture_id != architecture_id:
@@ -120,6 +131,8 @@ def validation_error(
         return "sample count is not an integer"
     if update.sample_count <= 0:
         return f"sample count {update.sample_count} is not positive"
+    if update.sample_count > max_sample_count:
+        return f"sample count {update.sample_count} is over {max_sample_count}"
     if set(update.state) != set(shapes):
         missing = sorted(set(shapes) - set(update.state))
         extra = sorted(set(update.state) - set(shapes))
@@ -158,20 +171,26 @@ def aggregate_round(
     config: AggregationConfig,
     *,
     round_number: int = 0,
+    reference_norm: float | None = None,
 ) -> AggregationResult:
     """Run one personalized-FedAvg round (see the module docstring for the steps).
 
     ``local`` is our own model; it must be valid (:class:`ValueError` otherwise, since that is
     our bug). Peers are validated and rejected with a reason, never raised on.
+    ``reference_norm`` fixes the clip radius (``clip_norm_ratio * reference_norm``); None
+    uses ``||local||``.
     """
+    if reference_norm is not None and not (math.isfinite(reference_norm) and reference_norm > 0):
+        raise ValueError(f"reference_norm must be positive and finite, got {reference_norm}")
     names = sorted(local.state)
     shapes = {name: tuple(np.asarray(local.state[name]).shape) for name in names}
-    problem = validation_error(local, local.architecture_id, shapes)
+    limit = config.max_sample_count
+    problem = validation_error(local, local.architecture_id, shapes, max_sample_count=limit)
     if problem is not None:
         raise ValueError(f"local model is invalid: {problem}")
     local_vector = _flatten(local.state, names)
     local_norm = float(np.linalg.norm(local_vector))
-    bound = config.clip_norm_ratio * local_norm
+    bound = config.clip_norm_ratio * (local_norm if reference_norm is None else reference_norm)
 
     rejected: list[Rejection] = []
     participants: list[Participant] = []
@@ -179,7 +198,7 @@ def aggregate_round(
     weights: list[float] = [float(local.sample_count)]
     seen = {local.peer_id}
     for peer in peers:
-        problem = validation_error(peer, local.architecture_id, shapes)
+        problem = validation_error(peer, local.architecture_id, shapes, max_sample_count=limit)
         if problem is None and peer.peer_id in seen:
             problem = "duplicate peer id in this round"
         if problem is not None:

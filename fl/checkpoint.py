@@ -13,6 +13,11 @@ is flushed and fsynced, renamed over the target with :func:`os.replace` (atomic 
 directory is fsynced so the rename itself survives a power cut. A crash at any point leaves either
 the old file or the new one, never a mix; the checksum catches anything else (a truncated copy,
 a flipped bit) and :func:`load_checkpoint` reports it as :class:`~fl.errors.CheckpointError`.
+
+Generations: :func:`save_checkpoint` keeps the file it replaces, if that one is intact, as
+``<name>.prev`` (:func:`previous_path`), so a checkpoint damaged later on disk (or deleted) can
+be recovered from the generation before it (:func:`load_with_fallback`) instead of the model
+being lost or silently re-initialised.
 """
 
 from __future__ import annotations
@@ -87,11 +92,68 @@ def _encode(checkpoint: Checkpoint) -> bytes:
     return body + hashlib.blake2s(body).digest()
 
 
-def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
-    """Atomically write ``checkpoint`` to ``path`` (:class:`ValueError` if it is inconsistent)."""
+PREVIOUS_SUFFIX: Final = ".prev"
+
+
+def previous_path(path: Path) -> Path:
+    """Where the generation before ``path`` is kept."""
+    return path.with_name(path.name + PREVIOUS_SUFFIX)
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint, *, keep_previous: bool = True) -> None:
+    """Atomically write ``checkpoint`` to ``path`` (:class:`ValueError` if it is inconsistent).
+
+    With ``keep_previous``, the file being replaced becomes ``<name>.prev`` first, but only if
+    it is an intact checkpoint: a damaged file never overwrites a good previous generation.
+    """
     if checkpoint.round < 0 or checkpoint.sample_count < 0:
         raise ValueError("round and sample_count must not be negative")
-    write_atomic(path, _encode(checkpoint))
+    data = _encode(checkpoint)
+    if keep_previous:
+        try:
+            current = path.read_bytes()
+        except FileNotFoundError:
+            current = b""
+        if current and current != data and _is_intact(current):
+            write_atomic(previous_path(path), current)
+    write_atomic(path, data)
+
+
+def _is_intact(data: bytes) -> bool:
+    try:
+        _parse(data)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedCheckpoint:
+    """What :func:`load_with_fallback` found: the checkpoint, and the problem it worked around."""
+
+    checkpoint: Checkpoint
+    from_previous: bool
+    problem: str | None
+
+
+def load_with_fallback(path: Path) -> LoadedCheckpoint:
+    """``path``, or its previous generation when ``path`` is missing or damaged.
+
+    Raises :class:`CheckpointError` when neither is usable (the message names both).
+    """
+    try:
+        return LoadedCheckpoint(load_checkpoint(path), from_previous=False, problem=None)
+    except CheckpointError as error:
+        problem = str(error)
+    previous = previous_path(path)
+    if not previous.exists():
+        raise CheckpointError(
+            f"{problem}; no previous generation ({previous.name}) to fall back to"
+        )
+    try:
+        return LoadedCheckpoint(load_checkpoint(previous), from_previous=True, problem=problem)
+    except CheckpointError as error:
+        raise CheckpointError(f"{problem}; the previous generation too: {error}") from error
 
 
 def _nonnegative_int(header: dict[str, object], key: str) -> int:

@@ -18,6 +18,10 @@ from typing import Literal
 
 #: Whisper's front end produces one log-mel frame every 10 ms (hop 160 at 16 kHz).
 MEL_FRAME_RATE_HZ = 100
+#: Largest sample count (mel frames of enrolled audio) a bundle may claim: 1,000 hours at
+#: :data:`MEL_FRAME_RATE_HZ`. The count weighs a peer in the mean, and it is self-reported, so
+#: an absurd one (2**64 - 1 was accepted) would let one peer outweigh everyone else.
+MAX_SAMPLE_COUNT = 1000 * 3600 * MEL_FRAME_RATE_HZ
 
 _ARCHITECTURE_PREFIX = "csm-v1"
 _ARCHITECTURE_PATTERN = re.compile(
@@ -214,6 +218,8 @@ class AggregationConfig:
     robust: RobustStatistic = "trimmed_mean"
     trim_fraction: float = 0.2
     min_bundles_for_robust: int = 5
+    #: A self-reported sample count over this is refused (see :data:`MAX_SAMPLE_COUNT`).
+    max_sample_count: int = MAX_SAMPLE_COUNT
 
     def __post_init__(self) -> None:
         _check_float("alpha", self.alpha, 0.0, 1.0)
@@ -224,3 +230,4 @@ class AggregationConfig:
             )
         _check_float("trim_fraction", self.trim_fraction, 0.0, 0.49)
         _check_int("min_bundles_for_robust", self.min_bundles_for_robust, 1, 1_000_000)
+        _check_int("max_sample_count", self.max_sample_count, 1, 2**63 - 1)

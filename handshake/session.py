@@ -31,7 +31,7 @@ import enum
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
 from handshake.framing import MAX_PENDING_BYTES, NEED_DATA, FrameReader, NeedData
@@ -52,6 +52,9 @@ MAX_CHUNKED_PAYLOAD: Final = 4 * 1024 * 1024
 #: Data bytes per chunk: the transport plaintext limit less a Chunk envelope's own overhead
 #: (56-72 bytes, measured in tests), rounded down to the 8-byte word.
 CHUNK_DATA_BYTES: Final = (MAX_TRANSPORT_PLAINTEXT - 128) // 8 * 8
+#: Bytes all sessions together may hold in partly reassembled chunked messages (a node-wide
+#: :class:`MemoryBudget`); one full-size message each for 16 sessions at once.
+REASSEMBLY_BUDGET_BYTES: Final = 16 * MAX_CHUNKED_PAYLOAD
 #: Frames a peer may send per second before we call it a flood.
 MAX_FRAMES_PER_SECOND: Final = 10_000
 _EPOCH_LIMIT: Final = 2**32 - 1
@@ -63,6 +66,32 @@ _NOT_SENDABLE: Final = frozenset({Chunk, Hello})
 _NOT_RECEIVABLE: Final = frozenset({Hello, NoBundle, Rekey, Chunk})
 
 
+class MemoryBudget:
+    """Bytes shared by many sessions (chunk reassembly), reserved and released explicitly.
+
+    Not thread-safe: sessions live on one event loop. A session that cannot reserve what its
+    next chunk needs fails (``RemoteProtocolError``), so a crowd of peers each holding an
+    almost complete message is bounded as a whole, not only one session at a time.
+    """
+
+    def __init__(self, total_bytes: int) -> None:
+        if total_bytes < 1:
+            raise ValueError("a memory budget must be positive")
+        self.total_bytes = total_bytes
+        self.in_use = 0
+        self.refused = 0
+
+    def try_reserve(self, size: int) -> bool:
+        if self.in_use + size > self.total_bytes:
+            self.refused += 1
+            return False
+        self.in_use += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.in_use = max(0, self.in_use - size)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionSettings:
     """Limits and rekey schedule; both peers must run the same rekey values."""
@@ -72,6 +101,8 @@ class SessionSettings:
     max_chunked_payload: int = MAX_CHUNKED_PAYLOAD
     max_frames_per_second: int = MAX_FRAMES_PER_SECOND
     max_pending_bytes: int = MAX_PENDING_BYTES
+    #: Shared by every session built with these settings; None: each session alone is bounded.
+    reassembly_budget: MemoryBudget | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # Two: room for at least one message and the epoch's closing notice.
@@ -213,7 +244,7 @@ class Session:
         try:
             self._reader.receive_data(data)
         except RemoteProtocolError:
-            self._state = SessionState.ERROR
+            self._fail()
             raise
 
     def next_event(self) -> Message | NeedData:
@@ -229,9 +260,10 @@ class Session:
                 if event is not None:
                     if isinstance(event, Bye):
                         self._state = SessionState.CLOSED
+                        self.discard_partial()
                     return event
         except RemoteProtocolError:
-            self._state = SessionState.ERROR
+            self._fail()
             raise
 
     def _open_frame(self, frame: memoryview) -> Message | None:
@@ -306,15 +338,20 @@ class Session:
             raise RemoteProtocolError(
                 f"chunk holds {len(chunk.data)} bytes (1..{CHUNK_DATA_BYTES})"
             )
-        reassembly.parts.append(chunk.data)
-        reassembly.size += len(chunk.data)
-        if reassembly.size > self.settings.max_chunked_payload:
+        if reassembly.size + len(chunk.data) > self.settings.max_chunked_payload:
             raise RemoteProtocolError(
                 f"chunked message exceeds {self.settings.max_chunked_payload} bytes"
             )
+        budget = self.settings.reassembly_budget
+        if budget is not None and not budget.try_reserve(len(chunk.data)):
+            raise RemoteProtocolError(
+                f"chunk reassembly budget of {budget.total_bytes} bytes is spent (node-wide)"
+            )
+        reassembly.parts.append(chunk.data)
+        reassembly.size += len(chunk.data)
         if len(reassembly.parts) < reassembly.count:
             return None
-        self._reassembly = None
+        self.discard_partial()
         message = decode(b"".join(reassembly.parts))
         if isinstance(message, Chunk | Rekey):
             raise RemoteProtocolError(f"a chunked message may not hold a {type(message).__name__}")
@@ -326,9 +363,20 @@ class Session:
             raise RemoteProtocolError(f"peer sent {type(message).__name__} inside a session")
         return message
 
+    def discard_partial(self) -> None:
+        """Drop a partly received chunked message and give its bytes back to the budget (the
+        session ended, failed, or the message is complete). Safe to call more than once."""
+        reassembly, self._reassembly = self._reassembly, None
+        if reassembly is not None and self.settings.reassembly_budget is not None:
+            self.settings.reassembly_budget.release(reassembly.size)
+
+    def _fail(self) -> None:
+        self._state = SessionState.ERROR
+        self.discard_partial()
+
     def _refuse(self, action: str) -> NoReturn:
         current = self._state
-        self._state = SessionState.ERROR
+        self._fail()
         raise LocalProtocolError(f"cannot {action}: session is {current.name}")
 
 

@@ -50,17 +50,21 @@ HANDSHAKE_TIMEOUT_SECONDS: Final = 10.0
 RECEIVE_SIZE: Final = 65536
 #: How long aclose() waits to deliver our Bye before closing regardless.
 CLOSE_TIMEOUT_SECONDS: Final = 2.0
+#: How long one write may wait for the peer to read: a peer that stops reading would otherwise
+#: hold the task that writes to it (and its buffers) for as long as it likes.
+SEND_TIMEOUT_SECONDS: Final = 10.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StreamSettings:
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_SECONDS
     close_timeout_s: float = CLOSE_TIMEOUT_SECONDS
+    send_timeout_s: float = SEND_TIMEOUT_SECONDS
     receive_size: int = RECEIVE_SIZE
     session: SessionSettings = field(default_factory=SessionSettings)
 
     def __post_init__(self) -> None:
-        for name in ("handshake_timeout_s", "close_timeout_s"):
+        for name in ("handshake_timeout_s", "close_timeout_s", "send_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number")
@@ -74,6 +78,10 @@ class InitiatorRejectedByUs(ProtocolError):
 
 class _PeerVanished(RemoteProtocolError):
     pass
+
+
+class SendTimeoutError(RemoteProtocolError):
+    """The peer did not read what we sent within ``send_timeout_s``; the session is broken."""
 
 
 class SessionStream(trio.abc.AsyncResource):
@@ -154,6 +162,7 @@ class SessionStream(trio.abc.AsyncResource):
         if self._closed:
             return
         self._closed = True
+        self._session.discard_partial()
         try:
             if self._broken is None and self._session.state is SessionState.OPEN:
                 with trio.move_on_after(self._settings.close_timeout_s):
@@ -178,13 +187,20 @@ class SessionStream(trio.abc.AsyncResource):
         """
         try:
             if outgoing:
+                limit = self._settings.send_timeout_s
                 try:
-                    await self._stream.send_all(outgoing)
-                except trio.Cancelled:
-                    # A send_all cut short leaves a partial frame on the wire: nothing after it
-                    # can be understood by the peer.
-                    self._broken = RemoteProtocolError("a write was cancelled midway")
-                    raise
+                    with trio.fail_after(limit):
+                        try:
+                            await self._stream.send_all(outgoing)
+                        except trio.Cancelled:
+                            # A send_all cut short leaves a partial frame on the wire: nothing
+                            # after it can be understood by the peer.
+                            self._broken = RemoteProtocolError("a write was cancelled midway")
+                            raise
+                except trio.TooSlowError:
+                    raise SendTimeoutError(
+                        f"peer did not read {len(outgoing)} bytes within {limit} s"
+                    ) from None
             if not want_event:
                 return None
             session = self._session
@@ -199,6 +215,7 @@ class SessionStream(trio.abc.AsyncResource):
                 session.receive_data(bytes(data))
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
             self._broken = exc
+            self._session.discard_partial()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
             raise trio.BrokenResourceError(f"session failed: {exc}") from exc
@@ -346,6 +363,7 @@ async def open_responder_session(
 __all__ = [
     "HANDSHAKE_TIMEOUT_SECONDS",
     "InitiatorRejectedByUs",
+    "SendTimeoutError",
     "SessionStream",
     "StreamSettings",
     "accept_session",

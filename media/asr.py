@@ -141,6 +141,20 @@ class Transcript:
         return tuple(word for segment in self.segments for word in segment.words)
 
 
+@dataclass(frozen=True)
+class LanguageGuess:
+    """Whisper's language identification: the top language, its probability, the runner-up."""
+
+    language: str
+    probability: float
+    runner_up: str | None = None
+    runner_up_probability: float = 0.0
+
+
+#: Identification looks at most at this many 30 s windows from the start of a recording.
+IDENTIFICATION_WINDOWS: Final = 3
+
+
 class FeatureTranscriber:
     """Transcribes Whisper log-mel arrays with a loaded ``WhisperModel``.
 
@@ -175,6 +189,38 @@ class FeatureTranscriber:
     @property
     def is_multilingual(self) -> bool:
         return bool(self._model.model.is_multilingual)
+
+    def identify_language(
+        self, mel: npt.ArrayLike, *, windows: int = IDENTIFICATION_WINDOWS
+    ) -> LanguageGuess:
+        """Which language the speech in ``mel`` is in (multilingual models only).
+
+        Whisper's own identification: the language-token distribution after the encoder, over
+        up to ``windows`` 30 s windows from the start (faster-whisper's ``detect_language``).
+        """
+        if not self.is_multilingual:
+            raise UnsupportedLanguageError(
+                "the loaded Whisper model is English-only; it cannot identify a language"
+            )
+        if windows < 1:
+            raise ValueError(f"windows must be >= 1, got {windows}")
+        features = _as_features(mel)
+        try:
+            language, probability, ranked = self._model.detect_language(
+                features=features[:, :-1] if features.shape[1] > 1 else features,
+                language_detection_segments=windows,
+            )
+        except (RuntimeError, ValueError) as error:
+            detail = " ".join(str(error).split())
+            raise TranscriptionError(f"Whisper language identification failed: {detail}") from error
+        ordered = sorted(ranked, key=lambda item: -float(item[1]))
+        others = [(str(code), float(p)) for code, p in ordered if str(code) != str(language)]
+        return LanguageGuess(
+            language=str(language),
+            probability=float(probability),
+            runner_up=others[0][0] if others else None,
+            runner_up_probability=others[0][1] if others else 0.0,
+        )
 
     def transcribe_audio(
         self, audio: npt.ArrayLike, *, options: DecodeOptions | None = None

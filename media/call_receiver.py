@@ -47,12 +47,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 import wave
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -277,6 +278,7 @@ class ListenerPipeline:
         )
         self._wav_path = call_dir / f"received.{self._target}.wav"
         self._wav: wave.Wave_write | None = None
+        self._wav_file: BinaryIO | None = None
         self._wav_rate = 0
         self._wav_samples = 0
         # Word-time hygiene for the cue builder (see _add_word).
@@ -460,7 +462,11 @@ class ListenerPipeline:
             return
         self.latency.add("tts", time.perf_counter() - started)
         if self._wav is None:
-            self._wav = wave.open(str(self._wav_path), "wb")  # noqa: SIM115 (closed in close())
+            # Private like every file the node writes (wave.open would create it 0644).
+            descriptor = os.open(self._wav_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(descriptor, 0o600)
+            self._wav_file = os.fdopen(descriptor, "wb")
+            self._wav = wave.open(self._wav_file, "wb")  # noqa: SIM115 (closed in close())
             self._wav.setnchannels(1)
             self._wav.setsampwidth(2)
             self._wav.setframerate(speech.sample_rate)
@@ -507,6 +513,9 @@ class ListenerPipeline:
         if self._wav is not None:
             self._wav.close()
             self._wav = None
+        if self._wav_file is not None:
+            self._wav_file.close()  # wave does not close a file object it was given
+            self._wav_file = None
 
     def summary(self, **extra: object) -> dict[str, object]:
         """The call's figures, JSON-ready (``extra`` adds the shell's fields)."""

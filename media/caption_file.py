@@ -31,7 +31,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -48,7 +48,7 @@ from media.vad import frame_levels_db
 from schemas.messages import WordTime
 
 if TYPE_CHECKING:
-    from media.asr import Transcript
+    from media.asr import LanguageGuess, Transcript
 
 __all__ = [
     "CaptionFileError",
@@ -56,9 +56,11 @@ __all__ = [
     "FeatureDecoder",
     "Progress",
     "SlicePlan",
+    "SpeechRecognizer",
     "TranslatorFactory",
     "caption_recording",
     "plan_slices",
+    "transcribe_words",
 ]
 
 #: Whisper's window: a slice of at most this much audio is decoded as one window.
@@ -91,14 +93,29 @@ class FeatureDecoder(Protocol):
     def transcribe_features(self, mel: FloatArray) -> Transcript: ...
 
 
+class SpeechRecognizer(Protocol):
+    """Identification plus per-language decoders (``media.recognizer.WhisperRecognizer``)."""
+
+    def identify_language(self, mel: FloatArray) -> LanguageGuess: ...
+
+    def for_language(self, language: str) -> FeatureDecoder: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CaptionResult:
-    """What was written: ``outputs`` maps ``"<lang>.<ext>"`` (e.g. ``"pt.vtt"``) to the file."""
+    """What was written: ``outputs`` maps ``"<lang>.<ext>"`` (e.g. ``"pt.vtt"``) to the file.
+
+    ``tracks`` holds the cues of every language (the source's with their word times), for a
+    caller that keeps more than the subtitle files (the web page's transcript).
+    """
 
     outputs: Mapping[str, Path]
     language: str
     cue_count: int
     duration_s: float
+    tracks: Mapping[str, Sequence[Cue]] = field(default_factory=dict)
+    #: Whisper's probability for ``language`` when it was identified; ``None`` when forced.
+    language_probability: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +175,12 @@ def caption_recording(
     path: str | os.PathLike[str],
     *,
     out_dir: Path,
-    transcriber: FeatureDecoder,
+    transcriber: FeatureDecoder | None = None,
     translator_factory: TranslatorFactory,
     to_languages: Sequence[str] = (),
     source_language: str = "en",
+    recognizer: SpeechRecognizer | None = None,
+    language: str | None = None,
     layout: CaptionLayout | None = None,
     progress: Progress | None = None,
     window_s: float = WHISPER_WINDOW_S,
@@ -176,6 +195,11 @@ def caption_recording(
     unsupported pair fails in a moment, not after the whole recording was transcribed; should
     the transcript come out in another language (a multilingual model detecting it), they are
     built again for that one.
+
+    With a ``recognizer`` instead of a ``transcriber``, the spoken language is ``language`` when
+    given, else identified on the recording (``CaptionResult.language_probability`` says how
+    sure), and the decoder for that language transcribes it; translators are then built right
+    after decoding the audio, before the transcription.
 
     Raises a ``MediaError``: the input's ``AudioFileError``/``SilentAudioError``, the translator
     factory's ``UnsupportedLanguagePairError``, ``SubtitleError`` when a file cannot be written.
@@ -192,12 +216,27 @@ def caption_recording(
     if out_dir.exists() and not out_dir.is_dir():
         raise CaptionFileError(f"output folder {str(out_dir)!r} exists and is not a folder")
 
-    translators = _build_translators(translator_factory, source_language, targets)
+    if (transcriber is None) == (recognizer is None):
+        raise ValueError("pass exactly one of transcriber and recognizer")
+    probability: float | None = None
+    if recognizer is None:
+        translators = _build_translators(translator_factory, source_language, targets)
+    elif language is not None:
+        source_language = _unique_languages([language])[0]
+        translators = _build_translators(translator_factory, source_language, targets)
+        transcriber = recognizer.for_language(source_language)
 
     report("decode", 0.0)
     audio = load_audio(source_path)
     mel = log_mel(audio)
     report("decode", _PROGRESS_DECODED)
+    if recognizer is not None and language is None:
+        guess = recognizer.identify_language(mel)
+        source_language, probability = guess.language, guess.probability
+        translators = _build_translators(translator_factory, source_language, targets)
+        transcriber = recognizer.for_language(source_language)
+    if transcriber is None:  # a forced language built it above
+        raise ValueError("no transcriber")  # unreachable: one of the branches set it
 
     transcript_language, words = _transcribe(
         mel,
@@ -229,6 +268,8 @@ def caption_recording(
         language=transcript_language,
         cue_count=len(source_cues),
         duration_s=duration_s,
+        tracks=tracks,
+        language_probability=probability,
     )
 
 
@@ -353,3 +394,27 @@ def _write_documents(
         where = error.filename if error.filename is not None else out_dir
         raise SubtitleError(f"cannot write captions to {str(where)!r}: {reason}") from error
     return {key: document.path for key, document in documents.items()}
+
+
+def transcribe_words(
+    audio: FloatArray,
+    transcriber: FeatureDecoder,
+    *,
+    progress: Progress | None = None,
+    window_s: float = WHISPER_WINDOW_S,
+    search_s: float = CUT_SEARCH_S,
+) -> tuple[str, list[WordTime], float]:
+    """Language, timed words and duration of 16 kHz ``audio``, transcribed as
+    :func:`caption_recording` does it (for callers that need the words, e.g. ``parley dub``).
+
+    ``progress`` gets the "transcribe" stage with fractions in [0.05, 0.85].
+    """
+    mel = log_mel(audio)
+    language, words = _transcribe(
+        mel,
+        transcriber,
+        window_frames=round(window_s * FRAMES_PER_SECOND),
+        search_frames=round(search_s * FRAMES_PER_SECOND),
+        progress=progress if progress is not None else _no_progress,
+    )
+    return language, words, (mel.shape[1] - 1) / FRAMES_PER_SECOND

@@ -36,7 +36,8 @@ __all__ = [
 ]
 
 #: A BCP 47-ish language tag; also keeps a track name from escaping its folder.
-_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline ("pt\n").
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 #: The longest time a timestamp can show (HH is two digits in SRT).
 MAX_TIMESTAMP_S = 100 * 3600 - 0.001
 
@@ -106,7 +107,7 @@ def render_document(cues: Iterable[Cue], subtitle_format: SubtitleFormat) -> str
 
 def track_path(base: Path, language: str, subtitle_format: SubtitleFormat) -> Path:
     """``call`` + ``pt`` + WebVTT -> ``call.pt.vtt`` (an existing suffix on ``base`` is kept)."""
-    if not _LANGUAGE_TAG.match(language):
+    if not _LANGUAGE_TAG.fullmatch(language):
         raise SubtitleError(f"{language!r} is not a language tag (expected e.g. 'en' or 'pt-BR')")
     return base.with_name(f"{base.name}.{language}.{subtitle_format.value}")
 
@@ -118,15 +119,17 @@ class LiveSubtitleWriter:
     builder guarantees it; the writer checks, because a player drops out-of-order cues silently).
     """
 
-    def __init__(self, path: Path, subtitle_format: SubtitleFormat) -> None:
+    def __init__(self, path: Path, subtitle_format: SubtitleFormat, *, mode: int = 0o600) -> None:
         self._path = path
         self._format = subtitle_format
         self._count = 0
         self._last_end_s = 0.0
         try:
             self._fd: int | None = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644
+                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, mode
             )
+            # O_CREAT's mode passes through the umask, and an existing file keeps its own.
+            os.fchmod(self._fd, mode)
         except OSError as error:
             raise SubtitleError(
                 f"cannot open {str(path)!r} for writing: {error.strerror}"

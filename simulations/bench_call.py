@@ -210,12 +210,14 @@ def make_node_home(root: Path, name: str) -> tuple[NodeHome, Identity]:
     return home, identity
 
 
-def loopback_node_config(name: str, *, static_peers: tuple[str, ...] = ()) -> Config:
+def loopback_node_config(
+    name: str, *, static_peers: tuple[str, ...] = (), web: bool = False
+) -> Config:
     config = Config().replace("node", name=name).replace("listen", host="127.0.0.1")
     config = config.replace(
         "discovery", mdns=False, interfaces=("127.0.0.1",), static_peers=static_peers
     )
-    return config.replace("fl", round_interval_min=0)
+    return config.replace("fl", round_interval_min=0).replace("web", enabled=web)
 
 
 @dataclass(slots=True)
@@ -246,10 +248,12 @@ async def open_call_pair(
     limits: CallLimits | None = None,
     listener_language: str = "pt",
     names: tuple[str, str] = ("caller", "listener"),
+    listener_web_port: int | None = None,
 ) -> AsyncIterator[CallPair]:
     """Two nodes on loopback that know and trust each other; the listener serves calls.
 
     Their homes are ``root/<name>`` (existing homes, e.g. from ``parley init``, are used).
+    With ``listener_web_port`` (0: any free port) the listener serves its web page too.
     """
     caller_name, listener_name = names
     caller_home, caller_id = make_node_home(root, caller_name)
@@ -264,8 +268,10 @@ async def open_call_pair(
         listener = await stack.enter_async_context(
             open_node(
                 listener_home,
-                loopback_node_config(listener_name).replace("call", language=listener_language),
-                NodeOptions(listen_port=0, session_handler=serve),
+                loopback_node_config(listener_name, web=listener_web_port is not None).replace(
+                    "call", language=listener_language
+                ),
+                NodeOptions(listen_port=0, session_handler=serve, web_port=listener_web_port),
             )
         )
         handler = make_call_handler(listener, models=models, limits=limits)
@@ -273,7 +279,12 @@ async def open_call_pair(
         handler_ref.append(handler)
         static = (f"127.0.0.1:{listener.listen_port}:{listener_id.public_key.hex()}",)
         caller = await stack.enter_async_context(
-            open_node(caller_home, loopback_node_config(caller_name, static_peers=static))
+            # Port 0: the caller's own listener must not collide with other nodes on this host.
+            open_node(
+                caller_home,
+                loopback_node_config(caller_name, static_peers=static),
+                NodeOptions(listen_port=0),
+            )
         )
         caller.peers.observe(
             listener_id.public_key,

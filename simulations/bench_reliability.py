@@ -14,6 +14,14 @@ Each figure comes from a real run, here and now:
 * ``load``: 64 concurrent handshakes, 5 waves, with 8 concurrent calls of 29 s of speech
   (en -> pt, real time) and 3 caption jobs on the node.
 * ``multihost``: 3 nodes in network namespaces, mDNS + a round (needs root).
+* ``stranger_calls``: strangers try to place calls on a node with the default config and on one
+  with ``calls_from = "known"``; ``accepted`` must be 0.
+* ``locked_db``: ``node.db`` write-locked by another process for 8 s while a trusted peer and a
+  stranger handshake; ``node_survived``.
+* ``disk_full``: an FL round whose checkpoint write fails with ENOSPC (a stand-in writer: the
+  disk is not really filled); ``node_survived``, ``state_loadable`` (no round left running).
+* issue #11's ``trust_by_name``, ``multi_address_flood``, ``fd_pressure``, ``slow_reader`` and
+  ``poison_rounds`` (:mod:`tests.reliability.abuse_stages`), the same with ``quick``.
 
 The reliability scenarios live in the test tree (``tests/reliability``) so that CI runs the
 same code with small budgets; run this from a checkout. ``quick=True`` uses the CI budgets.
@@ -221,6 +229,28 @@ def _multihost(root: Path) -> dict[str, object]:
         return {"ok": None, "skipped": str(error)}
 
 
+def _stranger_calls(root: Path, *, quick: bool) -> dict[str, object]:
+    from tests.reliability.fault_scenarios import case_stranger_calls
+
+    root.mkdir(exist_ok=True)
+    return trio.run(lambda: case_stranger_calls(root, strangers=5 if quick else 20))
+
+
+def _locked_db(root: Path) -> dict[str, object]:
+    from tests.reliability.fault_scenarios import case_locked_db
+
+    root.mkdir(exist_ok=True)
+    return trio.run(lambda: case_locked_db(root, hold_s=8.0))
+
+
+def _disk_full(root: Path) -> dict[str, object]:
+    from tests.reliability.fault_scenarios import case_disk_full_with_stand_in_writer
+
+    root.mkdir(exist_ok=True)
+    figures = trio.run(case_disk_full_with_stand_in_writer, root)
+    return {**figures, "stand_in": "checkpoint writer raising OSError(ENOSPC)"}
+
+
 def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
     """Run the reliability benchmark (several minutes; ``quick``: about 3 minutes)."""
     budget = QUICK if quick else FULL
@@ -234,6 +264,7 @@ def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
             script_audio,
             trained_caller_checkpoint,
         )
+        from tests.reliability.abuse_stages import stages as abuse_stages
         from tests.reliability.process_nodes import CallLoad, run_crash_trials, run_load
 
         calls = CallLoad(
@@ -267,6 +298,10 @@ def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
                 ).as_dict(),
             ),
             ("multihost", lambda: _multihost(root / "m")),
+            ("stranger_calls", lambda: _stranger_calls(root / "s", quick=quick)),
+            ("locked_db", lambda: _locked_db(root / "k")),
+            ("disk_full", lambda: _disk_full(root / "d")),
+            *abuse_stages(root / "abuse", quick=quick),
         ]
         for name, stage in stages:
             # One stage failing is a finding to report, not a reason to lose the others.

@@ -258,7 +258,7 @@ def flite_voices() -> frozenset[str]:
     return frozenset(names.split())
 
 
-def _write_float_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+def write_float_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
     with wave.open(str(path), "wb") as writer:
         writer.setnchannels(1)
@@ -299,7 +299,7 @@ def _synthesize(spec: VoiceSpec, text: str, target: Path, piper: _PiperJoe) -> N
             _run_tool([*arguments, "--", text], what)
         else:
             audio, sample_rate = piper.synthesize(text, spec.length_scale)
-            _write_float_wav(raw, audio, sample_rate)
+            write_float_wav(raw, audio, sample_rate)
         converted = Path(scratch) / "out.wav"
         _run_tool(
             [

@@ -21,12 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import trio
 from rich.console import Console
 
 from daemon.call_cli import render_call_summary
 from daemon.calls import CallerCaptions, CallModels, CallRequest
 from daemon.cli import main as parley
+from daemon.node import RunningNode
+from daemon.web.auth import TOKEN_FILE_NAME
 from media.features import SAMPLE_RATE
 from schemas.messages import Caption
 from simulations.bench_call import (
@@ -80,7 +84,11 @@ async def _call(root: Path, checkpoint: Path) -> None:
     await trio.to_thread.run_sync(models.prepare, "en", "pt")
     _step("starting both nodes on 127.0.0.1; alice and bob trust each other")
     async with open_call_pair(
-        root, caller_checkpoint=checkpoint, models=models, names=("alice", "bob")
+        root,
+        caller_checkpoint=checkpoint,
+        models=models,
+        names=("alice", "bob"),
+        listener_web_port=0,
     ) as pair:
         bob = pair.listener
         console.print(f"   bob listens on 127.0.0.1:{bob.listen_port}, id {bob.peer_id[:16]}")
@@ -98,6 +106,8 @@ async def _call(root: Path, checkpoint: Path) -> None:
             out_base=out / "call",
             on_update=_LivePrinter(),
         )
+        _step("alice's recording goes to bob's web page to be captioned (its HTTP API)")
+        await _caption_on_web(bob, audio, root / "alice-reads.wav")
     record = call.record
     _step(f"call over after {call.wall_s:.1f} s; bob's node wrote:")
     if record.call_dir is not None:
@@ -122,6 +132,52 @@ async def _call(root: Path, checkpoint: Path) -> None:
     )
 
 
+async def _caption_on_web(bob: RunningNode, audio: npt.NDArray[np.float32], wav: Path) -> None:
+    """Upload ``audio`` to bob's web API as a recording to caption in en + pt; wait for it."""
+    import httpx
+
+    from simulations.corpus import write_float_wav
+
+    write_float_wav(wav, audio, SAMPLE_RATE)
+    token = (bob.home.root / TOKEN_FILE_NAME).read_text().strip()
+    assert bob.web_url is not None
+    async with httpx.AsyncClient(
+        base_url=bob.web_url, headers={"Authorization": f"Bearer {token}"}, timeout=120
+    ) as client:
+        with wav.open("rb") as media:
+            response = await client.post(
+                "/api/recordings",
+                files={"file": (wav.name, media.read(), "audio/wav")},
+                data={"to": "pt"},
+            )
+        response.raise_for_status()
+        recording_id = response.json()["id"]
+        with trio.fail_after(300):
+            while True:
+                item = (await client.get(f"/api/recordings/{recording_id}")).json()
+                if item["status"] in ("ready", "failed"):
+                    break
+                await trio.sleep(0.5)
+    console.print(
+        f"   {wav.name}: {item['status']}"
+        + (f", tracks {', '.join(item['languages'])}" if item["status"] == "ready" else "")
+        + (f" ({item['reason']})" if item["reason"] else "")
+    )
+
+
+#: bob's config for the command printed at the end: this machine only, no mDNS.
+BOB_CONFIG = """# Written by the parley demo: bob on this machine only.
+[listen]
+host = "127.0.0.1"
+
+[discovery]
+mdns = false
+
+[fl]
+round_interval_min = 0
+"""
+
+
 def main() -> None:
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="parley-demo-"))
@@ -135,6 +191,12 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     console.print(f"demo done in {time.perf_counter() - started:.0f} s; homes kept in {root}")
+    bob = root / "bob"
+    (bob / "config.toml").write_text(BOB_CONFIG)
+    console.print(
+        "bob's web page has the call's captions and the captioned recording; to see it, run:"
+    )
+    print(f"{sys.executable} -m daemon.cli node --home {bob} --open")
 
 
 if __name__ == "__main__":

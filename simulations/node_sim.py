@@ -81,6 +81,9 @@ class SimulationSettings:
     heldout_per_speaker: int = 2
     mdns: bool = False
     measure_wer: bool = True
+    #: Score every node's three models after every round (the plots); False scores the last
+    #: round only (CI-sized studies: the scoring, not the federation, dominates their time).
+    score_every_round: bool = True
     codec: CodecConfig = field(default_factory=CodecConfig)
 
     def __post_init__(self) -> None:
@@ -136,6 +139,12 @@ def _poisoner(
         )
 
     return poison
+
+
+def _norm(state: State) -> float:
+    return float(
+        np.sqrt(sum(float(np.sum(np.square(value, dtype=np.float64))) for value in state.values()))
+    )
 
 
 def _l1(config: CodecConfig, state: State, features: Sequence[npt.NDArray[np.float32]]) -> float:
@@ -350,23 +359,24 @@ async def _run_nodes(
                 personal = dict(node.codecs.current().checkpoint.state)
                 global_state = data[index].global_by_round.get(record.round_number, personal)
                 item = data[index]
-                per_node[index]["rounds"].append(
-                    {
-                        "round": number,
-                        "status": record.status.value,
-                        "train_l1": {
-                            "personal": _l1(config, personal, item.train),
-                            "global": _l1(config, global_state, item.train),
-                            "local": _l1(config, local_only[index], item.train),
-                        },
-                        "heldout_l1": {
-                            "personal": _l1(config, personal, item.heldout),
-                            "global": _l1(config, global_state, item.heldout),
-                            "local": _l1(config, local_only[index], item.heldout),
-                        },
-                        "record": dict(record.record),
+                row: dict[str, Any] = {
+                    "round": number,
+                    "status": record.status.value,
+                    "personal_norm": _norm(personal),
+                    "record": dict(record.record),
+                }
+                if settings.score_every_round or number == settings.rounds:
+                    row["train_l1"] = {
+                        "personal": _l1(config, personal, item.train),
+                        "global": _l1(config, global_state, item.train),
+                        "local": _l1(config, local_only[index], item.train),
                     }
-                )
+                    row["heldout_l1"] = {
+                        "personal": _l1(config, personal, item.heldout),
+                        "global": _l1(config, global_state, item.heldout),
+                        "local": _l1(config, local_only[index], item.heldout),
+                    }
+                per_node[index]["rounds"].append(row)
         for index, node in enumerate(nodes):
             data[index].local_only = local_only[index]
             data[index].personal_final = dict(node.codecs.current().checkpoint.state)
@@ -460,21 +470,23 @@ def _plot(report: dict[str, Any], out_dir: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
     colours = {"local": "tab:gray", "global": "tab:blue", "personal": "tab:orange"}
     for axis, split in zip(axes, ("train_l1", "heldout_l1"), strict=True):
-        honest = [entry for entry in report["nodes"] if not entry["poisoned"]]
+        honest = [
+            [row for row in entry["rounds"] if split in row]
+            for entry in report["nodes"]
+            if not entry["poisoned"]
+        ]
         for kind, colour in colours.items():
-            for entry in honest:
-                xs = [row["round"] for row in entry["rounds"]]
+            for scored in honest:
                 axis.plot(
-                    xs,
-                    [row[split][kind] for row in entry["rounds"]],
+                    [row["round"] for row in scored],
+                    [row[split][kind] for row in scored],
                     color=colour,
                     alpha=0.25,
                     linewidth=0.8,
                 )
-            rounds = [row["round"] for row in honest[0]["rounds"]]
+            rounds = [row["round"] for row in honest[0]]
             means = [
-                np.mean([entry["rounds"][i][split][kind] for entry in honest])
-                for i in range(len(rounds))
+                np.mean([scored[i][split][kind] for scored in honest]) for i in range(len(rounds))
             ]
             axis.plot(rounds, means, color=colour, linewidth=2.2, label=f"{kind} (mean)")
         axis.set_title(

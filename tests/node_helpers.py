@@ -47,7 +47,9 @@ def loopback_config(
     config = config.replace(
         "discovery", mdns=mdns, interfaces=("127.0.0.1",), static_peers=static_peers
     )
-    return config.replace("fl", round_interval_min=0)
+    config = config.replace("fl", round_interval_min=0)
+    # No web page: a test node must not take the user's port 7406 (tests/web enable it, port 0).
+    return config.replace("web", enabled=False)
 
 
 async def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:

@@ -151,7 +151,7 @@ def test_a_poisoned_bundle_moves_us_at_most_the_clip_bound(
         for i in range(honest_peers)
     ]
     poison = {k: np.full(v.shape, 1e6, np.float32) for k, v in local_state.items()}
-    peers.append(_update("evil", 10**9, poison))  # huge norm *and* a lying sample count
+    peers.append(_update("evil", 10**8, poison))  # huge norm *and* a lying (but capped) count
     config = AggregationConfig(alpha=0.7, clip_norm_ratio=0.5, robust=robust)
     result = aggregate_round(_update("me", 10, local_state), peers, config)
     # ||personal - local|| = (1 - alpha) ||global - local|| <= (1 - alpha) * ratio * ||local||

@@ -290,6 +290,13 @@ def test_pipeline_turns_frames_into_captions_translation_and_speech(
     summary = pipeline.summary()
     assert summary["latency"]["tts"]["count"] == len(cues)
     assert summary["counts"]["source_cues"] == len(cues) == len(finals_en)
+    # Every file of the call is private (0600), the WAV and the caption tracks included,
+    # whatever the umask (issue 11, item 10).
+    files = sorted((tmp_path / "call").iterdir())
+    assert {path.name for path in files} >= {"call.en.srt", "call.pt.vtt", "received.pt.wav"}
+    assert {path.name: path.stat().st_mode & 0o777 for path in files} == {
+        path.name: 0o600 for path in files
+    }
 
 
 # -- the session handler over an in-memory stream --------------------------------------------
@@ -403,7 +410,7 @@ async def test_a_caption_from_the_caller_ends_the_call(tmp_path, call_models):
     [
         (False, "pt", True, "the caller must trust this node"),
         (True, "pt", False, "codec version mismatch"),
-        (True, "xx", True, "no translation backend serves en→xx"),
+        (True, "xx", True, "cannot translate en→xx"),
     ],
 )
 async def test_a_call_that_cannot_be_served_is_refused_in_one_line(
@@ -485,11 +492,15 @@ async def test_the_call_handler_answers_pings_and_registers_with_the_node(tmp_pa
         home=SimpleNamespace(root=tmp_path),
         config=Config(),
         connections=SimpleNamespace(stats=SimpleNamespace(reject=lambda code: None)),
+        peers=SimpleNamespace(get=lambda key: None),
+        enforce_storage_limits=lambda: None,
+        call_observers=[],
         call_service=None,
     )
     handler = make_call_handler(fake_node)
     assert fake_node.call_service is handler.service
-    assert fake_node.call_service.status() == {"active": 0, "max": 8, "recent": []}
+    status = fake_node.call_service.status()
+    assert status["active"] == 0 and status["max"] == 8 and status["recent"] == []
     caller, listener, _, info, _, _ = await _call_session(
         tmp_path, handler.service.models, send_bundle=False, handler=handler
     )
@@ -498,3 +509,33 @@ async def test_the_call_handler_answers_pings_and_registers_with_the_node(tmp_pa
         await caller.send_message(Ping(nonce=5))
         assert await caller.receive_message() == Pong(nonce=5)
         await caller.aclose()
+
+
+async def test_a_call_is_ended_at_the_longest_call_duration(tmp_path, call_models):
+    caller, listener, handler, info, ours, rejections = await _call_session(tmp_path, call_models)
+    handler.service.max_duration_s = 2.0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serve, handler, listener, info)
+        await caller.send_message(_start(hash_=ours.version_hash))
+
+        async def speak() -> None:  # 100 ms of frames every 100 ms, for longer than allowed
+            frame = 0
+            for seq in range(60):
+                await trio.sleep(0.1)
+                try:
+                    await caller.send_messages([_frames(seq, frame, 2 + seq % 2)])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                frame += 2 + seq % 2
+
+        nursery.start_soon(speak)
+        with trio.fail_after(60):
+            reply = await caller.receive_message()
+            while not isinstance(reply, CallEnd):
+                reply = await caller.receive_message()
+        nursery.cancel_scope.cancel()
+    assert reply.reason == "the call reached this node's longest call (2 s)"
+    assert handler.service.history[-1].reason == reply.reason
+    assert handler.service.active == 0 and rejections == []
+    # The recognizer's batches were timed: the load measure has a decode speed.
+    assert handler.service.load.decode_s is not None

@@ -35,7 +35,9 @@ def test_rendered_default_parses_back_to_the_defaults(tmp_path):
         "session",
         "fl",
         "call",
+        "storage",
         "models",
+        "web",
     }
     assert load_config(write(tmp_path, text)) == Config()
     # Every setting has a comment line just above it.
@@ -80,7 +82,7 @@ def test_values_are_loaded(tmp_path):
         ("[listen]\nprot = 1\n", "listen.prot: unknown key (known: host, port)"),
         (
             "[lisen]\nport = 1\n",
-            "lisen: unknown section (known: node, listen, discovery, trust, session, fl, call, models)",
+            "lisen: unknown section (known: node, listen, discovery, trust, session, fl, call, storage, models, web)",
         ),
         ("listen = 3\n", "listen: must be a table ([listen]), got 3"),
         (
@@ -159,3 +161,98 @@ def test_node_name_must_be_a_plain_ascii_name(tmp_path):
     assert (
         load_config(write(tmp_path, '[node]\nname = "alice-laptop"\n')).node.name == "alice-laptop"
     )
+
+
+def test_web_page_stays_on_loopback_unless_allowed(tmp_path):
+    assert Config().web.host == "127.0.0.1" and Config().web.port == 7406
+    with pytest.raises(ConfigError, match=r"web\.host: '0\.0\.0\.0' is reachable from the network"):
+        load_config(write(tmp_path, '[web]\nhost = "0.0.0.0"\n'))
+    with pytest.raises(ConfigError, match=r"web\.host: must be an IP address"):
+        load_config(write(tmp_path, '[web]\nhost = "example.org"\n'))
+    allowed = load_config(write(tmp_path, '[web]\nhost = "0.0.0.0"\nallow_remote = true\n'))
+    assert allowed.web.host == "0.0.0.0"
+    assert load_config(write(tmp_path, '[web]\nhost = "::1"\n')).web.host == "::1"
+
+
+# --- meaning as well as type (issue 19, rough edge 4) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[call]\nlanguage = "klingon"\n',
+            "call.language: must be a language tag Whisper knows (e.g. 'en', 'pt-BR'), "
+            "got 'klingon'",
+        ),
+        (
+            '[call]\nlanguage = "xx"\n',
+            "call.language: must be a language tag Whisper knows (e.g. 'en', 'pt-BR'), got 'xx'",
+        ),
+        (
+            '[listen]\nhost = "not an ip"\n',
+            "listen.host: must be an IP address (e.g. '0.0.0.0', '127.0.0.1' or '::'), "
+            "got 'not an ip'",
+        ),
+        (
+            '[models]\nwhisper_dir = "/nonexistent/whisper"\n',
+            "models.whisper_dir: no such folder: '/nonexistent/whisper'",
+        ),
+        (
+            '[models]\ntranslation_dir = "/nonexistent/marian"\n',
+            "models.translation_dir: no such folder: '/nonexistent/marian'",
+        ),
+    ],
+)
+def test_settings_are_checked_for_meaning_not_only_type(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_meaningful_values_are_accepted(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = load_config(
+        write(
+            tmp_path,
+            '[call]\nlanguage = "pt-BR"\n[listen]\nhost = "::1"\n'
+            f'[models]\nwhisper_dir = "{folder}"\n',
+        )
+    )
+    assert (config.call.language, config.listen.host) == ("pt-BR", "::1")
+    assert config.models.whisper_dir == str(folder)
+
+
+def test_flags_are_checked_like_the_file_and_named_by_flag(tmp_path):
+    from daemon.config import Override, Source, load_sourced_config
+
+    sourced = load_sourced_config(write(tmp_path, "[listen]\nport = 9000\n"))
+    assert sourced.sources["listen.port"] is Source.FILE
+    assert sourced.sources["listen.host"] is Source.DEFAULT
+    flagged = sourced.with_overrides([Override(key="listen.port", value=7999, flag="--port")])
+    assert flagged.config.listen.port == 7999
+    assert flagged.sources["listen.port"] is Source.FLAG
+    for bad in (70000, -1, 0):
+        with pytest.raises(ConfigError, match=rf"^--port: must be 1..65535, got {bad}$"):
+            sourced.with_overrides([Override(key="listen.port", value=bad, flag="--port")])
+
+
+def test_settings_with_sources_render_as_toml_that_parses_back(tmp_path):
+    from daemon.config import (
+        Override,
+        config_from_mapping,
+        load_sourced_config,
+        render_sourced_config,
+    )
+
+    sourced = load_sourced_config(write(tmp_path, '[node]\nname = "desk"\n')).with_overrides(
+        [Override(key="listen.port", value=7999, flag="--port")]
+    )
+    text = render_sourced_config(sourced)
+    # An independent parser reads back exactly the settings in effect.
+    assert config_from_mapping(tomllib.loads(text)) == sourced.config
+    assert 'name = "desk"  # file' in text
+    assert "port = 7999  # flag --port" in text
+    assert 'host = "0.0.0.0"  # default' in text

@@ -170,13 +170,14 @@ def test_peer_store_round_trip_and_lookup(database):
 def test_peer_key_must_be_32_bytes(database):
     with pytest.raises(ValueError):
         _peer(1, public_key=b"short")
-    # The schema enforces it too, for rows written by anything else.
-    with pytest.raises(sqlite3.IntegrityError), database.transaction() as connection:
+    # The schema enforces it too, for rows written by anything else (translated, cause kept).
+    with pytest.raises(DatabaseError) as raised, database.transaction() as connection:
         connection.execute(
             "INSERT INTO peers (public_key, addresses, source, first_seen, last_seen, trust) "
             "VALUES (?, '[]', 'mdns', 1.0, 1.0, 'known')",
             (b"short",),
         )
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
 
 
 def test_key_change_events_are_kept_newest_first(database):

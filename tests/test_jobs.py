@@ -203,7 +203,11 @@ async def test_internal_error_and_missing_model_fail_the_job_only(
 ) -> None:
     with open_database(tmp_path / "node.db") as database:
         jobs = JobStore(database)
+        # The config refuses a folder that does not exist, so the model goes after it is read
+        # (a folder deleted while the node runs).
+        (tmp_path / "no-model").mkdir()
         broken_config = Config().replace("models", whisper_dir=str(tmp_path / "no-model"))
+        (tmp_path / "no-model").rmdir()
         missing_model = JobRunner(
             jobs,
             home=NodeHome(tmp_path),
@@ -286,3 +290,34 @@ async def test_cancelled_runner_leaves_the_job_for_recovery(
         # The worker stopped at its next progress report: no files, job still for recovery.
         assert not (tmp_path / "captions").exists()
         assert jobs.recover_interrupted() == 1
+
+
+async def test_a_full_disk_fails_the_job_with_a_clear_reason_with_stand_in_enospc_writer(
+    speech_wav: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stand-in: the caption writer raises ENOSPC (a real disk is not filled here)."""
+    import errno
+
+    def no_space(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("media.caption_file.write_atomic", no_space)
+    with open_database(tmp_path / "node.db") as database:
+        jobs = JobStore(database)
+        runner = JobRunner(
+            jobs,
+            home=NodeHome(tmp_path),
+            config=Config(),
+            transcriber_factory=shared_transcriber,
+            translator_factory=translator_for,
+            poll_interval_s=0.05,
+        )
+        job = await runner.submit({"path": str(speech_wav)})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await wait_for(lambda: runner.jobs_finished == 1, timeout=60, what="the job")
+            nursery.cancel_scope.cancel()
+        record = jobs.get(str(job["id"]))
+    assert record is not None and record.status is JobStatus.FAILED
+    assert str(record.reason).startswith("disk full: "), record.reason
+    assert "No space left on device" in str(record.reason)

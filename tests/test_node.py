@@ -22,7 +22,9 @@ from tests.node_helpers import loopback_config, make_home, short_root, wait_for
 pytestmark = pytest.mark.slow
 
 
-async def _start_nodes(stack: AsyncExitStack, root, *, count: int, mdns: bool) -> list[RunningNode]:
+async def _start_nodes(
+    stack: AsyncExitStack, root, *, count: int, mdns: bool, calls_from: str = "trusted"
+) -> list[RunningNode]:
     homes = [make_home(root, f"n{index}") for index in range(count)]
     nodes: list[RunningNode] = []
     if mdns:
@@ -45,6 +47,7 @@ async def _start_nodes(stack: AsyncExitStack, root, *, count: int, mdns: bool) -
             if other != index
         )
         config = loopback_config(name=f"node{index}", mdns=False, static_peers=statics)
+        config = config.replace("trust", calls_from=calls_from)
         nodes.append(
             await stack.enter_async_context(
                 open_node(home, config, NodeOptions(listen_port=ports[index]))
@@ -78,8 +81,14 @@ async def _two_rounds_over_rpc(nodes: list[RunningNode]) -> None:
         assert status["calls"] == {
             "active": 0,
             "max": node.config.call.max_concurrent,
+            "load": {
+                "decode_s": None,
+                "pending_audio_s": 0,
+                "predicted_caption_delay_s": 0.0,
+            },
             "recent": [],
         }
+        assert status["faults"] == {"total": 0, "by_type": {}, "by_unit": {}}
         rounds = await call(node.home.socket_path, "rounds")
         assert [item["round"] for item in rounds] == [2, 1]
         assert all(item["record"]["participants"] for item in rounds)
@@ -113,9 +122,10 @@ async def test_three_nodes_with_static_peers_only():
 
 
 async def test_untrusted_peer_is_seen_but_gets_no_weights():
+    # calls_from = "known" lets a stranger's handshake complete (the default refuses it).
     with short_root() as root:
         async with AsyncExitStack() as stack:
-            (node,) = await _start_nodes(stack, root, count=1, mdns=False)
+            (node,) = await _start_nodes(stack, root, count=1, mdns=False, calls_from="known")
             stranger = StaticIdentity.generate()
             hello = Hello(
                 protocol_version=PROTOCOL_VERSION,
@@ -136,9 +146,12 @@ async def test_untrusted_peer_is_seen_but_gets_no_weights():
                 assert session.their_bundle is None
                 assert session.their_hello.codec_version_hash == node.codecs.current().version_hash
             await wait_for(
-                lambda: node.peers.get(stranger.public) is not None,
+                lambda: (
+                    node.peers.get(stranger.public) is not None
+                    and node.connections.stats.bundles_received == 1
+                ),
                 timeout=5,
-                what="the stranger in the peer table",
+                what="the stranger in the peer table and its bundle seen",
             )
             record = node.peers.get(stranger.public)
             assert record.trust is TrustState.KNOWN  # seen, not trusted

@@ -32,7 +32,7 @@ def test_node_process_status_and_sigterm():
         home, identity = make_home(root, "solo")
         home.config_path.write_text(
             '[listen]\nhost = "127.0.0.1"\nport = 7405\n[discovery]\nmdns = false\n'
-            "[fl]\nround_interval_min = 0\n"
+            "[fl]\nround_interval_min = 0\n[web]\nenabled = false\n"
         )
         with socket_port() as port:
             pass  # a free port, released for the node
@@ -63,7 +63,10 @@ def test_node_process_status_and_sigterm():
             assert report["status"]["node_id"] == identity.peer_id
             assert report["status"]["listen"] == f"127.0.0.1:{port}"
             assert report["peers"] == [] and report["rounds"] == []
-            assert report["status"]["calls"] == {"active": 0, "max": 8, "recent": []}
+            calls = report["status"]["calls"]
+            assert (calls["active"], calls["max"], calls["recent"]) == (0, 8, [])
+            assert calls["load"]["predicted_caption_delay_s"] == 0.0
+            assert report["status"]["faults"]["total"] == 0
             human = parley("status", "--home", str(home.root))
             assert human.returncode == 0 and identity.peer_id in human.stdout
             assert "0 active (at most 8)" in human.stdout
@@ -85,9 +88,10 @@ def test_status_without_a_node_is_one_line():
     with short_root() as root:
         home, _ = make_home(root, "idle")
         result = parley("status", "--home", str(home.root))
-        assert result.returncode == 2
-        assert result.stderr.strip().count("\n") == 0
-        assert "no node is running" in result.stderr
+        # Like `tailscale status`: an answer, with its own exit code (3), not an error.
+        assert result.returncode == 3
+        assert result.stdout.strip().count("\n") == 0 and result.stderr == ""
+        assert "not running" in result.stdout
 
 
 def test_peers_trust_and_list_from_the_cli():

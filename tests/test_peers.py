@@ -147,10 +147,14 @@ def test_repeat_sighting_updates_time_and_addresses(table, clock):
         record = table.observe(
             ALICE, name="alice", address=("10.0.0.1", port), source=PeerSource.MDNS
         )
+        # Issue #11: an announced endpoint is used once a handshake to it succeeded.
+        table.record_handshake(ALICE, address=("10.0.0.1", port), source=PeerSource.MDNS)
+    record = table.get(ALICE)
     assert record.first_seen == first_seen and record.last_seen == clock.now
     # Most recent first, at most four, no duplicates.
     assert record.addresses == (("10.0.0.1", 6), ("10.0.0.1", 5), ("10.0.0.1", 4), ("10.0.0.1", 3))
-    record = table.observe(ALICE, name="alice", address=("10.0.0.1", 4), source=PeerSource.MDNS)
+    table.observe(ALICE, name="alice", address=("10.0.0.1", 4), source=PeerSource.MDNS)
+    record = table.record_handshake(ALICE, address=("10.0.0.1", 4), source=PeerSource.MDNS)
     assert record.addresses[0] == ("10.0.0.1", 4) and len(set(record.addresses)) == 4
 
 

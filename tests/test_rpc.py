@@ -41,7 +41,7 @@ from daemon.rpc_client import (
     call_sync,
     open_rpc_client,
 )
-from daemon.rpc_server import RpcServerError, serve_rpc
+from daemon.rpc_server import NodeAlreadyRunningError, RpcServerError, serve_rpc
 from schemas.errors import RemoteProtocolError
 
 
@@ -385,7 +385,7 @@ async def test_no_node_running(socket_dir):
 async def test_live_socket_is_not_stolen(socket_dir, nursery):
     path = socket_dir / "rpc.sock"
     await nursery.start(serve_rpc, path, HANDLERS)
-    with pytest.raises(RpcServerError, match="already serving"):
+    with pytest.raises(NodeAlreadyRunningError, match="another node is already running"):
         await serve_rpc(path, HANDLERS)
     assert await call(path, "echo") == {"params": []}  # the first server is unharmed
 

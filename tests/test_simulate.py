@@ -62,9 +62,10 @@ def test_a_poisoned_peer_does_not_wreck_the_honest_nodes(tmp_path):
         for row in honest_poisoned["rounds"]:
             record = row["record"]
             clipped = [p for p in record["participants"] if p["clipped_norm"] < p["update_norm"]]
-            assert record["rejected"] or clipped, record
-            # With our model and 4 peers, the robust statistic is in play.
-            assert record["statistic"] == "trimmed_mean"
+            assert record["rejected"] or clipped or record["left_out_for_loss"], record
+            # With our model and 4 peers, the robust statistic is in play (unless the round
+            # was retried without the clipped poisoner, issue #11).
+            assert record["statistic"] == "trimmed_mean" or record["left_out_for_loss"]
 
 
 def test_simulate_on_flowers_engine_from_the_cli(tmp_path):

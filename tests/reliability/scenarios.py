@@ -56,6 +56,9 @@ async def hostile_target_node(root: Path, name: str = "target") -> AsyncIterator
     home, _ = make_home(root, name)
     config = loopback_config(name=name, mdns=False)
     config = config.replace("session", handshake_timeout_s=HANDSHAKE_TIMEOUT_S)
+    # The most exposed setting: strangers complete handshakes, so the defences that apply
+    # after one (frames, replays, bundles) are all reachable by the hostile cases.
+    config = config.replace("trust", calls_from="anyone")
     async with open_node(home, config, NodeOptions(listen_port=0)) as node:
         yield node
 
@@ -65,8 +68,15 @@ def rejected(node: RunningNode, reason: str) -> int:
 
 
 async def honest_handshake(node: RunningNode, identity: StaticIdentity | None = None) -> bool:
-    """An honest peer from 127.0.0.1: True if its handshake and a ping finish in time."""
-    identity = identity or StaticIdentity.generate()
+    """An honest peer from 127.0.0.1: True if its handshake and a ping finish in time.
+
+    Without ``identity``, a new peer the node trusts (the default ``trust.calls_from``
+    refuses strangers at the handshake).
+    """
+    if identity is None:
+        identity = StaticIdentity.generate()
+        node.peers.observe(identity.public, name=None, address=None, source=PeerSource.STATIC)
+        node.peers.trust(identity.public.hex())
     try:
         with trio.fail_after(HONEST_DEADLINE_S):
             stream = await hostile_peer.open_tcp("127.0.0.1", node.listen_port)
@@ -383,13 +393,17 @@ async def case_poisoned_bundles(node: RunningNode) -> dict[str, CaseResult]:
             {"reason": reason, "round_status": record.status.value},
         )
     participants = {item["peer_id"]: item for item in report.get("participants", [])}
-    huge = participants.get(format_peer_id(identities["huge_norm"].public), {})
+    huge_id = format_peer_id(identities["huge_norm"].public)
+    huge = participants.get(huge_id, {})
     clipped = bool(huge) and huge["clipped_norm"] < huge["update_norm"]
+    # Issue #11: a clipped update whose round would inflate our model is left out instead.
+    left_out = huge_id in (report.get("left_out_for_loss") or [])
     results["huge_norm"] = CaseResult(
-        int(clipped),
+        int(clipped or left_out),
         True,
         {
             "clipped": clipped,
+            "left_out": left_out,
             "model_finite": finite,
             "moved": moved,
             "move_bound": bound,

@@ -137,7 +137,7 @@ async def test_established_sessions_per_address_are_capped() -> None:
                 hello=lambda: hello,
                 our_bundle=lambda: None,  # type: ignore[arg-type,return-value]
                 peers=peers,
-                policy=TrustPolicy(peers),
+                policy=TrustPolicy(peers, calls_from="anyone"),  # strangers get sessions
                 settings=StreamSettings(),
                 max_concurrent_handshakes=4,
                 handshakes_per_address_per_s=1000,

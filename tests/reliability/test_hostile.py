@@ -50,7 +50,8 @@ async def test_every_hostile_case_is_rejected_and_counted() -> None:
     assert results["oversized_caption"].detail["payload_bytes"] > 1_000_000
     assert results["oversized_caption"].detail["closed"]
     huge = results["bundle_huge_norm"].detail
-    assert huge["clipped"] and huge["model_finite"] and huge["moved_within_bound"], huge
+    assert (huge["clipped"] or huge["left_out"]) and huge["model_finite"], huge
+    assert huge["moved_within_bound"], huge
     assert huge["round_status"] == "completed"
     # Every counter is one of the fixed reason codes: peers cannot invent keys.
     assert set(counted) <= REJECTION_REASONS, counted

