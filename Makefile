@@ -6,7 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.parley-installed
 DEB_PACKAGES := espeak-ng flite ffmpeg sox chromium chromium-driver apertium apertium-eng-spa \
-	apertium-es-pt gawk libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
+	apertium-es-pt gawk libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins festival \
+	festvox-kallpc16k festvox-kdlpc16k
 
 .PHONY: demo test bootstrap system-packages
 

@@ -890,13 +890,41 @@ def bench_fl(json_path: JsonOption = None) -> None:
 
 
 @bench_app.command("call")
-def bench_call(json_path: JsonOption = None) -> None:
+def bench_call(
+    json_path: JsonOption = None,
+    calls: Annotated[
+        int, typer.Option("--calls", min=1, max=64, help="Calls at once; >1: the worst call.")
+    ] = 1,
+) -> None:
     """A real paced call over loopback: caption latency, ASR speed, memory."""
     import json
 
     from simulations.bench_call import run
 
-    print(json.dumps(run(json_path), indent=2))
+    print(json.dumps(run(json_path, calls=calls), indent=2))
+
+
+@bench_app.command("asr-stream")
+def bench_asr_stream(
+    json_path: JsonOption = None,
+    set_path: Annotated[
+        Path | None,
+        typer.Option("--set", help="Speech set file (default: the evaluation set)."),
+    ] = None,
+    voices: Annotated[
+        list[str] | None, typer.Option("--voice", help="Only this voice id (repeatable).")
+    ] = None,
+) -> None:
+    """Live captions (through the codec) against offline ones: WERs, lost sentences, CPU."""
+    import json
+
+    from simulations.bench_asr_stream import EVAL_SET, EvalSetError, run
+
+    try:
+        result = run(json_path, set_path=set_path or EVAL_SET, voices=voices or ())
+    except EvalSetError as error:
+        fail(str(error))
+    print(json.dumps(result, indent=2))
 
 
 @bench_app.command("echo")

@@ -9,6 +9,11 @@ completed, so the caller's batching (``call.batch_ms`` of audio per push) is the
 ``start_time_s`` is the audio time of the message's first latent frame (latent index / latent
 rate), which lets the receiver check that frames are contiguous and measure their delay.
 The time each push spends computing is kept as the ``encode`` latency sample.
+
+With a :class:`~media.sender_vad.SileroStreamingVad` (issue 16), the sender also judges its own
+waveform and marks ``speech_start``/``speech_end`` on the message of the push in which the
+detector saw speech begin or end (so the mark is late by at most one push, plus the codec's
+look-ahead). The marks are advisory: the listener keeps its own VAD.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from fl.model import CodecModel
 from media.codec_stream import StreamingEncoder
 from media.features import StreamingLogMel
 from media.latency import LatencyStats
+from media.sender_vad import SileroStreamingVad, SpeechEdge
 from schemas.messages import CodecFrames, CodecSettings
 
 __all__ = ["CallSender", "codec_settings"]
@@ -50,6 +56,7 @@ class CallSender:
         *,
         latency: LatencyStats | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        vad: SileroStreamingVad | None = None,
     ) -> None:
         self._model = model
         self._front_end = StreamingLogMel()
@@ -58,6 +65,10 @@ class CallSender:
         self._clock = clock
         self._next_seq = 0
         self._frames_sent = 0
+        self._vad = vad
+        # Edges heard but not yet carried by a message (a push may complete no latent frame).
+        self._speech_start = False
+        self._speech_end = False
 
     @property
     def latency(self) -> LatencyStats:
@@ -75,6 +86,12 @@ class CallSender:
     def push(self, samples: npt.ArrayLike) -> list[CodecFrames]:
         """Add 16 kHz mono float samples; return the message they complete (or none)."""
         started = self._clock()
+        if self._vad is not None:
+            for event in self._vad.push(samples):
+                if event.edge is SpeechEdge.START:
+                    self._speech_start = True
+                else:
+                    self._speech_end = True
         features = self._front_end.push(samples).features
         codes = self._encoder.push(features)
         messages = self._pack(codes)
@@ -84,6 +101,8 @@ class CallSender:
     def finish(self) -> list[CodecFrames]:
         """End of the audio: the last frames, encoded with the batch codec's end padding."""
         started = self._clock()
+        if self._vad is not None and self._vad.in_speech:
+            self._speech_end = True
         tail = self._front_end.finish().features
         codes = np.concatenate([self._encoder.push(tail), self._encoder.finish()])
         messages = self._pack(codes)
@@ -99,7 +118,10 @@ class CallSender:
             start_time_s=self._frames_sent / config.frame_rate_hz,
             frame_count=int(codes.shape[0]),
             payload=pack_codes(codes, config.latent_bits),
+            speech_start=self._speech_start,
+            speech_end=self._speech_end,
         )
+        self._speech_start = self._speech_end = False
         self._next_seq += 1
         self._frames_sent += int(codes.shape[0])
         return [message]

@@ -238,6 +238,8 @@ def _decode_codec_frames(r: Any) -> CodecFrames:
         start_time_s=_finite(r._get("startTimeS"), "CodecFrames start time"),
         frame_count=r._get("frameCount"),
         payload=bytes(r._get("payload")),
+        speech_start=bool(r._get("speechStart")),
+        speech_end=bool(r._get("speechEnd")),
     )
 
 
@@ -444,6 +446,8 @@ def _encode_codec_frames(body: Any, m: CodecFrames) -> None:
     b._set("startTimeS", _check_finite(m.start_time_s, "CodecFrames start time"))
     b._set("frameCount", m.frame_count)
     b._set("payload", m.payload)
+    b._set("speechStart", bool(m.speech_start))
+    b._set("speechEnd", bool(m.speech_end))
 
 
 def _encode_caption(body: Any, m: Caption) -> None:

@@ -125,12 +125,17 @@ class CallStart:
 
 @dataclass(frozen=True, slots=True)
 class CodecFrames:
-    """A batch (~100 ms) of quantized latent frames; ``payload`` is the packed codes."""
+    """A batch (~100 ms) of quantized latent frames; ``payload`` is the packed codes.
+
+    ``speech_start``/``speech_end``: the sender's voice-activity detector heard speech begin /
+    end within this batch's audio (advisory; false from senders that do not run one)."""
 
     seq: int
     start_time_s: float
     frame_count: int
     payload: bytes
+    speech_start: bool = False
+    speech_end: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,10 @@ struct CodecFrames {
   startTimeS @1 :Float64;
   frameCount @2 :UInt32;
   payload @3 :Data;
+  # Appended (issue 16): the sender's voice-activity detector heard speech start / end within
+  # this message's audio. Advisory: the listener keeps its own VAD. Old senders leave both false.
+  speechStart @4 :Bool;
+  speechEnd @5 :Bool;
 }
 
 struct WordTime {

@@ -345,12 +345,13 @@ async def call_over_loopback(
         finally:
             captions.close()
     wall_s = time.perf_counter() - started
-    history = pair.handler.service.history
-    assert history and history[-1].call_id == outcome.call_id
+    # Several calls may run at once (``parley bench call --calls N``): find this one's record.
+    records = [r for r in pair.handler.service.history if r.call_id == outcome.call_id]
+    assert records, f"no record of call {outcome.call_id}"
     return LoopbackCall(
         outcome=outcome,
         captions=captions,
-        record=history[-1],
+        record=records[-1],
         listener_home=pair.listener.home,
         wall_s=wall_s,
     )
@@ -424,21 +425,84 @@ async def _bench(
     }
 
 
+async def _bench_concurrent(
+    root: Path, progress: Callable[[str], None], sentences: Sequence[str], calls: int
+) -> dict[str, Any]:
+    """``calls`` calls at once from one caller node to one listener node (each its own
+    session), all reading the script at real time: the worst call's caption latency."""
+    checkpoint = trained_caller_checkpoint(progress=progress)
+    audio = script_audio(sentences)
+    models = CallModels()
+    progress("loading Whisper, the translator and the synthesizer")
+    await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    results: list[LoopbackCall] = []
+    async with open_call_pair(root, caller_checkpoint=checkpoint, models=models) as pair:
+        progress(f"{calls} calls at once: {audio.shape[0] / SAMPLE_RATE:.1f} s of speech each")
+        request = CallRequest(speaker_language="en", listener_language="pt")
+
+        async def one() -> None:
+            results.append(await call_over_loopback(pair, audio=audio, request=request))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(calls):
+                nursery.start_soon(one)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    per_call: list[dict[str, Any]] = []
+    for call in results:
+        summary = call.record.summary or {}
+        english = " ".join(caption.text for caption in call.captions.finals.get("en", []))
+        per_call.append(
+            {
+                "call_id": call.outcome.call_id,
+                "caption_latency_p50_s": _p(summary, "caption", "p50_s"),
+                "caption_latency_p95_s": _p(summary, "caption", "p95_s"),
+                "caption_wer": wer(" ".join(sentences), english),
+                "asr_rtf": summary.get("asr_rtf"),
+            }
+        )
+    p95s = [c["caption_latency_p95_s"] for c in per_call if c["caption_latency_p95_s"] is not None]
+    return {
+        "calls": {
+            "calls": calls,
+            "completed": len(results),
+            "worst_caption_p95_s": max(p95s) if len(p95s) == len(per_call) else None,
+            "caption_wer_max": max(c["caption_wer"] for c in per_call) if per_call else None,
+            "rss_mb": rss_mb,
+            "audio_s_per_call": audio.shape[0] / SAMPLE_RATE,
+            "per_call": per_call,
+            "note": (
+                "every call reads the same script at real time from one caller node to one "
+                "listener node in this process (loopback, real handshakes and codec); "
+                "worst_caption_p95_s = the largest per-call p95 of end of utterance -> cue "
+                "final (null if a call reported none); caption_wer_max = the worst call's "
+                "English captions against the script; rss_mb = peak RSS of this process."
+            ),
+        }
+    }
+
+
 def run(
     json_path: Path | None = None,
     *,
     progress: Callable[[str], None] | None = None,
     sentences: Sequence[str] = SCRIPT_SENTENCES,
+    calls: int = 1,
 ) -> dict[str, Any]:
     """Run the call bench; write the JSON to ``json_path`` if given; return it.
 
     ``sentences`` (held-out Harvard sentences) is the caller's script; the default is ~25 s.
+    ``calls`` > 1 runs that many calls at once and reports the worst call instead.
     """
     import tempfile
 
+    if not 1 <= calls <= 64:
+        raise ValueError(f"calls must be in [1, 64], got {calls}")
     say = progress if progress is not None else (lambda text: print(text, file=sys.stderr))
     with tempfile.TemporaryDirectory(prefix="pcb", dir="/tmp") as scratch:
-        result: dict[str, Any] = trio.run(_bench, Path(scratch), say, tuple(sentences))
+        if calls == 1:
+            result: dict[str, Any] = trio.run(_bench, Path(scratch), say, tuple(sentences))
+        else:
+            result = trio.run(_bench_concurrent, Path(scratch), say, tuple(sentences), calls)
     if json_path is not None:
         write_atomic(Path(json_path), json.dumps(result, indent=2).encode(), mode=0o644)
     return result
@@ -447,8 +511,9 @@ def run(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--calls", type=int, default=1, help="calls at once (1-64)")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.json), indent=2))
+    print(json.dumps(run(args.json, calls=args.calls), indent=2))
 
 
 if __name__ == "__main__":

