@@ -1,4 +1,4 @@
-"""``parley caption FILE [--language xx] [--to pt] [--out DIR]``: captions for a recording.
+"""``parley caption FILES... [--language xx] [--to pt] [--out DIR] [--force]``: captions.
 
 The spoken language is identified on the recording unless ``--language`` names it; the summary
 says which language was found and how sure Whisper was, and the files are named after it
@@ -11,9 +11,13 @@ node then owns the work, so closing the terminal does not lose it, and jobs queu
 other instead of competing for the two CPU cores a call also needs. Without a node (or with
 ``--local``) the command captions in this process, with a progress bar on stderr.
 
-Outputs go where ``--out`` says, else to ``<home>/captions/<id>/`` (DESIGN.md §10: parley writes
-only inside its home and the paths a user names). The output paths are printed on stdout, one a
-line, so a script can pick them up; everything else goes to stderr.
+Several files and patterns (``'talks/*.mp4'``, expanded here, sorted) are captioned one after the
+other (one job each on a node). Outputs go where ``--out`` says, else beside each input
+(``talk.mp4`` -> ``talk.es.srt``; a node's job: ``<home>/captions/<id>/``). DESIGN.md §10:
+parley writes only inside its home and the paths a user names, and the input is such a path.
+An existing caption file is never replaced without ``--force``: that recording is refused in
+one line naming the file and none of its files is written; the others go on. The output paths
+are printed on stdout, one a line, so a script can pick them up; everything else goes to stderr.
 
 Registered by ``daemon.cli`` as ``app.command("caption")(caption_command)``; this module imports
 ``daemon.cli`` lazily so that registration at import time creates no import cycle.
@@ -21,15 +25,22 @@ Registered by ``daemon.cli`` as ``app.command("caption")(caption_command)``; thi
 
 from __future__ import annotations
 
+import glob
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Final
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from daemon.cli_options import HomeOption
 from daemon.config import Config
@@ -49,7 +60,13 @@ _STAGE_NAMES: Final = {
 
 
 def caption_command(
-    file: Annotated[Path, typer.Argument(help="An audio or video file.", show_default=False)],
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            help="Audio or video files; a pattern such as 'talks/*.mp4' is expanded.",
+            show_default=False,
+        ),
+    ],
     *,
     to: Annotated[
         list[str] | None,
@@ -57,7 +74,10 @@ def caption_command(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Output folder \\[default: <home>/captions/<id>/]."),
+        typer.Option(
+            "--out",
+            help="Output folder \\[default: beside each input; on a node: <home>/captions/<id>/].",
+        ),
     ] = None,
     language: Annotated[
         str | None,
@@ -67,6 +87,9 @@ def caption_command(
             show_default=False,
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace caption files that already exist.")
+    ] = False,
     home: HomeOption = None,
     local: Annotated[
         bool, typer.Option("--local", help="Caption in this process even if a node runs.")
@@ -75,34 +98,58 @@ def caption_command(
         bool, typer.Option("--wait", help="On a node: follow the job until ready or failed.")
     ] = False,
 ) -> None:
-    """Captions for a recording (audio or video): SRT and WebVTT, optionally translated."""
+    """Captions for recordings (audio or video): SRT and WebVTT, optionally translated."""
     from daemon.cli import fail, resolve_home
 
     node_home = resolve_home(home)
-    source = file.expanduser().resolve()
-    if not source.is_file():
-        fail(f"{file}: {'no such file' if not source.exists() else 'not a regular file'}")
+    sources = _expand(files)
     out_dir = out.expanduser().resolve() if out is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         fail(f"{out}: exists and is not a folder")
     languages = list(to or [])
     errors = Console(stderr=True)
     if not local:
-        job = _submit(node_home, source, languages, out_dir, language)
-        if job is not None:
-            job_id = str(job.get("id"))
+        jobs = [_submit(node_home, source, languages, out_dir, language) for source in sources]
+        job_ids = [str(job.get("id")) for job in jobs if job is not None]
+        if job_ids:
             if not wait:
-                print(job_id)
+                for job_id in job_ids:
+                    print(job_id)
                 errors.print(
-                    f"queued caption job {job_id} on the running node; follow it with "
-                    "'parley status' (or rerun with --wait)",
+                    f"queued {len(job_ids)} caption job(s) on the running node; follow them "
+                    "with 'parley status' (or rerun with --wait)",
                     highlight=False,
                 )
                 return
-            _follow(node_home, job_id, errors)
+            for job_id in job_ids:
+                _follow(node_home, job_id, errors)
             return
         errors.print("no node is running: captioning in this process", highlight=False)
-    _caption_here(node_home, source, languages, out_dir, language=language, errors=errors)
+    _caption_here(
+        node_home, sources, languages, out_dir, language=language, force=force, errors=errors
+    )
+
+
+def _expand(arguments: list[str]) -> list[Path]:
+    """The files named, patterns expanded (sorted), each once; a one-line failure otherwise."""
+    from daemon.cli import fail
+
+    sources: dict[Path, None] = {}
+    for argument in arguments:
+        if glob.has_magic(argument):
+            matches = sorted(glob.glob(str(Path(argument).expanduser())))
+            if not matches:
+                fail(f"{argument}: no file matches")
+            named = [Path(match) for match in matches]
+        else:
+            named = [Path(argument)]
+        for path in named:
+            source = path.expanduser().resolve()
+            if not source.is_file():
+                problem = "no such file" if not source.exists() else "not a regular file"
+                fail(f"{path}: {problem}")
+            sources.setdefault(source, None)
+    return list(sources)
 
 
 def _submit(
@@ -178,22 +225,19 @@ def _follow(node_home: NodeHome, job_id: str, errors: Console) -> None:
 
 def _caption_here(
     node_home: NodeHome,
-    source: Path,
+    sources: list[Path],
     languages: list[str],
     out_dir: Path | None,
     *,
     language: str | None,
+    force: bool,
     errors: Console,
 ) -> None:
     from daemon.cli import fail
     from daemon.config import load_config
-    from daemon.jobs import (
-        CAPTIONS_DIR_NAME,
-        default_recognizer_factory,
-        default_translator_factory,
-    )
+    from daemon.jobs import default_recognizer_factory, default_translator_factory
     from daemon.language_setup import language_matrix_for
-    from media.caption_file import caption_recording
+    from media.caption_file import OutputExistsError, SpeechRecognizer, caption_recording
     from media.errors import MediaError
 
     config = load_config(node_home.config_path) if node_home.config_path.exists() else Config()
@@ -205,42 +249,60 @@ def _caption_here(
                 matrix.check_translation(language, target)
     except MediaError as error:
         fail(str(error))
-    if out_dir is None:
-        # Same layout as a node job; the home may not exist yet, and must not be world-readable.
-        node_home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        out_dir = node_home.root / CAPTIONS_DIR_NAME / uuid.uuid4().hex
-    try:
-        with _progress_bar(errors) as bar:
-            task = bar.add_task("starting", total=1.0)
-            recognizer = default_recognizer_factory(config, node_home.root)()
+    load_recognizer = default_recognizer_factory(config, node_home.root)
+    recognizer: SpeechRecognizer | None = None
+    translator_factory = default_translator_factory(config)
+    failures: list[str] = []
+    for source in sources:
+        try:
+            with _progress_bar(errors) as bar:
+                task = bar.add_task("starting", total=1.0)
+                if recognizer is None:
+                    recognizer = load_recognizer()
 
-            def report(stage: str, fraction: float) -> None:
-                bar.update(task, description=_STAGE_NAMES.get(stage, stage), completed=fraction)
-
-            result = caption_recording(
-                source,
-                out_dir=out_dir,
-                recognizer=recognizer,
-                language=language,
-                translator_factory=default_translator_factory(config),
-                to_languages=languages,
-                progress=report,
+                result = caption_recording(
+                    source,
+                    out_dir=out_dir if out_dir is not None else source.parent,
+                    recognizer=recognizer,
+                    language=language,
+                    translator_factory=translator_factory,
+                    to_languages=languages,
+                    progress=_reporter(bar, task),
+                    overwrite=force,
+                )
+        except OutputExistsError as error:
+            failures.append(f"{error.path} exists: not replaced (--force replaces it)")
+        except MediaError as error:
+            failures.append(str(error))
+        else:
+            for path in result.outputs.values():
+                print(path)
+            errors.print(
+                f"{source.name}: "
+                + _summary(
+                    {
+                        "cue_count": result.cue_count,
+                        "language": result.language,
+                        "language_probability": result.language_probability,
+                        "duration_s": result.duration_s,
+                    }
+                ),
+                highlight=False,
             )
-    except MediaError as error:
-        fail(str(error))
-    for path in result.outputs.values():
-        print(path)
-    errors.print(
-        _summary(
-            {
-                "cue_count": result.cue_count,
-                "language": result.language,
-                "language_probability": result.language_probability,
-                "duration_s": result.duration_s,
-            }
-        ),
-        highlight=False,
-    )
+            continue
+        if len(sources) > 1:
+            errors.print(f"{source.name}: {failures[-1]}", highlight=False)
+    if len(failures) == 1 and len(sources) == 1:
+        fail(failures[0])
+    if failures:
+        fail(f"{len(failures)} of {len(sources)} files were not captioned (see above)")
+
+
+def _reporter(bar: Progress, task: TaskID) -> Callable[[str, float], None]:
+    def report(stage: str, fraction: float) -> None:
+        bar.update(task, description=_STAGE_NAMES.get(stage, stage), completed=fraction)
+
+    return report
 
 
 def _summary(outputs: Mapping[str, object]) -> str:

@@ -54,6 +54,7 @@ __all__ = [
     "CaptionFileError",
     "CaptionResult",
     "FeatureDecoder",
+    "OutputExistsError",
     "Progress",
     "SlicePlan",
     "SpeechRecognizer",
@@ -85,6 +86,14 @@ TranslatorFactory = Callable[[str, str], Translator]
 
 class CaptionFileError(MediaError):
     """The caption request itself is wrong (a bad language tag, an output folder that is a file)."""
+
+
+class OutputExistsError(CaptionFileError):
+    """An output file exists and the caller asked not to replace it; nothing was written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} already exists")
+        self.path = path
 
 
 class FeatureDecoder(Protocol):
@@ -186,6 +195,7 @@ def caption_recording(
     window_s: float = WHISPER_WINDOW_S,
     search_s: float = CUT_SEARCH_S,
     file_mode: int = 0o644,
+    overwrite: bool = True,
 ) -> CaptionResult:
     """Caption the recording at ``path`` into ``out_dir`` (see the module docstring).
 
@@ -203,6 +213,8 @@ def caption_recording(
 
     Raises a ``MediaError``: the input's ``AudioFileError``/``SilentAudioError``, the translator
     factory's ``UnsupportedLanguagePairError``, ``SubtitleError`` when a file cannot be written.
+    With ``overwrite=False`` an existing output file raises :class:`OutputExistsError` before
+    anything is written (none of the recording's files is written then).
     Nothing is left in ``out_dir`` when it raises.
     """
     if not (math.isfinite(window_s) and 1.0 <= window_s <= WHISPER_WINDOW_S):
@@ -261,6 +273,10 @@ def caption_recording(
 
     report("write", _PROGRESS_TRANSLATED)
     documents = _render_tracks(tracks, base=out_dir / source_path.stem)
+    if not overwrite:
+        for document in documents.values():
+            if document.path.exists() or document.path.is_symlink():
+                raise OutputExistsError(document.path)
     outputs = _write_documents(documents, out_dir, file_mode)
     report("done", 1.0)
     return CaptionResult(
