@@ -28,6 +28,7 @@ from __future__ import annotations
 import glob
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -45,8 +46,24 @@ from rich.progress import (
 from daemon.cli_options import HomeOption
 from daemon.config import Config
 from daemon.home import NodeHome
+from media.caption_formats import OutputFormat, parse_formats
+from media.captions import CaptionLayout
+from media.errors import MediaError
 
 __all__ = ["caption_command"]
+
+DEFAULT_LAYOUT: Final = CaptionLayout()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _LocalOptions:
+    """What only a caption made in this process takes (a node's job has its defaults)."""
+
+    formats: tuple[OutputFormat, ...] = (OutputFormat.SRT, OutputFormat.VTT)
+    layout: CaptionLayout
+    highlight_words: bool = False
+    overwrite: bool = False
+
 
 #: How often ``--wait`` asks the node how its job is doing.
 WAIT_POLL_S: Final = 0.5
@@ -90,6 +107,26 @@ def caption_command(
     force: Annotated[
         bool, typer.Option("--force", help="Replace caption files that already exist.")
     ] = False,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Files to write per language, comma-separated: srt, vtt, json, txt, tsv or all.",
+        ),
+    ] = "srt,vtt",
+    max_line_width: Annotated[
+        int, typer.Option("--max-line-width", help="Most characters on a caption line.", min=1)
+    ] = DEFAULT_LAYOUT.max_line_chars,
+    max_line_count: Annotated[
+        int, typer.Option("--max-line-count", help="Most lines in one caption.", min=1)
+    ] = DEFAULT_LAYOUT.max_lines,
+    word_timestamps: Annotated[
+        bool,
+        typer.Option(
+            "--word-timestamps",
+            help="In the spoken language's WebVTT, underline each word while it is spoken.",
+        ),
+    ] = False,
     home: HomeOption = None,
     local: Annotated[
         bool, typer.Option("--local", help="Caption in this process even if a node runs.")
@@ -108,6 +145,22 @@ def caption_command(
         fail(f"{out}: exists and is not a folder")
     languages = list(to or [])
     errors = Console(stderr=True)
+    try:
+        formats = parse_formats(output_format)
+    except MediaError as error:
+        fail(str(error))
+    layout = CaptionLayout(max_line_chars=max_line_width, max_lines=max_line_count)
+    options = _LocalOptions(
+        formats=formats, layout=layout, highlight_words=word_timestamps, overwrite=force
+    )
+    if not local and options != _LocalOptions(layout=DEFAULT_LAYOUT):
+        # A node's caption job takes --to, --language and --out only.
+        errors.print(
+            "--format, --max-line-*, --word-timestamps and --force are handled here, not by a "
+            "node's job: captioning in this process",
+            highlight=False,
+        )
+        local = True
     if not local:
         jobs = [_submit(node_home, source, languages, out_dir, language) for source in sources]
         job_ids = [str(job.get("id")) for job in jobs if job is not None]
@@ -126,7 +179,7 @@ def caption_command(
             return
         errors.print("no node is running: captioning in this process", highlight=False)
     _caption_here(
-        node_home, sources, languages, out_dir, language=language, force=force, errors=errors
+        node_home, sources, languages, out_dir, language=language, options=options, errors=errors
     )
 
 
@@ -230,7 +283,7 @@ def _caption_here(
     out_dir: Path | None,
     *,
     language: str | None,
-    force: bool,
+    options: _LocalOptions,
     errors: Console,
 ) -> None:
     from daemon.cli import fail
@@ -238,7 +291,6 @@ def _caption_here(
     from daemon.jobs import default_recognizer_factory, default_translator_factory
     from daemon.language_setup import language_matrix_for
     from media.caption_file import OutputExistsError, SpeechRecognizer, caption_recording
-    from media.errors import MediaError
 
     config = load_config(node_home.config_path) if node_home.config_path.exists() else Config()
     try:
@@ -268,7 +320,10 @@ def _caption_here(
                     translator_factory=translator_factory,
                     to_languages=languages,
                     progress=_reporter(bar, task),
-                    overwrite=force,
+                    overwrite=options.overwrite,
+                    formats=options.formats,
+                    layout=options.layout,
+                    highlight_words=options.highlight_words,
                 )
         except OutputExistsError as error:
             failures.append(f"{error.path} exists: not replaced (--force replaces it)")

@@ -39,6 +39,15 @@ import numpy as np
 
 from daemon.atomic import write_atomic
 from media.audio import load_audio
+from media.caption_formats import (
+    OutputFormat,
+    TimedSegment,
+    TimedWord,
+    render_highlighted_vtt,
+    render_json,
+    render_tsv,
+    render_txt,
+)
 from media.captions import CaptionLayout, Cue, retime_text, segment_words
 from media.errors import MediaError
 from media.features import FRAMES_PER_SECOND, FloatArray, log_mel
@@ -75,7 +84,7 @@ CUT_SMOOTHING_S: Final = 0.2
 _PROGRESS_DECODED: Final = 0.05
 _PROGRESS_TRANSCRIBED: Final = 0.85
 _PROGRESS_TRANSLATED: Final = 0.95
-_FORMATS: Final = (SubtitleFormat.SRT, SubtitleFormat.WEBVTT)
+_DEFAULT_FORMATS: Final = (OutputFormat.SRT, OutputFormat.VTT)
 
 #: ``progress(stage, fraction)``: ``stage`` is one of "decode", "transcribe", "translate",
 #: "write", "done"; ``fraction`` is the share of the whole job done, non-decreasing in [0, 1].
@@ -196,6 +205,8 @@ def caption_recording(
     search_s: float = CUT_SEARCH_S,
     file_mode: int = 0o644,
     overwrite: bool = True,
+    formats: Sequence[OutputFormat] = _DEFAULT_FORMATS,
+    highlight_words: bool = False,
 ) -> CaptionResult:
     """Caption the recording at ``path`` into ``out_dir`` (see the module docstring).
 
@@ -213,6 +224,8 @@ def caption_recording(
 
     Raises a ``MediaError``: the input's ``AudioFileError``/``SilentAudioError``, the translator
     factory's ``UnsupportedLanguagePairError``, ``SubtitleError`` when a file cannot be written.
+    ``formats`` are the files written per language (``media.caption_formats``); with
+    ``highlight_words`` the spoken language's WebVTT underlines each word while it is spoken.
     With ``overwrite=False`` an existing output file raises :class:`OutputExistsError` before
     anything is written (none of the recording's files is written then).
     Nothing is left in ``out_dir`` when it raises.
@@ -250,7 +263,7 @@ def caption_recording(
     if transcriber is None:  # a forced language built it above
         raise ValueError("no transcriber")  # unreachable: one of the branches set it
 
-    transcript_language, words = _transcribe(
+    transcript_language, words, segments = _transcribe(
         mel,
         transcriber,
         window_frames=round(window_s * FRAMES_PER_SECOND),
@@ -272,7 +285,14 @@ def caption_recording(
         report("translate", _PROGRESS_TRANSCRIBED + step)
 
     report("write", _PROGRESS_TRANSLATED)
-    documents = _render_tracks(tracks, base=out_dir / source_path.stem)
+    documents = _render_tracks(
+        tracks,
+        base=out_dir / source_path.stem,
+        source_language=transcript_language,
+        segments=segments,
+        formats=formats,
+        highlight_words=highlight_words,
+    )
     if not overwrite:
         for document in documents.values():
             if document.path.exists() or document.path.is_symlink():
@@ -323,7 +343,7 @@ def _transcribe(
     window_frames: int,
     search_frames: int,
     progress: Progress,
-) -> tuple[str, list[WordTime]]:
+) -> tuple[str, list[WordTime], list[TimedSegment]]:
     content_frames = mel.shape[1] - 1
     levels = frame_levels_db(mel)[:content_frames]
     slices = plan_slices(
@@ -334,6 +354,7 @@ def _transcribe(
     )
     duration_s = content_frames / FRAMES_PER_SECOND
     words: list[WordTime] = []
+    segments: list[TimedSegment] = []
     language = "en"
     span = _PROGRESS_TRANSCRIBED - _PROGRESS_DECODED
     for piece in slices:
@@ -342,10 +363,41 @@ def _transcribe(
         features = mel[:, piece.start_frame : piece.end_frame + 1]
         transcript = transcriber.transcribe_features(features)
         language = transcript.language
-        words.extend(_shifted_words(transcript, piece.start_s, duration_s, words))
+        shifted = _shifted_words(transcript, piece.start_s, duration_s, words)
+        segments.extend(_shifted_segments(transcript, shifted, piece.start_s, duration_s))
+        words.extend(shifted)
         done = (piece.end_frame / content_frames) if content_frames else 1.0
         progress("transcribe", _PROGRESS_DECODED + span * done)
-    return language, words
+    return language, words, segments
+
+
+def _shifted_segments(
+    transcript: Transcript, shifted: Sequence[WordTime], offset_s: float, duration_s: float
+) -> list[TimedSegment]:
+    """The transcript's segments on the recording's clock, with the already shifted words
+    (``shifted`` lines up with ``transcript.words``) and Whisper's word probabilities."""
+    segments: list[TimedSegment] = []
+    position = 0
+    for segment in transcript.segments:
+        timed = tuple(
+            TimedWord(word=w.word, start_s=w.start_s, end_s=w.end_s, probability=p.probability)
+            for w, p in zip(
+                shifted[position : position + len(segment.words)], segment.words, strict=True
+            )
+        )
+        position += len(segment.words)
+        start = min(segment.start_s + offset_s, duration_s)
+        segments.append(
+            TimedSegment(
+                start_s=start,
+                end_s=max(start, min(segment.end_s + offset_s, duration_s)),
+                text=segment.text,
+                words=timed,
+                avg_logprob=segment.avg_logprob,
+                no_speech_prob=segment.no_speech_prob,
+            )
+        )
+    return segments
 
 
 def _shifted_words(
@@ -367,15 +419,43 @@ def _shifted_words(
     return shifted
 
 
-def _render_tracks(tracks: Mapping[str, Sequence[Cue]], *, base: Path) -> dict[str, _Document]:
+def _render_tracks(
+    tracks: Mapping[str, Sequence[Cue]],
+    *,
+    base: Path,
+    source_language: str,
+    segments: Sequence[TimedSegment],
+    formats: Sequence[OutputFormat],
+    highlight_words: bool,
+) -> dict[str, _Document]:
     documents: dict[str, _Document] = {}
     for language, cues in tracks.items():
-        for subtitle_format in _FORMATS:
-            key = f"{language}.{subtitle_format.value}"
-            documents[key] = _Document(
-                path=track_path(base, language, subtitle_format),
-                text=render_document(cues, subtitle_format),
+        is_source = language == source_language
+        for output_format in formats:
+            if output_format is OutputFormat.SRT:
+                text = render_document(cues, SubtitleFormat.SRT)
+            elif output_format is OutputFormat.VTT:
+                highlighted = highlight_words and is_source
+                text = (
+                    render_highlighted_vtt(cues)
+                    if highlighted
+                    else render_document(cues, SubtitleFormat.WEBVTT)
+                )
+            elif output_format is OutputFormat.JSON:
+                text = render_json(
+                    language,
+                    cues,
+                    segments if is_source else None,
+                    translated_from=None if is_source else source_language,
+                )
+            elif output_format is OutputFormat.TXT:
+                text = render_txt(cues)
+            else:
+                text = render_tsv(cues)
+            path = track_path(base, language, SubtitleFormat.SRT).with_suffix(
+                f".{output_format.value}"
             )
+            documents[f"{language}.{output_format.value}"] = _Document(path=path, text=text)
     return documents
 
 
@@ -426,7 +506,7 @@ def transcribe_words(
     ``progress`` gets the "transcribe" stage with fractions in [0.05, 0.85].
     """
     mel = log_mel(audio)
-    language, words = _transcribe(
+    language, words, _segments = _transcribe(
         mel,
         transcriber,
         window_frames=round(window_s * FRAMES_PER_SECOND),
