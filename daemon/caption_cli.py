@@ -25,12 +25,13 @@ Registered by ``daemon.cli`` as ``app.command("caption")(caption_command)``; thi
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import glob
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 from rich.console import Console
@@ -50,12 +51,22 @@ from media.caption_formats import OutputFormat, parse_formats
 from media.captions import CaptionLayout
 from media.errors import MediaError
 
+if TYPE_CHECKING:
+    from media.models import WhisperStore
+
 __all__ = ["caption_command"]
 
 DEFAULT_LAYOUT: Final = CaptionLayout()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+class Task(enum.StrEnum):
+    """Whisper's two tasks: write what was said, or its English translation."""
+
+    TRANSCRIBE = "transcribe"
+    TRANSLATE = "translate"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class _LocalOptions:
     """What only a caption made in this process takes (a node's job has its defaults)."""
 
@@ -63,6 +74,8 @@ class _LocalOptions:
     layout: CaptionLayout
     highlight_words: bool = False
     overwrite: bool = False
+    model: str | None = None
+    task: Task = Task.TRANSCRIBE
 
 
 #: How often ``--wait`` asks the node how its job is doing.
@@ -120,6 +133,22 @@ def caption_command(
     max_line_count: Annotated[
         int, typer.Option("--max-line-count", help="Most lines in one caption.", min=1)
     ] = DEFAULT_LAYOUT.max_lines,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Whisper model: auto, tiny.en, base or a local faster-whisper folder "
+            "\\[default: models.whisper].",
+            show_default=False,
+        ),
+    ] = None,
+    task: Annotated[
+        Task,
+        typer.Option(
+            "--task",
+            help="transcribe, or translate the speech into English (multilingual models).",
+        ),
+    ] = Task.TRANSCRIBE,
     word_timestamps: Annotated[
         bool,
         typer.Option(
@@ -151,13 +180,18 @@ def caption_command(
         fail(str(error))
     layout = CaptionLayout(max_line_chars=max_line_width, max_lines=max_line_count)
     options = _LocalOptions(
-        formats=formats, layout=layout, highlight_words=word_timestamps, overwrite=force
+        formats=formats,
+        layout=layout,
+        highlight_words=word_timestamps,
+        overwrite=force,
+        model=model,
+        task=task,
     )
     if not local and options != _LocalOptions(layout=DEFAULT_LAYOUT):
         # A node's caption job takes --to, --language and --out only.
         errors.print(
-            "--format, --max-line-*, --word-timestamps and --force are handled here, not by a "
-            "node's job: captioning in this process",
+            "--format, --max-line-*, --word-timestamps, --model, --task and --force are "
+            "handled here, not by a node's job: captioning in this process",
             highlight=False,
         )
         local = True
@@ -288,29 +322,35 @@ def _caption_here(
 ) -> None:
     from daemon.cli import fail
     from daemon.config import load_config
-    from daemon.jobs import default_recognizer_factory, default_translator_factory
-    from daemon.language_setup import language_matrix_for
-    from media.caption_file import OutputExistsError, SpeechRecognizer, caption_recording
+    from daemon.jobs import default_translator_factory
+    from daemon.language_setup import language_matrix_for, whisper_store_for
+    from media.asr import DecodeOptions
+    from media.caption_file import OutputExistsError, caption_recording
+    from media.recognizer import WhisperRecognizer
 
     config = load_config(node_home.config_path) if node_home.config_path.exists() else Config()
+    if options.model is not None:
+        config = _with_model(config, options.model)
     try:
         matrix = language_matrix_for(config)
         if language is not None:
             matrix.check_speaker(language)
             for target in languages:
-                matrix.check_translation(language, target)
+                matrix.check_translation(
+                    "en" if options.task is Task.TRANSLATE else language, target
+                )
     except MediaError as error:
         fail(str(error))
-    load_recognizer = default_recognizer_factory(config, node_home.root)
-    recognizer: SpeechRecognizer | None = None
+    store = whisper_store_for(config, node_home.root)
+    if options.task is Task.TRANSLATE:
+        _check_translates(store)
+    recognizer = WhisperRecognizer(store, options=DecodeOptions(task=options.task.value))
     translator_factory = default_translator_factory(config)
     failures: list[str] = []
     for source in sources:
         try:
             with _progress_bar(errors) as bar:
                 task = bar.add_task("starting", total=1.0)
-                if recognizer is None:
-                    recognizer = load_recognizer()
 
                 result = caption_recording(
                     source,
@@ -324,6 +364,7 @@ def _caption_here(
                     formats=options.formats,
                     layout=options.layout,
                     highlight_words=options.highlight_words,
+                    translated_by_whisper=options.task is Task.TRANSLATE,
                 )
         except OutputExistsError as error:
             failures.append(f"{error.path} exists: not replaced (--force replaces it)")
@@ -351,6 +392,37 @@ def _caption_here(
         fail(failures[0])
     if failures:
         fail(f"{len(failures)} of {len(sources)} files were not captioned (see above)")
+
+
+def _with_model(config: Config, model: str) -> Config:
+    """``config`` with ``models.whisper`` set to ``--model`` (a folder must exist)."""
+    from daemon.cli import fail
+    from media.models import AUTO, EMBEDDED_MODELS
+
+    if model not in (AUTO, *EMBEDDED_MODELS) and not Path(model).expanduser().is_dir():
+        names = ", ".join((AUTO, *EMBEDDED_MODELS))
+        fail(f"--model {model}: neither a model parley ships ({names}) nor a folder")
+    models = dataclasses.replace(config.models, whisper=model, whisper_dir="")
+    return dataclasses.replace(config, models=models)
+
+
+def _check_translates(store: WhisperStore) -> None:
+    """Refuse ``--task translate`` on an English-only model, in one line."""
+    from daemon.cli import fail
+    from media.models import AUTO, TINY_EN
+
+    setting = store.choice.setting
+    if setting == AUTO:
+        return  # English speech goes to tiny.en (its translation is itself), the rest to base
+    if setting == TINY_EN:
+        multilingual = False
+    else:
+        try:
+            multilingual = bool(store.load(store.folder_for(setting)).model.is_multilingual)
+        except MediaError as error:
+            fail(str(error))
+    if not multilingual:
+        fail(f"the Whisper model {setting!r} is English-only: it cannot translate (--model base)")
 
 
 def _reporter(bar: Progress, task: TaskID) -> Callable[[str, float], None]:

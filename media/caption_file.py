@@ -207,6 +207,7 @@ def caption_recording(
     overwrite: bool = True,
     formats: Sequence[OutputFormat] = _DEFAULT_FORMATS,
     highlight_words: bool = False,
+    translated_by_whisper: bool = False,
 ) -> CaptionResult:
     """Caption the recording at ``path`` into ``out_dir`` (see the module docstring).
 
@@ -226,6 +227,9 @@ def caption_recording(
     factory's ``UnsupportedLanguagePairError``, ``SubtitleError`` when a file cannot be written.
     ``formats`` are the files written per language (``media.caption_formats``); with
     ``highlight_words`` the spoken language's WebVTT underlines each word while it is spoken.
+    ``translated_by_whisper``: the decoders run Whisper's translate task, so the text is English
+    whatever was spoken; the track is then ``en`` (``CaptionResult.language`` stays the spoken
+    language) and ``to_languages`` translate from English.
     With ``overwrite=False`` an existing output file raises :class:`OutputExistsError` before
     anything is written (none of the recording's files is written then).
     Nothing is left in ``out_dir`` when it raises.
@@ -244,11 +248,19 @@ def caption_recording(
     if (transcriber is None) == (recognizer is None):
         raise ValueError("pass exactly one of transcriber and recognizer")
     probability: float | None = None
+
+    def text_language(spoken: str) -> str:
+        return "en" if translated_by_whisper else spoken
+
     if recognizer is None:
-        translators = _build_translators(translator_factory, source_language, targets)
+        translators = _build_translators(
+            translator_factory, text_language(source_language), targets
+        )
     elif language is not None:
         source_language = _unique_languages([language])[0]
-        translators = _build_translators(translator_factory, source_language, targets)
+        translators = _build_translators(
+            translator_factory, text_language(source_language), targets
+        )
         transcriber = recognizer.for_language(source_language)
 
     report("decode", 0.0)
@@ -258,7 +270,9 @@ def caption_recording(
     if recognizer is not None and language is None:
         guess = recognizer.identify_language(mel)
         source_language, probability = guess.language, guess.probability
-        translators = _build_translators(translator_factory, source_language, targets)
+        translators = _build_translators(
+            translator_factory, text_language(source_language), targets
+        )
         transcriber = recognizer.for_language(source_language)
     if transcriber is None:  # a forced language built it above
         raise ValueError("no transcriber")  # unreachable: one of the branches set it
@@ -273,9 +287,10 @@ def caption_recording(
     duration_s = (mel.shape[1] - 1) / FRAMES_PER_SECOND
     source_cues = segment_words(words, layout=layout)
 
-    if language_key(transcript_language) != language_key(source_language):
-        translators = _build_translators(translator_factory, transcript_language, targets)
-    tracks: dict[str, list[Cue]] = {transcript_language: source_cues}
+    track_language = text_language(transcript_language)
+    if language_key(track_language) != language_key(text_language(source_language)):
+        translators = _build_translators(translator_factory, track_language, targets)
+    tracks: dict[str, list[Cue]] = {track_language: source_cues}
     wanted = list(translators)
     for number, target in enumerate(wanted):
         translator = translators[target]
@@ -288,7 +303,7 @@ def caption_recording(
     documents = _render_tracks(
         tracks,
         base=out_dir / source_path.stem,
-        source_language=transcript_language,
+        source_language=track_language,
         segments=segments,
         formats=formats,
         highlight_words=highlight_words,
