@@ -76,6 +76,7 @@ class _LocalOptions:
     overwrite: bool = False
     model: str | None = None
     task: Task = Task.TRANSCRIBE
+    skip_silence: bool = False
 
 
 #: How often ``--wait`` asks the node how its job is doing.
@@ -149,6 +150,13 @@ def caption_command(
             help="transcribe, or translate the speech into English (multilingual models).",
         ),
     ] = Task.TRANSCRIBE,
+    skip_silence: Annotated[
+        bool,
+        typer.Option(
+            "--skip-silence",
+            help="Decode only the speech the Silero VAD (shipped with faster-whisper) finds.",
+        ),
+    ] = False,
     word_timestamps: Annotated[
         bool,
         typer.Option(
@@ -186,12 +194,13 @@ def caption_command(
         overwrite=force,
         model=model,
         task=task,
+        skip_silence=skip_silence,
     )
     if not local and options != _LocalOptions(layout=DEFAULT_LAYOUT):
         # A node's caption job takes --to, --language and --out only.
         errors.print(
-            "--format, --max-line-*, --word-timestamps, --model, --task and --force are "
-            "handled here, not by a node's job: captioning in this process",
+            "--format, --max-line-*, --word-timestamps, --model, --task, --skip-silence and "
+            "--force are handled here, not by a node's job: captioning in this process",
             highlight=False,
         )
         local = True
@@ -365,6 +374,7 @@ def _caption_here(
                     layout=options.layout,
                     highlight_words=options.highlight_words,
                     translated_by_whisper=options.task is Task.TRANSLATE,
+                    skip_silence=options.skip_silence,
                 )
         except OutputExistsError as error:
             failures.append(f"{error.path} exists: not replaced (--force replaces it)")

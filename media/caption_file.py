@@ -51,6 +51,7 @@ from media.caption_formats import (
 from media.captions import CaptionLayout, Cue, retime_text, segment_words
 from media.errors import MediaError
 from media.features import FRAMES_PER_SECOND, FloatArray, log_mel
+from media.speech_spans import group_spans, speech_spans
 from media.subtitles import SubtitleError, SubtitleFormat, render_document, track_path
 from media.translate import Translator, language_key
 from media.vad import frame_levels_db
@@ -208,6 +209,7 @@ def caption_recording(
     formats: Sequence[OutputFormat] = _DEFAULT_FORMATS,
     highlight_words: bool = False,
     translated_by_whisper: bool = False,
+    skip_silence: bool = False,
 ) -> CaptionResult:
     """Caption the recording at ``path`` into ``out_dir`` (see the module docstring).
 
@@ -230,6 +232,7 @@ def caption_recording(
     ``translated_by_whisper``: the decoders run Whisper's translate task, so the text is English
     whatever was spoken; the track is then ``en`` (``CaptionResult.language`` stays the spoken
     language) and ``to_languages`` translate from English.
+    ``skip_silence``: only the speech the Silero VAD finds is decoded (``media.speech_spans``).
     With ``overwrite=False`` an existing output file raises :class:`OutputExistsError` before
     anything is written (none of the recording's files is written then).
     Nothing is left in ``out_dir`` when it raises.
@@ -277,10 +280,14 @@ def caption_recording(
     if transcriber is None:  # a forced language built it above
         raise ValueError("no transcriber")  # unreachable: one of the branches set it
 
+    window_frames = round(window_s * FRAMES_PER_SECOND)
+    spans = group_spans(speech_spans(audio), window_frames=window_frames) if skip_silence else None
     transcript_language, words, segments = _transcribe(
         mel,
         transcriber,
-        window_frames=round(window_s * FRAMES_PER_SECOND),
+        spans=spans,
+        fallback_language=source_language,
+        window_frames=window_frames,
         search_frames=round(search_s * FRAMES_PER_SECOND),
         progress=report,
     )
@@ -358,19 +365,29 @@ def _transcribe(
     window_frames: int,
     search_frames: int,
     progress: Progress,
+    spans: Sequence[tuple[int, int]] | None = None,
+    fallback_language: str = "en",
 ) -> tuple[str, list[WordTime], list[TimedSegment]]:
     content_frames = mel.shape[1] - 1
     levels = frame_levels_db(mel)[:content_frames]
-    slices = plan_slices(
-        levels,
-        window_frames=window_frames,
-        search_frames=search_frames,
-        smoothing_frames=max(1, round(CUT_SMOOTHING_S * FRAMES_PER_SECOND)),
-    )
+    smoothing_frames = max(1, round(CUT_SMOOTHING_S * FRAMES_PER_SECOND))
+    if spans is None:
+        spans = [(0, content_frames)]
+    slices = [
+        SlicePlan(piece.start_frame + start, piece.end_frame + start)
+        for start, end in spans
+        for piece in plan_slices(
+            levels[start : min(end, content_frames)],
+            window_frames=window_frames,
+            search_frames=search_frames,
+            smoothing_frames=smoothing_frames,
+        )
+        if piece.end_frame > piece.start_frame
+    ]
     duration_s = content_frames / FRAMES_PER_SECOND
     words: list[WordTime] = []
     segments: list[TimedSegment] = []
-    language = "en"
+    language = fallback_language
     span = _PROGRESS_TRANSCRIBED - _PROGRESS_DECODED
     for piece in slices:
         # One frame past the slice: log_mel's layout ends with a frame the decoder drops as
