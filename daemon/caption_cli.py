@@ -1,4 +1,4 @@
-"""``parley caption FILE [--language xx] [--to pt] [--out DIR]``: captions for a recording.
+"""``parley caption FILES... [--language xx] [--to pt] [--out DIR] [--force]``: captions.
 
 The spoken language is identified on the recording unless ``--language`` names it; the summary
 says which language was found and how sure Whisper was, and the files are named after it
@@ -11,9 +11,13 @@ node then owns the work, so closing the terminal does not lose it, and jobs queu
 other instead of competing for the two CPU cores a call also needs. Without a node (or with
 ``--local``) the command captions in this process, with a progress bar on stderr.
 
-Outputs go where ``--out`` says, else to ``<home>/captions/<id>/`` (DESIGN.md §10: parley writes
-only inside its home and the paths a user names). The output paths are printed on stdout, one a
-line, so a script can pick them up; everything else goes to stderr.
+Several files and patterns (``'talks/*.mp4'``, expanded here, sorted) are captioned one after the
+other (one job each on a node). Outputs go where ``--out`` says, else beside each input
+(``talk.mp4`` -> ``talk.es.srt``; a node's job: ``<home>/captions/<id>/``). DESIGN.md §10:
+parley writes only inside its home and the paths a user names, and the input is such a path.
+An existing caption file is never replaced without ``--force``: that recording is refused in
+one line naming the file and none of its files is written; the others go on. The output paths
+are printed on stdout, one a line, so a script can pick them up; everything else goes to stderr.
 
 Registered by ``daemon.cli`` as ``app.command("caption")(caption_command)``; this module imports
 ``daemon.cli`` lazily so that registration at import time creates no import cycle.
@@ -21,21 +25,59 @@ Registered by ``daemon.cli`` as ``app.command("caption")(caption_command)``; thi
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import glob
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from daemon.cli_options import HomeOption
 from daemon.config import Config
 from daemon.home import NodeHome
+from media.caption_formats import OutputFormat, parse_formats
+from media.captions import CaptionLayout
+from media.errors import MediaError
+
+if TYPE_CHECKING:
+    from media.models import WhisperStore
 
 __all__ = ["caption_command"]
+
+DEFAULT_LAYOUT: Final = CaptionLayout()
+
+
+class Task(enum.StrEnum):
+    """Whisper's two tasks: write what was said, or its English translation."""
+
+    TRANSCRIBE = "transcribe"
+    TRANSLATE = "translate"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _LocalOptions:
+    """What only a caption made in this process takes (a node's job has its defaults)."""
+
+    formats: tuple[OutputFormat, ...] = (OutputFormat.SRT, OutputFormat.VTT)
+    layout: CaptionLayout
+    highlight_words: bool = False
+    overwrite: bool = False
+    model: str | None = None
+    task: Task = Task.TRANSCRIBE
+    skip_silence: bool = False
+
 
 #: How often ``--wait`` asks the node how its job is doing.
 WAIT_POLL_S: Final = 0.5
@@ -49,7 +91,13 @@ _STAGE_NAMES: Final = {
 
 
 def caption_command(
-    file: Annotated[Path, typer.Argument(help="An audio or video file.", show_default=False)],
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            help="Audio or video files; a pattern such as 'talks/*.mp4' is expanded.",
+            show_default=False,
+        ),
+    ],
     *,
     to: Annotated[
         list[str] | None,
@@ -57,7 +105,10 @@ def caption_command(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Output folder \\[default: <home>/captions/<id>/]."),
+        typer.Option(
+            "--out",
+            help="Output folder \\[default: beside each input; on a node: <home>/captions/<id>/].",
+        ),
     ] = None,
     language: Annotated[
         str | None,
@@ -67,6 +118,52 @@ def caption_command(
             show_default=False,
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace caption files that already exist.")
+    ] = False,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Files to write per language, comma-separated: srt, vtt, json, txt, tsv or all.",
+        ),
+    ] = "srt,vtt",
+    max_line_width: Annotated[
+        int, typer.Option("--max-line-width", help="Most characters on a caption line.", min=1)
+    ] = DEFAULT_LAYOUT.max_line_chars,
+    max_line_count: Annotated[
+        int, typer.Option("--max-line-count", help="Most lines in one caption.", min=1)
+    ] = DEFAULT_LAYOUT.max_lines,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Whisper model: auto, tiny.en, base or a local faster-whisper folder "
+            "\\[default: models.whisper].",
+            show_default=False,
+        ),
+    ] = None,
+    task: Annotated[
+        Task,
+        typer.Option(
+            "--task",
+            help="transcribe, or translate the speech into English (multilingual models).",
+        ),
+    ] = Task.TRANSCRIBE,
+    skip_silence: Annotated[
+        bool,
+        typer.Option(
+            "--skip-silence",
+            help="Decode only the speech the Silero VAD (shipped with faster-whisper) finds.",
+        ),
+    ] = False,
+    word_timestamps: Annotated[
+        bool,
+        typer.Option(
+            "--word-timestamps",
+            help="In the spoken language's WebVTT, underline each word while it is spoken.",
+        ),
+    ] = False,
     home: HomeOption = None,
     local: Annotated[
         bool, typer.Option("--local", help="Caption in this process even if a node runs.")
@@ -75,34 +172,80 @@ def caption_command(
         bool, typer.Option("--wait", help="On a node: follow the job until ready or failed.")
     ] = False,
 ) -> None:
-    """Captions for a recording (audio or video): SRT and WebVTT, optionally translated."""
+    """Captions for recordings (audio or video): SRT and WebVTT, optionally translated."""
     from daemon.cli import fail, resolve_home
 
     node_home = resolve_home(home)
-    source = file.expanduser().resolve()
-    if not source.is_file():
-        fail(f"{file}: {'no such file' if not source.exists() else 'not a regular file'}")
+    sources = _expand(files)
     out_dir = out.expanduser().resolve() if out is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         fail(f"{out}: exists and is not a folder")
     languages = list(to or [])
     errors = Console(stderr=True)
+    try:
+        formats = parse_formats(output_format)
+    except MediaError as error:
+        fail(str(error))
+    layout = CaptionLayout(max_line_chars=max_line_width, max_lines=max_line_count)
+    options = _LocalOptions(
+        formats=formats,
+        layout=layout,
+        highlight_words=word_timestamps,
+        overwrite=force,
+        model=model,
+        task=task,
+        skip_silence=skip_silence,
+    )
+    if not local and options != _LocalOptions(layout=DEFAULT_LAYOUT):
+        # A node's caption job takes --to, --language and --out only.
+        errors.print(
+            "--format, --max-line-*, --word-timestamps, --model, --task, --skip-silence and "
+            "--force are handled here, not by a node's job: captioning in this process",
+            highlight=False,
+        )
+        local = True
     if not local:
-        job = _submit(node_home, source, languages, out_dir, language)
-        if job is not None:
-            job_id = str(job.get("id"))
+        jobs = [_submit(node_home, source, languages, out_dir, language) for source in sources]
+        job_ids = [str(job.get("id")) for job in jobs if job is not None]
+        if job_ids:
             if not wait:
-                print(job_id)
+                for job_id in job_ids:
+                    print(job_id)
                 errors.print(
-                    f"queued caption job {job_id} on the running node; follow it with "
-                    "'parley status' (or rerun with --wait)",
+                    f"queued {len(job_ids)} caption job(s) on the running node; follow them "
+                    "with 'parley status' (or rerun with --wait)",
                     highlight=False,
                 )
                 return
-            _follow(node_home, job_id, errors)
+            for job_id in job_ids:
+                _follow(node_home, job_id, errors)
             return
         errors.print("no node is running: captioning in this process", highlight=False)
-    _caption_here(node_home, source, languages, out_dir, language=language, errors=errors)
+    _caption_here(
+        node_home, sources, languages, out_dir, language=language, options=options, errors=errors
+    )
+
+
+def _expand(arguments: list[str]) -> list[Path]:
+    """The files named, patterns expanded (sorted), each once; a one-line failure otherwise."""
+    from daemon.cli import fail
+
+    sources: dict[Path, None] = {}
+    for argument in arguments:
+        if glob.has_magic(argument):
+            matches = sorted(glob.glob(str(Path(argument).expanduser())))
+            if not matches:
+                fail(f"{argument}: no file matches")
+            named = [Path(match) for match in matches]
+        else:
+            named = [Path(argument)]
+        for path in named:
+            source = path.expanduser().resolve()
+            if not source.is_file():
+                problem = "no such file" if not source.exists() else "not a regular file"
+                fail(f"{path}: {problem}")
+            sources.setdefault(source, None)
+    return list(sources)
 
 
 def _submit(
@@ -178,69 +321,125 @@ def _follow(node_home: NodeHome, job_id: str, errors: Console) -> None:
 
 def _caption_here(
     node_home: NodeHome,
-    source: Path,
+    sources: list[Path],
     languages: list[str],
     out_dir: Path | None,
     *,
     language: str | None,
+    options: _LocalOptions,
     errors: Console,
 ) -> None:
     from daemon.cli import fail
     from daemon.config import load_config
-    from daemon.jobs import (
-        CAPTIONS_DIR_NAME,
-        default_recognizer_factory,
-        default_translator_factory,
-    )
-    from daemon.language_setup import language_matrix_for
-    from media.caption_file import caption_recording
-    from media.errors import MediaError
+    from daemon.jobs import default_translator_factory
+    from daemon.language_setup import language_matrix_for, whisper_store_for
+    from media.asr import DecodeOptions
+    from media.caption_file import OutputExistsError, caption_recording
+    from media.recognizer import WhisperRecognizer
 
     config = load_config(node_home.config_path) if node_home.config_path.exists() else Config()
+    if options.model is not None:
+        config = _with_model(config, options.model)
     try:
         matrix = language_matrix_for(config)
         if language is not None:
             matrix.check_speaker(language)
             for target in languages:
-                matrix.check_translation(language, target)
+                matrix.check_translation(
+                    "en" if options.task is Task.TRANSLATE else language, target
+                )
     except MediaError as error:
         fail(str(error))
-    if out_dir is None:
-        # Same layout as a node job; the home may not exist yet, and must not be world-readable.
-        node_home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        out_dir = node_home.root / CAPTIONS_DIR_NAME / uuid.uuid4().hex
-    try:
-        with _progress_bar(errors) as bar:
-            task = bar.add_task("starting", total=1.0)
-            recognizer = default_recognizer_factory(config, node_home.root)()
+    store = whisper_store_for(config, node_home.root)
+    if options.task is Task.TRANSLATE:
+        _check_translates(store)
+    recognizer = WhisperRecognizer(store, options=DecodeOptions(task=options.task.value))
+    translator_factory = default_translator_factory(config)
+    failures: list[str] = []
+    for source in sources:
+        try:
+            with _progress_bar(errors) as bar:
+                task = bar.add_task("starting", total=1.0)
 
-            def report(stage: str, fraction: float) -> None:
-                bar.update(task, description=_STAGE_NAMES.get(stage, stage), completed=fraction)
-
-            result = caption_recording(
-                source,
-                out_dir=out_dir,
-                recognizer=recognizer,
-                language=language,
-                translator_factory=default_translator_factory(config),
-                to_languages=languages,
-                progress=report,
+                result = caption_recording(
+                    source,
+                    out_dir=out_dir if out_dir is not None else source.parent,
+                    recognizer=recognizer,
+                    language=language,
+                    translator_factory=translator_factory,
+                    to_languages=languages,
+                    progress=_reporter(bar, task),
+                    overwrite=options.overwrite,
+                    formats=options.formats,
+                    layout=options.layout,
+                    highlight_words=options.highlight_words,
+                    translated_by_whisper=options.task is Task.TRANSLATE,
+                    skip_silence=options.skip_silence,
+                )
+        except OutputExistsError as error:
+            failures.append(f"{error.path} exists: not replaced (--force replaces it)")
+        except MediaError as error:
+            failures.append(str(error))
+        else:
+            for path in result.outputs.values():
+                print(path)
+            errors.print(
+                f"{source.name}: "
+                + _summary(
+                    {
+                        "cue_count": result.cue_count,
+                        "language": result.language,
+                        "language_probability": result.language_probability,
+                        "duration_s": result.duration_s,
+                    }
+                ),
+                highlight=False,
             )
-    except MediaError as error:
-        fail(str(error))
-    for path in result.outputs.values():
-        print(path)
-    errors.print(
-        _summary(
-            {
-                "cue_count": result.cue_count,
-                "language": result.language,
-                "language_probability": result.language_probability,
-                "duration_s": result.duration_s,
-            }
-        ),
-        highlight=False,
-    )
+            continue
+        if len(sources) > 1:
+            errors.print(f"{source.name}: {failures[-1]}", highlight=False)
+    if len(failures) == 1 and len(sources) == 1:
+        fail(failures[0])
+    if failures:
+        fail(f"{len(failures)} of {len(sources)} files were not captioned (see above)")
+
+
+def _with_model(config: Config, model: str) -> Config:
+    """``config`` with ``models.whisper`` set to ``--model`` (a folder must exist)."""
+    from daemon.cli import fail
+    from media.models import AUTO, EMBEDDED_MODELS
+
+    if model not in (AUTO, *EMBEDDED_MODELS) and not Path(model).expanduser().is_dir():
+        names = ", ".join((AUTO, *EMBEDDED_MODELS))
+        fail(f"--model {model}: neither a model parley ships ({names}) nor a folder")
+    models = dataclasses.replace(config.models, whisper=model, whisper_dir="")
+    return dataclasses.replace(config, models=models)
+
+
+def _check_translates(store: WhisperStore) -> None:
+    """Refuse ``--task translate`` on an English-only model, in one line."""
+    from daemon.cli import fail
+    from media.models import AUTO, TINY_EN
+
+    setting = store.choice.setting
+    if setting == AUTO:
+        return  # English speech goes to tiny.en (its translation is itself), the rest to base
+    if setting == TINY_EN:
+        multilingual = False
+    else:
+        try:
+            multilingual = bool(store.load(store.folder_for(setting)).model.is_multilingual)
+        except MediaError as error:
+            fail(str(error))
+    if not multilingual:
+        fail(f"the Whisper model {setting!r} is English-only: it cannot translate (--model base)")
+
+
+def _reporter(bar: Progress, task: TaskID) -> Callable[[str, float], None]:
+    def report(stage: str, fraction: float) -> None:
+        bar.update(task, description=_STAGE_NAMES.get(stage, stage), completed=fraction)
+
+    return report
 
 
 def _summary(outputs: Mapping[str, object]) -> str:

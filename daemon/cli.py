@@ -957,6 +957,16 @@ def bench_dub(json_path: JsonOption = None) -> None:
     print(json.dumps(run(json_path), indent=2))
 
 
+@bench_app.command("caption")
+def bench_caption(json_path: JsonOption = None) -> None:
+    """File captioning vs faster-whisper's transcribe (with/without VAD): RTF and WER."""
+    import json
+
+    from simulations.bench_caption import run
+
+    print(json.dumps(run(json_path), indent=2))
+
+
 @bench_app.command("languages")
 def bench_languages(json_path: JsonOption = None) -> None:
     """ASR WER per language and voice, language identification, chrF per translation route."""

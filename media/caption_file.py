@@ -39,9 +39,19 @@ import numpy as np
 
 from daemon.atomic import write_atomic
 from media.audio import load_audio
+from media.caption_formats import (
+    OutputFormat,
+    TimedSegment,
+    TimedWord,
+    render_highlighted_vtt,
+    render_json,
+    render_tsv,
+    render_txt,
+)
 from media.captions import CaptionLayout, Cue, retime_text, segment_words
 from media.errors import MediaError
 from media.features import FRAMES_PER_SECOND, FloatArray, log_mel
+from media.speech_spans import group_spans, speech_spans
 from media.subtitles import SubtitleError, SubtitleFormat, render_document, track_path
 from media.translate import Translator, language_key
 from media.vad import frame_levels_db
@@ -54,6 +64,7 @@ __all__ = [
     "CaptionFileError",
     "CaptionResult",
     "FeatureDecoder",
+    "OutputExistsError",
     "Progress",
     "SlicePlan",
     "SpeechRecognizer",
@@ -74,7 +85,7 @@ CUT_SMOOTHING_S: Final = 0.2
 _PROGRESS_DECODED: Final = 0.05
 _PROGRESS_TRANSCRIBED: Final = 0.85
 _PROGRESS_TRANSLATED: Final = 0.95
-_FORMATS: Final = (SubtitleFormat.SRT, SubtitleFormat.WEBVTT)
+_DEFAULT_FORMATS: Final = (OutputFormat.SRT, OutputFormat.VTT)
 
 #: ``progress(stage, fraction)``: ``stage`` is one of "decode", "transcribe", "translate",
 #: "write", "done"; ``fraction`` is the share of the whole job done, non-decreasing in [0, 1].
@@ -85,6 +96,14 @@ TranslatorFactory = Callable[[str, str], Translator]
 
 class CaptionFileError(MediaError):
     """The caption request itself is wrong (a bad language tag, an output folder that is a file)."""
+
+
+class OutputExistsError(CaptionFileError):
+    """An output file exists and the caller asked not to replace it; nothing was written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} already exists")
+        self.path = path
 
 
 class FeatureDecoder(Protocol):
@@ -186,6 +205,11 @@ def caption_recording(
     window_s: float = WHISPER_WINDOW_S,
     search_s: float = CUT_SEARCH_S,
     file_mode: int = 0o644,
+    overwrite: bool = True,
+    formats: Sequence[OutputFormat] = _DEFAULT_FORMATS,
+    highlight_words: bool = False,
+    translated_by_whisper: bool = False,
+    skip_silence: bool = False,
 ) -> CaptionResult:
     """Caption the recording at ``path`` into ``out_dir`` (see the module docstring).
 
@@ -203,6 +227,14 @@ def caption_recording(
 
     Raises a ``MediaError``: the input's ``AudioFileError``/``SilentAudioError``, the translator
     factory's ``UnsupportedLanguagePairError``, ``SubtitleError`` when a file cannot be written.
+    ``formats`` are the files written per language (``media.caption_formats``); with
+    ``highlight_words`` the spoken language's WebVTT underlines each word while it is spoken.
+    ``translated_by_whisper``: the decoders run Whisper's translate task, so the text is English
+    whatever was spoken; the track is then ``en`` (``CaptionResult.language`` stays the spoken
+    language) and ``to_languages`` translate from English.
+    ``skip_silence``: only the speech the Silero VAD finds is decoded (``media.speech_spans``).
+    With ``overwrite=False`` an existing output file raises :class:`OutputExistsError` before
+    anything is written (none of the recording's files is written then).
     Nothing is left in ``out_dir`` when it raises.
     """
     if not (math.isfinite(window_s) and 1.0 <= window_s <= WHISPER_WINDOW_S):
@@ -219,11 +251,19 @@ def caption_recording(
     if (transcriber is None) == (recognizer is None):
         raise ValueError("pass exactly one of transcriber and recognizer")
     probability: float | None = None
+
+    def text_language(spoken: str) -> str:
+        return "en" if translated_by_whisper else spoken
+
     if recognizer is None:
-        translators = _build_translators(translator_factory, source_language, targets)
+        translators = _build_translators(
+            translator_factory, text_language(source_language), targets
+        )
     elif language is not None:
         source_language = _unique_languages([language])[0]
-        translators = _build_translators(translator_factory, source_language, targets)
+        translators = _build_translators(
+            translator_factory, text_language(source_language), targets
+        )
         transcriber = recognizer.for_language(source_language)
 
     report("decode", 0.0)
@@ -233,24 +273,31 @@ def caption_recording(
     if recognizer is not None and language is None:
         guess = recognizer.identify_language(mel)
         source_language, probability = guess.language, guess.probability
-        translators = _build_translators(translator_factory, source_language, targets)
+        translators = _build_translators(
+            translator_factory, text_language(source_language), targets
+        )
         transcriber = recognizer.for_language(source_language)
     if transcriber is None:  # a forced language built it above
         raise ValueError("no transcriber")  # unreachable: one of the branches set it
 
-    transcript_language, words = _transcribe(
+    window_frames = round(window_s * FRAMES_PER_SECOND)
+    spans = group_spans(speech_spans(audio), window_frames=window_frames) if skip_silence else None
+    transcript_language, words, segments = _transcribe(
         mel,
         transcriber,
-        window_frames=round(window_s * FRAMES_PER_SECOND),
+        spans=spans,
+        fallback_language=source_language,
+        window_frames=window_frames,
         search_frames=round(search_s * FRAMES_PER_SECOND),
         progress=report,
     )
     duration_s = (mel.shape[1] - 1) / FRAMES_PER_SECOND
     source_cues = segment_words(words, layout=layout)
 
-    if language_key(transcript_language) != language_key(source_language):
-        translators = _build_translators(translator_factory, transcript_language, targets)
-    tracks: dict[str, list[Cue]] = {transcript_language: source_cues}
+    track_language = text_language(transcript_language)
+    if language_key(track_language) != language_key(text_language(source_language)):
+        translators = _build_translators(translator_factory, track_language, targets)
+    tracks: dict[str, list[Cue]] = {track_language: source_cues}
     wanted = list(translators)
     for number, target in enumerate(wanted):
         translator = translators[target]
@@ -260,7 +307,18 @@ def caption_recording(
         report("translate", _PROGRESS_TRANSCRIBED + step)
 
     report("write", _PROGRESS_TRANSLATED)
-    documents = _render_tracks(tracks, base=out_dir / source_path.stem)
+    documents = _render_tracks(
+        tracks,
+        base=out_dir / source_path.stem,
+        source_language=track_language,
+        segments=segments,
+        formats=formats,
+        highlight_words=highlight_words,
+    )
+    if not overwrite:
+        for document in documents.values():
+            if document.path.exists() or document.path.is_symlink():
+                raise OutputExistsError(document.path)
     outputs = _write_documents(documents, out_dir, file_mode)
     report("done", 1.0)
     return CaptionResult(
@@ -307,18 +365,29 @@ def _transcribe(
     window_frames: int,
     search_frames: int,
     progress: Progress,
-) -> tuple[str, list[WordTime]]:
+    spans: Sequence[tuple[int, int]] | None = None,
+    fallback_language: str = "en",
+) -> tuple[str, list[WordTime], list[TimedSegment]]:
     content_frames = mel.shape[1] - 1
     levels = frame_levels_db(mel)[:content_frames]
-    slices = plan_slices(
-        levels,
-        window_frames=window_frames,
-        search_frames=search_frames,
-        smoothing_frames=max(1, round(CUT_SMOOTHING_S * FRAMES_PER_SECOND)),
-    )
+    smoothing_frames = max(1, round(CUT_SMOOTHING_S * FRAMES_PER_SECOND))
+    if spans is None:
+        spans = [(0, content_frames)]
+    slices = [
+        SlicePlan(piece.start_frame + start, piece.end_frame + start)
+        for start, end in spans
+        for piece in plan_slices(
+            levels[start : min(end, content_frames)],
+            window_frames=window_frames,
+            search_frames=search_frames,
+            smoothing_frames=smoothing_frames,
+        )
+        if piece.end_frame > piece.start_frame
+    ]
     duration_s = content_frames / FRAMES_PER_SECOND
     words: list[WordTime] = []
-    language = "en"
+    segments: list[TimedSegment] = []
+    language = fallback_language
     span = _PROGRESS_TRANSCRIBED - _PROGRESS_DECODED
     for piece in slices:
         # One frame past the slice: log_mel's layout ends with a frame the decoder drops as
@@ -326,10 +395,41 @@ def _transcribe(
         features = mel[:, piece.start_frame : piece.end_frame + 1]
         transcript = transcriber.transcribe_features(features)
         language = transcript.language
-        words.extend(_shifted_words(transcript, piece.start_s, duration_s, words))
+        shifted = _shifted_words(transcript, piece.start_s, duration_s, words)
+        segments.extend(_shifted_segments(transcript, shifted, piece.start_s, duration_s))
+        words.extend(shifted)
         done = (piece.end_frame / content_frames) if content_frames else 1.0
         progress("transcribe", _PROGRESS_DECODED + span * done)
-    return language, words
+    return language, words, segments
+
+
+def _shifted_segments(
+    transcript: Transcript, shifted: Sequence[WordTime], offset_s: float, duration_s: float
+) -> list[TimedSegment]:
+    """The transcript's segments on the recording's clock, with the already shifted words
+    (``shifted`` lines up with ``transcript.words``) and Whisper's word probabilities."""
+    segments: list[TimedSegment] = []
+    position = 0
+    for segment in transcript.segments:
+        timed = tuple(
+            TimedWord(word=w.word, start_s=w.start_s, end_s=w.end_s, probability=p.probability)
+            for w, p in zip(
+                shifted[position : position + len(segment.words)], segment.words, strict=True
+            )
+        )
+        position += len(segment.words)
+        start = min(segment.start_s + offset_s, duration_s)
+        segments.append(
+            TimedSegment(
+                start_s=start,
+                end_s=max(start, min(segment.end_s + offset_s, duration_s)),
+                text=segment.text,
+                words=timed,
+                avg_logprob=segment.avg_logprob,
+                no_speech_prob=segment.no_speech_prob,
+            )
+        )
+    return segments
 
 
 def _shifted_words(
@@ -351,15 +451,43 @@ def _shifted_words(
     return shifted
 
 
-def _render_tracks(tracks: Mapping[str, Sequence[Cue]], *, base: Path) -> dict[str, _Document]:
+def _render_tracks(
+    tracks: Mapping[str, Sequence[Cue]],
+    *,
+    base: Path,
+    source_language: str,
+    segments: Sequence[TimedSegment],
+    formats: Sequence[OutputFormat],
+    highlight_words: bool,
+) -> dict[str, _Document]:
     documents: dict[str, _Document] = {}
     for language, cues in tracks.items():
-        for subtitle_format in _FORMATS:
-            key = f"{language}.{subtitle_format.value}"
-            documents[key] = _Document(
-                path=track_path(base, language, subtitle_format),
-                text=render_document(cues, subtitle_format),
+        is_source = language == source_language
+        for output_format in formats:
+            if output_format is OutputFormat.SRT:
+                text = render_document(cues, SubtitleFormat.SRT)
+            elif output_format is OutputFormat.VTT:
+                highlighted = highlight_words and is_source
+                text = (
+                    render_highlighted_vtt(cues)
+                    if highlighted
+                    else render_document(cues, SubtitleFormat.WEBVTT)
+                )
+            elif output_format is OutputFormat.JSON:
+                text = render_json(
+                    language,
+                    cues,
+                    segments if is_source else None,
+                    translated_from=None if is_source else source_language,
+                )
+            elif output_format is OutputFormat.TXT:
+                text = render_txt(cues)
+            else:
+                text = render_tsv(cues)
+            path = track_path(base, language, SubtitleFormat.SRT).with_suffix(
+                f".{output_format.value}"
             )
+            documents[f"{language}.{output_format.value}"] = _Document(path=path, text=text)
     return documents
 
 
@@ -410,7 +538,7 @@ def transcribe_words(
     ``progress`` gets the "transcribe" stage with fractions in [0.05, 0.85].
     """
     mel = log_mel(audio)
-    language, words = _transcribe(
+    language, words, _segments = _transcribe(
         mel,
         transcriber,
         window_frames=round(window_s * FRAMES_PER_SECOND),

@@ -155,13 +155,16 @@ def test_standalone_writes_tracks_and_prints_their_paths(speech_wav: Path, root:
     assert wer(SCRIPT, _srt_text(out / "memo.en.srt")) <= 0.15
 
 
-def test_standalone_default_output_is_inside_the_home(speech_wav: Path, root: Path) -> None:
+def test_standalone_default_output_is_beside_the_input(speech_wav: Path, root: Path) -> None:
+    # Issue 19 moved the default from <home>/captions/<id>/ to beside the recording (the path
+    # the user named); a node's job still writes into the node's home (test below).
     home = root / "home"
-    code, stdout, error = _invoke(str(speech_wav), "--home", str(home))
+    code, stdout, error = _invoke(str(speech_wav), "--home", str(home), "--force")
     assert code == 0, error
     printed = [Path(line) for line in stdout.splitlines() if line.startswith("/")]
     assert len(printed) == 2
-    assert all(path.parent.parent == home / "captions" for path in printed)
+    assert all(path.parent == speech_wav.parent for path in printed)
+    assert not (home / "captions").exists()
 
 
 def test_bad_input_is_one_line(root: Path) -> None:

@@ -1,0 +1,88 @@
+"""File captioning skips silence with the Silero VAD faster-whisper ships (issue 19): the
+decoder sees fewer frames, the words are the same and stay on the recording's clock."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from media.asr import FeatureTranscriber, Transcript
+from media.audio import load_audio
+from media.caption_file import caption_recording
+from media.speech_spans import group_spans
+from media.translate import Translator
+from media.wer import wer
+from tests.speech import synthesize_speech, whisper_model
+
+pytestmark = pytest.mark.slow
+
+FIRST = "Please send me the report before Friday."
+SECOND = "Thank you for coming to the meeting today."
+SILENCE_S = 40.0
+
+
+class CountingDecoder:
+    """tiny.en, counting the log-mel frames it is handed."""
+
+    def __init__(self) -> None:
+        self.inner = FeatureTranscriber(whisper_model())
+        self.frames = 0
+
+    def transcribe_features(self, mel: npt.NDArray[np.float32]) -> Transcript:
+        self.frames += mel.shape[1] - 1
+        return self.inner.transcribe_features(mel)
+
+
+def _no_translator(source: str, target: str) -> Translator:
+    raise AssertionError("no translation asked for")
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    folder = tmp_path_factory.mktemp("silence")
+    first = load_audio(synthesize_speech(FIRST, folder / "a.wav"))
+    second = load_audio(synthesize_speech(SECOND, folder / "b.wav"))
+    quiet = np.zeros(round(SILENCE_S * 16000), dtype=np.float32)
+    audio = np.concatenate([first, quiet, second])
+    path = folder / "gap.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path, len(first) / 16000 + SILENCE_S
+
+
+def test_group_spans_joins_what_fits_a_window() -> None:
+    spans = [(0, 100), (150, 250), (2000, 2100), (2200, 6000)]
+    assert group_spans(spans, window_frames=3000) == [(0, 2100), (2200, 6000)]
+    assert group_spans(spans, window_frames=1000) == [(0, 250), (2000, 2100), (2200, 6000)]
+    assert group_spans([], window_frames=3000) == []
+
+
+@pytest.mark.parametrize("skip_silence", [False, True])
+def test_silence_is_not_decoded_and_words_keep_their_times(
+    recording: tuple[Path, float], tmp_path: Path, skip_silence: bool
+) -> None:
+    path, second_starts_s = recording
+    decoder = CountingDecoder()
+    result = caption_recording(
+        path,
+        out_dir=tmp_path,
+        transcriber=decoder,
+        translator_factory=_no_translator,
+        skip_silence=skip_silence,
+    )
+    total_frames = round(result.duration_s * 100)
+    if skip_silence:
+        assert decoder.frames < 0.5 * total_frames
+    else:
+        assert abs(decoder.frames - total_frames) <= 1
+    words = [word for cue in result.tracks["en"] for word in cue.words]
+    assert wer(f"{FIRST} {SECOND}", " ".join(w.word for w in words)) <= 0.2
+    later = [w for w in words if w.start_s > second_starts_s - 1.0]
+    assert wer(SECOND, " ".join(w.word for w in later)) <= 0.2
