@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-import soundfile
 
 from media.audio_devices import (
     AudioDevice,
@@ -27,6 +26,7 @@ from media.audio_devices import (
     list_devices,
     resample,
 )
+from simulations.corpus import write_float_wav
 from tests.pulse import PulseServer, pulse_environment, pulse_server
 
 RATE = 16_000
@@ -87,7 +87,7 @@ def test_the_microphone_records_what_plays_into_the_virtual_mic(
     padded = np.concatenate(
         [np.zeros(RATE // 4, np.float32), signal, np.zeros(RATE // 4, np.float32)]
     )
-    soundfile.write(wav, resample(padded, RATE, 48_000), 48_000, subtype="FLOAT")
+    write_float_wav(wav, resample(padded, RATE, 48_000), 48_000)
     device = find_device("pulse", Direction.INPUT)
     captured: list[npt.NDArray[np.float32]] = []
     stamps: list[tuple[float, int]] = []
@@ -118,7 +118,7 @@ def test_input_overruns_are_counted_when_nobody_reads(pulse: PulseServer, tmp_pa
     # A null sink's monitor only carries audio while something plays into it (a real
     # microphone always does), so the virtual mic is fed while nobody reads it.
     wav = tmp_path / "feed.wav"
-    soundfile.write(wav, resample(noise_burst(3.5, seed=4), RATE, 48_000), 48_000, subtype="FLOAT")
+    write_float_wav(wav, resample(noise_burst(3.5, seed=4), RATE, 48_000), 48_000)
     device = find_device("pulse", Direction.INPUT)
     player = pulse.play_file("mic_feed", wav)
     try:
