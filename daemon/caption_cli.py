@@ -285,7 +285,7 @@ def _follow(node_home: NodeHome, job_id: str, errors: Console) -> None:
     from daemon.rpc_client import RpcClientError, call_sync
 
     errors.print(f"caption job {job_id} queued on the running node", highlight=False)
-    with _progress_bar(errors) as bar:
+    with stage_progress_bar(errors) as bar:
         task = bar.add_task("pending", total=1.0)
         while True:
             try:
@@ -358,7 +358,7 @@ def _caption_here(
     failures: list[str] = []
     for source in sources:
         try:
-            with _progress_bar(errors) as bar:
+            with stage_progress_bar(errors) as bar:
                 task = bar.add_task("starting", total=1.0)
 
                 result = caption_recording(
@@ -457,7 +457,8 @@ def _summary(outputs: Mapping[str, object]) -> str:
     )
 
 
-def _progress_bar(console: Console) -> Progress:
+def stage_progress_bar(console: Console) -> Progress:
+    """The progress bar of long file work (captioning, dubbing): stage, bar, %, elapsed."""
     return Progress(
         TextColumn("{task.description:<16}"),
         BarColumn(),

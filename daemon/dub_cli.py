@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from daemon.caption_cli import stage_progress_bar
 from daemon.cli_options import HomeOption
 from daemon.config import Config
 from daemon.home import NodeHome
@@ -131,7 +131,7 @@ def dub_command(
         folder.mkdir(mode=0o700, parents=True)
         out_path = folder / f"{source.stem}.{to}.mp4"
     try:
-        with _progress_bar(errors) as bar:
+        with stage_progress_bar(errors) as bar:
             task = bar.add_task("starting", total=1.0)
 
             def report(stage: str, fraction: float) -> None:
@@ -188,7 +188,7 @@ def _follow(node_home: NodeHome, job_id: str, errors: Console, *, json_out: bool
     from daemon.rpc_client import RpcClientError, call_sync
     from media.dub.errors import DubError
 
-    with _progress_bar(errors) as bar:
+    with stage_progress_bar(errors) as bar:
         task = bar.add_task("pending", total=1.0)
         while True:
             try:
@@ -248,15 +248,4 @@ def _summary_line(result: DubResult) -> str:
         f"{summary['cue_count']} cues dubbed {summary['speech_fit']}; "
         f"{summary['frames_lip_synced']}/{summary['frames']} frames lip-synced; "
         f"p50 per frame: {timing}"
-    )
-
-
-def _progress_bar(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<16}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
     )
