@@ -47,6 +47,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.errors import DaemonError
+from daemon.trust import TrustState
+
 __all__ = [
     "DATABASE_FILENAME",
     "JOB_TRANSITIONS",
@@ -85,7 +88,7 @@ MAX_KEY_CHANGE_EVENTS = 1000
 Clock = Callable[[], float]
 
 
-class DatabaseError(Exception):
+class DatabaseError(DaemonError):
     """The database file cannot be used; the message is one line and names the file.
 
     Every ``sqlite3.Error`` leaving this module is translated into this class or one of its
@@ -138,14 +141,6 @@ class PeerSource(enum.StrEnum):
     MDNS = "mdns"
     STATIC = "static"
     INBOUND = "inbound"
-
-
-class TrustState(enum.StrEnum):
-    """Trust list state. ``known`` is trust-on-first-use pinned but not trusted with weights."""
-
-    TRUSTED = "trusted"
-    KNOWN = "known"
-    BLOCKED = "blocked"
 
 
 class RoundStatus(enum.StrEnum):

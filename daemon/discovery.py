@@ -48,6 +48,7 @@ from zeroconf import (
 )
 
 from daemon.database import PUBLIC_KEY_BYTES, PeerSource
+from daemon.errors import DaemonError
 from daemon.peers import (
     InvalidPeerKeyError,
     InvalidPeerNameError,
@@ -89,7 +90,7 @@ _BRACKETED = re.compile(r"\[([^\]]*)\]:([^:]*):(.*)")
 _MAX_HOSTNAME_LENGTH = 253
 
 
-class DiscoveryError(Exception):
+class DiscoveryError(DaemonError):
     """Discovery cannot start or stop as asked; the message is one line."""
 
 

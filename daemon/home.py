@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config import CONFIG_FILE_NAME
+from daemon.errors import DaemonError
 
 HOME_ENVIRONMENT_VARIABLE = "PARLEY_HOME"
 HOME_MODE = 0o700
@@ -69,7 +70,7 @@ class NodeHome:
             folder.mkdir(mode=HOME_MODE, exist_ok=True)
 
 
-class NoHomeError(Exception):
+class NoHomeError(DaemonError):
     """There is no initialised node home where one is needed; ``str()`` is the user's line."""
 
 

@@ -20,12 +20,13 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from common.atomic import write_atomic
+from daemon.errors import DaemonError
 from daemon.peers import format_peer_id, short_peer_id
 
 KEY_LENGTH = 32
 
 
-class IdentityError(Exception):
+class IdentityError(DaemonError):
     """An identity file that cannot be used; ``str()`` is the one line to show the user."""
 
 

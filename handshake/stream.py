@@ -76,8 +76,9 @@ class InitiatorRejectedByUs(ProtocolError):
     """Responder side: our trust check rejected the initiator; we sent Bye and closed."""
 
 
-class _PeerVanished(RemoteProtocolError):
-    pass
+class PeerClosedError(RemoteProtocolError):
+    """The peer closed the connection without ``Bye`` (mid-handshake or mid-session): a peer
+    that went away, not by itself an attack; the node counts it as ``peer_closed``."""
 
 
 class SendTimeoutError(RemoteProtocolError):
@@ -211,7 +212,7 @@ class SessionStream(trio.abc.AsyncResource):
                     return event
                 data = await self._stream.receive_some(self._settings.receive_size)
                 if not data:
-                    raise _PeerVanished("peer closed the connection without Bye")
+                    raise PeerClosedError("peer closed the connection without Bye")
                 session.receive_data(bytes(data))
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
             self._broken = exc
@@ -228,7 +229,7 @@ async def _receive_frame(stream: trio.abc.Stream, reader: FrameReader, receive_s
             return item
         data = await stream.receive_some(receive_size)
         if not data:
-            raise _PeerVanished("peer closed the connection during the handshake")
+            raise PeerClosedError("peer closed the connection during the handshake")
         reader.receive_data(bytes(data))
 
 
@@ -363,6 +364,7 @@ async def open_responder_session(
 __all__ = [
     "HANDSHAKE_TIMEOUT_SECONDS",
     "InitiatorRejectedByUs",
+    "PeerClosedError",
     "SendTimeoutError",
     "SessionStream",
     "StreamSettings",
