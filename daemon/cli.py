@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 from daemon.cli_support import (
     EXIT_NOT_RUNNING,
     EXIT_USER_ERROR,
+    UserError,
     fail,
     print_json,
     require_home,
@@ -743,6 +744,10 @@ def _one_expected_failure(error: BaseException) -> BaseException | None:
 def _exit_code(error: BaseException) -> int:
     """The exit code a failure's type carries (daemon.errors); the user's error otherwise."""
     return error.exit_code if isinstance(error, DaemonError) else EXIT_USER_ERROR
+
+
+# UserError is re-exported: command modules' failures are caught as daemon.cli's (see below).
+__all__ = ["UserError", "app", "main"]
 
 
 if __name__ == "__main__":

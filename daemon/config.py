@@ -185,7 +185,7 @@ class TrustSection(_Section):
         "trusted",
         "Accept calls from 'trusted' peers, 'known' ones (learned by discovery or static "
         "config, not merely by dialing in) or 'anyone' not blocked.",
-        one_of(*CallsFrom),
+        one_of(*(choice.value for choice in CallsFrom)),
     )
     trust_on_first_use: bool = setting(
         True, "Pin a peer's key the first time its name is seen; refuse a later change."

@@ -75,7 +75,7 @@ from handshake.stream import (
     initiate_session,
 )
 from schemas.errors import LocalProtocolError, RemoteProtocolError
-from schemas.messages import Bye, Hello, Ping, Pong, WeightsBundle
+from schemas.messages import Bye, ByeReason, Hello, Ping, Pong, WeightsBundle
 
 log = get_logger("connections")
 
@@ -266,6 +266,9 @@ class SessionInfo:
     #: and ``session.max_age_s``); handlers build their :class:`SessionLifetime` from these.
     idle_s: float = SESSION_IDLE_TIMEOUT_S
     max_age_s: float = SESSION_MAX_AGE_S
+    #: What the peer said it speaks in its Hello (``fl/1``, ``call/1``): shown, not enforced,
+    #: so a peer of a later version with more capabilities is still served (docs/design.md).
+    capabilities: tuple[str, ...] = ()
 
     def lifetime(self) -> SessionLifetime:
         return SessionLifetime(
@@ -280,6 +283,7 @@ class SessionInfo:
             address=self.address,
             started_at=self.started_at,
             trust=str(self.trust),
+            capabilities=self.capabilities,
         )
 
 
@@ -635,6 +639,7 @@ class ConnectionManager:
                 trust=session_trust(decision),
                 idle_s=self._session_idle_s,
                 max_age_s=self._session_max_age_s,
+                capabilities=session.their_hello.capabilities,
             )
             event(
                 log,
@@ -665,11 +670,12 @@ class ConnectionManager:
                 event(log, logging.INFO, "session.closed", peer=short_peer_id(peer))
 
     async def close_all_sessions(self) -> None:
-        """Say ``Bye`` on every open session (node shutdown); bounded by the close timeout."""
+        """Say ``Bye(SHUTDOWN)`` on every open session (node shutdown): the peer can tell a
+        node going away from a session that is done; bounded by the close timeout."""
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for session in list(self._open_streams.values()):
-                    nursery.start_soon(session.aclose)
+                    nursery.start_soon(session.aclose, ByeReason.SHUTDOWN)
 
     # -- outbound ----------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-SQLite gives the crash safety DESIGN.md §10 asks for without hand-rolled temp-file dances: the
-database runs in WAL mode with ``synchronous=FULL``, so a committed transaction survives a
-``kill -9`` or a power cut, and an interrupted one is rolled back on the next open.
+SQLite gives the crash safety docs/design.md asks for ("Storage and crash safety") without
+hand-rolled temp-file dances: the database runs in WAL mode with ``synchronous=FULL``, so a
+committed transaction survives a ``kill -9`` or a power cut, and an interrupted one is rolled back
+on the next open.
 
 The schema is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` is an append-only list,
 entry *i* takes the schema from version *i* to *i + 1*, and :func:`open_database` applies the
@@ -197,6 +198,9 @@ class KeyChangeEvent:
 
 @dataclass(frozen=True, slots=True)
 class RoundRecord:
+    """One FL round as the history keeps it; ``record`` is what its aggregation decided
+    (fl.aggregate.AggregationRecord as JSON, plus the node's figures) or why it failed."""
+
     round_number: int
     started_at: float
     finished_at: float | None

@@ -8,7 +8,7 @@ untrusted: :func:`parse_txt` is a pure validator that turns it into a :class:`Di
 ``None`` (one debug line says why); the Noise handshake against ``pk`` is what authenticates the
 peer later.
 
-python-zeroconf runs its own asyncio loop in a thread. From trio (DESIGN.md §3) we:
+python-zeroconf runs its own asyncio loop in a thread. From trio (docs/design.md, "The node") we:
 
 * create :class:`~zeroconf.Zeroconf` bound to explicit interface addresses (never
   ``InterfaceChoice.All``/``Default``), and call the blocking ``register_service`` (~1.6 s of

@@ -1,4 +1,5 @@
-"""The node home: one directory holding everything a node keeps (DESIGN.md §10).
+"""The node home: one directory holding everything a node keeps (docs/design.md, "Storage and crash
+safety").
 
 Layout, all inside the home (mode 0700)::
 

@@ -184,6 +184,7 @@ class SessionView:
     address: str
     started_at: float
     trust: str
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

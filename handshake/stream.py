@@ -159,7 +159,8 @@ class SessionStream(trio.abc.AsyncResource):
             assert event is not None
             return event
 
-    async def aclose(self) -> None:
+    async def aclose(self, reason: ByeReason = ByeReason.NORMAL) -> None:
+        """Send ``Bye(reason)`` (bounded by ``close_timeout_s``) and close the stream."""
         if self._closed:
             return
         self._closed = True
@@ -167,7 +168,7 @@ class SessionStream(trio.abc.AsyncResource):
         try:
             if self._broken is None and self._session.state is SessionState.OPEN:
                 with trio.move_on_after(self._settings.close_timeout_s):
-                    data = self._session.close(ByeReason.NORMAL)
+                    data = self._session.close(reason)
                     async with self._send_lock:
                         await self._stream.send_all(bytes(self._outgoing) + data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
