@@ -214,6 +214,17 @@ class CountingStream(trio.abc.Stream):
         await self._inner.aclose()
 
 
+#: The plain counters of :class:`ConnectionStats`, shown as they are.
+_COUNTERS: Final = (
+    "handshakes_completed",
+    "handshakes_failed",
+    "bytes_sent",
+    "bytes_received",
+    "bundles_sent",
+    "bundles_received",
+)
+
+
 @dataclass(slots=True)
 class ConnectionStats:
     """Counters shown by ``parley status``; rejections are counted by reason."""
@@ -239,12 +250,7 @@ class ConnectionStats:
     def view(self) -> ConnectionStatsView:
         times = sorted(self.handshake_seconds)
         return ConnectionStatsView(
-            handshakes_completed=self.handshakes_completed,
-            handshakes_failed=self.handshakes_failed,
-            bytes_sent=self.bytes_sent,
-            bytes_received=self.bytes_received,
-            bundles_sent=self.bundles_sent,
-            bundles_received=self.bundles_received,
+            **{name: getattr(self, name) for name in _COUNTERS},
             rejected=dict(self.rejected),
             handshake_p50_s=times[len(times) // 2] if times else None,
         )
@@ -323,6 +329,15 @@ REJECTION_BY_CAUSE: Final[tuple[tuple[type[BaseException], Rejection], ...]] = (
     (OSError, Rejection.CONNECTION_ERROR),
     (LocalProtocolError, Rejection.INTERNAL_ERROR),
 )
+
+
+def _count_down(counts: dict[str, int], key: str) -> None:
+    """One fewer for ``key``; a key at zero is dropped, so the map holds live keys only."""
+    remaining = counts[key] - 1
+    if remaining:
+        counts[key] = remaining
+    else:
+        del counts[key]
 
 
 def session_trust(decision: TrustDecision | None) -> SessionTrust:
@@ -457,6 +472,11 @@ class ConnectionManager:
             self._faults.record("connection", error)
             await trio.aclose_forcefully(stream)
 
+    async def _refuse(self, stream: trio.SocketStream, reason: Rejection) -> None:
+        """Count a refused connection and drop it at once (no Bye: it gets nothing from us)."""
+        self.stats.reject(reason)
+        await trio.aclose_forcefully(stream)
+
     async def handle_inbound(self, stream: trio.SocketStream) -> None:
         try:
             address = stream.socket.getpeername()
@@ -465,25 +485,21 @@ class ConnectionManager:
             return
         host = str(address[0])
         if not self._rate_limiter.allow(host):
-            self.stats.reject(Rejection.RATE_LIMITED)
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.RATE_LIMITED)
             return
         address_full = self._inbound_sessions.get(host, 0) >= self._max_inbound_sessions_per_address
         if address_full or (self._session_limit_reached(host) and not self._evictable_session()):
             # Checked before the handshake too: a full house should not cost us DH operations
             # (while strangers hold sessions, a trusted peer may still displace one).
-            self.stats.reject(Rejection.TOO_MANY_SESSIONS)
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.TOO_MANY_SESSIONS)
             return
         prefix = address_prefix(host)
         if self._half_open_total >= self._max_half_open:
-            self.stats.reject(Rejection.BUSY)
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.BUSY)
             return
         if self._half_open.get(prefix, 0) >= self._max_half_open_per_prefix:
             # One network's silent sockets cannot take the others' places in the queue.
-            self.stats.reject(Rejection.HALF_OPEN_LIMIT)
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.HALF_OPEN_LIMIT)
             return
         self._half_open_total += 1
         self._half_open[prefix] = self._half_open.get(prefix, 0) + 1
@@ -491,11 +507,7 @@ class ConnectionManager:
             session = await self._handshake_inbound(stream, host)
         finally:
             self._half_open_total -= 1
-            remaining = self._half_open[prefix] - 1
-            if remaining:
-                self._half_open[prefix] = remaining
-            else:
-                del self._half_open[prefix]
+            _count_down(self._half_open, prefix)
         if session is None:
             return
         await self._serve_inbound(session, host)
@@ -505,8 +517,7 @@ class ConnectionManager:
     ) -> SessionStream | None:
         """Wait for a slot and run the responder's handshake; None if refused (counted)."""
         if self._waiting >= self._max_waiting:
-            self.stats.reject(Rejection.BUSY)
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.BUSY)
             return None
         counted = CountingStream(stream, self.stats, max_first_frame=MAX_MESSAGE1_BYTES)
         # The wait for a slot is bounded too, so queued connections cannot pile up.
@@ -517,8 +528,7 @@ class ConnectionManager:
         finally:
             self._waiting -= 1
         if waiting.cancelled_caught:
-            self.stats.reject(Rejection.BUSY)
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.BUSY)
             return None
         try:
             started = self._clock()
@@ -571,11 +581,7 @@ class ConnectionManager:
             await self._run_session(session, direction="inbound", address=(host, None))
         finally:
             self._inbound_total -= 1
-            remaining = self._inbound_sessions[host] - 1
-            if remaining:
-                self._inbound_sessions[host] = remaining
-            else:
-                del self._inbound_sessions[host]
+            _count_down(self._inbound_sessions, host)
 
     def limits(self) -> LimitsView:
         """The caps in force and how full they are (for ``parley status``)."""
@@ -653,8 +659,11 @@ class ConnectionManager:
             self._open_streams[info.session_id] = session
             try:
                 await self._on_session(session, info)
-            except trio.ClosedResourceError:
-                pass  # we closed it (shutdown)
+            except (trio.ClosedResourceError, trio.EndOfChannel):
+                # We closed it (shutdown): a handler that was not yet waiting for a message
+                # finds the session closed (EndOfChannel) while our Bye is still being sent;
+                # a normal end, neither a fault nor a reason to drop the socket under the Bye.
+                pass
             except trio.BrokenResourceError as error:
                 self.stats.reject(reason_code(error, in_handshake=False))
                 event(

@@ -489,16 +489,7 @@ class PeerStore:
                     last_seen = excluded.last_seen, last_handshake = excluded.last_handshake,
                     trust = excluded.trust
                 """,
-                (
-                    record.public_key,
-                    record.name,
-                    _dump_json([list(address) for address in record.addresses]),
-                    record.source.value,
-                    record.first_seen,
-                    record.last_seen,
-                    record.last_handshake,
-                    record.trust.value,
-                ),
+                _peer_row(record),
             )
 
     def insert_new(self, record: PeerRecord) -> bool:
@@ -511,16 +502,7 @@ class PeerStore:
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (public_key) DO NOTHING
                 """,
-                (
-                    record.public_key,
-                    record.name,
-                    _dump_json([list(address) for address in record.addresses]),
-                    record.source.value,
-                    record.first_seen,
-                    record.last_seen,
-                    record.last_handshake,
-                    record.trust.value,
-                ),
+                _peer_row(record),
             )
         return cursor.rowcount == 1
 
@@ -797,6 +779,20 @@ class RoundStore:
                 (self._clock(),),
             )
         return cursor.rowcount
+
+
+def _peer_row(record: PeerRecord) -> tuple[object, ...]:
+    """A peer record as the ``peers`` table's columns, in their order."""
+    return (
+        record.public_key,
+        record.name,
+        _dump_json([list(address) for address in record.addresses]),
+        record.source.value,
+        record.first_seen,
+        record.last_seen,
+        record.last_handshake,
+        record.trust.value,
+    )
 
 
 def _round_from_row(row: Sequence[object]) -> RoundRecord:

@@ -226,10 +226,6 @@ class RunningNode:
     def peer_id(self) -> str:
         return self.identity.peer_id
 
-    @property
-    def storage(self) -> StorageBound:
-        return self.home_storage.bound
-
     def hello(self) -> Hello:
         return our_hello(self.codecs)
 
@@ -430,22 +426,10 @@ def _build_node(
     job_runner = JobRunner(
         jobs, home=home, config=config, faults=faults, after_job=home_storage.enforce
     )
-    node = RunningNode(
-        home=home,
-        config=config,
-        identity=identity,
-        database=database,
-        peers=peers,
-        codecs=codecs,
-        connections=connections,
-        scheduler=scheduler,
-        rounds=rounds,
-        jobs=jobs,
-        name=config.node.name or sanitize_peer_name(socket.gethostname()),
-        job_runner=job_runner,
-        home_storage=home_storage,
-        faults=faults,
-    )
+    name = config.node.name or sanitize_peer_name(socket.gethostname())
+    # The parts in RunningNode's field order (each a distinct type: mypy checks the order).
+    parts = (home, config, identity, database, peers, codecs, connections, scheduler, rounds)
+    node = RunningNode(*parts, jobs, name, job_runner, home_storage, faults)
     return node, first_contacts
 
 

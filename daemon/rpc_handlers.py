@@ -13,6 +13,7 @@ those functions in one tuple and serves their union (docs/design.md, "The node")
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -73,14 +74,10 @@ def recent_round_views(node: RunningNode, *, limit: int = 20) -> list[RoundView]
 
 @dataclass(frozen=True, slots=True)
 class StoredStatus:
-    """The parts of the status read from ``node.db``."""
+    """The parts of the status read from ``node.db`` (``counts.sessions`` is the loop's)."""
 
     last_round: RoundView | None
-    peers_known: int
-    peers_present: int
-    peers_trusted: int
-    rounds_completed: int
-    jobs_pending: int
+    counts: StatusCounts
     key_changes: tuple[KeyChangeView, ...]
 
 
@@ -90,11 +87,14 @@ def stored_status(node: RunningNode) -> StoredStatus:
     known = node.peers.known()
     return StoredStatus(
         last_round=round_view(last[0]) if last else None,
-        peers_known=len(known),
-        peers_present=sum(1 for peer in known if node.peers.is_present(peer.public_key)),
-        peers_trusted=sum(1 for peer in known if peer.trust is TrustState.TRUSTED),
-        rounds_completed=node.rounds.count(status=RoundStatus.COMPLETED),
-        jobs_pending=node.jobs.count(status=JobStatus.PENDING),
+        counts=StatusCounts(
+            peers_known=len(known),
+            peers_present=sum(1 for peer in known if node.peers.is_present(peer.public_key)),
+            peers_trusted=sum(1 for peer in known if peer.trust is TrustState.TRUSTED),
+            sessions=0,
+            rounds_completed=node.rounds.count(status=RoundStatus.COMPLETED),
+            jobs_pending=node.jobs.count(status=JobStatus.PENDING),
+        ),
         key_changes=key_change_views(node.peers.pending_key_changes(limit=20)),
     )
 
@@ -118,20 +118,13 @@ def node_status(node: RunningNode, stored: StoredStatus) -> NodeStatus:
         ),
         last_round=stored.last_round,
         round_running=node.scheduler.current_round,
-        counts=StatusCounts(
-            peers_known=stored.peers_known,
-            peers_present=stored.peers_present,
-            peers_trusted=stored.peers_trusted,
-            sessions=len(node.connections.sessions),
-            rounds_completed=stored.rounds_completed,
-            jobs_pending=stored.jobs_pending,
-        ),
+        counts=dataclasses.replace(stored.counts, sessions=len(node.connections.sessions)),
         connections=node.connections.stats.view(),
         limits=node.connections.limits(),
         job_running=None if running_job is None else from_wire(JobProgressView, running_job),
         calls=node.call_service.status() if node.call_service is not None else None,
         faults=node.faults.view(),
-        storage=from_wire(StorageView, node.storage.status()),
+        storage=from_wire(StorageView, node.home_storage.bound.status()),
         key_changes=stored.key_changes,
         names_not_pinned=node.peers.names_not_pinned,
     )

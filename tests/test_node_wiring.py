@@ -19,6 +19,7 @@ from codec.config import CodecConfig
 from codec.errors import BundleProblem, CodecError, InvalidBundleError
 from codec.model import expected_shapes, new_model, state_to_numpy
 from common.errors import ParleyError
+from daemon.calls import dial_peer
 from daemon.cli import _exit_code, _one_expected_failure
 from daemon.config import ConfigError, InvalidSetting
 from daemon.connections import ConnectionManager, bundle_rejection_code, reason_code
@@ -42,7 +43,7 @@ from daemon.views import (
 )
 from fl.errors import FLError
 from handshake.noise import StaticIdentity
-from handshake.stream import PeerClosedError, StreamSettings, initiate_session
+from handshake.stream import PeerClosedError, StreamSettings
 from media.errors import MediaError
 from schemas import codec as wire
 from schemas.errors import LocalProtocolError, RemoteProtocolError
@@ -230,13 +231,12 @@ async def test_shutdown_says_bye_with_its_reason() -> None:
         async with open_node(home, config, NodeOptions(listen_port=0)) as node:
             node.peers.observe(friend.public, name="friend", address=None, source=PeerSource.STATIC)
             node.peers.trust("friend")
-            stream = await trio.open_tcp_stream("127.0.0.1", node.listen_port)
-            session = await initiate_session(
-                stream,
+            session = await dial_peer(
                 identity=friend,
-                responder_static_public=node.identity.public_key,
-                our_hello=node.hello(),
-                our_bundle=None,
+                public_key=node.identity.public_key,
+                addresses=[("127.0.0.1", node.listen_port)],
+                hello=node.hello(),
+                bundle=node.codecs.current().bundle,
             )
             with trio.fail_after(5):
                 while not node.connections.sessions:  # registered once its peer is recorded
@@ -245,3 +245,6 @@ async def test_shutdown_says_bye_with_its_reason() -> None:
             message = await session.receive_message()
         await session.aclose()
     assert message == Bye(ByeReason.SHUTDOWN)
+    # A handler that finds its session closed by the shutdown is a normal end, not a fault
+    # (it used to be counted, and its socket dropped under the Bye being sent).
+    assert node.faults.counts == {}, node.faults.counts
