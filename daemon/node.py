@@ -1,8 +1,10 @@
 """``parley node``: the long-running node, wired from small collaborators.
 
-This module only builds and connects the parts (STYLE.md 6): identity, database, peer table,
-codec store, connection manager, round scheduler, discovery and the status RPC, each of which
-is tested alone. :func:`open_node` runs them all in one nursery and yields a handle;
+This module only builds and connects the parts (docs/design.md, "The node"), in
+three steps: :func:`_build_node` builds each collaborator (peer table, codec store, connection
+manager, round scheduler, storage bound, job runner...) from the config and the parts below it;
+:func:`_wire_node` connects the few that talk both ways (bundles to the scheduler, sessions to
+the call service); :func:`open_node` then runs them all in one nursery and yields a handle;
 leaving the ``async with`` (or the ``shutdown`` RPC, or SIGINT/SIGTERM in :func:`run_node`)
 shuts down in order: stop discovery (mDNS goodbye), send ``Bye`` on open sessions, let a
 running round finish or fail cleanly, close the database.
