@@ -171,7 +171,9 @@ def assemble_base(
     try:
         digest = hashlib.sha256()
         size = 0
-        with (building / "model.bin").open("wb") as joined:
+        # Private from its first byte: a crash mid-copy must not leave a world-readable file.
+        descriptor = os.open(building / "model.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as joined:
             for part in parts:
                 with part.open("rb") as piece:
                     while chunk := piece.read(_COPY_CHUNK):
