@@ -99,10 +99,12 @@ def guarded_aggregate(
     """Aggregate (:func:`fl.aggregate.aggregate_round`), then keep the result only if
     ``heldout_loss`` of the personal state did not regress beyond ``max_increase``.
 
-    Honest updates pass the clip with room to spare, so clipped participants are suspects: when
-    the full result regresses, it is tried once more without them before the round is given
-    up (so one poisoner does not cost the honest peers' part of every round). The same goes
-    for a result whose norm grows past ``max(||local||, max_norm_ratio * reference_norm)``.
+    Honest updates pass the clip with room to spare, so clipped participants are suspects: the
+    result is also computed without them, and that one is kept (when it passes) unless the
+    suspects' result scores strictly better on the held-out split; when the full result
+    regresses this is also the retry before the round is given up (so one poisoner does not
+    cost the honest peers' part of every round). The same goes for a result whose norm grows
+    past ``max(||local||, max_norm_ratio * reference_norm)``.
     """
 
     def aggregate(updates: Sequence[PeerUpdate]) -> AggregationResult:
@@ -138,10 +140,14 @@ def guarded_aggregate(
     reason = problem(result, after)
     left_out: tuple[str, ...] = ()
     suspects = tuple(peer.peer_id for peer in result.record.participants if peer.clipped)
-    if reason is not None and suspects:
+    if suspects:
         retry = aggregate([peer for peer in peers if peer.peer_id not in suspects])
         retry_loss = score(retry)
-        if problem(retry, retry_loss) is None:
+        # A clipped participant must earn its place: even a result within the margin is
+        # given up for the one without suspects unless it scores better. (A clipped poisoner
+        # hides inside the margin while local training still gains more than it costs.)
+        helps = after is not None and retry_loss is not None and after < retry_loss
+        if problem(retry, retry_loss) is None and (reason is not None or not helps):
             result, after, left_out, reason = retry, retry_loss, suspects, None
     return GuardedRound(result, reason is None, before, after, left_out, reason)
 

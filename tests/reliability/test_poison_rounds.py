@@ -14,6 +14,7 @@ from codec.config import MAX_SAMPLE_COUNT, CodecConfig
 from fl.aggregate import PeerUpdate, aggregate_round
 from fl.config import AggregationConfig
 from fl.round_guard import guarded_aggregate, loss_regressed, split_heldout
+from simulations.reliability.abuse_stages import poison_rounds
 from simulations.reliability.poison_rounds import compare, run_rounds, speakers
 
 pytestmark = pytest.mark.slow
@@ -71,6 +72,27 @@ def test_a_regressing_round_is_discarded_after_a_retry_without_clipped_peers():
     assert not alone.keep and alone.reason and "held-out loss" in alone.reason
 
 
+def test_a_clipped_peer_within_the_margin_is_left_out_unless_it_helps():
+    local = PeerUpdate("me", "a", 1, _state(1.0))
+    honest = PeerUpdate("h", "a", 1, _state(1.0))
+    poison = PeerUpdate("p", "a", 1, _state(100.0))  # clipped to the reference's norm
+    config = AggregationConfig(robust="none")
+
+    def near(target: float):
+        # The clipped poison costs 1%, inside the 2% margin: no regression to catch.
+        return lambda state: float(np.abs(np.asarray(state["w"]) - target).mean()) + 10.0
+
+    hidden = guarded_aggregate(
+        local, [honest, poison], config, round_number=1, reference_norm=4.0, heldout_loss=near(1)
+    )
+    assert hidden.keep and hidden.left_out == ("p",), hidden
+    assert [p.peer_id for p in hidden.result.record.participants] == ["h"]
+    helpful = guarded_aggregate(
+        local, [honest, poison], config, round_number=1, reference_norm=4.0, heldout_loss=near(1.1)
+    )
+    assert helpful.keep and helpful.left_out == (), helpful
+
+
 #: CI-sized: a small codec of the same architecture family, from its seeded init.
 SMALL_CODEC = CodecConfig(hidden=16, latent_dim=8, blocks=1)
 
@@ -78,8 +100,20 @@ SMALL_CODEC = CodecConfig(hidden=16, latent_dim=8, blocks=1)
 def test_one_trusted_poisoner_for_40_rounds_leaves_our_model_close_to_the_clean_run():
     data = speakers(3)
     common = dict(rounds=40, local_steps=1, seed=3, codec=SMALL_CODEC)
-    clean = run_rounds(data, poisoned=False, **common)
+    same_participants = run_rounds(data[:-1], poisoned=False, **common)
     poisoned = run_rounds(data, poisoned=True, **common)
-    figures = compare(clean, poisoned)
+    figures = compare(same_participants, poisoned)
     assert 1 / 1.5 <= figures["norm_ratio"] <= 1.5, figures
     assert figures["l1_ratio"] <= 1.05, figures
+
+
+def test_the_stage_compares_with_the_clean_run_of_the_same_participants():
+    """A poisoner left out of every round did no harm: the stage must say 1.0, not the few
+    percent by which averaging with one honest peer instead of two differs by chance."""
+    figures = poison_rounds(rounds=3, local_steps=1, seeds=(3,))  # the shipped codec
+    assert figures["poisoner_left_out"] == 3, figures
+    assert figures["l1_ratio"] == pytest.approx(1.0, abs=1e-6), figures
+    assert figures["norm_ratio"] == pytest.approx(1.0, abs=1e-6), figures
+    # The comparison with an honest third participant is still reported, and it differs.
+    assert figures["l1_ratio_vs_all_honest"] != pytest.approx(1.0, abs=1e-6), figures
+    assert figures["l1_ok"] is True and figures["norm_ok"] is True
