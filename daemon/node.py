@@ -76,8 +76,9 @@ from daemon.trust_policy import TrustPolicy
 from daemon.version import parley_version
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, TrainConfig
+from handshake.budget import MemoryBudget
 from handshake.noise import StaticIdentity
-from handshake.session import REASSEMBLY_BUDGET_BYTES, MemoryBudget, SessionSettings
+from handshake.session import REASSEMBLY_BUDGET_BYTES, SessionSettings
 from handshake.stream import SessionStream, StreamSettings
 from schemas.messages import PROTOCOL_VERSION, Hello, WeightsBundle
 

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
+from handshake.budget import MemoryBudget
 from handshake.framing import MAX_PENDING_BYTES, NEED_DATA, FrameReader, NeedData
 from handshake.noise import MAX_TRANSPORT_PLAINTEXT, TransportCipher
 from schemas.codec import NoBundle, Rekey, WireMessage, decode, encode
@@ -52,8 +53,9 @@ MAX_CHUNKED_PAYLOAD: Final = 4 * 1024 * 1024
 #: Data bytes per chunk: the transport plaintext limit less a Chunk envelope's own overhead
 #: (56-72 bytes, measured in tests), rounded down to the 8-byte word.
 CHUNK_DATA_BYTES: Final = (MAX_TRANSPORT_PLAINTEXT - 128) // 8 * 8
-#: Bytes all sessions together may hold in partly reassembled chunked messages (a node-wide
-#: :class:`MemoryBudget`); one full-size message each for 16 sessions at once.
+#: Bytes all sessions together may hold in partly reassembled chunked messages and unconsumed
+#: received bytes (a node-wide :class:`~handshake.budget.MemoryBudget`); one full-size message
+#: each for 16 sessions at once.
 REASSEMBLY_BUDGET_BYTES: Final = 16 * MAX_CHUNKED_PAYLOAD
 #: Frames a peer may send per second before we call it a flood.
 MAX_FRAMES_PER_SECOND: Final = 10_000
@@ -66,32 +68,6 @@ _NOT_SENDABLE: Final = frozenset({Chunk, Hello})
 _NOT_RECEIVABLE: Final = frozenset({Hello, NoBundle, Rekey, Chunk})
 
 
-class MemoryBudget:
-    """Bytes shared by many sessions (chunk reassembly), reserved and released explicitly.
-
-    Not thread-safe: sessions live on one event loop. A session that cannot reserve what its
-    next chunk needs fails (``RemoteProtocolError``), so a crowd of peers each holding an
-    almost complete message is bounded as a whole, not only one session at a time.
-    """
-
-    def __init__(self, total_bytes: int) -> None:
-        if total_bytes < 1:
-            raise ValueError("a memory budget must be positive")
-        self.total_bytes = total_bytes
-        self.in_use = 0
-        self.refused = 0
-
-    def try_reserve(self, size: int) -> bool:
-        if self.in_use + size > self.total_bytes:
-            self.refused += 1
-            return False
-        self.in_use += size
-        return True
-
-    def release(self, size: int) -> None:
-        self.in_use = max(0, self.in_use - size)
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionSettings:
     """Limits and rekey schedule; both peers must run the same rekey values."""
@@ -101,7 +77,8 @@ class SessionSettings:
     max_chunked_payload: int = MAX_CHUNKED_PAYLOAD
     max_frames_per_second: int = MAX_FRAMES_PER_SECOND
     max_pending_bytes: int = MAX_PENDING_BYTES
-    #: Shared by every session built with these settings; None: each session alone is bounded.
+    #: Shared by every session built with these settings (chunk reassembly and the frame
+    #: reader's unconsumed bytes); None: each session alone is bounded.
     reassembly_budget: MemoryBudget | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -139,7 +116,10 @@ class Session:
         self._clock = clock
         self._send_cipher = send_cipher
         self._receive_cipher = receive_cipher
-        self._reader = FrameReader(max_pending_bytes=self.settings.max_pending_bytes)
+        self._reader = FrameReader(
+            max_pending_bytes=self.settings.max_pending_bytes,
+            budget=self.settings.reassembly_budget,
+        )
         self._state = SessionState.OPEN
         now = clock()
         # Epoch bookkeeping by nonce: both sides see the same nonces, so counts agree even when
@@ -260,7 +240,7 @@ class Session:
                 if event is not None:
                     if isinstance(event, Bye):
                         self._state = SessionState.CLOSED
-                        self.discard_partial()
+                        self.release_memory()
                     return event
         except RemoteProtocolError:
             self._fail()
@@ -370,9 +350,15 @@ class Session:
         if reassembly is not None and self.settings.reassembly_budget is not None:
             self.settings.reassembly_budget.release(reassembly.size)
 
+    def release_memory(self) -> None:
+        """Give back everything held for the peer (a partial chunked message and unconsumed
+        received bytes): the session is over. Safe to call more than once."""
+        self.discard_partial()
+        self._reader.release()
+
     def _fail(self) -> None:
         self._state = SessionState.ERROR
-        self.discard_partial()
+        self.release_memory()
 
     def _refuse(self, action: str) -> NoReturn:
         current = self._state

@@ -172,6 +172,7 @@ class SessionStream(trio.abc.AsyncResource):
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer is gone already; closing is all that is left to do
         finally:
+            self._session.release_memory()
             await self._stream.aclose()
 
     def _check_usable(self) -> None:
@@ -215,7 +216,7 @@ class SessionStream(trio.abc.AsyncResource):
                 session.receive_data(bytes(data))
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
             self._broken = exc
-            self._session.discard_partial()
+            self._session.release_memory()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
             raise trio.BrokenResourceError(f"session failed: {exc}") from exc
@@ -249,7 +250,7 @@ async def initiate_session(
 ) -> SessionStream:
     """Run the initiator's side of the handshake on ``stream``; return the session."""
     settings = settings if settings is not None else StreamSettings()
-    reader = FrameReader()
+    reader = FrameReader(budget=settings.session.reassembly_budget)
     try:
         with trio.fail_after(settings.handshake_timeout_s):
             handshake = InitiatorHandshake(
@@ -269,6 +270,7 @@ async def initiate_session(
             result = handshake.split()
             return SessionStream(stream, result, settings, reader.take_remaining())
     except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+        reader.release()
         await _fail_handshake(stream, exc)
         raise AssertionError("unreachable") from None
 
@@ -289,7 +291,7 @@ async def accept_session(
     BrokenResourceError caused by :class:`InitiatorRejectedByUs`.
     """
     settings = settings if settings is not None else StreamSettings()
-    reader = FrameReader()
+    reader = FrameReader(budget=settings.session.reassembly_budget)
     try:
         with trio.fail_after(settings.handshake_timeout_s):
             handshake = ResponderHandshake(
@@ -310,6 +312,7 @@ async def accept_session(
             result = handshake.split()
             return SessionStream(stream, result, settings, reader.take_remaining())
     except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+        reader.release()
         await _fail_handshake(stream, exc)
         raise AssertionError("unreachable") from None
 
