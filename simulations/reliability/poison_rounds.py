@@ -180,6 +180,7 @@ def _run_rounds(
                 round_number=number,
                 reference_norm=reference if guard else None,
                 heldout_loss=loss if guard else None,
+                leave_out_clipped=guard,
             )
             if index == 0:
                 kept += guarded.keep
