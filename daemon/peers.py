@@ -24,7 +24,9 @@ is aggregated), ``blocked`` (ignored). New peers start ``known``.
 
 Bounds, for a node that runs for months next to peers it does not control: at most
 :data:`MAX_KNOWN_PEERS` merely-known *nameless* peers are remembered (the least recently seen
-go first; trusted, blocked, static and name-pinning peers always stay), and a repeated
+go first; trusted, blocked, static and name-pinning peers always stay; the table is pruned once
+per :data:`PRUNE_BATCH_DIVISOR`-th of the bound in new keys, so it may exceed it by that much
+between prunes, and a flood of keys costs one sort per batch rather than per key), and a repeated
 key-change offer refreshes its event instead of adding one (at most ``MAX_KEY_CHANGE_EVENTS``
 are kept). A pin is never released by pruning, only by the user (:meth:`PeerTable.forget`,
 :meth:`PeerTable.accept_key`): otherwise a flood of fresh keys would push "alice" out and let a
@@ -62,6 +64,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_PINNED_NAMES",
     "MIN_ID_PREFIX_LENGTH",
+    "PRUNE_BATCH_DIVISOR",
     "SHORT_ID_LENGTH",
     "AmbiguousPeerError",
     "InvalidPeerKeyError",
@@ -87,6 +90,9 @@ MAX_ADDRESSES_PER_PEER = 4
 #: Peers we merely know (not trusted, blocked or static) remembered at most; past this the
 #: least recently seen are forgotten, so a neighbour cycling keys cannot grow the database.
 MAX_KNOWN_PEERS = 10_000
+#: Pruning sorts the merely-known peers: it runs once per ``max_known // PRUNE_BATCH_DIVISOR``
+#: new keys (at least every key), an amortized 1/625th of a sort per key at the default bound.
+PRUNE_BATCH_DIVISOR = 16
 #: Names pinned at most (a pin is never pruned; see the module docstring).
 MAX_PINNED_NAMES = 10_000
 #: Characters of the peer id a fingerprint shows and a confirmation must repeat (80 bits).
@@ -236,6 +242,9 @@ class PeerTable:
             raise ValueError(f"max_pinned_names must be at least 1, got {max_pinned_names}")
         self._store = store
         self._max_known = max_known
+        self._prune_every = max(1, max_known // PRUNE_BATCH_DIVISOR)
+        # Due at the first new key: a restart must not let a table outgrow one batch per run.
+        self._new_keys_since_prune = self._prune_every - 1
         self._max_pinned_names = max_pinned_names
         #: Names left unpinned because :data:`MAX_PINNED_NAMES` was reached (for the status).
         self.names_not_pinned = 0
@@ -274,7 +283,7 @@ class PeerTable:
         if existing is None:
             record = _first_record(public_key, name, address, source, now, handshake=False)
             if self._store.insert_new(record):
-                self._store.prune_known(self._max_known)
+                self._prune_after_new_key()
             else:  # another writer added it meanwhile: record what we learned
                 self._store.update_presence(
                     public_key, name=name, addresses=record.addresses, source=source, last_seen=now
@@ -303,6 +312,12 @@ class PeerTable:
         self._presence[public_key] = (now, record.source)
         return record
 
+    def _prune_after_new_key(self) -> None:
+        self._new_keys_since_prune += 1
+        if self._new_keys_since_prune >= self._prune_every:
+            self._new_keys_since_prune = 0
+            self._store.prune_known(self._max_known)
+
     def candidate_addresses(self, public_key: bytes) -> tuple[tuple[str, int], ...]:
         """Endpoints announced for a known key but not yet proven by a handshake from them."""
         return tuple(self._candidates.get(public_key, ()))
@@ -324,7 +339,7 @@ class PeerTable:
         if existing is None:
             record = _first_record(public_key, None, address, source, now, handshake=True)
             if self._store.insert_new(record):
-                self._store.prune_known(self._max_known)
+                self._prune_after_new_key()
                 existing = None
             else:
                 existing = record
