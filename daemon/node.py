@@ -31,6 +31,7 @@ import trio
 
 from codec.config import CodecConfig
 from daemon.calls import CALLS_DIR, CallObserver, CallService, make_call_handler
+from daemon.candidates import CANDIDATES_FILE_NAME, CandidateStore
 from daemon.codec_store import CodecStore
 from daemon.config import Config, FlSection
 from daemon.connections import (
@@ -394,6 +395,7 @@ async def _discover(node: RunningNode) -> None:
         async def expire() -> None:
             while True:
                 await trio.sleep(EXPIRY_INTERVAL_S)
+                await trio.to_thread.run_sync(node.peers.save_candidates)
                 for key in node.peers.expire():
                     event(log, logging.INFO, "peer.gone", peer=format_peer_id(key)[:16])
 
@@ -439,6 +441,7 @@ async def open_node(
             PeerStore(database),
             ttl=config.discovery.peer_expiry_s,
             pin_names=config.trust.trust_on_first_use,
+            candidates=CandidateStore.open(home.root / CANDIDATES_FILE_NAME, clock=time.time),
         )
         codecs = CodecStore(home.models_dir, home.features_dir, options.codec)
         codecs.current()  # creates the initial model on first start, validates it otherwise

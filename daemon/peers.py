@@ -47,7 +47,9 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
+from daemon.candidates import CandidateStore
 from daemon.database import (
     PUBLIC_KEY_BYTES,
     KeyChangeEvent,
@@ -55,6 +57,7 @@ from daemon.database import (
     PeerSource,
     PeerStore,
     TrustState,
+    open_database,
 )
 
 __all__ = [
@@ -77,6 +80,7 @@ __all__ = [
     "format_peer_id",
     "matches_fingerprint",
     "parse_peer_key",
+    "prove_candidate",
     "sanitize_peer_name",
     "short_peer_id",
     "validate_peer_name",
@@ -100,8 +104,6 @@ FINGERPRINT_LENGTH = 16
 # Names are shown in terminals and logs: printable ASCII letters, digits and a few separators,
 # no leading/trailing space, so a TXT record cannot smuggle control characters or look-alikes.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]*[A-Za-z0-9._-])?")
-#: Peers with announced-but-unproven endpoints remembered at most (in memory).
-MAX_CANDIDATE_PEERS = 1024
 #: Key-change events looked at to find the open ones.
 MAX_PENDING_SCAN = 1000
 _HEX_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
@@ -233,6 +235,7 @@ class PeerTable:
         max_known: int = MAX_KNOWN_PEERS,
         our_key: bytes | None = None,
         max_pinned_names: int = MAX_PINNED_NAMES,
+        candidates: CandidateStore | None = None,
     ) -> None:
         if not ttl > 0:
             raise ValueError(f"peer ttl must be positive, got {ttl}")
@@ -254,8 +257,11 @@ class PeerTable:
         self._our_key = our_key
         # key -> (last announcement time, source of that announcement)
         self._presence: dict[bytes, tuple[float, PeerSource]] = {}
-        # key -> announced endpoints not yet proven by a handshake (insertion-ordered, bounded)
-        self._candidates: dict[bytes, list[tuple[str, int]]] = {}
+        # Announced endpoints not yet proven by a handshake (bounded, expiring; kept in a file
+        # when the store has one, so ``parley call`` and a restarted node can try them).
+        self._candidates = (
+            candidates if candidates is not None else CandidateStore(None, clock=clock)
+        )
 
     def observe(
         self,
@@ -320,14 +326,14 @@ class PeerTable:
 
     def candidate_addresses(self, public_key: bytes) -> tuple[tuple[str, int], ...]:
         """Endpoints announced for a known key but not yet proven by a handshake from them."""
-        return tuple(self._candidates.get(public_key, ()))
+        return self._candidates.addresses(public_key)
+
+    def save_candidates(self) -> bool:
+        """Write the candidate endpoints if they changed (blocking: a worker thread)."""
+        return self._candidates.save()
 
     def _add_candidate(self, public_key: bytes, address: tuple[str, int]) -> None:
-        kept = self._candidates.pop(public_key, [])
-        kept = [address, *(item for item in kept if item != address)][:MAX_ADDRESSES_PER_PEER]
-        self._candidates[public_key] = kept
-        while len(self._candidates) > MAX_CANDIDATE_PEERS:
-            del self._candidates[next(iter(self._candidates))]
+        self._candidates.add(public_key, address)
 
     def record_handshake(
         self, public_key: bytes, *, address: tuple[str, int] | None, source: PeerSource
@@ -350,12 +356,8 @@ class PeerTable:
                 last_seen=now,
                 last_handshake=now,
             )
-        if address is not None and public_key in self._candidates:
-            remaining = [item for item in self._candidates[public_key] if item != address]
-            if remaining:
-                self._candidates[public_key] = remaining
-            else:
-                del self._candidates[public_key]
+        if address is not None:
+            self._candidates.remove(public_key, address)
         if existing is not None:
             self._store.update_presence(
                 public_key,
@@ -623,3 +625,17 @@ def _format_address(address: tuple[str, int]) -> str:
 def _list_ids(records: list[PeerRecord]) -> str:
     shown = ", ".join(short_peer_id(record.public_key) for record in records[:5])
     return shown + (", ..." if len(records) > 5 else "")
+
+
+def prove_candidate(
+    database_path: Path, candidates_path: Path, public_key: bytes, address: tuple[str, int]
+) -> None:
+    """A handshake to the candidate ``address`` succeeded in a process other than the node
+    (``parley call``): make it one of the peer's addresses and drop it from the candidates.
+    Blocking (database and file writes)."""
+    with open_database(database_path) as database:
+        table = PeerTable(
+            PeerStore(database), ttl=1.0, candidates=CandidateStore.open(candidates_path)
+        )
+        table.record_handshake(public_key, address=address, source=PeerSource.MDNS)
+        table.save_candidates()

@@ -132,6 +132,18 @@ class SessionStream(trio.abc.AsyncResource):
     def session(self) -> Session:
         return self._session
 
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's (host, port) when the stream is a TCP socket stream, else None."""
+        sock = getattr(self._stream, "socket", None)
+        try:
+            peer = sock.getpeername() if sock is not None else None
+        except OSError:
+            return None
+        if not (isinstance(peer, tuple) and len(peer) >= 2):
+            return None
+        return str(peer[0]), int(peer[1])
+
     async def send_message(self, message: Message) -> None:
         await self.send_messages((message,))
 
