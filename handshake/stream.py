@@ -26,7 +26,7 @@ import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NoReturn
 
 import trio
 
@@ -40,7 +40,7 @@ from handshake.handshake import (
 )
 from handshake.noise import StaticIdentity
 from handshake.replay import ReplayCache
-from handshake.session import Session, SessionSettings, SessionState
+from handshake.session import Session, SessionExpiredError, SessionSettings, SessionState
 from schemas.errors import ProtocolError, RemoteProtocolError
 from schemas.messages import ByeReason, Hello, Message, WeightsBundle
 
@@ -150,15 +150,34 @@ class SessionStream(trio.abc.AsyncResource):
     async def send_messages(self, messages: Iterable[Message]) -> None:
         """Send several messages in one write (each still its own encrypted frame)."""
         self._check_usable()
-        for message in messages:
-            self._outgoing += self._session.send(message)
+        try:
+            for message in messages:
+                self._outgoing += self._session.send(message)
+        except SessionExpiredError as exc:
+            await self._break(exc)
         async with self._send_lock:
+            await self._write_outgoing()
+
+    async def _write_outgoing(self) -> None:
+        # Holding the send lock: whatever was queued meanwhile (by other senders, or the
+        # session's own key-exchange replies queued by the receiving task) goes out too.
+        while True:
             self._check_usable()
             if not self._outgoing:
                 return  # a task ahead of us wrote our bytes with its own
             data = bytes(self._outgoing)
             self._outgoing.clear()
             await self._pump(data, want_event=False)
+
+    async def _send_session_output(self) -> None:
+        """Queue what the session produced while receiving (key-exchange steps) and write it
+        now, unless a sender holds the lock: it writes everything queued before it lets go."""
+        control = self._session.data_to_send()
+        if control:
+            self._outgoing += control
+        if self._outgoing and not self._send_lock.locked():
+            async with self._send_lock:
+                await self._write_outgoing()
 
     async def receive_message(self) -> Message:
         """The next message; a ``Bye`` is returned once, then ``trio.EndOfChannel``."""
@@ -181,8 +200,8 @@ class SessionStream(trio.abc.AsyncResource):
                     data = self._session.close(ByeReason.NORMAL)
                     async with self._send_lock:
                         await self._stream.send_all(bytes(self._outgoing) + data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the peer is gone already; closing is all that is left to do
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, SessionExpiredError):
+            pass  # the peer is gone already (or our key too old to say Bye): just close
         finally:
             self._session.release_memory()
             await self._stream.aclose()
@@ -219,6 +238,7 @@ class SessionStream(trio.abc.AsyncResource):
             session = self._session
             while True:
                 event = session.next_event()
+                await self._send_session_output()
                 if event is not NEED_DATA:
                     assert not isinstance(event, type(NEED_DATA))
                     return event
@@ -227,11 +247,16 @@ class SessionStream(trio.abc.AsyncResource):
                     raise _PeerVanished("peer closed the connection without Bye")
                 session.receive_data(bytes(data))
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
+            await self._break(exc)
+            raise AssertionError("unreachable") from None
+
+    async def _break(self, exc: BaseException) -> NoReturn:
+        if self._broken is None:
             self._broken = exc
-            self._session.release_memory()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._stream)
-            raise trio.BrokenResourceError(f"session failed: {exc}") from exc
+        self._session.release_memory()
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stream)
+        raise trio.BrokenResourceError(f"session failed: {exc}") from exc
 
 
 async def _receive_frame(stream: trio.abc.Stream, reader: FrameReader, receive_size: int) -> bytes:
