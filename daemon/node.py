@@ -375,6 +375,9 @@ def _stream_settings(config: Config) -> StreamSettings:
         session=SessionSettings(
             rekey_after_seconds=config.session.rekey_after_s,
             rekey_after_messages=config.session.rekey_after_messages,
+            # No key outlives the session age; a fresh key exchange at 2/3 of it (120 of 180 s).
+            reject_after_seconds=config.session.max_age_s,
+            rehandshake_after_seconds=config.session.max_age_s * 2 / 3,
             # One budget for every session of this node (issue #11: ~4.5 MiB each, unshared).
             reassembly_budget=MemoryBudget(REASSEMBLY_BUDGET_BYTES),
         ),
