@@ -211,6 +211,11 @@ class Session:
         return self._state
 
     @property
+    def exchange_pending(self) -> bool:
+        """A key exchange inside the session is under way (it needs the peer's next step)."""
+        return self._exchange is not None
+
+    @property
     def our_epoch(self) -> int:
         return self._our_epoch
 

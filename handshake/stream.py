@@ -17,11 +17,18 @@ Misuse on our side (a message over a limit) raises :class:`LocalProtocolError` b
 
 Writes are coalesced: messages queued by several tasks while a ``send_all`` is in flight go out
 together in the next one, and :meth:`SessionStream.send_messages` sends a batch in one write.
+Key exchanges inside the session (:mod:`handshake.session`) need no help from the application:
+replies produced while receiving are written from the receive path, and a send made while no
+task is reading (a listener finishing a call's captions after the caller hung up) reads briefly
+for a pending exchange, keeping any application message it meets for the next
+:meth:`SessionStream.receive_message`, so the exchange completes before the key expires.
+
 The session's clock is trio's (``trio.current_time``), so tests can use the autojump clock.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -53,6 +60,9 @@ CLOSE_TIMEOUT_SECONDS: Final = 2.0
 #: How long one write may wait for the peer to read: a peer that stops reading would otherwise
 #: hold the task that writes to it (and its buffers) for as long as it likes.
 SEND_TIMEOUT_SECONDS: Final = 10.0
+#: A send made while no task reads and a key exchange waits on the peer reads for this long
+#: (see :meth:`SessionStream._read_for_key_exchange`).
+IDLE_READ_SECONDS: Final = 0.05
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,10 +71,12 @@ class StreamSettings:
     close_timeout_s: float = CLOSE_TIMEOUT_SECONDS
     send_timeout_s: float = SEND_TIMEOUT_SECONDS
     receive_size: int = RECEIVE_SIZE
+    #: How long a send may read for a pending key exchange when no task is reading.
+    idle_read_s: float = IDLE_READ_SECONDS
     session: SessionSettings = field(default_factory=SessionSettings)
 
     def __post_init__(self) -> None:
-        for name in ("handshake_timeout_s", "close_timeout_s", "send_timeout_s"):
+        for name in ("handshake_timeout_s", "close_timeout_s", "send_timeout_s", "idle_read_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number")
@@ -101,6 +113,8 @@ class SessionStream(trio.abc.AsyncResource):
         self._send_lock = trio.Lock()
         self._receive_lock = trio.Lock()
         self._outgoing = bytearray()
+        # Messages read while no one was reading, to let a key exchange complete.
+        self._read_ahead: collections.deque[Message] = collections.deque()
         self._broken: BaseException | None = None
         self._closed = False
         if already_received:
@@ -157,6 +171,20 @@ class SessionStream(trio.abc.AsyncResource):
             await self._break(exc)
         async with self._send_lock:
             await self._write_outgoing()
+        await self._read_for_key_exchange()
+
+    async def _read_for_key_exchange(self) -> None:
+        """Nobody is reading (say, a listener finishing a call) while a key exchange waits on
+        the peer: read what has arrived, briefly, so the exchange can complete before our key
+        expires. Application messages read meanwhile wait for the next receive_message."""
+        if not self._session.exchange_pending or self._receive_lock.locked():
+            return
+        async with self._receive_lock:
+            with trio.move_on_after(self._settings.idle_read_s):
+                while self._session.exchange_pending and self._session.state is SessionState.OPEN:
+                    event = await self._pump(None, want_event=True)
+                    assert event is not None
+                    self._read_ahead.append(event)
 
     async def _write_outgoing(self) -> None:
         # Holding the send lock: whatever was queued meanwhile (by other senders, or the
@@ -176,12 +204,17 @@ class SessionStream(trio.abc.AsyncResource):
         if control:
             self._outgoing += control
         if self._outgoing and not self._send_lock.locked():
-            async with self._send_lock:
-                await self._write_outgoing()
+            # Shielded: a write cut short would leave a partial frame on the wire. It is a few
+            # bytes, and bounded by send_timeout_s in any case.
+            with trio.CancelScope(shield=True):
+                async with self._send_lock:
+                    await self._write_outgoing()
 
     async def receive_message(self) -> Message:
         """The next message; a ``Bye`` is returned once, then ``trio.EndOfChannel``."""
         async with self._receive_lock:
+            if self._read_ahead:
+                return self._read_ahead.popleft()
             if self._session.state is SessionState.CLOSED:
                 raise trio.EndOfChannel("the session is closed")
             self._check_usable()

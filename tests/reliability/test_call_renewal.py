@@ -1,8 +1,12 @@
 """Issue #11 item 8: a call outlives its session keys. Two nodes on loopback, the listener's
-``session.max_age_s`` set to 6 s (a fresh key exchange every 4 s, no key used past 6 s), a
-call of three sentences (about 10 s of speech): the call completes, every frame the caller sent
-reached the listener, and both sides moved to fresh keys along the way (real models: Whisper,
-the translator and the synthesizer, as ``tests/test_call_e2e.py``).
+``session.max_age_s`` set to 12 s (a fresh key exchange once a key is 8 s old, no key used past
+12 s), a call of five sentences (about 15 s of speech): the call completes, every frame the
+caller sent reached the listener, and both sides moved to fresh keys along the way (real
+models: Whisper, the translator and the synthesizer, as ``tests/test_call_e2e.py``).
+
+Why 12 s and not less: after the caller's ``CallEnd`` the listener finishes recognition and
+translation without reading the session, so it cannot take part in a key exchange then; a key
+must last through that drain (seconds, more under load). See the closing note of issue #11.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from simulations.node_helpers import short_root
 
 pytestmark = pytest.mark.slow
 
-MAX_AGE_S = 6.0
+MAX_AGE_S = 12.0
 
 
 async def test_a_call_longer_than_the_session_lifetime_moves_to_fresh_keys(monkeypatch):
@@ -43,8 +47,8 @@ async def test_a_call_longer_than_the_session_lifetime_moves_to_fresh_keys(monke
 
     monkeypatch.setattr(Session, "_finish_exchange", counted)
     checkpoint = await trio.to_thread.run_sync(trained_caller_checkpoint)
-    audio = await trio.to_thread.run_sync(script_audio, SCRIPT_SENTENCES[:3])
-    assert audio.shape[0] / 16000 > 1.5 * MAX_AGE_S
+    audio = await trio.to_thread.run_sync(script_audio, SCRIPT_SENTENCES[:5])
+    assert audio.shape[0] / 16000 > MAX_AGE_S  # the call outlives a key
     models = CallModels()
     await trio.to_thread.run_sync(models.prepare, "en", "pt")
     with short_root() as root:
@@ -59,5 +63,5 @@ async def test_a_call_longer_than_the_session_lifetime_moves_to_fresh_keys(monke
     assert summary is not None and summary["ended_by"] == "caller", summary
     assert summary["frames"]["messages"] > 0
     assert summary["frames"]["frames"] == call.outcome.frames_sent, summary["frames"]
-    # The listener (6 s keys) renewed; the caller (default 180 s) followed, on both sides.
+    # The listener (12 s keys) renewed; the caller (default 180 s) followed, on both sides.
     assert renewals.count(True) == renewals.count(False) >= 1, renewals

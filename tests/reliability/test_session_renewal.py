@@ -173,3 +173,30 @@ async def test_a_stream_carrying_a_call_renews_its_keys_and_loses_nothing(autoju
     assert caller.session.rehandshakes == listener.session.rehandshakes >= 8
     await caller.aclose()
     await listener.aclose()
+
+
+async def test_a_listener_that_stops_reading_to_finish_a_call_still_renews(autojump_clock):
+    """After the caller's CallEnd the listener only writes (the last captions) for longer
+    than a key lives; its sends read just enough for the key exchange to complete."""
+    left, right = trio.testing.memory_stream_pair()
+    caller, listener = await handshake_pair(left, right, settings=StreamSettings(session=SHORT))
+    got: list[Message] = []
+
+    async def caller_reads() -> None:
+        while len(got) < 40:
+            got.append(await caller.receive_message())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller_reads)
+        await caller.send_message(CodecFrames(0, 0.0, 1, b"\x01"))  # "CallEnd"
+        assert isinstance(await listener.receive_message(), CodecFrames)
+        for nonce in range(40):  # 20 s of captions, keys good for 3 s, nobody reading
+            await listener.send_message(Ping(nonce=nonce))
+            await trio.sleep(0.5)
+        await caller.send_message(Ping(nonce=999))
+    assert got == [Ping(nonce=n) for n in range(40)]
+    assert listener.session.rehandshakes >= 5
+    # What arrived while the listener was only writing is still there for it to read.
+    assert await listener.receive_message() == Ping(nonce=999)
+    await caller.aclose()
+    await listener.aclose()
