@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from handshake.framing import NEED_DATA, frame
 from handshake.noise import NoiseXK, StaticIdentity
@@ -200,3 +202,22 @@ async def test_a_listener_that_stops_reading_to_finish_a_call_still_renews(autoj
     assert await listener.receive_message() == Ping(nonce=999)
     await caller.aclose()
     await listener.aclose()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(1, 4), st.binary(min_size=1, max_size=128)), min_size=1, max_size=4
+    )
+)
+def test_hostile_rehandshake_steps_are_only_ever_the_peers_error(steps):
+    """Forged steps (valid envelopes under the session key, garbage Noise inside) from a peer:
+    a RemoteProtocolError or nothing yet, never another exception."""
+    a, b, _ = make_sessions(SHORT, SHORT)
+    try:
+        for step, noise in steps:
+            message = Rehandshake(step=step, noise=b"" if step == 4 else noise)
+            b.receive_data(frame(a._send_cipher.encrypt(encode(message))))
+            assert _events(b) == []
+    except RemoteProtocolError:
+        assert b.state is SessionState.ERROR
