@@ -52,6 +52,7 @@ from pathlib import Path
 from daemon.candidates import CandidateStore
 from daemon.database import (
     PUBLIC_KEY_BYTES,
+    DatabaseError,
     KeyChangeEvent,
     PeerRecord,
     PeerSource,
@@ -629,13 +630,17 @@ def _list_ids(records: list[PeerRecord]) -> str:
 
 def prove_candidate(
     database_path: Path, candidates_path: Path, public_key: bytes, address: tuple[str, int]
-) -> None:
+) -> bool:
     """A handshake to the candidate ``address`` succeeded in a process other than the node
     (``parley call``): make it one of the peer's addresses and drop it from the candidates.
-    Blocking (database and file writes)."""
-    with open_database(database_path) as database:
-        table = PeerTable(
-            PeerStore(database), ttl=1.0, candidates=CandidateStore.open(candidates_path)
-        )
-        table.record_handshake(public_key, address=address, source=PeerSource.MDNS)
-        table.save_candidates()
+    Blocking (database and file writes). A hint not recorded is not worth failing a call
+    over: a database or disk error returns False (the node proves it again next time)."""
+    try:
+        with open_database(database_path) as database:
+            table = PeerTable(
+                PeerStore(database), ttl=1.0, candidates=CandidateStore.open(candidates_path)
+            )
+            table.record_handshake(public_key, address=address, source=PeerSource.MDNS)
+            return table.save_candidates()
+    except (DatabaseError, OSError):
+        return False

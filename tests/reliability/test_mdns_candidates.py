@@ -75,7 +75,7 @@ def test_candidates_survive_a_restart_and_a_handshake_proves_one(tmp_path):
         assert again.candidate_addresses(KEY) == (("127.0.0.9", 7401),)
         record = again.get(KEY)
         assert record is not None and record.addresses == (("127.0.0.2", 7400),)
-    prove_candidate(tmp_path / "node.db", path, KEY, ("127.0.0.9", 7401))
+    assert prove_candidate(tmp_path / "node.db", path, KEY, ("127.0.0.9", 7401))
     with open_database(tmp_path / "node.db") as database:
         table = PeerTable(
             PeerStore(database),
