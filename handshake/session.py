@@ -424,7 +424,8 @@ class Session:
         step, exchange = message.step, self._exchange
         if step == 1:
             if exchange is not None:
-                if not self._exchange_ours:
+                # Only a crossing of two step 1s is legitimate (neither side answered yet).
+                if not self._exchange_ours or self._exchange_expects != 2:
                     raise RemoteProtocolError("rehandshake step 1 while one is under way")
                 if keys.initiated:
                     return  # both started: ours goes on, the peer drops its own
