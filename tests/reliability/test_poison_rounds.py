@@ -1,7 +1,8 @@
 """Issue #11 item 7: poisoning does not compound over rounds.
 
 One trusted poisoner for 40 rounds leaves our model's norm within 1.5x and its held-out mel L1
-within 5% of the clean run with the same seed (two nodes, real training of the real codec, the
+within 5% of the clean run with the same seed and the same honest participants (two honest
+nodes and the poisoner against the two honest nodes alone; real training of the real codec, the
 node's own round logic; see :mod:`simulations.reliability.poison_rounds` for what is in memory).
 """
 
