@@ -153,6 +153,7 @@ def call_command(
         measure_voice,
         place_call,
     )
+    from daemon.candidates import CANDIDATES_FILE_NAME, CandidateStore
     from daemon.cli_support import EXIT_RUNTIME_FAILURE, fail, resolve_home
     from daemon.codec_store import CodecStore
     from daemon.config import load_config
@@ -160,7 +161,7 @@ def call_command(
     from daemon.discovery import StaticPeerError, parse_static_peer
     from daemon.identity import load_identity
     from daemon.node import CAPABILITIES
-    from daemon.peers import PeerError, PeerTable, format_peer_id
+    from daemon.peers import PeerError, PeerTable, format_peer_id, prove_candidate
     from handshake.noise import StaticIdentity
     from media.audio import load_audio
     from media.call_receiver import CallLimits
@@ -181,7 +182,10 @@ def call_command(
     # Who: a known peer, or host:port:key; either way it must be trusted.
     database = open_database(node_home.database_path)
     with database:
-        table = PeerTable(PeerStore(database), ttl=1.0)
+        candidates_path = node_home.root / CANDIDATES_FILE_NAME
+        table = PeerTable(
+            PeerStore(database), ttl=1.0, candidates=CandidateStore.open(candidates_path)
+        )
         addresses: tuple[tuple[str, int], ...]
         if peer.count(":") >= 2:
             try:
@@ -200,12 +204,14 @@ def call_command(
             key = record.public_key
             addresses = record.addresses
             shown = record.name or format_peer_id(key)[:16]
+        # Endpoints announced but not yet proven come after the static/proven addresses.
+        candidates = table.candidate_addresses(key)
         if not table.is_trusted(key):
             fail(
                 f"peer {shown} is not trusted: the callee decodes our voice with our codec, which "
                 f"only goes to trusted peers; run 'parley peers trust {shown}' first"
             )
-    if not addresses:
+    if not addresses and not candidates:
         fail(f"unreachable: no known address for peer {shown} (use host:port:key)")
 
     # What: the audio, our codec, our voice.
@@ -246,10 +252,15 @@ def call_command(
         session = await dial_peer(
             identity=StaticIdentity(identity.private_key),
             public_key=key,
-            addresses=addresses,
+            addresses=(*addresses, *(item for item in candidates if item not in addresses)),
             hello=hello,
             bundle=ours.bundle,
         )
+        reached = session.remote_address
+        if reached is not None and reached in candidates:  # proven by the handshake
+            await trio.to_thread.run_sync(
+                prove_candidate, node_home.database_path, candidates_path, key, reached
+            )
         async with session:
             try:
                 # The callee keeps an idle session for minutes; measuring takes seconds.

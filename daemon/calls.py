@@ -982,7 +982,9 @@ async def dial_peer(
             cause: BaseException = error
             while cause.__cause__ is not None:
                 cause = cause.__cause__
-            raise CallError(f"handshake failed with {host}:{port}: {cause}") from error
+            if (host, port) == tuple(addresses[-1]):
+                raise CallError(f"handshake failed with {host}:{port}: {cause}") from error
+            failures.append(f"{host}:{port}: handshake failed: {cause}")  # try the next one
     raise CallError("unreachable: " + "; ".join(failures))
 
 

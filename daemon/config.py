@@ -209,7 +209,8 @@ class SessionSection(_Section):
     )
     max_age_s: float = setting(
         180.0,
-        "Close a session without a call after this long (WireGuard's 180 s); peers redial.",
+        "Close a session without a call after this long (WireGuard's 180 s); peers redial. "
+        "No session key is used longer: a call moves to fresh keys at 2/3 of it.",
         in_range(1, 86400),
     )
     send_timeout_s: float = setting(

@@ -41,6 +41,7 @@ Nothing here decides *when* to talk to whom: the round scheduler does.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import logging
 import math
@@ -736,7 +737,11 @@ class ConnectionManager:
             bundle = session.their_bundle
             async with session:
                 self.stats.handshakes_completed += 1
-                self._peers.record_handshake(key, address=(host, port), source=peer.source)
+                await trio.to_thread.run_sync(
+                    functools.partial(
+                        self._peers.record_handshake, key, address=(host, port), source=peer.source
+                    )
+                )
                 if bundle is not None:
                     self.stats.bundles_received += 1
             self._backoff.pop(key, None)

@@ -34,6 +34,7 @@ import trio
 
 from codec.config import CodecConfig
 from daemon.calls import CALLS_DIR, CallObserver, CallService, make_call_handler
+from daemon.candidates import CANDIDATES_FILE_NAME, CandidateStore
 from daemon.codec_store import CodecStore
 from daemon.config import Config, FlSection
 from daemon.connections import (
@@ -87,8 +88,9 @@ from daemon.trust_policy import TrustPolicy
 from daemon.views import to_wire
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, TrainConfig
+from handshake.budget import MemoryBudget
 from handshake.noise import StaticIdentity
-from handshake.session import REASSEMBLY_BUDGET_BYTES, MemoryBudget, SessionSettings
+from handshake.session import REASSEMBLY_BUDGET_BYTES, SessionSettings
 from handshake.stream import StreamSettings
 from schemas.messages import PROTOCOL_VERSION, Hello, WeightsBundle
 
@@ -293,6 +295,9 @@ def _stream_settings(config: Config) -> StreamSettings:
         session=SessionSettings(
             rekey_after_seconds=config.session.rekey_after_s,
             rekey_after_messages=config.session.rekey_after_messages,
+            # No key outlives the session age; a fresh key exchange at 2/3 of it (120 of 180 s).
+            reject_after_seconds=config.session.max_age_s,
+            rehandshake_after_seconds=config.session.max_age_s * 2 / 3,
             # One budget for every session of this node (issue #11: ~4.5 MiB each, unshared).
             reassembly_budget=MemoryBudget(REASSEMBLY_BUDGET_BYTES),
         ),
@@ -313,6 +318,7 @@ async def _discover(node: RunningNode) -> None:
         async def expire() -> None:
             while True:
                 await trio.sleep(EXPIRY_INTERVAL_S)
+                await trio.to_thread.run_sync(node.peers.save_candidates)
                 for key in node.peers.expire():
                     event(log, logging.INFO, "peer.gone", peer=format_peer_id(key)[:16])
 
@@ -361,6 +367,7 @@ def _build_node(
         PeerStore(database),
         ttl=config.discovery.peer_expiry_s,
         pin_names=config.trust.trust_on_first_use,
+        candidates=CandidateStore.open(home.root / CANDIDATES_FILE_NAME, clock=time.time),
     )
     codecs = CodecStore(home.models_dir, home.features_dir, options.codec)
     codecs.current()  # creates the initial model on first start, validates it otherwise

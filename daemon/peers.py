@@ -24,7 +24,9 @@ is aggregated), ``blocked`` (ignored). New peers start ``known``.
 
 Bounds, for a node that runs for months next to peers it does not control: at most
 :data:`MAX_KNOWN_PEERS` merely-known *nameless* peers are remembered (the least recently seen
-go first; trusted, blocked, static and name-pinning peers always stay), and a repeated
+go first; trusted, blocked, static and name-pinning peers always stay; the table is pruned once
+per :data:`PRUNE_BATCH_DIVISOR`-th of the bound in new keys, so it may exceed it by that much
+between prunes, and a flood of keys costs one sort per batch rather than per key), and a repeated
 key-change offer refreshes its event instead of adding one (at most ``MAX_KEY_CHANGE_EVENTS``
 are kept). A pin is never released by pruning, only by the user (:meth:`PeerTable.forget`,
 :meth:`PeerTable.accept_key`): otherwise a flood of fresh keys would push "alice" out and let a
@@ -45,14 +47,18 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
+from daemon.candidates import CandidateStore
 from daemon.database import (
     PUBLIC_KEY_BYTES,
+    DatabaseError,
     KeyChangeEvent,
     PeerRecord,
     PeerSource,
     PeerStore,
     TrustState,
+    open_database,
 )
 
 __all__ = [
@@ -62,6 +68,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_PINNED_NAMES",
     "MIN_ID_PREFIX_LENGTH",
+    "PRUNE_BATCH_DIVISOR",
     "SHORT_ID_LENGTH",
     "AmbiguousPeerError",
     "InvalidPeerKeyError",
@@ -74,6 +81,7 @@ __all__ = [
     "format_peer_id",
     "matches_fingerprint",
     "parse_peer_key",
+    "prove_candidate",
     "sanitize_peer_name",
     "short_peer_id",
     "validate_peer_name",
@@ -87,6 +95,9 @@ MAX_ADDRESSES_PER_PEER = 4
 #: Peers we merely know (not trusted, blocked or static) remembered at most; past this the
 #: least recently seen are forgotten, so a neighbour cycling keys cannot grow the database.
 MAX_KNOWN_PEERS = 10_000
+#: Pruning sorts the merely-known peers: it runs once per ``max_known // PRUNE_BATCH_DIVISOR``
+#: new keys (at least every key), an amortized 1/625th of a sort per key at the default bound.
+PRUNE_BATCH_DIVISOR = 16
 #: Names pinned at most (a pin is never pruned; see the module docstring).
 MAX_PINNED_NAMES = 10_000
 #: Characters of the peer id a fingerprint shows and a confirmation must repeat (80 bits).
@@ -94,8 +105,6 @@ FINGERPRINT_LENGTH = 16
 # Names are shown in terminals and logs: printable ASCII letters, digits and a few separators,
 # no leading/trailing space, so a TXT record cannot smuggle control characters or look-alikes.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]*[A-Za-z0-9._-])?")
-#: Peers with announced-but-unproven endpoints remembered at most (in memory).
-MAX_CANDIDATE_PEERS = 1024
 #: Key-change events looked at to find the open ones.
 MAX_PENDING_SCAN = 1000
 _HEX_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
@@ -227,6 +236,7 @@ class PeerTable:
         max_known: int = MAX_KNOWN_PEERS,
         our_key: bytes | None = None,
         max_pinned_names: int = MAX_PINNED_NAMES,
+        candidates: CandidateStore | None = None,
     ) -> None:
         if not ttl > 0:
             raise ValueError(f"peer ttl must be positive, got {ttl}")
@@ -236,6 +246,9 @@ class PeerTable:
             raise ValueError(f"max_pinned_names must be at least 1, got {max_pinned_names}")
         self._store = store
         self._max_known = max_known
+        self._prune_every = max(1, max_known // PRUNE_BATCH_DIVISOR)
+        # Due at the first new key: a restart must not let a table outgrow one batch per run.
+        self._new_keys_since_prune = self._prune_every - 1
         self._max_pinned_names = max_pinned_names
         #: Names left unpinned because :data:`MAX_PINNED_NAMES` was reached (for the status).
         self.names_not_pinned = 0
@@ -245,8 +258,11 @@ class PeerTable:
         self._our_key = our_key
         # key -> (last announcement time, source of that announcement)
         self._presence: dict[bytes, tuple[float, PeerSource]] = {}
-        # key -> announced endpoints not yet proven by a handshake (insertion-ordered, bounded)
-        self._candidates: dict[bytes, list[tuple[str, int]]] = {}
+        # Announced endpoints not yet proven by a handshake (bounded, expiring; kept in a file
+        # when the store has one, so ``parley call`` and a restarted node can try them).
+        self._candidates = (
+            candidates if candidates is not None else CandidateStore(None, clock=clock)
+        )
 
     def observe(
         self,
@@ -274,7 +290,7 @@ class PeerTable:
         if existing is None:
             record = _first_record(public_key, name, address, source, now, handshake=False)
             if self._store.insert_new(record):
-                self._store.prune_known(self._max_known)
+                self._prune_after_new_key()
             else:  # another writer added it meanwhile: record what we learned
                 self._store.update_presence(
                     public_key, name=name, addresses=record.addresses, source=source, last_seen=now
@@ -303,16 +319,22 @@ class PeerTable:
         self._presence[public_key] = (now, record.source)
         return record
 
+    def _prune_after_new_key(self) -> None:
+        self._new_keys_since_prune += 1
+        if self._new_keys_since_prune >= self._prune_every:
+            self._new_keys_since_prune = 0
+            self._store.prune_known(self._max_known)
+
     def candidate_addresses(self, public_key: bytes) -> tuple[tuple[str, int], ...]:
         """Endpoints announced for a known key but not yet proven by a handshake from them."""
-        return tuple(self._candidates.get(public_key, ()))
+        return self._candidates.addresses(public_key)
+
+    def save_candidates(self) -> bool:
+        """Write the candidate endpoints if they changed (blocking: a worker thread)."""
+        return self._candidates.save()
 
     def _add_candidate(self, public_key: bytes, address: tuple[str, int]) -> None:
-        kept = self._candidates.pop(public_key, [])
-        kept = [address, *(item for item in kept if item != address)][:MAX_ADDRESSES_PER_PEER]
-        self._candidates[public_key] = kept
-        while len(self._candidates) > MAX_CANDIDATE_PEERS:
-            del self._candidates[next(iter(self._candidates))]
+        self._candidates.add(public_key, address)
 
     def record_handshake(
         self, public_key: bytes, *, address: tuple[str, int] | None, source: PeerSource
@@ -324,7 +346,7 @@ class PeerTable:
         if existing is None:
             record = _first_record(public_key, None, address, source, now, handshake=True)
             if self._store.insert_new(record):
-                self._store.prune_known(self._max_known)
+                self._prune_after_new_key()
                 existing = None
             else:
                 existing = record
@@ -335,12 +357,8 @@ class PeerTable:
                 last_seen=now,
                 last_handshake=now,
             )
-        if address is not None and public_key in self._candidates:
-            remaining = [item for item in self._candidates[public_key] if item != address]
-            if remaining:
-                self._candidates[public_key] = remaining
-            else:
-                del self._candidates[public_key]
+        if address is not None:
+            self._candidates.remove(public_key, address)
         if existing is not None:
             self._store.update_presence(
                 public_key,
@@ -608,3 +626,21 @@ def _format_address(address: tuple[str, int]) -> str:
 def _list_ids(records: list[PeerRecord]) -> str:
     shown = ", ".join(short_peer_id(record.public_key) for record in records[:5])
     return shown + (", ..." if len(records) > 5 else "")
+
+
+def prove_candidate(
+    database_path: Path, candidates_path: Path, public_key: bytes, address: tuple[str, int]
+) -> bool:
+    """A handshake to the candidate ``address`` succeeded in a process other than the node
+    (``parley call``): make it one of the peer's addresses and drop it from the candidates.
+    Blocking (database and file writes). A hint not recorded is not worth failing a call
+    over: a database or disk error returns False (the node proves it again next time)."""
+    try:
+        with open_database(database_path) as database:
+            table = PeerTable(
+                PeerStore(database), ttl=1.0, candidates=CandidateStore.open(candidates_path)
+            )
+            table.record_handshake(public_key, address=address, source=PeerSource.MDNS)
+            return table.save_candidates()
+    except (DatabaseError, OSError):
+        return False

@@ -95,14 +95,21 @@ def guarded_aggregate(
     heldout_loss: Callable[[Mapping[str, npt.NDArray[np.floating]]], float] | None,
     max_increase: float = DEFAULT_MAX_LOSS_INCREASE,
     max_norm_ratio: float = DEFAULT_MAX_NORM_RATIO,
+    leave_out_clipped: bool = True,
 ) -> GuardedRound:
     """Aggregate (:func:`fl.aggregate.aggregate_round`), then keep the result only if
     ``heldout_loss`` of the personal state did not regress beyond ``max_increase``.
 
-    Honest updates pass the clip with room to spare, so clipped participants are suspects: when
-    the full result regresses, it is tried once more without them before the round is given
-    up (so one poisoner does not cost the honest peers' part of every round). The same goes
-    for a result whose norm grows past ``max(||local||, max_norm_ratio * reference_norm)``.
+    Honest updates pass the clip with room to spare, so clipped participants are suspects: the
+    round is aggregated again without them, and that result is kept whenever it passes (so one
+    poisoner does not cost the honest peers' part of every round). Clipped participants stay
+    in only when the round fails without them and passes with them. Even a result that
+    *scores better* with a suspect is not enough: held-out splits are a few utterances, and a
+    clipped poisoner that got in on one lucky score (inside the loss margin, while local
+    training still gained more than it cost) moved the model for good in our 40-round runs.
+    ``leave_out_clipped=False`` is the node before issue #11 (suspects retried only after a
+    regression). A result whose norm grows past
+    ``max(||local||, max_norm_ratio * reference_norm)`` is a problem like a regression.
     """
 
     def aggregate(updates: Sequence[PeerUpdate]) -> AggregationResult:
@@ -138,7 +145,7 @@ def guarded_aggregate(
     reason = problem(result, after)
     left_out: tuple[str, ...] = ()
     suspects = tuple(peer.peer_id for peer in result.record.participants if peer.clipped)
-    if reason is not None and suspects:
+    if suspects and (leave_out_clipped or reason is not None):
         retry = aggregate([peer for peer in peers if peer.peer_id not in suspects])
         retry_loss = score(retry)
         if problem(retry, retry_loss) is None:

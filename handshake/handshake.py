@@ -43,7 +43,7 @@ from handshake.noise import (
     TransportCipher,
 )
 from handshake.replay import ReplayCache
-from handshake.session import Session, SessionSettings
+from handshake.session import RehandshakeKeys, Session, SessionSettings
 from schemas.codec import NoBundle, decode, encode
 from schemas.errors import LocalProtocolError, RemoteProtocolError
 from schemas.messages import PROTOCOL_VERSION, Bye, ByeReason, Hello, WeightsBundle
@@ -170,7 +170,14 @@ class _Handshake:
 
     _transitions: dict[tuple[HandshakeState, _Verb], HandshakeState]
 
-    def __init__(self, *, clock: Callable[[], float], settings: SessionSettings | None) -> None:
+    def __init__(
+        self,
+        *,
+        identity: StaticIdentity,
+        clock: Callable[[], float],
+        settings: SessionSettings | None,
+    ) -> None:
+        self._identity = identity
         self._state = HandshakeState.START
         self._clock = clock
         self._settings = settings
@@ -205,17 +212,24 @@ class _Handshake:
             their_static = noise.their_static_public()
             assert their_static is not None
             send_cipher, receive_cipher = self._ciphers
+            handshake_hash = noise.handshake_hash()
             session = Session(
                 send_cipher=send_cipher,
                 receive_cipher=receive_cipher,
                 clock=self._clock,
                 settings=self._settings,
+                rehandshake=RehandshakeKeys(
+                    identity=self._identity,
+                    their_static_public=their_static,
+                    initiated=noise.initiator,
+                    handshake_hash=handshake_hash,
+                ),
             )
             return HandshakeResult(
                 their_static_public=their_static,
                 their_hello=self._their_hello,
                 their_bundle=self._their_bundle,
-                handshake_hash=noise.handshake_hash(),
+                handshake_hash=handshake_hash,
                 session=session,
                 trust_decision=trust_decision,
             )
@@ -239,7 +253,7 @@ class InitiatorHandshake(_Handshake):
         settings: SessionSettings | None = None,
         prologue: bytes = PROLOGUE,
     ) -> None:
-        super().__init__(clock=clock, settings=settings)
+        super().__init__(identity=identity, clock=clock, settings=settings)
         self._our_hello = our_hello
         self._our_bundle = our_bundle
         self._noise = NoiseXK(
@@ -312,7 +326,7 @@ class ResponderHandshake(_Handshake):
         replay_cache: ReplayCache | None = None,
         prologue: bytes = PROLOGUE,
     ) -> None:
-        super().__init__(clock=clock, settings=settings)
+        super().__init__(identity=identity, clock=clock, settings=settings)
         self._our_hello = our_hello
         self._our_bundle = our_bundle
         self._trust_check = trust_check

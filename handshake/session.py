@@ -18,6 +18,35 @@ than ``rekey_after_seconds`` plus :data:`REKEY_GRACE_SECONDS`, or a notice namin
 is a rekey mismatch, a :class:`RemoteProtocolError`. A peer that rekeys without a notice is caught
 by the next message failing authentication.
 
+Keys also age (WireGuard's REKEY_AFTER_TIME and REJECT_AFTER_TIME): a symmetric rekey protects
+earlier epochs, but a session that runs for hours should also move to keys from a fresh
+Diffie-Hellman exchange. So once the older of our two keys is ``rehandshake_after_seconds`` old,
+a side runs a new XK exchange *inside* the session, as ``Rehandshake`` steps sealed under the
+current keys, with the same static keys (both sides know both by now), its prologue binding it to
+the previous exchange's handshake hash:
+
+====  ==========  =============================================================================
+step  direction   meaning
+====  ==========  =============================================================================
+1     A -> B      XK message 1 (``e, es``)
+2     B -> A      XK message 2 (``e, ee``)
+3     A -> B      XK message 3 (``s, se``); A's outbound key switches right after this message,
+                  B's inbound key right after reading it (B checks the static key is the
+                  session's peer)
+4     B -> A      no payload; B's outbound key switches right after it, A's inbound on reading
+====  ==========  =============================================================================
+
+Messages keep flowing in both directions throughout (the application never waits), and the
+switch points are message boundaries both sides see in the same order, as with ``Rekey``. If
+both sides start at once, the exchange started by the side that initiated the session goes on
+and the other side drops its own. Replies (steps 2-4) are produced while *receiving*, so the
+stream collects them with :meth:`Session.data_to_send` (and :meth:`Session.send` returns them
+ahead of its own frames). Keys are never used past ``reject_after_seconds``: sending an
+application message on an older key raises :class:`SessionExpiredError`, and a frame that
+arrives on an inbound key older than that (plus :data:`REKEY_GRACE_SECONDS`) is the peer's
+protocol error. A session built without :class:`RehandshakeKeys` (tests) cannot renew and simply
+expires.
+
 States: ``OPEN`` -> ``CLOSED`` (we sent ``Bye`` or received one) and, from anywhere, ``ERROR``.
 Any error on receive, or an illegal call, moves to ``ERROR``; every later call then raises
 :class:`LocalProtocolError`. An error ends this session only: nothing here is shared.
@@ -34,15 +63,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
+from handshake.budget import MemoryBudget
 from handshake.framing import MAX_PENDING_BYTES, NEED_DATA, FrameReader, NeedData
-from handshake.noise import MAX_TRANSPORT_PLAINTEXT, TransportCipher
-from schemas.codec import NoBundle, Rekey, WireMessage, decode, encode
-from schemas.errors import LocalProtocolError, RemoteProtocolError
+from handshake.noise import MAX_TRANSPORT_PLAINTEXT, NoiseXK, StaticIdentity, TransportCipher
+from schemas.codec import NoBundle, Rehandshake, Rekey, WireMessage, decode, encode
+from schemas.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from schemas.messages import Bye, ByeReason, Chunk, Hello, Message
 
 #: WireGuard's anchors (REKEY_AFTER_TIME, REKEY_AFTER_MESSAGES in wireguard-go's constants).
 REKEY_AFTER_SECONDS: Final = 120.0
 REKEY_AFTER_MESSAGES: Final = 2**60
+#: WireGuard's REKEY_AFTER_TIME and REJECT_AFTER_TIME: a fresh key exchange once a key is this
+#: old, and no key used past the second.
+REHANDSHAKE_AFTER_SECONDS: Final = 120.0
+REJECT_AFTER_SECONDS: Final = 180.0
+#: Prologue of an in-session key exchange (followed by the previous exchange's handshake hash).
+REHANDSHAKE_PROLOGUE: Final = b"parley/1 rehandshake"
 #: How much older than ``rekey_after_seconds`` a receiver lets an inbound epoch get: the sender
 #: checks its epoch's age before it writes, and the message then spends network and scheduling
 #: delay in transit; the receiver's epoch also started later than the sender's.
@@ -52,8 +88,9 @@ MAX_CHUNKED_PAYLOAD: Final = 4 * 1024 * 1024
 #: Data bytes per chunk: the transport plaintext limit less a Chunk envelope's own overhead
 #: (56-72 bytes, measured in tests), rounded down to the 8-byte word.
 CHUNK_DATA_BYTES: Final = (MAX_TRANSPORT_PLAINTEXT - 128) // 8 * 8
-#: Bytes all sessions together may hold in partly reassembled chunked messages (a node-wide
-#: :class:`MemoryBudget`); one full-size message each for 16 sessions at once.
+#: Bytes all sessions together may hold in partly reassembled chunked messages and unconsumed
+#: received bytes (a node-wide :class:`~handshake.budget.MemoryBudget`); one full-size message
+#: each for 16 sessions at once.
 REASSEMBLY_BUDGET_BYTES: Final = 16 * MAX_CHUNKED_PAYLOAD
 #: Frames a peer may send per second before we call it a flood.
 MAX_FRAMES_PER_SECOND: Final = 10_000
@@ -63,33 +100,23 @@ _HEADER = struct.Struct(">H")
 # Chunks are the session's own business; Hello belongs to the handshake.
 _NOT_SENDABLE: Final = frozenset({Chunk, Hello})
 # Handshake-only and session-internal kinds arriving mid-session mean a broken peer.
-_NOT_RECEIVABLE: Final = frozenset({Hello, NoBundle, Rekey, Chunk})
+_NOT_RECEIVABLE: Final = frozenset({Hello, NoBundle, Rekey, Rehandshake, Chunk})
 
 
-class MemoryBudget:
-    """Bytes shared by many sessions (chunk reassembly), reserved and released explicitly.
+class SessionExpiredError(ProtocolError):
+    """Our key reached ``reject_after_seconds`` without a fresh exchange: the session is over."""
 
-    Not thread-safe: sessions live on one event loop. A session that cannot reserve what its
-    next chunk needs fails (``RemoteProtocolError``), so a crowd of peers each holding an
-    almost complete message is bounded as a whole, not only one session at a time.
-    """
 
-    def __init__(self, total_bytes: int) -> None:
-        if total_bytes < 1:
-            raise ValueError("a memory budget must be positive")
-        self.total_bytes = total_bytes
-        self.in_use = 0
-        self.refused = 0
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RehandshakeKeys:
+    """What a session needs to run a fresh XK exchange inside itself (from its handshake)."""
 
-    def try_reserve(self, size: int) -> bool:
-        if self.in_use + size > self.total_bytes:
-            self.refused += 1
-            return False
-        self.in_use += size
-        return True
-
-    def release(self, size: int) -> None:
-        self.in_use = max(0, self.in_use - size)
+    identity: StaticIdentity = field(repr=False)
+    their_static_public: bytes
+    #: We initiated the session's first handshake: our exchange wins when both start at once.
+    initiated: bool
+    #: The first handshake's hash, bound into the first renewal's prologue.
+    handshake_hash: bytes
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -98,10 +125,13 @@ class SessionSettings:
 
     rekey_after_messages: int = REKEY_AFTER_MESSAGES
     rekey_after_seconds: float = REKEY_AFTER_SECONDS
+    rehandshake_after_seconds: float = REHANDSHAKE_AFTER_SECONDS
+    reject_after_seconds: float = REJECT_AFTER_SECONDS
     max_chunked_payload: int = MAX_CHUNKED_PAYLOAD
     max_frames_per_second: int = MAX_FRAMES_PER_SECOND
     max_pending_bytes: int = MAX_PENDING_BYTES
-    #: Shared by every session built with these settings; None: each session alone is bounded.
+    #: Shared by every session built with these settings (chunk reassembly and the frame
+    #: reader's unconsumed bytes); None: each session alone is bounded.
     reassembly_budget: MemoryBudget | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +140,11 @@ class SessionSettings:
             raise ValueError("rekey_after_messages must be at least 2")
         if not (math.isfinite(self.rekey_after_seconds) and self.rekey_after_seconds > 0):
             raise ValueError("rekey_after_seconds must be a positive number")
+        if not (
+            math.isfinite(self.reject_after_seconds)
+            and 0 < self.rehandshake_after_seconds < self.reject_after_seconds
+        ):
+            raise ValueError("need 0 < rehandshake_after_seconds < reject_after_seconds")
         if not 0 < self.max_chunked_payload <= MAX_CHUNKED_PAYLOAD * 64:
             raise ValueError("max_chunked_payload is out of range")
         if self.max_frames_per_second < 1:
@@ -134,12 +169,16 @@ class Session:
         receive_cipher: TransportCipher,
         clock: Callable[[], float],
         settings: SessionSettings | None = None,
+        rehandshake: RehandshakeKeys | None = None,
     ) -> None:
         self.settings = settings if settings is not None else SessionSettings()
         self._clock = clock
         self._send_cipher = send_cipher
         self._receive_cipher = receive_cipher
-        self._reader = FrameReader(max_pending_bytes=self.settings.max_pending_bytes)
+        self._reader = FrameReader(
+            max_pending_bytes=self.settings.max_pending_bytes,
+            budget=self.settings.reassembly_budget,
+        )
         self._state = SessionState.OPEN
         now = clock()
         # Epoch bookkeeping by nonce: both sides see the same nonces, so counts agree even when
@@ -154,10 +193,27 @@ class Session:
         self._reassembly: _Reassembly | None = None
         self._rate_window_started = now
         self._frames_in_window = 0
+        # Key renewal (see the module docstring).
+        self._rehandshake = rehandshake
+        self._binding = rehandshake.handshake_hash if rehandshake is not None else b""
+        self._our_key_born = now
+        self._their_key_born = now
+        self._exchange: NoiseXK | None = None
+        self._exchange_ours = False  # we sent its step 1
+        self._exchange_expects = 0  # the step we wait for
+        self._next_receive_cipher: TransportCipher | None = None
+        self._outbox = bytearray()
+        #: Fresh key exchanges completed inside this session.
+        self.rehandshakes = 0
 
     @property
     def state(self) -> SessionState:
         return self._state
+
+    @property
+    def exchange_pending(self) -> bool:
+        """A key exchange inside the session is under way (it needs the peer's next step)."""
+        return self._exchange is not None
 
     @property
     def our_epoch(self) -> int:
@@ -176,13 +232,28 @@ class Session:
         kind = type(message)
         if kind in _NOT_SENDABLE:
             raise LocalProtocolError(f"{kind.__name__} is not sent on a session")
+        now = self._clock()
+        if now - self._our_key_born >= self.settings.reject_after_seconds:
+            self._fail()
+            raise SessionExpiredError(
+                f"our session key is {now - self._our_key_born:.0f} s old, past"
+                f" {self.settings.reject_after_seconds:g} s without a fresh key exchange"
+            )
+        self._maybe_renew(now)
         plaintext = encode(message)
         if len(plaintext) <= MAX_TRANSPORT_PLAINTEXT:
-            data = self._seal(plaintext)
+            self._outbox += self._seal(plaintext)
         else:
-            data = self._seal_chunked(plaintext)
+            self._outbox += self._seal_chunked(plaintext)
         if kind is Bye:
             self._state = SessionState.CLOSED
+        return self.data_to_send()
+
+    def data_to_send(self) -> bytes:
+        """Frames the session produced on its own (key exchange steps, in order, ahead of
+        anything sent after them): write them as soon as possible."""
+        data = bytes(self._outbox)
+        self._outbox.clear()
         return data
 
     def close(self, reason: ByeReason = ByeReason.NORMAL) -> bytes:
@@ -253,6 +324,7 @@ class Session:
             self._refuse("read events")
         try:
             while True:
+                self._maybe_renew(self._clock())
                 frame = self._reader.next_frame_view()
                 if frame is NEED_DATA:
                     return NEED_DATA
@@ -260,7 +332,7 @@ class Session:
                 if event is not None:
                     if isinstance(event, Bye):
                         self._state = SessionState.CLOSED
-                        self.discard_partial()
+                        self.release_memory()
                     return event
         except RemoteProtocolError:
             self._fail()
@@ -277,6 +349,11 @@ class Session:
             raise RemoteProtocolError(
                 f"peer sent more than {settings.max_frames_per_second} frames in one second"
             )
+        if now - self._their_key_born > settings.reject_after_seconds + REKEY_GRACE_SECONDS:
+            raise RemoteProtocolError(
+                f"peer kept using its session key for {now - self._their_key_born:.0f} s, past"
+                f" {settings.reject_after_seconds:g} s without a fresh key exchange"
+            )
         cipher = self._receive_cipher
         if cipher.nonce - self._their_epoch_first_nonce >= settings.rekey_after_messages:
             raise RemoteProtocolError(
@@ -290,6 +367,10 @@ class Session:
             # thing the sender writes.
             assert isinstance(message, Rekey)
             self._rekey_inbound(message, now)
+            return None
+        if kind is Rehandshake:
+            assert isinstance(message, Rehandshake)
+            self._on_rehandshake(message, now)
             return None
         if now - self._their_epoch_started > settings.rekey_after_seconds + REKEY_GRACE_SECONDS:
             raise RemoteProtocolError(
@@ -313,6 +394,92 @@ class Session:
         self._their_epoch = notice.epoch
         self._their_epoch_first_nonce = self._receive_cipher.nonce
         self._their_epoch_started = now
+
+    # --- key renewal ----------------------------------------------------------------------------
+
+    def _maybe_renew(self, now: float) -> None:
+        """Start a fresh key exchange (step 1) when the older key is due and none is running."""
+        keys = self._rehandshake
+        if (
+            keys is None
+            or self._exchange is not None
+            or self._state is not SessionState.OPEN
+            or now - min(self._our_key_born, self._their_key_born)
+            < self.settings.rehandshake_after_seconds
+        ):
+            return
+        noise = NoiseXK(
+            initiator=True,
+            identity=keys.identity,
+            their_static_public=keys.their_static_public,
+            prologue=REHANDSHAKE_PROLOGUE + self._binding,
+        )
+        self._exchange, self._exchange_ours, self._exchange_expects = noise, True, 2
+        self._outbox += self._seal(encode(Rehandshake(step=1, noise=noise.write(b""))))
+
+    def _on_rehandshake(self, message: Rehandshake, now: float) -> None:
+        keys = self._rehandshake
+        if keys is None:
+            raise RemoteProtocolError("peer sent Rehandshake, which this session cannot run")
+        step, exchange = message.step, self._exchange
+        if step == 1:
+            if exchange is not None:
+                # Only a crossing of two step 1s is legitimate (neither side answered yet).
+                if not self._exchange_ours or self._exchange_expects != 2:
+                    raise RemoteProtocolError("rehandshake step 1 while one is under way")
+                if keys.initiated:
+                    return  # both started: ours goes on, the peer drops its own
+            exchange = NoiseXK(
+                initiator=False,
+                identity=keys.identity,
+                their_static_public=None,
+                prologue=REHANDSHAKE_PROLOGUE + self._binding,
+            )
+            _expect_empty(exchange.read(message.noise))
+            self._exchange, self._exchange_ours, self._exchange_expects = exchange, False, 3
+            self._outbox += self._seal(encode(Rehandshake(step=2, noise=exchange.write(b""))))
+            return
+        if exchange is None or step != self._exchange_expects:
+            raise RemoteProtocolError(
+                f"rehandshake step {step} out of order"
+                f" (expected {self._exchange_expects or 'none'})"
+            )
+        if step == 2:
+            _expect_empty(exchange.read(message.noise))
+            last_on_old_key = self._seal(encode(Rehandshake(step=3, noise=exchange.write(b""))))
+            send, self._next_receive_cipher = exchange.split()
+            self._outbox += last_on_old_key
+            self._switch_outbound(send, now)
+            self._exchange_expects = 4
+        elif step == 3:
+            _expect_empty(exchange.read(message.noise))
+            if exchange.their_static_public() != keys.their_static_public:
+                raise RemoteProtocolError("rehandshake from a static key other than the peer's")
+            send, receive = exchange.split()
+            self._switch_inbound(receive, now)
+            self._outbox += self._seal(encode(Rehandshake(step=4, noise=b"")))
+            self._switch_outbound(send, now)
+            self._finish_exchange(exchange)
+        else:  # 4
+            assert self._next_receive_cipher is not None
+            self._switch_inbound(self._next_receive_cipher, now)
+            self._next_receive_cipher = None
+            self._finish_exchange(exchange)
+
+    def _switch_outbound(self, cipher: TransportCipher, now: float) -> None:
+        self._send_cipher = cipher
+        self._our_epoch, self._our_epoch_first_nonce = 0, cipher.nonce
+        self._our_epoch_started = self._our_key_born = now
+
+    def _switch_inbound(self, cipher: TransportCipher, now: float) -> None:
+        self._receive_cipher = cipher
+        self._their_epoch, self._their_epoch_first_nonce = 0, cipher.nonce
+        self._their_epoch_started = self._their_key_born = now
+
+    def _finish_exchange(self, exchange: NoiseXK) -> None:
+        self._binding = exchange.handshake_hash()
+        self._exchange, self._exchange_expects = None, 0
+        self.rehandshakes += 1
 
     def _add_chunk(self, chunk: Chunk) -> Message | None:
         reassembly = self._reassembly
@@ -353,12 +520,12 @@ class Session:
             return None
         self.discard_partial()
         message = decode(b"".join(reassembly.parts))
-        if isinstance(message, Chunk | Rekey):
+        if isinstance(message, Chunk | Rekey | Rehandshake):
             raise RemoteProtocolError(f"a chunked message may not hold a {type(message).__name__}")
         return self._accept(message)
 
     def _accept(self, message: WireMessage) -> Message:
-        if type(message) in _NOT_RECEIVABLE or isinstance(message, Rekey | NoBundle):
+        if type(message) in _NOT_RECEIVABLE or isinstance(message, Rekey | Rehandshake | NoBundle):
             # (The isinstance repeats the set lookup for the type checker's sake.)
             raise RemoteProtocolError(f"peer sent {type(message).__name__} inside a session")
         return message
@@ -370,14 +537,25 @@ class Session:
         if reassembly is not None and self.settings.reassembly_budget is not None:
             self.settings.reassembly_budget.release(reassembly.size)
 
+    def release_memory(self) -> None:
+        """Give back everything held for the peer (a partial chunked message and unconsumed
+        received bytes): the session is over. Safe to call more than once."""
+        self.discard_partial()
+        self._reader.release()
+
     def _fail(self) -> None:
         self._state = SessionState.ERROR
-        self.discard_partial()
+        self.release_memory()
 
     def _refuse(self, action: str) -> NoReturn:
         current = self._state
         self._fail()
         raise LocalProtocolError(f"cannot {action}: session is {current.name}")
+
+
+def _expect_empty(payload: bytes) -> None:
+    if payload:
+        raise RemoteProtocolError("a rehandshake message carries no payload")
 
 
 class _Reassembly:

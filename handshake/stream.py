@@ -17,16 +17,23 @@ Misuse on our side (a message over a limit) raises :class:`LocalProtocolError` b
 
 Writes are coalesced: messages queued by several tasks while a ``send_all`` is in flight go out
 together in the next one, and :meth:`SessionStream.send_messages` sends a batch in one write.
+Key exchanges inside the session (:mod:`handshake.session`) need no help from the application:
+replies produced while receiving are written from the receive path, and a send made while no
+task is reading (a listener finishing a call's captions after the caller hung up) reads briefly
+for a pending exchange, keeping any application message it meets for the next
+:meth:`SessionStream.receive_message`, so the exchange completes before the key expires.
+
 The session's clock is trio's (``trio.current_time``), so tests can use the autojump clock.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NoReturn
 
 import trio
 
@@ -40,7 +47,7 @@ from handshake.handshake import (
 )
 from handshake.noise import StaticIdentity
 from handshake.replay import ReplayCache
-from handshake.session import Session, SessionSettings, SessionState
+from handshake.session import Session, SessionExpiredError, SessionSettings, SessionState
 from schemas.errors import ProtocolError, RemoteProtocolError
 from schemas.messages import ByeReason, Hello, Message, WeightsBundle
 
@@ -53,6 +60,9 @@ CLOSE_TIMEOUT_SECONDS: Final = 2.0
 #: How long one write may wait for the peer to read: a peer that stops reading would otherwise
 #: hold the task that writes to it (and its buffers) for as long as it likes.
 SEND_TIMEOUT_SECONDS: Final = 10.0
+#: A send made while no task reads and a key exchange waits on the peer reads for this long
+#: (see :meth:`SessionStream._read_for_key_exchange`).
+IDLE_READ_SECONDS: Final = 0.05
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,10 +71,12 @@ class StreamSettings:
     close_timeout_s: float = CLOSE_TIMEOUT_SECONDS
     send_timeout_s: float = SEND_TIMEOUT_SECONDS
     receive_size: int = RECEIVE_SIZE
+    #: How long a send may read for a pending key exchange when no task is reading.
+    idle_read_s: float = IDLE_READ_SECONDS
     session: SessionSettings = field(default_factory=SessionSettings)
 
     def __post_init__(self) -> None:
-        for name in ("handshake_timeout_s", "close_timeout_s", "send_timeout_s"):
+        for name in ("handshake_timeout_s", "close_timeout_s", "send_timeout_s", "idle_read_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number")
@@ -102,6 +114,8 @@ class SessionStream(trio.abc.AsyncResource):
         self._send_lock = trio.Lock()
         self._receive_lock = trio.Lock()
         self._outgoing = bytearray()
+        # Messages read while no one was reading, to let a key exchange complete.
+        self._read_ahead: collections.deque[Message] = collections.deque()
         self._broken: BaseException | None = None
         self._closed = False
         if already_received:
@@ -133,15 +147,50 @@ class SessionStream(trio.abc.AsyncResource):
     def session(self) -> Session:
         return self._session
 
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's (host, port) when the stream is a TCP socket stream, else None."""
+        sock = getattr(self._stream, "socket", None)
+        try:
+            peer = sock.getpeername() if sock is not None else None
+        except OSError:
+            return None
+        if not (isinstance(peer, tuple) and len(peer) >= 2):
+            return None
+        return str(peer[0]), int(peer[1])
+
     async def send_message(self, message: Message) -> None:
         await self.send_messages((message,))
 
     async def send_messages(self, messages: Iterable[Message]) -> None:
         """Send several messages in one write (each still its own encrypted frame)."""
         self._check_usable()
-        for message in messages:
-            self._outgoing += self._session.send(message)
+        try:
+            for message in messages:
+                self._outgoing += self._session.send(message)
+        except SessionExpiredError as exc:
+            await self._break(exc)
         async with self._send_lock:
+            await self._write_outgoing()
+        await self._read_for_key_exchange()
+
+    async def _read_for_key_exchange(self) -> None:
+        """Nobody is reading (say, a listener finishing a call) while a key exchange waits on
+        the peer: read what has arrived, briefly, so the exchange can complete before our key
+        expires. Application messages read meanwhile wait for the next receive_message."""
+        if not self._session.exchange_pending or self._receive_lock.locked():
+            return
+        async with self._receive_lock:
+            with trio.move_on_after(self._settings.idle_read_s):
+                while self._session.exchange_pending and self._session.state is SessionState.OPEN:
+                    event = await self._pump(None, want_event=True)
+                    assert event is not None
+                    self._read_ahead.append(event)
+
+    async def _write_outgoing(self) -> None:
+        # Holding the send lock: whatever was queued meanwhile (by other senders, or the
+        # session's own key-exchange replies queued by the receiving task) goes out too.
+        while True:
             self._check_usable()
             if not self._outgoing:
                 return  # a task ahead of us wrote our bytes with its own
@@ -149,9 +198,24 @@ class SessionStream(trio.abc.AsyncResource):
             self._outgoing.clear()
             await self._pump(data, want_event=False)
 
+    async def _send_session_output(self) -> None:
+        """Queue what the session produced while receiving (key-exchange steps) and write it
+        now, unless a sender holds the lock: it writes everything queued before it lets go."""
+        control = self._session.data_to_send()
+        if control:
+            self._outgoing += control
+        if self._outgoing and not self._send_lock.locked():
+            # Shielded: a write cut short would leave a partial frame on the wire. It is a few
+            # bytes, and bounded by send_timeout_s in any case.
+            with trio.CancelScope(shield=True):
+                async with self._send_lock:
+                    await self._write_outgoing()
+
     async def receive_message(self) -> Message:
         """The next message; a ``Bye`` is returned once, then ``trio.EndOfChannel``."""
         async with self._receive_lock:
+            if self._read_ahead:
+                return self._read_ahead.popleft()
             if self._session.state is SessionState.CLOSED:
                 raise trio.EndOfChannel("the session is closed")
             self._check_usable()
@@ -171,9 +235,10 @@ class SessionStream(trio.abc.AsyncResource):
                     data = self._session.close(reason)
                     async with self._send_lock:
                         await self._stream.send_all(bytes(self._outgoing) + data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the peer is gone already; closing is all that is left to do
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, SessionExpiredError):
+            pass  # the peer is gone already (or our key too old to say Bye): just close
         finally:
+            self._session.release_memory()
             await self._stream.aclose()
 
     def _check_usable(self) -> None:
@@ -208,6 +273,7 @@ class SessionStream(trio.abc.AsyncResource):
             session = self._session
             while True:
                 event = session.next_event()
+                await self._send_session_output()
                 if event is not NEED_DATA:
                     assert not isinstance(event, type(NEED_DATA))
                     return event
@@ -216,11 +282,16 @@ class SessionStream(trio.abc.AsyncResource):
                     raise PeerClosedError("peer closed the connection without Bye")
                 session.receive_data(bytes(data))
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
+            await self._break(exc)
+            raise AssertionError("unreachable") from None
+
+    async def _break(self, exc: BaseException) -> NoReturn:
+        if self._broken is None:
             self._broken = exc
-            self._session.discard_partial()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._stream)
-            raise trio.BrokenResourceError(f"session failed: {exc}") from exc
+        self._session.release_memory()
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stream)
+        raise trio.BrokenResourceError(f"session failed: {exc}") from exc
 
 
 async def _receive_frame(stream: trio.abc.Stream, reader: FrameReader, receive_size: int) -> bytes:
@@ -251,7 +322,7 @@ async def initiate_session(
 ) -> SessionStream:
     """Run the initiator's side of the handshake on ``stream``; return the session."""
     settings = settings if settings is not None else StreamSettings()
-    reader = FrameReader()
+    reader = FrameReader(budget=settings.session.reassembly_budget)
     try:
         with trio.fail_after(settings.handshake_timeout_s):
             handshake = InitiatorHandshake(
@@ -271,6 +342,7 @@ async def initiate_session(
             result = handshake.split()
             return SessionStream(stream, result, settings, reader.take_remaining())
     except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+        reader.release()
         await _fail_handshake(stream, exc)
         raise AssertionError("unreachable") from None
 
@@ -291,7 +363,7 @@ async def accept_session(
     BrokenResourceError caused by :class:`InitiatorRejectedByUs`.
     """
     settings = settings if settings is not None else StreamSettings()
-    reader = FrameReader()
+    reader = FrameReader(budget=settings.session.reassembly_budget)
     try:
         with trio.fail_after(settings.handshake_timeout_s):
             handshake = ResponderHandshake(
@@ -312,6 +384,7 @@ async def accept_session(
             result = handshake.split()
             return SessionStream(stream, result, settings, reader.take_remaining())
     except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+        reader.release()
         await _fail_handshake(stream, exc)
         raise AssertionError("unreachable") from None
 

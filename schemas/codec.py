@@ -9,9 +9,10 @@ not a multiple of eight, ``UnicodeDecodeError`` for bad text), comes out as one
 :class:`~schemas.errors.RemoteProtocolError` naming what was wrong. Encoding checks the same limits
 and raises :class:`~schemas.errors.LocalProtocolError`: we never send what the peer must refuse.
 
-Two envelope members are session control and never reach code above ``handshake/``:
-:class:`Rekey` (the sender's outbound key moves to a new epoch) and :class:`NoBundle` (message 3 or
-the responder's first transport message without weights).
+Three envelope members are session control and never reach code above ``handshake/``:
+:class:`Rekey` (the sender's outbound key moves to a new epoch), :class:`Rehandshake` (one step of
+a fresh key exchange inside the session) and :class:`NoBundle` (message 3 or the responder's first
+transport message without weights).
 """
 
 from __future__ import annotations
@@ -83,11 +84,26 @@ class Rekey:
 
 
 @dataclass(frozen=True, slots=True)
+class Rehandshake:
+    """Session control: step ``step`` (1-4) of a key exchange inside the session; ``noise`` is
+    the XK handshake message of steps 1-3 (empty in step 4)."""
+
+    step: int
+    noise: bytes
+
+
+#: Steps of an in-session key exchange, and the largest Noise message one carries (XK's
+#: messages with an empty payload are 48, 48 and 64 bytes).
+REHANDSHAKE_STEPS: Final = range(1, 5)
+MAX_REHANDSHAKE_NOISE_BYTES: Final = 128
+
+
+@dataclass(frozen=True, slots=True)
 class NoBundle:
     """Handshake control: the sender deliberately sends no weights (it does not trust us)."""
 
 
-WireMessage = Message | Rekey | NoBundle
+WireMessage = Message | Rekey | Rehandshake | NoBundle
 
 
 def _load_schema() -> Any:
@@ -277,7 +293,18 @@ _DECODERS: Final[dict[str, Callable[[Any], WireMessage]]] = {
     "bye": _decode_bye,
     "chunk": _decode_chunk,
     "rekey": lambda r: Rekey(epoch=r._get("epoch")),
+    "rehandshake": lambda r: _rehandshake(
+        r._get("step"), bytes(r._get("noise")), RemoteProtocolError
+    ),
 }
+
+
+def _rehandshake(step: int, noise: bytes, error: type[Exception]) -> Rehandshake:
+    if step not in REHANDSHAKE_STEPS:
+        raise error(f"rehandshake step {step} (1-4)")
+    if len(noise) > MAX_REHANDSHAKE_NOISE_BYTES or (step == 4) != (not noise):
+        raise error(f"rehandshake step {step} carries {len(noise)} bytes of handshake")
+    return Rehandshake(step=step, noise=noise)
 
 
 def decode(data: bytes) -> WireMessage:
@@ -462,6 +489,13 @@ def _encode_rekey(body: Any, m: Rekey) -> None:
     body.init("rekey")._set("epoch", m.epoch)
 
 
+def _encode_rehandshake(body: Any, m: Rehandshake) -> None:
+    _rehandshake(m.step, m.noise, LocalProtocolError)
+    b = body.init("rehandshake")
+    b._set("step", m.step)
+    b._set("noise", m.noise)
+
+
 def _encode_no_bundle(body: Any, m: NoBundle) -> None:
     body._set("noBundle", None)
 
@@ -478,6 +512,7 @@ _ENCODERS: Final[dict[type, Callable[[Any, Any], None]]] = {
     Bye: _encode_bye,
     Chunk: _encode_chunk,
     Rekey: _encode_rekey,
+    Rehandshake: _encode_rehandshake,
     NoBundle: _encode_no_bundle,
 }
 

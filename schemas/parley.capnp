@@ -32,6 +32,9 @@ struct Envelope {
     # Handshake message 3 or the responder's first transport message without weights
     # (the sender does not trust the receiver with them).
     noBundle @14 :Void;
+    # Session control, never seen above handshake/: one step of a fresh XK key exchange run
+    # inside the session (handshake/session.py), so a long call moves to new keys.
+    rehandshake @15 :Rehandshake;
   }
 }
 
@@ -145,4 +148,11 @@ struct Chunk {
 
 struct Rekey {
   epoch @0 :UInt32;
+}
+
+struct Rehandshake {
+  # 1-3: XK messages 1-3 (the sender of 3 switches its outbound key after it); 4: the
+  # responder's notice that its outbound key switches after this message.
+  step @0 :UInt8;
+  noise @1 :Data;
 }

@@ -14,11 +14,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from simulations.node_helpers import make_home
+
+if TYPE_CHECKING:
+    from codec.config import CodecConfig
 
 HONEST_DEADLINE_S = 10.0
 
@@ -342,29 +345,48 @@ def slow_reader(root: Path, *, send_timeout_s: float, limit_s: float) -> dict[st
 # --- poison_rounds ----------------------------------------------------------------------------
 
 
-def poison_rounds(*, rounds: int = 40, local_steps: int = 1) -> dict[str, object]:
+def poison_rounds(
+    *,
+    rounds: int = 40,
+    local_steps: int = 1,
+    seeds: tuple[int, ...] = (3,),
+    codec: CodecConfig | None = None,
+) -> dict[str, object]:
     """Forty rounds with one trusted poisoner (see :mod:`simulations.reliability.poison_rounds`),
-    with the node's guards and, for comparison, without them (the node before issue #11)."""
+    with the node's guards and, for comparison, without them (the node before issue #11).
+
+    Each ratio is against the clean run of the same honest participants with the same seed
+    (:func:`~simulations.reliability.poison_rounds.compare`); with several ``seeds`` the
+    figures are the means over seeds and ``per_seed`` lists each."""
     from simulations.reliability.poison_rounds import compare, run_rounds, speakers
 
     data = speakers(3)
+    honest = data[:-1]  # the poisoner's node absent: same participants, same seeds
     started = time.monotonic()
-    guarded = compare(
-        run_rounds(data, rounds=rounds, poisoned=False, local_steps=local_steps, seed=3),
-        run_rounds(data, rounds=rounds, poisoned=True, local_steps=local_steps, seed=3),
-    )
-    unguarded = compare(
-        run_rounds(
-            data, rounds=rounds, poisoned=False, local_steps=local_steps, seed=3, guard=False
-        ),
-        run_rounds(
-            data, rounds=rounds, poisoned=True, local_steps=local_steps, seed=3, guard=False
-        ),
-    )
+
+    def one(seed: int, guard: bool) -> dict[str, float | int]:
+        common: dict[str, Any] = dict(
+            rounds=rounds, local_steps=local_steps, seed=seed, guard=guard, codec=codec
+        )
+        return compare(
+            run_rounds(honest, poisoned=False, **common),
+            run_rounds(data, poisoned=True, **common),
+            all_honest=run_rounds(data, poisoned=False, **common),
+        )
+
+    guarded = [one(seed, True) for seed in seeds]
+    unguarded = one(seeds[0], False)
+    summary = {
+        key: float(sum(float(run[key]) for run in guarded) / len(guarded)) for key in guarded[0]
+    }
+    summary["rounds"] = rounds
     return {
-        **guarded,
-        "norm_ok": 1 / 1.5 <= float(guarded["norm_ratio"]) <= 1.5,
-        "l1_ok": float(guarded["l1_ratio"]) <= 1.05,
+        **summary,
+        "norm_ok": all(1 / 1.5 <= float(run["norm_ratio"]) <= 1.5 for run in guarded),
+        "l1_ok": all(float(run["l1_ratio"]) <= 1.05 for run in guarded),
+        "compared_with": "clean run of the same honest participants, same seed",
+        "seeds": list(seeds),
+        "per_seed": guarded if len(guarded) > 1 else [],
         "without_guards": unguarded,
         "local_steps": local_steps,
         "seconds": round(time.monotonic() - started, 1),
@@ -388,5 +410,10 @@ def stages(root: Path, *, quick: bool) -> list[tuple[str, Callable[[], object]]]
             "slow_reader",
             lambda: slow_reader(root / "sr", send_timeout_s=2.0 if quick else 10.0, limit_s=60),
         ),
-        ("poison_rounds", lambda: poison_rounds(rounds=40, local_steps=1 if quick else 3)),
+        (
+            "poison_rounds",
+            lambda: poison_rounds(
+                rounds=40, local_steps=1 if quick else 3, seeds=(3,) if quick else (3, 4, 5)
+            ),
+        ),
     ]

@@ -10,8 +10,16 @@ regress). In the poisoned run the last node sends its weights scaled x100 (``par
 quantization): the node-level run over real handshakes is ``parley bench reliability``'s
 ``poison_rounds`` stage.
 
-Scores are the node's norm and its log-mel L1 on the speaker's *evaluation* utterances, which
-the node never trains on nor checks rounds with.
+Scores are the node's norm and its log-mel L1 on the speaker's *evaluation* utterances
+(:data:`EVALUATION_PER_SPEAKER` of them), which the node never trains on nor checks rounds with.
+
+What the poisoned run is compared with (:func:`compare`): the clean run *of the same honest
+participants with the same seeds*, i.e. the poisoned run with the poisoner's node absent. A
+defence that leaves the poisoner out gives up that node's contribution too; against a clean
+run in which the poisoner's node was an honest third participant, the ratio would measure "two
+peers to average with instead of one" (a few percent either way, by chance of which voices are
+averaged), not harm done by the poisoner. That comparison is still reported
+(``l1_ratio_vs_all_honest``), as the cost of losing a participant.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ POISON_SCALE = 100.0
 #: The evaluation L1 compared is the mean over the last rounds: one round's training steps
 #: move it by a few percent either way, more than the margin the comparison is about.
 SCORED_LAST_ROUNDS = 5
+#: Evaluation utterances per speaker (the corpus's shared held-out sentences): more of them
+#: make one round's score less a matter of which few sentences happen to be scored.
+EVALUATION_PER_SPEAKER = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +58,9 @@ class PoisonRun:
     left_out: int
 
 
-def speakers(count: int = 3) -> list[tuple[Features, Features]]:
+def speakers(
+    count: int = 3, *, evaluation: int = EVALUATION_PER_SPEAKER
+) -> list[tuple[Features, Features]]:
     """(enrolled, evaluation) log-mel features of ``count`` corpus speakers (cached speech)."""
     from media.audio import load_audio
     from media.features import log_mel
@@ -57,7 +70,7 @@ def speakers(count: int = 3) -> list[tuple[Features, Features]]:
         default_cache_dir(),
         speakers=DEFAULT_SPEAKERS[:count],
         train_per_speaker=5,
-        heldout_per_speaker=2,
+        heldout_per_speaker=evaluation,
     )
     return [
         (
@@ -167,6 +180,7 @@ def _run_rounds(
                 round_number=number,
                 reference_norm=reference if guard else None,
                 heldout_loss=loss if guard else None,
+                leave_out_clipped=guard,
             )
             if index == 0:
                 kept += guarded.keep
@@ -179,14 +193,27 @@ def _run_rounds(
     return PoisonRun(rounds, norms, scores, kept, left_out)
 
 
-def compare(clean: PoisonRun, poisoned: PoisonRun) -> dict[str, float | int]:
-    """The issue's figures for node 0 (honest): ``norm_ratio`` of the poisoned run's final model
-    to the clean run's, ``l1_ratio`` of their evaluation L1 (mean of the last rounds)."""
-    return {
+def compare(
+    same_participants: PoisonRun, poisoned: PoisonRun, *, all_honest: PoisonRun | None = None
+) -> dict[str, float | int]:
+    """The issue's figures for node 0 (honest), of the poisoned run against the clean run with
+    the same honest participants and seeds (``same_participants``: the poisoner's node absent):
+    ``norm_ratio`` of the final models' norms, ``l1_ratio`` of the evaluation L1 (mean of the
+    last rounds). ``all_honest`` (the poisoner's node an honest participant instead) adds the
+    same two ratios against it, ``*_vs_all_honest``: what losing a participant costs."""
+    figures: dict[str, float | int] = {
         "rounds": poisoned.rounds,
-        "norm_ratio": poisoned.norms[-1] / clean.norms[-1],
-        "l1_ratio": float(np.mean(poisoned.evaluation_l1) / np.mean(clean.evaluation_l1)),
-        "l1_ratio_final_round": poisoned.evaluation_l1[-1] / clean.evaluation_l1[-1],
+        "norm_ratio": poisoned.norms[-1] / same_participants.norms[-1],
+        "l1_ratio": _l1_ratio(poisoned, same_participants),
+        "l1_ratio_final_round": poisoned.evaluation_l1[-1] / same_participants.evaluation_l1[-1],
         "poisoned_rounds_kept": poisoned.kept,
         "poisoner_left_out": poisoned.left_out,
     }
+    if all_honest is not None:
+        figures["norm_ratio_vs_all_honest"] = poisoned.norms[-1] / all_honest.norms[-1]
+        figures["l1_ratio_vs_all_honest"] = _l1_ratio(poisoned, all_honest)
+    return figures
+
+
+def _l1_ratio(run: PoisonRun, baseline: PoisonRun) -> float:
+    return float(np.mean(run.evaluation_l1) / np.mean(baseline.evaluation_l1))

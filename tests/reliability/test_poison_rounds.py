@@ -1,7 +1,8 @@
 """Issue #11 item 7: poisoning does not compound over rounds.
 
 One trusted poisoner for 40 rounds leaves our model's norm within 1.5x and its held-out mel L1
-within 5% of the clean run with the same seed (two nodes, real training of the real codec, the
+within 5% of the clean run with the same seed and the same honest participants (two honest
+nodes and the poisoner against the two honest nodes alone; real training of the real codec, the
 node's own round logic; see :mod:`simulations.reliability.poison_rounds` for what is in memory).
 """
 
@@ -14,6 +15,7 @@ from codec.config import MAX_SAMPLE_COUNT, CodecConfig
 from fl.aggregate import PeerUpdate, aggregate_round
 from fl.config import AggregationConfig
 from fl.round_guard import guarded_aggregate, loss_regressed, split_heldout
+from simulations.reliability.abuse_stages import poison_rounds
 from simulations.reliability.poison_rounds import compare, run_rounds, speakers
 
 pytestmark = pytest.mark.slow
@@ -71,6 +73,40 @@ def test_a_regressing_round_is_discarded_after_a_retry_without_clipped_peers():
     assert not alone.keep and alone.reason and "held-out loss" in alone.reason
 
 
+def test_a_clipped_peer_within_the_margin_is_left_out_even_when_it_scores_better():
+    local = PeerUpdate("me", "a", 1, _state(1.0))
+    honest = PeerUpdate("h", "a", 1, _state(1.0))
+    poison = PeerUpdate("p", "a", 1, _state(100.0))  # clipped to the reference's norm
+    config = AggregationConfig(robust="none")
+
+    def near(target: float):
+        # The clipped poison moves the loss by 1%, inside the 2% margin either way.
+        return lambda state: float(np.abs(np.asarray(state["w"]) - target).mean()) + 10.0
+
+    for target in (1.0, 1.1):  # the suspect's result scores worse, then better
+        guarded = guarded_aggregate(
+            local,
+            [honest, poison],
+            config,
+            round_number=1,
+            reference_norm=4.0,
+            heldout_loss=near(target),
+        )
+        assert guarded.keep and guarded.left_out == ("p",), (target, guarded)
+        assert [p.peer_id for p in guarded.result.record.participants] == ["h"]
+    # The node before issue #11 kept a suspect whose round passed the loss check.
+    old = guarded_aggregate(
+        local,
+        [honest, poison],
+        config,
+        round_number=1,
+        reference_norm=4.0,
+        heldout_loss=near(1.0),
+        leave_out_clipped=False,
+    )
+    assert old.keep and old.left_out == ()
+
+
 #: CI-sized: a small codec of the same architecture family, from its seeded init.
 SMALL_CODEC = CodecConfig(hidden=16, latent_dim=8, blocks=1)
 
@@ -78,8 +114,20 @@ SMALL_CODEC = CodecConfig(hidden=16, latent_dim=8, blocks=1)
 def test_one_trusted_poisoner_for_40_rounds_leaves_our_model_close_to_the_clean_run():
     data = speakers(3)
     common = dict(rounds=40, local_steps=1, seed=3, codec=SMALL_CODEC)
-    clean = run_rounds(data, poisoned=False, **common)
+    same_participants = run_rounds(data[:-1], poisoned=False, **common)
     poisoned = run_rounds(data, poisoned=True, **common)
-    figures = compare(clean, poisoned)
+    figures = compare(same_participants, poisoned)
     assert 1 / 1.5 <= figures["norm_ratio"] <= 1.5, figures
     assert figures["l1_ratio"] <= 1.05, figures
+
+
+def test_the_stage_compares_with_the_clean_run_of_the_same_participants():
+    """A poisoner left out of every round did no harm: the stage must say 1.0, not the few
+    percent by which averaging with one honest peer instead of two differs by chance."""
+    figures = poison_rounds(rounds=3, local_steps=1, seeds=(3,))  # the shipped codec
+    assert figures["poisoner_left_out"] == 3, figures
+    assert figures["l1_ratio"] == pytest.approx(1.0, abs=1e-6), figures
+    assert figures["norm_ratio"] == pytest.approx(1.0, abs=1e-6), figures
+    # The comparison with an honest third participant is still reported, and it differs.
+    assert figures["l1_ratio_vs_all_honest"] != pytest.approx(1.0, abs=1e-6), figures
+    assert figures["l1_ok"] is True and figures["norm_ok"] is True

@@ -15,13 +15,15 @@ from daemon.database import PeerStore, open_database
 from daemon.peers import PeerTable
 from daemon.ratelimit import HandshakeLimiter, RateLimiter, address_prefix
 from daemon.trust_policy import TrustPolicy
+from handshake.budget import MemoryBudget
+from handshake.framing import NEED_DATA
 from handshake.handshake import InitiatorHandshake, ResponderHandshake, TrustDecision
 from handshake.noise import StaticIdentity
-from handshake.session import CHUNK_DATA_BYTES, MemoryBudget, Session, SessionSettings
+from handshake.session import CHUNK_DATA_BYTES, Session, SessionSettings
 from handshake.stream import StreamSettings
 from handshake.testing import complete_in_memory
 from schemas.errors import RemoteProtocolError
-from schemas.messages import PROTOCOL_VERSION, Hello
+from schemas.messages import PROTOCOL_VERSION, Hello, Ping
 from simulations.node_helpers import short_root
 from simulations.reliability import hostile_peer
 
@@ -202,14 +204,24 @@ def _partial_message(sender: Session, chunks: int) -> bytes:
     return data[:offset]
 
 
+def _feed(receiver: Session, data: bytes) -> None:
+    """As the stream does: one frame per read here, then the events it completes."""
+    offset = 0
+    while offset < len(data):
+        size = 2 + int.from_bytes(data[offset : offset + 2], "big")
+        receiver.receive_data(data[offset : offset + size])
+        offset += size
+        assert receiver.next_event() is NEED_DATA
+
+
 def test_chunk_reassembly_draws_on_one_budget_for_all_sessions():
-    budget = MemoryBudget(3 * CHUNK_DATA_BYTES)
+    # Room for three chunks, and one frame's worth of received bytes besides.
+    budget = MemoryBudget(3 * CHUNK_DATA_BYTES + 1024)
     pairs = [_session_pair(budget) for _ in range(3)]
     held: list[Session] = []
     for sender, receiver in pairs[:2]:
-        receiver.receive_data(_partial_message(sender, 2))
         try:
-            receiver.next_event()
+            _feed(receiver, _partial_message(sender, 2))
             held.append(receiver)
         except RemoteProtocolError as error:
             assert "budget" in str(error)
@@ -219,11 +231,34 @@ def test_chunk_reassembly_draws_on_one_budget_for_all_sessions():
     held[0].discard_partial()  # a session that ends gives its bytes back
     assert budget.in_use == 0
     sender, receiver = pairs[2]
-    receiver.receive_data(_partial_message(sender, 2))
-    receiver.next_event()
+    _feed(receiver, _partial_message(sender, 2))
     assert budget.in_use == 2 * CHUNK_DATA_BYTES
     # A session that fails (here: a forged frame) gives its bytes back as well.
     receiver.receive_data(b"\x00\x20" + b"\x00" * 32)
     with pytest.raises(RemoteProtocolError):
         receiver.next_event()
     assert budget.in_use == 0
+
+
+def test_unconsumed_received_bytes_draw_on_the_same_budget():
+    """Issue #11 item 4: each session's frame reader may hold a partial frame (up to a few
+    maximal frames); those bytes count against the node-wide budget too."""
+    budget = MemoryBudget(100_000)
+    pairs = [_session_pair(budget) for _ in range(3)]
+    partial = b"\xff\xff" + b"\x00" * 39_998  # a 65,535-byte frame announced, 40,000 bytes sent
+    for _, receiver in pairs[:2]:
+        receiver.receive_data(partial)
+        assert receiver.next_event() is NEED_DATA
+    assert budget.in_use == 80_000
+    with pytest.raises(RemoteProtocolError, match="budget"):
+        pairs[2][1].receive_data(partial)
+    assert budget.in_use == 80_000  # the refused bytes were never held
+    pairs[0][1].release_memory()  # a session that ends gives its reader's bytes back
+    assert budget.in_use == 40_000
+    # Consuming frames gives their bytes back as they go.
+    sender, receiver = _session_pair(budget)
+    receiver.receive_data(sender.send(Ping(nonce=1)) + sender.send(Ping(nonce=2)))
+    assert budget.in_use > 40_000
+    assert receiver.next_event() == Ping(nonce=1)
+    assert receiver.next_event() == Ping(nonce=2)
+    assert budget.in_use == 40_000

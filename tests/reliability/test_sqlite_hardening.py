@@ -114,3 +114,34 @@ def test_a_failed_commit_is_rolled_back(tmp_path):
         started = time.monotonic()
         assert PeerStore(database).all() == []
         assert time.monotonic() - started < 5
+
+
+async def test_an_outbound_handshake_is_recorded_off_the_event_loop():
+    """Issue #11 item 4: ``exchange_bundles`` wrote the handshake to node.db on the event loop
+    (up to the 5 s busy timeout when another process holds the lock)."""
+    import threading
+
+    from daemon.node import NodeOptions, open_node
+    from simulations.node_helpers import loopback_config, make_home, short_root
+
+    loop_thread = threading.get_ident()
+    with short_root() as root:
+        a_home, _ = make_home(root, "a")
+        b_home, b_identity = make_home(root, "b")
+        b_config = loopback_config(name="b", mdns=False).replace("trust", calls_from="anyone")
+        async with open_node(b_home, b_config, NodeOptions(listen_port=0)) as b:
+            static = (f"127.0.0.1:{b.listen_port}:{b_identity.public_key.hex()}",)
+            a_config = loopback_config(name="a", mdns=False, static_peers=static)
+            async with open_node(a_home, a_config, NodeOptions(listen_port=0)) as a:
+                threads: list[int] = []
+                real_record = a.peers.record_handshake
+
+                def record_handshake(*args, **kwargs):
+                    threads.append(threading.get_ident())
+                    return real_record(*args, **kwargs)
+
+                a.peers.record_handshake = record_handshake  # type: ignore[method-assign]
+                record = a.peers.get(b_identity.public_key)
+                assert record is not None
+                await a.connections.exchange_bundles(record)
+    assert threads and loop_thread not in threads, threads

@@ -16,6 +16,7 @@ import pytest
 from daemon.cli import main as parley_main
 from daemon.database import PeerSource, PeerStore, TrustState, open_database
 from daemon.peers import (
+    PRUNE_BATCH_DIVISOR,
     KeyChangedError,
     PeerTable,
     fingerprint,
@@ -205,3 +206,30 @@ def test_key_changes_are_listed_and_accept_key_block_forget_work(capsys):
         )
         assert code == 0, err
         assert _trust_of(home.root, MALLORY) is None
+
+
+def test_pruning_merely_known_peers_is_amortized_over_new_keys(tmp_path):
+    """Issue #11 item 4: pruning sorts the table; once per new key made a flood quadratic."""
+    with open_database(tmp_path / "node.db") as database:
+        store = PeerStore(database)
+        prunes: list[int] = []
+        real_prune = store.prune_known
+
+        def counting_prune(keep: int) -> int:
+            prunes.append(keep)
+            return real_prune(keep)
+
+        store.prune_known = counting_prune  # type: ignore[method-assign]
+        table = PeerTable(store, ttl=60.0, clock=Clock(), max_known=64)
+        batch = 64 // PRUNE_BATCH_DIVISOR
+        for index in range(200):
+            table.record_handshake(
+                index.to_bytes(4, "big") * 8, address=None, source=PeerSource.INBOUND
+            )
+            nameless = sum(1 for record in table.known() if record.name is None)
+            assert nameless <= 64 + batch - 1, (index, nameless)
+        assert len(prunes) <= 200 // batch + 1, len(prunes)
+        # A restarted table prunes at its first new key: restarts cannot add up.
+        fresh = PeerTable(store, ttl=60.0, clock=Clock(), max_known=64)
+        fresh.record_handshake(b"\xee" * 32, address=None, source=PeerSource.INBOUND)
+        assert sum(1 for record in fresh.known() if record.name is None) == 64
