@@ -47,6 +47,13 @@ synchronously; the caller runs them off its event loop):
   up to the end of the last committed sentence, or else up to the start of the last committed
   word, are dropped. If nothing gets committed and the buffer reaches ``max_buffer_s``, the
   latest hypothesis but its last word is committed by force, so the buffer stays bounded.
+- *A sender that skips silence* (DTX, :mod:`media.call_sender`): ``push_silence`` moves the
+  timeline over a gap as if silent frames were pushed (the first seconds really are, at the
+  quietest level heard, so the rules above apply unchanged; the rest only moves the clock),
+  and ``end_of_speech`` takes the sender's end mark: the utterance ends at once, with no
+  ``end_of_utterance_s`` wait, if this stream's own VAD hears silence too (a guard against a
+  sender that says so mid-word). The speech-offset decode has usually run already, so the
+  mark finalizes without another decode.
 - ``finish`` ends the stream like an utterance end; later calls raise ``StreamFinishedError``.
   A decoding failure puts the object in ``ERROR``: it re-raises, and every later call refuses.
 
@@ -104,6 +111,8 @@ _MAX_OVERLAP_WORDS: Final = 5
 # generate_segments treats the last frame as padding; a buffer shorter than this has no content.
 _MIN_DECODE_FRAMES: Final = 2
 _SENTENCE_END: Final = re.compile(r"[.!?]$")
+# Whisper's normalised log-mel of digital silence heard alone: (log10(1e-10) + 4) / 4.
+_DIGITAL_SILENCE: Final = -1.5
 
 
 class StreamingAsrError(MediaError):
@@ -334,6 +343,9 @@ class StreamingTranscriber:
         self._agreement = LocalAgreement()
         self._partial = PartialCaption(text="", start_s=0.0, end_s=0.0)
         self._decode_count = 0
+        self._sender_ends = 0
+        # The lowest feature value pushed so far: the level of silence (push_silence).
+        self._quietest: float | None = None
         # Caller's time at the start of this push, and the clock reading then.
         self._push_now_s = 0.0
         self._push_clock_s = 0.0
@@ -350,6 +362,11 @@ class StreamingTranscriber:
     def decode_count(self) -> int:
         """How many times the buffer has been decoded so far."""
         return self._decode_count
+
+    @property
+    def sender_ends(self) -> int:
+        """Utterances ended early by :meth:`end_of_speech`."""
+        return self._sender_ends
 
     @property
     def stream_s(self) -> float:
@@ -393,6 +410,57 @@ class StreamingTranscriber:
         self._state = StreamState.FINISHED
         return events
 
+    def push_silence(self, frames: int, *, now_s: float | None = None) -> list[CaptionEvent]:
+        """``frames`` log-mel frames of silence that the caller does not hand over (a sender's
+        discontinuous transmission): the stream's timeline moves on as if they were pushed.
+
+        The first few seconds are pushed as real frames at the quietest level heard so far
+        (what digital silence looks like after the front end's ``max - 8`` clamp), so the
+        VAD, the utterance end and the left-context rules see them as before; past
+        ``_silence_frames_pushed`` the stream is idle with no context left, and the rest only
+        moves the clock (a gap of an hour costs nothing)."""
+        self._check_usable("push_silence")
+        if frames < 0:
+            raise ValueError(f"frames must be >= 0, got {frames}")
+        self._begin_call(now_s)
+        try:
+            pushed = min(frames, self._silence_frames_pushed())
+            level = self._quietest if self._quietest is not None else _DIGITAL_SILENCE
+            events = self._push(np.full((N_MELS, pushed), level, dtype=np.float32))
+            rest = frames - pushed
+            if rest:
+                # Idle with no context (the silence pushed saw to it): the buffer holds only
+                # the pre-roll's silence, which may move in time with the clock.
+                self._frames_pushed += rest
+                self._buffer_start_frame += rest
+                self._idle_frames += rest
+            return events
+        except BaseException:
+            self._state = StreamState.ERROR
+            raise
+
+    def end_of_speech(self, *, now_s: float | None = None) -> list[CaptionEvent]:
+        """The sender's VAD says the speech ended with the frames pushed so far: end the
+        utterance now instead of after ``end_of_utterance_s`` of silence. A guard against a
+        sender that says so mid-word: only if this stream's own VAD hears silence too (else
+        the mark is ignored, and the silence timer ends the utterance as usual)."""
+        self._check_usable("end_of_speech")
+        if self._state is not StreamState.SPEAKING or self._silence_run == 0:
+            return []
+        self._begin_call(now_s)
+        try:
+            self._sender_ends += 1
+            return self._end_utterance()
+        except BaseException:
+            self._state = StreamState.ERROR
+            raise
+
+    def _silence_frames_pushed(self) -> int:
+        settings = self._settings
+        # The VAD's hangover, the utterance end, then an idle stretch that drops the context.
+        seconds = settings.vad.hangover_s + settings.end_of_utterance_s + settings.context_gap_s
+        return settings.frames(seconds) + 2
+
     def _check_usable(self, verb: str) -> None:
         if self._state is StreamState.FINISHED:
             raise StreamFinishedError(f"StreamingTranscriber.{verb}() after finish()")
@@ -409,6 +477,9 @@ class StreamingTranscriber:
         return self._push_now_s + (self._clock() - self._push_clock_s)
 
     def _push(self, chunk: FloatArray) -> list[CaptionEvent]:
+        if chunk.shape[1]:
+            low = float(chunk.min())
+            self._quietest = low if self._quietest is None else min(self._quietest, low)
         speech = self._vad.process(chunk).speech
         events: list[CaptionEvent] = []
         position = 0
