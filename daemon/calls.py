@@ -334,6 +334,9 @@ class CallService:
         )
     )
     load: RecognizerLoad = field(default_factory=RecognizerLoad)
+    #: One recognition step at a time for all calls, in turn (FIFO): Whisper uses every core
+    #: it is given, and steps that interleave make every call wait for all the others.
+    recognizer: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     max_duration_s: float = 3600.0
     max_caption_delay_s: float = 10.0
     #: Called (in a worker thread) after a call's files are complete: the storage bound.
@@ -679,17 +682,24 @@ async def _run_started_call(
                     batch = [await frames_receive.receive()]
                 except trio.EndOfChannel:
                     break
-                while True:
-                    try:
-                        batch.append(frames_receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                started = time.monotonic()
-                result = await trio.to_thread.run_sync(pipeline.recognize, batch)
+                async with service.recognizer:
+                    # What arrived while this call waited for its turn joins the batch.
+                    while True:
+                        try:
+                            batch.append(frames_receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    # Others waiting: decode only where words become final (issue 16).
+                    partials = service.recognizer.statistics().tasks_waiting == 0
+                    started = time.monotonic()
+                    result = await trio.to_thread.run_sync(
+                        functools.partial(pipeline.recognize, batch, partials=partials)
+                    )
                 audio_s = sum(item.frame_count for item in batch) / frame_rate
                 service.load.recognized(load_key, audio_s, time.monotonic() - started)
                 await _deliver(result, send_captions, cues_send)
-            result = await trio.to_thread.run_sync(pipeline.finish_recognition)
+            async with service.recognizer:
+                result = await trio.to_thread.run_sync(pipeline.finish_recognition)
             await _deliver(result, send_captions, cues_send)
 
     async def translate() -> None:

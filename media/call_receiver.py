@@ -374,6 +374,7 @@ def feed_transcriber(
     pieces: Sequence[TimelinePiece],
     *,
     clock: Callable[[], float],
+    partials: bool = True,
 ) -> FedTimeline:
     """Hand the timeline to the recognizer: consecutive log-mel in one push (one decode
     decision), gaps as :meth:`~StreamingTranscriber.push_silence`, the sender's end marks as
@@ -387,7 +388,7 @@ def feed_transcriber(
         if mel is not None and mel.shape[1]:
             fed.frames += int(mel.shape[1])
             fed.worked = True
-            fed.events.extend(transcriber.push(mel, now_s=clock()))
+            fed.events.extend(transcriber.push(mel, now_s=clock(), partials=partials))
 
     for piece in pieces:
         if isinstance(piece, np.ndarray):
@@ -491,18 +492,23 @@ class ListenerPipeline:
 
     # -- stage 2 ---------------------------------------------------------------------------
 
-    def recognize(self, batches: Sequence[AcceptedFrames]) -> RecognizeResult:
-        """Decode and transcribe one or more accepted messages (in order)."""
-        return self._transcribe(self._decoder.decode(batches), finish=False)
+    def recognize(
+        self, batches: Sequence[AcceptedFrames], *, partials: bool = True
+    ) -> RecognizeResult:
+        """Decode and transcribe one or more accepted messages (in order); ``partials=False``
+        when other calls wait for the recognizer (no decodes for partial captions only)."""
+        return self._transcribe(self._decoder.decode(batches), finish=False, partials=partials)
 
     def finish_recognition(self) -> RecognizeResult:
         """End of the caller's audio: flush the decoder, the ASR and the open cue."""
         return self._transcribe(self._decoder.finish(), finish=True)
 
-    def _transcribe(self, pieces: Sequence[TimelinePiece], *, finish: bool) -> RecognizeResult:
+    def _transcribe(
+        self, pieces: Sequence[TimelinePiece], *, finish: bool, partials: bool = True
+    ) -> RecognizeResult:
         result = RecognizeResult()
         started = time.perf_counter()
-        fed = feed_transcriber(self._transcriber, pieces, clock=self._clock)
+        fed = feed_transcriber(self._transcriber, pieces, clock=self._clock, partials=partials)
         self._mel_frames += fed.frames
         events = fed.events
         if finish:
