@@ -210,6 +210,7 @@ def stream_recording(
     transcriber: Any,
     settings: Any,
     dtx: bool = True,
+    vad_settings: Any = None,
     cpu_clock: Callable[[], float] = time.process_time,
     wall_clock: Callable[[], float] = time.perf_counter,
 ) -> StreamRun:
@@ -226,7 +227,7 @@ def stream_recording(
     from media.streaming_asr import CaptionEvent, FinalWords, StreamingTranscriber
     from schemas.messages import CallStart, VoiceTraits
 
-    vad = SileroStreamingVad(load_silero_session()) if dtx else None
+    vad = SileroStreamingVad(load_silero_session(), vad_settings) if dtx else None
     sender = CallSender(codec, vad=vad)
     start = CallStart(0, "en", "en", codec_settings(codec, b"\0" * 32), VoiceTraits(100.0, 2.5))
     intake = FrameIntake(start, CallLimits())

@@ -52,7 +52,7 @@ def test_bench_call_runs_several_calls_from_one_caller(tmp_path):
         calls=2,
     )
     figures = result["calls"]
-    assert figures["completed"] == 2 and len(figures["per_call"]) == 2
+    assert figures["completed"] == 2 and len(figures["per_call"]) == 2 and not figures["failed"]
     assert isinstance(figures["worst_caption_p95_s"], float)
     assert 0.0 <= figures["caption_wer_max"] <= 1.0
     assert figures["cpu_s"] > 0 and figures["cores_needed"] > 0
