@@ -101,6 +101,7 @@ from handshake.noise import StaticIdentity
 from handshake.stream import SessionStream, StreamSettings, initiate_session
 from media.asr import DecodeOptions, FeatureTranscriber
 from media.call_receiver import (
+    AcceptedFrames,
     CallLimitError,
     CallLimits,
     FrameIntake,
@@ -110,7 +111,7 @@ from media.call_receiver import (
     parse_wire_summary,
     summary_for_wire,
 )
-from media.call_sender import CallSender, codec_settings
+from media.call_sender import DTX_CAPABILITY, CallSender, codec_settings
 from media.captions import Cue, wrap_lines
 from media.errors import MediaError
 from media.features import SAMPLE_RATE, log_mel
@@ -333,6 +334,9 @@ class CallService:
         )
     )
     load: RecognizerLoad = field(default_factory=RecognizerLoad)
+    #: One recognition step at a time for all calls, in turn (FIFO): Whisper uses every core
+    #: it is given, and steps that interleave make every call wait for all the others.
+    recognizer: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     max_duration_s: float = 3600.0
     max_caption_delay_s: float = 10.0
     #: Called (in a worker thread) after a call's files are complete: the storage bound.
@@ -658,9 +662,7 @@ async def _run_started_call(
     )
     for observer in service.observers:
         observer.call_started(call_dir.name, peer, start)
-    frames_send, frames_receive = trio.open_memory_channel[npt.NDArray[np.uint8]](
-        MAX_QUEUED_MESSAGES
-    )
+    frames_send, frames_receive = trio.open_memory_channel[AcceptedFrames](MAX_QUEUED_MESSAGES)
     cues_send, cues_receive = trio.open_memory_channel[Cue](math.inf)
     ended_by = "caller"
     violation: CallLimitError | None = None
@@ -680,17 +682,24 @@ async def _run_started_call(
                     batch = [await frames_receive.receive()]
                 except trio.EndOfChannel:
                     break
-                while True:
-                    try:
-                        batch.append(frames_receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                started = time.monotonic()
-                result = await trio.to_thread.run_sync(pipeline.recognize, batch)
-                audio_s = sum(codes.shape[0] for codes in batch) / frame_rate
+                async with service.recognizer:
+                    # What arrived while this call waited for its turn joins the batch.
+                    while True:
+                        try:
+                            batch.append(frames_receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    # Others waiting: decode only where words become final (issue 16).
+                    partials = service.recognizer.statistics().tasks_waiting == 0
+                    started = time.monotonic()
+                    result = await trio.to_thread.run_sync(
+                        functools.partial(pipeline.recognize, batch, partials=partials)
+                    )
+                audio_s = sum(item.frame_count for item in batch) / frame_rate
                 service.load.recognized(load_key, audio_s, time.monotonic() - started)
                 await _deliver(result, send_captions, cues_send)
-            result = await trio.to_thread.run_sync(pipeline.finish_recognition)
+            async with service.recognizer:
+                result = await trio.to_thread.run_sync(pipeline.finish_recognition)
             await _deliver(result, send_captions, cues_send)
 
     async def translate() -> None:
@@ -736,7 +745,8 @@ async def _run_started_call(
                         end_s = (
                             message.start_time_s + message.frame_count / start.codec.frame_rate_hz
                         )
-                        pipeline.latency.add("network", clock() - end_s)
+                        if message.frame_count:  # not a DTX keepalive
+                            pipeline.latency.add("network", clock() - end_s)
                         service.load.received(load_key, message.frame_count / frame_rate)
                         try:
                             frames_send.send_nowait(codes)
@@ -780,7 +790,12 @@ async def _run_started_call(
         call_id=start.call_id,
         peer=peer,
         ended_by=ended_by,
-        frames={"messages": intake.messages, "frames": intake.frames, "bytes": intake.bytes},
+        frames={
+            "messages": intake.messages,
+            "frames": intake.frames,
+            "keepalives": intake.keepalives,
+            "bytes": intake.bytes,
+        },
         clock=(
             "seconds since CallStart arrived; the caller paces audio in real time from "
             "CallStart, so latency = listener time - audio time"
@@ -995,7 +1010,7 @@ def _silero_session() -> object:
 
 
 def _sender_vad() -> SileroStreamingVad | None:
-    """The caller's own VAD marks speech start/end in its frames (advisory, issue 16)."""
+    """The caller's own VAD: frames are sent for speech only (DTX), with start/end marks."""
     try:
         return SileroStreamingVad(_silero_session())
     except SenderVadError as error:
@@ -1021,7 +1036,9 @@ async def place_call(
     """
     samples = np.asarray(audio, dtype=np.float32)
     call_id = call_id if call_id is not None else secrets.randbits(62)
-    sender = CallSender(model, vad=_sender_vad())
+    # Discontinuous transmission only to a listener that says it understands it.
+    dtx = DTX_CAPABILITY in session.their_hello.capabilities
+    sender = CallSender(model, vad=_sender_vad() if dtx else None)
     start = CallStart(
         call_id=call_id,
         speaker_language=request.speaker_language,

@@ -104,7 +104,8 @@ STORAGE_INTERVAL_S: Final = 3600.0
 DISCOVERY_RESTART_S: Final = 30.0
 #: First-contact keys (strangers refused at the handshake) waiting to be recorded.
 MAX_PENDING_FIRST_CONTACTS: Final = 256
-CAPABILITIES: Final = ("fl/1", "call/1")
+#: "call-dtx/1": this node's calls accept discontinuous transmission (media.call_sender).
+CAPABILITIES: Final = ("fl/1", "call/1", "call-dtx/1")
 
 Handler = Callable[[Any], Awaitable[object]]
 

@@ -12,10 +12,17 @@ blocks the loop and translation of one cue overlaps recognition of the next:
    ``max_speed`` times real time (the audio received never exceeds ``burst_s`` plus
    ``max_speed`` times the time since ``CallStart``); then unpacks the codes. A violation is a
    :class:`CallLimitError` (a :class:`~schemas.errors.RemoteProtocolError`): the shell ends the
-   call and counts it.
-2. :meth:`ListenerPipeline.recognize` (worker thread): the sender's codec decodes the codes
-   (:class:`~media.codec_stream.StreamingDecoder`), the log-mel goes to the
-   :class:`~media.streaming_asr.StreamingTranscriber`, finalized words go to the
+   call and counts it. With a DTX sender (:mod:`media.call_sender`) messages skip the silence:
+   a message may start later than the last one ended (on the latent grid), and a keepalive
+   (no frames) announces silence up to its time; the intake places every message on the
+   call's timeline (:class:`AcceptedFrames`: the gap before it, whether it opens a talkspurt,
+   the sender's end mark). Time never goes back, and the flood limit counts announced time.
+2. :meth:`ListenerPipeline.recognize` (worker thread): the sender's codec decodes the codes,
+   a fresh decoder per talkspurt (:class:`TalkspurtDecoder`); gaps reach the
+   :class:`~media.streaming_asr.StreamingTranscriber` as silence (``push_silence``: captions
+   keep the call's clock), the sender's end mark as ``end_of_speech`` (the utterance is
+   finalized at once instead of after the recognizer's own silence timer); finalized words
+   go to the
    :class:`~media.captions.CueBuilder`. Each finished cue is appended to ``call.<src>.vtt/.srt``
    and returned for stage 3; partial captions (the open cue's words + the revisable hypothesis)
    and final cues become ``Caption`` messages for the caller.
@@ -64,9 +71,15 @@ from codec.model import CodecModel
 from media.captions import CaptionError, Cue, CueBuilder, retime_text
 from media.codec_stream import StreamingDecoder
 from media.errors import MediaError
-from media.features import FRAMES_PER_SECOND, N_MELS
+from media.features import FRAMES_PER_SECOND
 from media.latency import LatencyStats
-from media.streaming_asr import FinalWords, PartialCaption, StreamingTranscriber, UtteranceEnd
+from media.streaming_asr import (
+    CaptionEvent,
+    FinalWords,
+    PartialCaption,
+    StreamingTranscriber,
+    UtteranceEnd,
+)
 from media.subtitles import CaptionTracks, open_caption_tracks
 from media.translate import Translator, language_key
 from media.tts import Synthesizer
@@ -75,12 +88,20 @@ from schemas.messages import CallStart, Caption, CodecFrames, VoiceTraits, WordT
 
 __all__ = [
     "LATENCY_STAGES",
+    "SPEECH_END",
+    "AcceptedFrames",
     "CallLimitError",
     "CallLimits",
+    "FedTimeline",
     "FrameIntake",
     "ListenerPipeline",
     "RecognizeResult",
+    "SilenceGap",
+    "SpeechEndMark",
+    "TalkspurtDecoder",
+    "TimelinePiece",
     "check_caption",
+    "feed_transcriber",
     "parse_wire_summary",
     "summary_for_wire",
 ]
@@ -137,8 +158,38 @@ class CallLimits:
             raise ValueError("caption limits must be >= 1")
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class AcceptedFrames:
+    """One checked ``CodecFrames`` message, placed on the call's timeline.
+
+    ``gap_frames`` latent frames of silence come before ``codes`` (the sender sent nothing for
+    them: DTX); ``new_talkspurt``: the codes begin a talkspurt, which the sender encoded with a
+    fresh encoder, so they need a fresh decoder; ``speech_end``: the sender's VAD says the
+    speech ended with these codes (a keepalive has no codes and may carry the mark too).
+    """
+
+    codes: npt.NDArray[np.uint8]
+    gap_frames: int = 0
+    new_talkspurt: bool = False
+    speech_end: bool = False
+
+    @property
+    def frame_count(self) -> int:
+        return int(self.codes.shape[0])
+
+
 class FrameIntake:
-    """Validates the caller's ``CodecFrames`` and unpacks them (module docstring, stage 1)."""
+    """Validates the caller's ``CodecFrames`` and unpacks them (module docstring, stage 1).
+
+    Gap-aware (DTX, :mod:`media.call_sender`): a message may start later than the previous one
+    ended, on the latent-frame grid; the gap is silence. A message with no frames and an empty
+    payload is a keepalive: "silence up to ``start_time_s``". Time never goes back. The flood
+    and length limits count the *announced* timeline, silence included, so a gap cannot run
+    ahead of real time by more than ``burst_s`` either.
+    """
+
+    #: How far off the latent grid a start time may be (float rounding of ``k / rate``).
+    GRID_TOLERANCE: Final = 1e-3
 
     def __init__(self, start: CallStart, limits: CallLimits) -> None:
         codec = start.codec
@@ -152,11 +203,15 @@ class FrameIntake:
         self._max_frames = max(1, math.floor(limits.max_message_s * self._rate))
         self._next_seq = 0
         self._frames = 0
+        self._timeline = 0
+        self._in_talkspurt = False
         self._bytes = 0
         self._messages = 0
+        self._keepalives = 0
 
     @property
     def frames(self) -> int:
+        """Latent frames received (silence skipped by the sender not counted)."""
         return self._frames
 
     @property
@@ -164,24 +219,29 @@ class FrameIntake:
         return self._messages
 
     @property
+    def keepalives(self) -> int:
+        return self._keepalives
+
+    @property
     def bytes(self) -> int:
         return self._bytes
 
     @property
     def audio_s(self) -> float:
-        return self._frames / self._rate
+        """The call's timeline so far: audio received plus the silence announced."""
+        return self._timeline / self._rate
 
-    def accept(self, message: CodecFrames, *, now_s: float) -> npt.NDArray[np.uint8]:
-        """Check ``message`` (arrived at ``now_s`` on the call clock); return its codes."""
+    def accept(self, message: CodecFrames, *, now_s: float) -> AcceptedFrames:
+        """Check ``message`` (arrived at ``now_s`` on the call clock); place its codes."""
         codec, limits = self._codec, self._limits
         if message.seq != self._next_seq:
             raise CallLimitError(
                 "out_of_order", f"CodecFrames seq {message.seq}, expected {self._next_seq}"
             )
-        if not 1 <= message.frame_count <= self._max_frames:
+        if not 0 <= message.frame_count <= self._max_frames:
             raise CallLimitError(
                 "oversized",
-                f"CodecFrames with {message.frame_count} frames (1..{self._max_frames} allowed)",
+                f"CodecFrames with {message.frame_count} frames (0..{self._max_frames} allowed)",
             )
         expected_bytes = payload_size(message.frame_count, codec.latent_dim, codec.latent_bits)
         if len(message.payload) != expected_bytes:
@@ -189,39 +249,160 @@ class FrameIntake:
                 "bad_payload",
                 f"CodecFrames payload of {len(message.payload)} bytes, expected {expected_bytes}",
             )
-        expected_start = self._frames / self._rate
-        if not math.isclose(message.start_time_s, expected_start, abs_tol=1e-6):
+        position = message.start_time_s * self._rate
+        first = round(position)
+        if abs(position - first) > self.GRID_TOLERANCE or first < self._timeline:
             raise CallLimitError(
                 "not_contiguous",
-                f"CodecFrames starts at {message.start_time_s:.6f} s, expected "
-                f"{expected_start:.6f} s",
+                f"CodecFrames starts at {message.start_time_s:.6f} s, expected a latent frame "
+                f"at or after {self._timeline / self._rate:.6f} s",
             )
-        duration = message.frame_count / self._rate
-        if self.audio_s + duration > limits.max_call_s:
+        timeline = first + message.frame_count
+        if timeline / self._rate > limits.max_call_s:
             raise CallLimitError("too_long", f"the call reached {limits.max_call_s:.0f} s")
-        # Cumulative, from CallStart: the caller has sent at most max_speed times the time that
-        # has passed, plus a burst. Not a sliding window: while we load models after CallStart
-        # the frames wait in the socket and then arrive together, which is not a flood.
+        # Cumulative, from CallStart: the caller has announced at most max_speed times the time
+        # that has passed, plus a burst. Not a sliding window: while we load models after
+        # CallStart the frames wait in the socket and then arrive together, which is not a flood.
         allowed_s = limits.burst_s + limits.max_speed * max(0.0, now_s)
-        if self.audio_s + duration > allowed_s + 1e-9:
+        if timeline / self._rate > allowed_s + 1e-9:
             raise CallLimitError(
                 "flood",
                 f"codec frames arrive faster than {limits.max_speed:g}x real time",
             )
-        try:
-            codes = unpack_codes(
-                message.payload,
-                frame_count=message.frame_count,
-                latent_dim=codec.latent_dim,
-                bits=codec.latent_bits,
-            )
-        except InvalidCodecFramesError as error:
-            raise CallLimitError("bad_payload", str(error)) from error
+        if message.frame_count:
+            try:
+                codes = unpack_codes(
+                    message.payload,
+                    frame_count=message.frame_count,
+                    latent_dim=codec.latent_dim,
+                    bits=codec.latent_bits,
+                )
+            except InvalidCodecFramesError as error:
+                raise CallLimitError("bad_payload", str(error)) from error
+        else:
+            codes = np.empty((0, codec.latent_dim), dtype=np.uint8)
+            self._keepalives += 1
+        gap = first - self._timeline
+        # The sender restarts its encoder after a gap, a keepalive or its end mark.
+        if gap or not message.frame_count:
+            self._in_talkspurt = False
+        accepted = AcceptedFrames(
+            codes=codes,
+            gap_frames=gap,
+            new_talkspurt=bool(message.frame_count) and not self._in_talkspurt,
+            speech_end=message.speech_end,
+        )
+        self._in_talkspurt = bool(message.frame_count) and not message.speech_end
         self._next_seq += 1
         self._frames += message.frame_count
+        self._timeline = timeline
         self._bytes += len(message.payload)
         self._messages += 1
-        return codes
+        return accepted
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceGap:
+    """``frames`` log-mel frames of silence the sender did not send (DTX)."""
+
+    frames: int
+
+
+class SpeechEndMark:
+    """The sender's VAD heard the speech end here."""
+
+
+SPEECH_END: Final = SpeechEndMark()
+#: The call's timeline as stage 2 sees it: decoded log-mel ``(80, k)``, gaps, end marks.
+TimelinePiece = npt.NDArray[np.float32] | SilenceGap | SpeechEndMark
+
+
+class TalkspurtDecoder:
+    """Accepted messages -> the call's log-mel timeline (stage 2, first half).
+
+    The sender encodes each talkspurt with a fresh encoder (:mod:`media.call_sender`), so each
+    gets a fresh :class:`~media.codec_stream.StreamingDecoder`, flushed (batch end padding) when
+    the talkspurt ends: at the sender's end mark, a gap or a keepalive. A sender without DTX
+    sends one talkspurt, the whole call.
+    """
+
+    def __init__(self, model: CodecModel, latency: LatencyStats | None = None) -> None:
+        self._model = model
+        self._stride = model.config.stride
+        self._decoder = StreamingDecoder(model)
+        self.latency = latency if latency is not None else LatencyStats()
+
+    def decode(self, batches: Sequence[AcceptedFrames]) -> list[TimelinePiece]:
+        pieces: list[TimelinePiece] = []
+        for item in batches:
+            if item.gap_frames or item.new_talkspurt:
+                pieces.extend(self.finish())
+            if item.gap_frames:
+                pieces.append(SilenceGap(item.gap_frames * self._stride))
+            if item.frame_count:
+                started = time.perf_counter()
+                pieces.append(self._decoder.push(item.codes))
+                self.latency.add("decode", time.perf_counter() - started)
+            if item.speech_end:
+                pieces.extend(self.finish())
+                pieces.append(SPEECH_END)
+        return pieces
+
+    def finish(self) -> list[TimelinePiece]:
+        """The talkspurt is over: its last frames; a fresh decoder for the next one."""
+        if not self._decoder.latent_frames_in:
+            return []
+        started = time.perf_counter()
+        tail = self._decoder.finish()
+        self._decoder = StreamingDecoder(self._model)
+        self.latency.add("decode", time.perf_counter() - started)
+        return [tail]
+
+
+@dataclass(slots=True)
+class FedTimeline:
+    """What :func:`feed_transcriber` did: the events, and the log-mel frames the timeline
+    moved by (silence included)."""
+
+    events: list[CaptionEvent] = field(default_factory=list)
+    frames: int = 0
+    worked: bool = False
+
+
+def feed_transcriber(
+    transcriber: StreamingTranscriber,
+    pieces: Sequence[TimelinePiece],
+    *,
+    clock: Callable[[], float],
+    partials: bool = True,
+) -> FedTimeline:
+    """Hand the timeline to the recognizer: consecutive log-mel in one push (one decode
+    decision), gaps as :meth:`~StreamingTranscriber.push_silence`, the sender's end marks as
+    :meth:`~StreamingTranscriber.end_of_speech`."""
+    fed = FedTimeline()
+    mels: list[npt.NDArray[np.float32]] = []
+
+    def push_mel() -> None:
+        mel = np.concatenate(mels, axis=1) if len(mels) > 1 else (mels[0] if mels else None)
+        mels.clear()
+        if mel is not None and mel.shape[1]:
+            fed.frames += int(mel.shape[1])
+            fed.worked = True
+            fed.events.extend(transcriber.push(mel, now_s=clock(), partials=partials))
+
+    for piece in pieces:
+        if isinstance(piece, np.ndarray):
+            mels.append(piece)
+            continue
+        push_mel()
+        if isinstance(piece, SilenceGap):
+            fed.frames += piece.frames
+            fed.events.extend(transcriber.push_silence(piece.frames, now_s=clock()))
+        else:
+            fed.worked = True
+            fed.events.extend(transcriber.end_of_speech(now_s=clock()))
+    push_mel()
+    return fed
 
 
 @dataclass(slots=True)
@@ -263,12 +444,12 @@ class ListenerPipeline:
         self._target = start.listener_language
         self._same_language = language_key(self._source) == language_key(self._target)
         self._voice = _check_voice(start.voice)
-        self._decoder = StreamingDecoder(decoder)
         self._transcriber = transcriber
         self._translator = translator
         self._synthesizer = synthesizer
         self._clock = clock
         self.latency = latency if latency is not None else LatencyStats()
+        self._decoder = TalkspurtDecoder(decoder, self.latency)
         self._builder = CueBuilder()
         self._seq = itertools.count()
         self._call_dir = call_dir
@@ -311,34 +492,29 @@ class ListenerPipeline:
 
     # -- stage 2 ---------------------------------------------------------------------------
 
-    def recognize(self, batches: Sequence[npt.NDArray[np.uint8]]) -> RecognizeResult:
-        """Decode and transcribe the codes of one or more messages (in order)."""
-        mels = []
-        for codes in batches:
-            started = time.perf_counter()
-            mels.append(self._decoder.push(codes))
-            self.latency.add("decode", time.perf_counter() - started)
-        mel = np.concatenate(mels, axis=1) if mels else np.empty((N_MELS, 0), np.float32)
-        return self._transcribe(mel, finish=False)
+    def recognize(
+        self, batches: Sequence[AcceptedFrames], *, partials: bool = True
+    ) -> RecognizeResult:
+        """Decode and transcribe one or more accepted messages (in order); ``partials=False``
+        when other calls wait for the recognizer (no decodes for partial captions only)."""
+        return self._transcribe(self._decoder.decode(batches), finish=False, partials=partials)
 
     def finish_recognition(self) -> RecognizeResult:
         """End of the caller's audio: flush the decoder, the ASR and the open cue."""
-        started = time.perf_counter()
-        tail = self._decoder.finish()
-        self.latency.add("decode", time.perf_counter() - started)
-        return self._transcribe(tail, finish=True)
+        return self._transcribe(self._decoder.finish(), finish=True)
 
-    def _transcribe(self, mel: npt.NDArray[np.float32], *, finish: bool) -> RecognizeResult:
+    def _transcribe(
+        self, pieces: Sequence[TimelinePiece], *, finish: bool, partials: bool = True
+    ) -> RecognizeResult:
         result = RecognizeResult()
-        self._mel_frames += mel.shape[1]
         started = time.perf_counter()
-        events = []
-        if mel.shape[1]:
-            events.extend(self._transcriber.push(mel, now_s=self._clock()))
+        fed = feed_transcriber(self._transcriber, pieces, clock=self._clock, partials=partials)
+        self._mel_frames += fed.frames
+        events = fed.events
         if finish:
             events.extend(self._transcriber.finish(now_s=self._clock()))
         elapsed = time.perf_counter() - started
-        if mel.shape[1] or finish:
+        if fed.worked or finish:
             self.latency.add("asr", elapsed)
             self._asr_seconds += elapsed
         partial_text: str | None = None

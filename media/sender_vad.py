@@ -72,8 +72,12 @@ class SpeechEdge(enum.Enum):
 
 @dataclass(frozen=True)
 class SpeechEvent:
+    """Speech began or ended at ``sample``; the detector decided so once it had judged the
+    samples before ``decided_sample`` (an end is decided ``min_silence_s`` after it)."""
+
     edge: SpeechEdge
     sample: int
+    decided_sample: int = 0
 
 
 def load_silero_session(path: Path | None = None) -> Any:
@@ -153,7 +157,8 @@ class SileroStreamingVad:
             self._quiet_since = None
             if not self._in_speech:
                 self._in_speech = True
-                return [SpeechEvent(SpeechEdge.START, index * WINDOW_SAMPLES)]
+                decided = (index + 1) * WINDOW_SAMPLES
+                return [SpeechEvent(SpeechEdge.START, index * WINDOW_SAMPLES, decided)]
             return []
         if not self._in_speech or probability >= settings.threshold - HYSTERESIS:
             return []
@@ -164,5 +169,5 @@ class SileroStreamingVad:
             self._in_speech = False
             end = self._quiet_since * WINDOW_SAMPLES
             self._quiet_since = None
-            return [SpeechEvent(SpeechEdge.END, end)]
+            return [SpeechEvent(SpeechEdge.END, end, (index + 1) * WINDOW_SAMPLES)]
         return []

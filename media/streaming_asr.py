@@ -47,6 +47,13 @@ synchronously; the caller runs them off its event loop):
   up to the end of the last committed sentence, or else up to the start of the last committed
   word, are dropped. If nothing gets committed and the buffer reaches ``max_buffer_s``, the
   latest hypothesis but its last word is committed by force, so the buffer stays bounded.
+- *A sender that skips silence* (DTX, :mod:`media.call_sender`): ``push_silence`` moves the
+  timeline over a gap as if silent frames were pushed (the first seconds really are, at the
+  quietest level heard, so the rules above apply unchanged; the rest only moves the clock),
+  and ``end_of_speech`` takes the sender's end mark: the utterance ends at once, with no
+  ``end_of_utterance_s`` wait, if this stream's own VAD hears silence too (a guard against a
+  sender that says so mid-word). The speech-offset decode has usually run already, so the
+  mark finalizes without another decode.
 - ``finish`` ends the stream like an utterance end; later calls raise ``StreamFinishedError``.
   A decoding failure puts the object in ``ERROR``: it re-raises, and every later call refuses.
 
@@ -82,21 +89,20 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import math
 import re
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from media.asr import FeatureTranscriber, Word
 from media.errors import MediaError, StreamFinishedError
-from media.features import FRAMES_PER_SECOND, N_MELS, SAMPLE_RATE, FloatArray, StreamingLogMel
+from media.features import FRAMES_PER_SECOND, N_MELS, FloatArray
 from media.vad import EnergyVad, VadSettings, as_feature_chunk
 
 # How many committed words a new hypothesis may repeat at its start (whisper_streaming's 5).
@@ -104,6 +110,8 @@ _MAX_OVERLAP_WORDS: Final = 5
 # generate_segments treats the last frame as padding; a buffer shorter than this has no content.
 _MIN_DECODE_FRAMES: Final = 2
 _SENTENCE_END: Final = re.compile(r"[.!?]$")
+# Whisper's normalised log-mel of digital silence heard alone: (log10(1e-10) + 4) / 4.
+_DIGITAL_SILENCE: Final = -1.5
 
 
 class StreamingAsrError(MediaError):
@@ -334,6 +342,10 @@ class StreamingTranscriber:
         self._agreement = LocalAgreement()
         self._partial = PartialCaption(text="", start_s=0.0, end_s=0.0)
         self._decode_count = 0
+        self._sender_ends = 0
+        self._partials = True
+        # The lowest feature value pushed so far: the level of silence (push_silence).
+        self._quietest: float | None = None
         # Caller's time at the start of this push, and the clock reading then.
         self._push_now_s = 0.0
         self._push_clock_s = 0.0
@@ -350,6 +362,11 @@ class StreamingTranscriber:
     def decode_count(self) -> int:
         """How many times the buffer has been decoded so far."""
         return self._decode_count
+
+    @property
+    def sender_ends(self) -> int:
+        """Utterances ended early by :meth:`end_of_speech`."""
+        return self._sender_ends
 
     @property
     def stream_s(self) -> float:
@@ -370,11 +387,18 @@ class StreamingTranscriber:
         """Audio currently held for re-decoding, in seconds."""
         return int(self._buffer.shape[1]) / FRAMES_PER_SECOND
 
-    def push(self, features: npt.ArrayLike, *, now_s: float | None = None) -> list[CaptionEvent]:
-        """Add normalised log-mel frames ``(80, k)``; return the caption events they cause."""
+    def push(
+        self, features: npt.ArrayLike, *, now_s: float | None = None, partials: bool = True
+    ) -> list[CaptionEvent]:
+        """Add normalised log-mel frames ``(80, k)``; return the caption events they cause.
+
+        ``partials=False`` (a recognizer shared by calls that are waiting for it): no decode
+        every ``min_chunk_s`` for partial captions, only where words become final (speech
+        offset, utterance end) or the buffer must be trimmed (module docstring, load)."""
         self._check_usable("push")
         chunk = as_feature_chunk(features)
         self._begin_call(now_s)
+        self._partials = partials
         try:
             return self._push(chunk)
         except BaseException:
@@ -393,6 +417,57 @@ class StreamingTranscriber:
         self._state = StreamState.FINISHED
         return events
 
+    def push_silence(self, frames: int, *, now_s: float | None = None) -> list[CaptionEvent]:
+        """``frames`` log-mel frames of silence that the caller does not hand over (a sender's
+        discontinuous transmission): the stream's timeline moves on as if they were pushed.
+
+        The first few seconds are pushed as real frames at the quietest level heard so far
+        (what digital silence looks like after the front end's ``max - 8`` clamp), so the
+        VAD, the utterance end and the left-context rules see them as before; past
+        ``_silence_frames_pushed`` the stream is idle with no context left, and the rest only
+        moves the clock (a gap of an hour costs nothing)."""
+        self._check_usable("push_silence")
+        if frames < 0:
+            raise ValueError(f"frames must be >= 0, got {frames}")
+        self._begin_call(now_s)
+        try:
+            pushed = min(frames, self._silence_frames_pushed())
+            level = self._quietest if self._quietest is not None else _DIGITAL_SILENCE
+            events = self._push(np.full((N_MELS, pushed), level, dtype=np.float32))
+            rest = frames - pushed
+            if rest:
+                # Idle with no context (the silence pushed saw to it): the buffer holds only
+                # the pre-roll's silence, which may move in time with the clock.
+                self._frames_pushed += rest
+                self._buffer_start_frame += rest
+                self._idle_frames += rest
+            return events
+        except BaseException:
+            self._state = StreamState.ERROR
+            raise
+
+    def end_of_speech(self, *, now_s: float | None = None) -> list[CaptionEvent]:
+        """The sender's VAD says the speech ended with the frames pushed so far: end the
+        utterance now instead of after ``end_of_utterance_s`` of silence. A guard against a
+        sender that says so mid-word: only if this stream's own VAD hears silence too (else
+        the mark is ignored, and the silence timer ends the utterance as usual)."""
+        self._check_usable("end_of_speech")
+        if self._state is not StreamState.SPEAKING or self._silence_run == 0:
+            return []
+        self._begin_call(now_s)
+        try:
+            self._sender_ends += 1
+            return self._end_utterance()
+        except BaseException:
+            self._state = StreamState.ERROR
+            raise
+
+    def _silence_frames_pushed(self) -> int:
+        settings = self._settings
+        # The VAD's hangover, the utterance end, then an idle stretch that drops the context.
+        seconds = settings.vad.hangover_s + settings.end_of_utterance_s + settings.context_gap_s
+        return settings.frames(seconds) + 2
+
     def _check_usable(self, verb: str) -> None:
         if self._state is StreamState.FINISHED:
             raise StreamFinishedError(f"StreamingTranscriber.{verb}() after finish()")
@@ -409,6 +484,9 @@ class StreamingTranscriber:
         return self._push_now_s + (self._clock() - self._push_clock_s)
 
     def _push(self, chunk: FloatArray) -> list[CaptionEvent]:
+        if chunk.shape[1]:
+            low = float(chunk.min())
+            self._quietest = low if self._quietest is None else min(self._quietest, low)
         speech = self._vad.process(chunk).speech
         events: list[CaptionEvent] = []
         position = 0
@@ -526,9 +604,11 @@ class StreamingTranscriber:
         self._buffer_start_frame += count
 
     def _decode_due(self) -> bool:
-        return self._speech_since_decode and self._frames_since_decode >= self._settings.frames(
-            self._settings.min_chunk_s
-        )
+        if not self._speech_since_decode:
+            return False
+        if not self._partials:
+            return self.buffer_s >= self._settings.trim_after_s
+        return self._frames_since_decode >= self._settings.frames(self._settings.min_chunk_s)
 
     def _decode(self) -> list[Word]:
         self._frames_since_decode = 0
@@ -631,107 +711,3 @@ def _utterance_end(
         if silence_run >= end_frames:
             return k + 1, silence_run
     return None, silence_run
-
-
-def _push_at(streamer: StreamingTranscriber, mel: FloatArray, now_s: float) -> list[CaptionEvent]:
-    return streamer.push(mel, now_s=now_s)
-
-
-def _push_and_finish_at(
-    streamer: StreamingTranscriber, mel: FloatArray, now_s: float
-) -> list[CaptionEvent]:
-    return streamer.push(mel, now_s=now_s) + streamer.finish(now_s=now_s)
-
-
-def measure_streaming(
-    transcriber: FeatureTranscriber,
-    utterances: Sequence[npt.ArrayLike],
-    *,
-    settings: StreamingSettings | None = None,
-    gap_s: float = 1.0,
-    chunk_s: float = 0.1,
-    cpu_clock: Callable[[], float] = time.process_time,
-    wall_clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, Any]:
-    """Stream ``utterances`` (16 kHz waveforms, ``gap_s`` of silence between) as if live.
-
-    Audio is fed as fast as possible, but latency is computed on a simulated clock: chunk ``i``
-    arrives at its audio end time, a push starts when both the chunk has arrived and the
-    previous push has returned, and lasts as long as it really took. So decode time counts, and
-    a decoder slower than real time falls behind visibly. Returns a JSON-able dict with the
-    real-time factor (decode CPU and wall time / audio time), the decode count, the finalized
-    text, and the distribution of "utterance end -> all its words final" latency.
-    """
-    gap = np.zeros(round(gap_s * SAMPLE_RATE), dtype=np.float32)
-    pieces: list[npt.NDArray[np.float32]] = [gap]
-    speech_spans_s: list[tuple[float, float]] = []
-    position = gap.shape[0]
-    for utterance in utterances:
-        samples = np.asarray(utterance, dtype=np.float32)
-        pieces.extend([samples, gap])
-        speech_spans_s.append((position / SAMPLE_RATE, (position + samples.shape[0]) / SAMPLE_RATE))
-        position += samples.shape[0] + gap.shape[0]
-    audio = np.concatenate(pieces)
-    audio_s = audio.shape[0] / SAMPLE_RATE
-
-    front_end = StreamingLogMel()
-    chunk_samples = max(1, round(chunk_s * SAMPLE_RATE))
-    sim_now = 0.0
-    spent_wall = 0.0
-    spent_cpu = 0.0
-    finals: list[tuple[Word, float]] = []
-
-    def run(call: Callable[[float], list[CaptionEvent]], arrival_s: float) -> None:
-        nonlocal sim_now, spent_wall, spent_cpu
-        sim_now = max(sim_now, arrival_s)
-        cpu_before, wall_before = cpu_clock(), wall_clock()
-        events = call(sim_now)
-        spent_cpu += cpu_clock() - cpu_before
-        elapsed = wall_clock() - wall_before
-        spent_wall += elapsed
-        sim_now += elapsed
-        for event in events:
-            if isinstance(event, FinalWords):
-                finals.extend((word, event.committed_at_s) for word in event.words)
-
-    # The transcriber stamps commits with the simulated push start plus the real time elapsed.
-    streamer = StreamingTranscriber(transcriber, settings=settings, clock=wall_clock)
-    for start in range(0, audio.shape[0], chunk_samples):
-        stop = min(start + chunk_samples, audio.shape[0])
-        mel = front_end.push(audio[start:stop]).features
-        run(functools.partial(_push_at, streamer, mel), stop / SAMPLE_RATE)
-    tail = front_end.finish().features
-    run(functools.partial(_push_and_finish_at, streamer, tail), audio_s)
-
-    # An utterance is final when the last of its words is: words belong to the utterance whose
-    # span (extended to the middle of the gaps around it) holds their start.
-    latencies: list[float] = []
-    for index, (start_s, end_s) in enumerate(speech_spans_s):
-        low = start_s - gap_s / 2 if index else -math.inf
-        high = end_s + gap_s / 2
-        stamps = [at for word, at in finals if low <= word.start_s < high]
-        if stamps:
-            latencies.append(max(0.0, max(stamps) - end_s))
-    ordered = sorted(latencies)
-
-    def percentile(q: float) -> float | None:
-        return float(np.percentile(np.asarray(ordered), q)) if ordered else None
-
-    return {
-        "audio_s": audio_s,
-        "utterances": len(speech_spans_s),
-        "utterances_finalized": len(latencies),
-        "final_words": len(finals),
-        "final_text": "".join(word.word for word, _ in finals).strip(),
-        "decode_count": streamer.decode_count,
-        "decode_cpu_s": spent_cpu,
-        "decode_wall_s": spent_wall,
-        "real_time_factor_cpu": spent_cpu / audio_s,
-        "real_time_factor_wall": spent_wall / audio_s,
-        "end_of_utterance_to_final_s": {
-            "min": percentile(0),
-            "median": percentile(50),
-            "p90": percentile(90),
-            "max": percentile(100),
-        },
-    }

@@ -2,7 +2,7 @@
 
 Speech is Harvard sentences read by piper's "joe" voice (the project's English TTS), one
 sentence per utterance with a second of silence between, fed in 100 ms chunks of causal
-log-mel features (:func:`media.streaming_asr.measure_streaming`). Run::
+log-mel features (:func:`simulations.streaming_measure.measure_streaming`). Run::
 
     python -m simulations.bench_asr [--sentences 8] [--beam-size 1] [--threads 2]
         [--min-chunk-s 0.5] [--compute-type float32|int8]
@@ -28,9 +28,10 @@ import numpy as np
 from media.asr import DecodeOptions, FeatureTranscriber
 from media.audio import load_audio
 from media.models import load_whisper
-from media.streaming_asr import StreamingSettings, measure_streaming
+from media.streaming_asr import StreamingSettings
 from media.wer import wer
 from simulations.harvard import HARVARD_LISTS
+from simulations.streaming_measure import measure_streaming
 
 
 def synthesize_with_piper(texts: Sequence[str], folder: Path) -> list[np.ndarray]:

@@ -12,12 +12,14 @@ Theory of operation
 2. **Streaming, as a call does it.** The recording goes through the caller's half of a call
    (:class:`~media.call_sender.CallSender`: streaming log-mel, the shipped default codec,
    ``CodecFrames`` every 100 ms of audio) and the listener's half
-   (:class:`~media.codec_stream.StreamingDecoder`, then the call's
-   :class:`~media.streaming_asr.StreamingTranscriber` with the call's Whisper settings:
-   :class:`~daemon.calls.CallModels`). Caption latency runs on a simulated clock, as
-   :func:`~media.streaming_asr.measure_streaming` does: chunk ``k`` arrives at its audio end
-   time, a push starts when the chunk is here and the previous push is done, and lasts as long
-   as it really took (under load, that includes waiting for a core).
+   (:class:`~media.call_receiver.FrameIntake`, :class:`~media.call_receiver.TalkspurtDecoder`,
+   then the call's :class:`~media.streaming_asr.StreamingTranscriber` with the call's Whisper
+   settings: :class:`~daemon.calls.CallModels`). With DTX (the default, as calls between our
+   nodes do; ``--no-dtx`` sends every frame) the sender's Silero VAD sends talkspurts only
+   and marks their ends. Caption latency runs on a simulated clock, as
+   :func:`~simulations.streaming_measure.measure_streaming` does: chunk ``k`` arrives at its
+   audio end time, a push starts when the chunk is here and the previous push is done, and
+   lasts as long as it really took (under load, that includes waiting for a core).
 3. **Offline.** The same recording, as a WAV file, through
    :func:`~media.caption_file.caption_recording` with ``parley caption --local``'s transcriber.
 4. **Figures.** Corpus WER of both against the script; ``dropped_utterances``: reference
@@ -198,6 +200,7 @@ class StreamRun:
     cpu_clock_commits: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
     decode_count: int = 0
+    frames_sent: int = 0
 
 
 def stream_recording(
@@ -206,31 +209,46 @@ def stream_recording(
     codec: Any,
     transcriber: Any,
     settings: Any,
+    dtx: bool = True,
+    vad_settings: Any = None,
     cpu_clock: Callable[[], float] = time.process_time,
     wall_clock: Callable[[], float] = time.perf_counter,
 ) -> StreamRun:
     """The recording through a call's sender, codec and streaming recognizer (module doc)."""
-    from codec.latent import unpack_codes
-    from media.call_sender import CallSender
-    from media.codec_stream import StreamingDecoder
-    from media.streaming_asr import FinalWords, StreamingTranscriber
+    from media.call_receiver import (
+        CallLimits,
+        FrameIntake,
+        TalkspurtDecoder,
+        TimelinePiece,
+        feed_transcriber,
+    )
+    from media.call_sender import CallSender, codec_settings
+    from media.sender_vad import SileroStreamingVad, load_silero_session
+    from media.streaming_asr import CaptionEvent, FinalWords, StreamingTranscriber
+    from schemas.messages import CallStart, VoiceTraits
 
-    sender = CallSender(codec)
-    decoder = StreamingDecoder(codec)
+    vad = SileroStreamingVad(load_silero_session(), vad_settings) if dtx else None
+    sender = CallSender(codec, vad=vad)
+    start = CallStart(0, "en", "en", codec_settings(codec, b"\0" * 32), VoiceTraits(100.0, 2.5))
+    intake = FrameIntake(start, CallLimits())
+    decoder = TalkspurtDecoder(codec)
     streamer = StreamingTranscriber(transcriber, settings=settings, clock=wall_clock)
-    config = codec.config
     result = StreamRun()
     sim_now = 0.0
     cpu_now = 0.0
 
-    def recognize(mel: npt.NDArray[np.float32], arrival_s: float, *, finish: bool) -> None:
+    def recognize(pieces: Sequence[TimelinePiece], arrival_s: float, *, finish: bool) -> None:
         nonlocal sim_now, cpu_now
         sim_now = max(sim_now, arrival_s)
         cpu_now = max(cpu_now, arrival_s)
         cpu_before, wall_before = cpu_clock(), wall_clock()
-        events = streamer.push(mel, now_s=sim_now) if mel.shape[1] else []
+
+        def now() -> float:
+            return sim_now + wall_clock() - wall_before
+
+        events: list[CaptionEvent] = feed_transcriber(streamer, pieces, clock=now).events
         if finish:
-            events += streamer.finish(now_s=sim_now + wall_clock() - wall_before)
+            events += streamer.finish(now_s=now())
         spent_cpu = cpu_clock() - cpu_before
         result.cpu_s += spent_cpu
         sim_now += wall_clock() - wall_before
@@ -243,30 +261,17 @@ def stream_recording(
                 )
                 result.cpu_clock_commits.extend(cpu_now for _ in event.words)
 
-    def codes_of(messages: Sequence[Any]) -> npt.NDArray[np.float32]:
-        mels = [
-            decoder.push(
-                unpack_codes(
-                    message.payload,
-                    frame_count=message.frame_count,
-                    latent_dim=config.latent_dim,
-                    bits=config.latent_bits,
-                )
-            )
-            for message in messages
-        ]
-        return np.concatenate(mels, axis=1) if mels else np.empty((80, 0), np.float32)
-
     chunk = round(CHUNK_S * SAMPLE_RATE)
     audio = recording.audio
-    for start in range(0, audio.shape[0], chunk):
-        stop = min(start + chunk, audio.shape[0])
-        mel = codes_of(sender.push(audio[start:stop]))
-        recognize(mel, stop / SAMPLE_RATE, finish=False)
-    mel = codes_of(sender.finish())
-    tail = decoder.finish()
-    recognize(np.concatenate([mel, tail], axis=1), recording.audio_s, finish=True)
+    for first in range(0, audio.shape[0], chunk):
+        stop = min(first + chunk, audio.shape[0])
+        arrival_s = stop / SAMPLE_RATE
+        accepted = [intake.accept(m, now_s=arrival_s) for m in sender.push(audio[first:stop])]
+        recognize(decoder.decode(accepted), arrival_s, finish=False)
+    accepted = [intake.accept(m, now_s=recording.audio_s) for m in sender.finish()]
+    recognize(decoder.decode(accepted) + decoder.finish(), recording.audio_s, finish=True)
     result.decode_count = streamer.decode_count
+    result.frames_sent = sender.frames_sent
     return result
 
 
@@ -420,6 +425,7 @@ def run(
     set_path: Path = EVAL_SET,
     voices: Sequence[str] = (),
     offline: bool = True,
+    dtx: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the bench on ``set_path``; write the JSON to ``json_path`` if given; return it."""
@@ -456,6 +462,7 @@ def run(
                 codec=codec,
                 transcriber=streaming_transcriber,
                 settings=models.streaming,
+                dtx=dtx,
             )
             scored = score_stream(recording, streamed)
             reference = " ".join(recording.texts)
@@ -471,6 +478,8 @@ def run(
                 "dropped_utterances": scored["dropped"],
                 "streaming_cpu_s": streamed.cpu_s,
                 "decode_count": streamed.decode_count,
+                "frames_sent_fraction": streamed.frames_sent
+                / (recording.audio_s * codec.config.frame_rate_hz),
                 "sentences": scored["sentences"],
             }
             if offline_transcriber is not None:
@@ -501,10 +510,14 @@ def run(
         "offline_cpu_s": offline_cpu if offline_pairs else None,
         "caption_latency": _percentiles(latencies),
         "caption_latency_cpu_clock": _percentiles(cpu_latencies),
+        "dtx": dtx,
+        "decode_count": sum(entry["decode_count"] for entry in per_voice),
         "per_voice": per_voice,
         "note": (
-            "streaming = CallSender (default codec) -> StreamingDecoder -> StreamingTranscriber "
-            "with the call's Whisper settings (tiny.en int8 greedy), 100 ms chunks; offline = "
+            "streaming = CallSender (default codec; with dtx, its Silero VAD sends talkspurts "
+            "only) -> FrameIntake -> TalkspurtDecoder -> StreamingTranscriber (gaps as "
+            "silence, the sender's end marks end utterances) with the call's Whisper settings "
+            "(tiny.en int8 greedy), 100 ms chunks; offline = "
             "parley caption --local's captioner (tiny.en float32, beam 5) on the same WAV. "
             "compute_ratio = process CPU seconds of the streaming pushes / of the offline "
             "transcription. caption_latency = end of a sentence's audio -> its last word "
@@ -527,8 +540,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--set", type=Path, default=EVAL_SET, help="speech set file")
     parser.add_argument("--voice", action="append", default=[], help="only this voice id")
     parser.add_argument("--no-offline", action="store_true", help="skip the offline captioner")
+    parser.add_argument("--no-dtx", action="store_true", help="send every frame (no sender VAD)")
     args = parser.parse_args(argv)
-    result = run(args.json, set_path=args.set, voices=args.voice, offline=not args.no_offline)
+    result = run(
+        args.json,
+        set_path=args.set,
+        voices=args.voice,
+        offline=not args.no_offline,
+        dtx=not args.no_dtx,
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -223,6 +223,9 @@ def bench_asr_stream(
     voices: Annotated[
         list[str] | None, typer.Option("--voice", help="Only this voice id (repeatable).")
     ] = None,
+    no_dtx: Annotated[
+        bool, typer.Option("--no-dtx", help="Send every frame (no sender VAD), as before DTX.")
+    ] = False,
 ) -> None:
     """Live captions (through the codec) against offline ones: WERs, lost sentences, CPU."""
     import json
@@ -230,7 +233,7 @@ def bench_asr_stream(
     from simulations.bench_asr_stream import EVAL_SET, EvalSetError, run
 
     try:
-        result = run(json_path, set_path=set_path or EVAL_SET, voices=voices or ())
+        result = run(json_path, set_path=set_path or EVAL_SET, voices=voices or (), dtx=not no_dtx)
     except EvalSetError as error:
         fail(str(error))
     print(json.dumps(result, indent=2))

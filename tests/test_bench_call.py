@@ -41,3 +41,18 @@ def test_bench_call_reports_every_figure(tmp_path):
     assert figures["counts"]["source_cues"] >= 1
     with pytest.raises(ValueError, match="held-out"):
         run(None, sentences=("not a Harvard sentence",))
+
+
+def test_bench_call_runs_several_calls_from_one_caller(tmp_path):
+    # All the calls come from one caller node: the listener must let that peer hold them all.
+    result = run(
+        tmp_path / "calls.json",
+        progress=lambda text: None,
+        sentences=("Stop whistling and watch the boys march.",),
+        calls=2,
+    )
+    figures = result["calls"]
+    assert figures["completed"] == 2 and len(figures["per_call"]) == 2 and not figures["failed"]
+    assert isinstance(figures["worst_caption_p95_s"], float)
+    assert 0.0 <= figures["caption_wer_max"] <= 1.0
+    assert figures["cpu_s"] > 0 and figures["cores_needed"] > 0

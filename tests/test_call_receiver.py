@@ -93,8 +93,9 @@ def test_intake_accepts_audio_up_to_the_allowed_speed(speed):
     frame = 0
     for seq in range(400):  # 40 s of audio in 100 ms messages (alternating 2 and 3 frames)
         count = 3 if seq % 2 else 2
-        codes = intake.accept(_frames(seq, frame, count), now_s=(frame + count) / RATE / speed)
-        assert codes.shape == (count, CONFIG.latent_dim)
+        accepted = intake.accept(_frames(seq, frame, count), now_s=(frame + count) / RATE / speed)
+        assert accepted.codes.shape == (count, CONFIG.latent_dim)
+        assert accepted.gap_frames == 0 and accepted.new_talkspurt == (seq == 0)
         frame += count
     assert intake.frames == frame and intake.messages == 400
 
@@ -130,9 +131,9 @@ def test_frames_held_back_while_the_listener_loads_are_not_a_flood():
     ("message", "code"),
     [
         (_frames(1, 0, 2), "out_of_order"),
-        (_frames(0, 1, 2), "not_contiguous"),
+        (CodecFrames(seq=0, start_time_s=0.5 / RATE, frame_count=0, payload=b""), "not_contiguous"),
         (_frames(0, 0, 51), "oversized"),
-        (CodecFrames(seq=0, start_time_s=0.0, frame_count=0, payload=b""), "oversized"),
+        (CodecFrames(seq=0, start_time_s=0.0, frame_count=0, payload=b"\0"), "bad_payload"),
         (CodecFrames(seq=0, start_time_s=0.0, frame_count=2, payload=b"\0" * 7), "bad_payload"),
     ],
 )

@@ -36,10 +36,10 @@ from media.streaming_asr import (
     StreamingTranscriber,
     StreamState,
     UtteranceEnd,
-    measure_streaming,
 )
 from media.vad import VadSettings
 from media.wer import normalized_words, wer, word_edit_distance
+from simulations.streaming_measure import measure_streaming
 from tests.speech import whisper_model
 
 # Harvard sentences (list 1 and 2) that tiny.en transcribes exactly in batch from this voice.

@@ -48,3 +48,33 @@ def test_backlog_counts_speech_since_the_last_decode_with_stand_in_transcriber()
     assert max(speaking) <= settings.min_chunk_s + 0.1
     assert all(value == 0.0 for kind, value in seen if kind == "decoded")
     assert streamer.state is StreamState.IDLE and streamer.backlog_s == 0.0
+
+
+def _syllables(seconds: float) -> np.ndarray:
+    """A tone broken by a 0.1 s gap every 0.5 s (within the VAD's hangover): the noise floor
+    stays low, so it is speech all along, as a long utterance is."""
+    audio = _tone(seconds)
+    for start in np.arange(0.4, seconds, 0.5):
+        audio[round(start * SAMPLE_RATE) : round((start + 0.1) * SAMPLE_RATE)] = 0.0
+    return audio
+
+
+def _decodes_of_a_tone(*, partials: bool, tone_s: float) -> int:
+    stand_in = _CountingStandIn()
+    settings = StreamingSettings(min_chunk_s=2.0)
+    streamer = StreamingTranscriber(stand_in, settings=settings, clock=lambda: 0.0)  # type: ignore[arg-type]
+    audio = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), _syllables(tone_s)])
+    features = log_mel(np.concatenate([audio, np.zeros(2 * SAMPLE_RATE, np.float32)]))
+    for start in range(0, features.shape[1], 10):
+        streamer.push(features[:, start : start + 10], partials=partials)
+    assert streamer.state is StreamState.IDLE
+    return stand_in.decodes
+
+
+def test_a_busy_recognizer_skips_partial_decodes_with_stand_in_transcriber() -> None:
+    # 7 s of speech: a decode every 2 s for partials, then the one at the speech offset.
+    assert _decodes_of_a_tone(partials=True, tone_s=7.0) == 4
+    # Busy: the offset decode alone makes the words final.
+    assert _decodes_of_a_tone(partials=False, tone_s=7.0) == 1
+    # A monologue past trim_after_s (10 s) is still decoded, so the buffer stays bounded.
+    assert _decodes_of_a_tone(partials=False, tone_s=14.0) >= 2
