@@ -68,6 +68,7 @@ from daemon.peers import (
     sanitize_peer_name,
 )
 from daemon.rpc import RpcHandlerError
+from daemon.rpc_calls import call_rpc_handlers
 from daemon.rpc_server import prepare_socket_path, serve_rpc
 from daemon.scheduler import RoundInProgressError, RoundScheduler, RoundSettings, checkpoint_version
 from daemon.status_view import key_change_dicts, peer_rows
@@ -554,6 +555,7 @@ async def open_node(
             handlers = {
                 **node.rpc_handlers(),
                 **{name: node.counted(name, h) for name, h in jobs_handlers.items()},
+                **{n: node.counted(n, h) for n, h in call_rpc_handlers(node, nursery).items()},
             }
             await nursery.start(serve_rpc, home.socket_path, handlers)
             await nursery.start(node.job_runner.run)

@@ -53,6 +53,7 @@ from daemon.calls import (
     CallRecord,
     CallRequest,
     CallSessionHandler,
+    ListenSettings,
     dial_peer,
     make_call_handler,
     measure_voice,
@@ -171,9 +172,10 @@ def trained_caller_checkpoint(
 
 
 def script_audio(
-    sentences: Sequence[str] = SCRIPT_SENTENCES,
+    sentences: Sequence[str] = SCRIPT_SENTENCES, min_s: float = 0.0
 ) -> npt.NDArray[np.float32]:
-    """The caller's script read by its voice: lead-in, sentences with pauses, tail (16 kHz)."""
+    """The caller's script read by its voice: lead-in, sentences with pauses, tail (16 kHz),
+    padded with silence to at least ``min_s`` seconds."""
     from simulations.harvard import HELDOUT_SENTENCES
 
     unknown = [s for s in sentences if s not in HELDOUT_SENTENCES]
@@ -193,7 +195,38 @@ def script_audio(
             pieces.append(pause)
         pieces.append(load_audio(by_text[text]))
     pieces.append(np.zeros(round(TAIL_S * SAMPLE_RATE), dtype=np.float32))
+    audio = np.concatenate(pieces)
+    short = round(min_s * SAMPLE_RATE) - audio.shape[0]
+    if short > 0:
+        audio = np.concatenate([audio, np.zeros(short, dtype=np.float32)])
+    return audio
+
+
+#: The callee's voice in two-way calls: espeak-ng's Brazilian Portuguese at a calm 150 wpm.
+TWO_WAY_VOICE: Final = "pt-br"
+CALM_WPM: Final = 150
+
+
+def two_way_portuguese_audio(sentences: Sequence[str]) -> npt.NDArray[np.float32]:
+    """The callee's script (Portuguese, espeak-ng) with the caller's lead-in, pauses and tail."""
+    from media.tts import EspeakSynthesizer
+
+    synthesizer = EspeakSynthesizer("pt", voice_name=TWO_WAY_VOICE)
+    pieces = [np.zeros(round(LEAD_IN_S * SAMPLE_RATE), dtype=np.float32)]
+    for index, sentence in enumerate(sentences):
+        if index:
+            pieces.append(np.zeros(round(PAUSE_S * SAMPLE_RATE), dtype=np.float32))
+        speech = synthesizer._run(sentence, words_per_minute=CALM_WPM)
+        pieces.append(speech.at_rate(SAMPLE_RATE).samples)
+    pieces.append(np.zeros(round(TAIL_S * SAMPLE_RATE), dtype=np.float32))
     return np.concatenate(pieces)
+
+
+def write_wav(path: Path, audio: npt.NDArray[np.float32]) -> None:
+    """16 kHz mono 16-bit WAV (what ``call.input`` and ``parley call --in`` read)."""
+    from simulations.corpus import write_float_wav
+
+    write_float_wav(path, audio, SAMPLE_RATE)
 
 
 # -- two nodes and a call ---------------------------------------------------------------------
@@ -218,7 +251,9 @@ def loopback_node_config(
     config = config.replace(
         "discovery", mdns=False, interfaces=("127.0.0.1",), static_peers=static_peers
     )
-    return config.replace("fl", round_interval_min=0).replace("web", enabled=web)
+    config = config.replace("fl", round_interval_min=0).replace("web", enabled=web)
+    # No sound devices: a test node answers listen-only unless the test gives it audio.
+    return config.replace("call", input="none", output="none")
 
 
 @dataclass(slots=True)
@@ -250,16 +285,22 @@ async def open_call_pair(
     listener_language: str = "pt",
     names: tuple[str, str] = ("caller", "listener"),
     listener_web_port: int | None = None,
+    listener_checkpoint: Path | None = None,
+    listener_input: str = "none",
 ) -> AsyncIterator[CallPair]:
     """Two nodes on loopback that know and trust each other; the listener serves calls.
 
     Their homes are ``root/<name>`` (existing homes, e.g. from ``parley init``, are used).
     With ``listener_web_port`` (0: any free port) the listener serves its web page too.
+    Two-way calls: ``listener_checkpoint`` is the listener's codec and ``listener_input`` its
+    ``call.input`` (a recording it plays into every call it answers).
     """
     caller_name, listener_name = names
     caller_home, caller_id = make_node_home(root, caller_name)
     listener_home, listener_id = make_node_home(root, listener_name)
     shutil.copyfile(caller_checkpoint, caller_home.models_dir / "codec.ckpt")
+    if listener_checkpoint is not None:
+        shutil.copyfile(listener_checkpoint, listener_home.models_dir / "codec.ckpt")
     handler_ref: list[CallSessionHandler] = []
 
     async def serve(session: Any, info: Any) -> None:
@@ -270,7 +311,7 @@ async def open_call_pair(
             open_node(
                 listener_home,
                 loopback_node_config(listener_name, web=listener_web_port is not None).replace(
-                    "call", language=listener_language
+                    "call", language=listener_language, input=listener_input
                 ),
                 NodeOptions(listen_port=0, session_handler=serve, web_port=listener_web_port),
             )
@@ -308,6 +349,7 @@ async def call_over_loopback(
     request: CallRequest,
     out_base: Path | None = None,
     on_update: Callable[[CallerCaptions], None] | None = None,
+    listen: ListenSettings | None = None,
 ) -> LoopbackCall:
     """Place one call from ``pair.caller`` to ``pair.listener`` (the caller's real path)."""
     caller = pair.caller
@@ -342,6 +384,7 @@ async def call_over_loopback(
                 voice=voice,
                 request=request,
                 captions=captions,
+                listen=listen,
             )
         finally:
             captions.close()
