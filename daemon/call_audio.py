@@ -121,7 +121,10 @@ class Playout:
     into our monotonic clock (their stream started when their ``CallStart`` arrived), so each
     utterance's mouth-to-ear delay is measured where it is heard."""
 
-    def __init__(self, speaker: Speaker) -> None:
+    def __init__(self, buffer: PlayoutBuffer, speaker: Speaker | None = None) -> None:
+        #: ``speaker`` None: the caller pulls ``buffer`` itself at real time (a bench's
+        #: stand-in for a sound device; the playout logic is the same).
+        self.buffer = buffer
         self.speaker = speaker
         self._next_id = 0
         self._speech_ends: dict[int, float] = {}
@@ -130,13 +133,14 @@ class Playout:
 
     @property
     def underruns(self) -> int:
-        return self.speaker.playout.underruns + self.speaker.device_underruns
+        device = self.speaker.device_underruns if self.speaker is not None else 0
+        return self.buffer.underruns + device
 
     def play(self, samples: npt.NDArray[np.float32], rate_hz: int, speech_end_s: float) -> None:
         """Queue one utterance (called from the listener's worker thread)."""
         self._next_id += 1
         self._speech_ends[self._next_id] = speech_end_s
-        self.speaker.playout.add(self._next_id, samples, rate_hz=rate_hz, final=True)
+        self.buffer.add(self._next_id, samples, rate_hz=rate_hz, final=True)
 
     def measured(self) -> list[float]:
         """Mouth-to-ear of every utterance heard so far (seconds)."""
@@ -144,15 +148,16 @@ class Playout:
             return []
         heard = [
             played.heard_at_s - (self.clock_offset_s + self._speech_ends[played.utterance_id])
-            for played in self.speaker.playout.started
+            for played in self.buffer.started
             if played.heard_at_s is not None and played.utterance_id in self._speech_ends
         ]
         self.mouth_to_ear_s = heard
         return heard
 
     def close(self) -> None:
-        self.speaker.drain(timeout_s=2.0)
-        self.speaker.close()
+        if self.speaker is not None:
+            self.speaker.drain(timeout_s=2.0)
+            self.speaker.close()
 
 
 def output_device_spec(spec: str) -> str | None:
@@ -172,6 +177,7 @@ async def open_output(spec: str, *, canceller: EchoCanceller | None = None) -> P
     device = await trio.to_thread.run_sync(find_device, output_device_spec(spec), Direction.OUTPUT)
     rate = round(device.default_rate_hz)
     on_played = canceller.device_reference(rate) if canceller is not None else None
-    speaker = Speaker(device, PlayoutBuffer(sample_rate_hz=rate), on_played=on_played)
+    buffer = PlayoutBuffer(sample_rate_hz=rate)
+    speaker = Speaker(device, buffer, on_played=on_played)
     await trio.to_thread.run_sync(speaker.open)
-    return Playout(speaker)
+    return Playout(buffer, speaker)

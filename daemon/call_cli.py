@@ -129,6 +129,10 @@ def _caller_summary(
             for language, finals in captions.finals.items()
         },
         "captions_rejected": captions.rejected,
+        "end_reason": outcome.summary.reason.value if outcome.summary is not None else None,
+        # Two-way: what we made of the callee's speech (None when it did not speak to us).
+        "heard": outcome.listener_summary,
+        "not_listening": outcome.not_listening or None,
     }
 
 
@@ -182,6 +186,7 @@ def call_command(
         CallError,
         CallModels,
         CallRequest,
+        ListenSettings,
         dial_peer,
         measure_voice,
         place_call,
@@ -316,6 +321,11 @@ def call_command(
                         ),
                         captions=captions,
                         call_id=call_id,
+                        # Two-way: when the callee trusts us and speaks, we hear it too
+                        # (its speech and captions go to --out; see the listener files).
+                        listen=ListenSettings(
+                            models=models, call_dir=out_dir / "received", limits=CallLimits()
+                        ),
                     )
                 finally:
                     captions.close()
@@ -331,7 +341,7 @@ def call_command(
     summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     console = Console()
     console.print(render_call_summary(summary))
-    for path in [*captions.paths, summary_path]:
+    for path in [*captions.paths, summary_path, *outcome.listener_files]:
         print(path)
 
 

@@ -142,10 +142,6 @@ class ListenerRun:
         )
         self._cues_send, self._cues_receive = trio.open_memory_channel[Cue](math.inf)
         self._input_closed = False
-        #: Audio (seconds) the recognizer has processed, and cues waiting for translation.
-        self._recognized_s = 0.0
-        self._cues_waiting = 0
-        self._progress = trio.Event()
         self.failures: list[str] = []
         self.finished = trio.Event()
 
@@ -174,16 +170,6 @@ class ListenerRun:
                 "overloaded", "the listener cannot keep up with the audio"
             ) from None
 
-    async def caught_up(self) -> None:
-        """Wait until everything received so far is recognized and its cues translated (a
-        graceful hang-up: the last captions still reach the peer)."""
-        target = self.intake.audio_s
-        while not self.finished.is_set() and (
-            self._recognized_s < target - 1e-6 or self._cues_waiting > 0
-        ):
-            self._progress = trio.Event()
-            await self._progress.wait()
-
     def end_of_audio(self) -> None:
         """No more frames: the tasks flush and :meth:`run` returns."""
         self._input_closed = True
@@ -197,7 +183,6 @@ class ListenerRun:
                 workers.start_soon(self._guarded, self._translate, workers)
         finally:
             self.finished.set()
-            self._progress.set()
 
     async def _guarded(self, stage: Callable[[], Awaitable[None]], workers: trio.Nursery) -> None:
         # A failure of our own models or disk ends this listener, not the node.
@@ -221,12 +206,10 @@ class ListenerRun:
                         break
                 started = time.monotonic()
                 result = await trio.to_thread.run_sync(self.pipeline.recognize, batch)
-                audio_s = sum(codes.shape[0] for codes in batch) / self._frame_rate
                 if self._load is not None:
+                    audio_s = sum(codes.shape[0] for codes in batch) / self._frame_rate
                     self._load.recognized(self._load_key, audio_s, time.monotonic() - started)
                 await self._deliver(result)
-                self._recognized_s += audio_s
-                self._progress.set()
             result = await trio.to_thread.run_sync(self.pipeline.finish_recognition)
             await self._deliver(result)
 
@@ -236,12 +219,9 @@ class ListenerRun:
                 captions = await trio.to_thread.run_sync(self.pipeline.translate, cue)
                 if captions and self._send_captions is not None:
                     await self._send_captions(captions)
-                self._cues_waiting -= 1
-                self._progress.set()
 
     async def _deliver(self, result: RecognizeResult) -> None:
         if result.captions and self._send_captions is not None:
             await self._send_captions(result.captions)
         for cue in result.cues:
-            self._cues_waiting += 1
             await self._cues_send.send(cue)

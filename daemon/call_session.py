@@ -18,10 +18,11 @@ The call's logic lives in :mod:`media.call_protocol` (sans-IO). This shell only 
   peer's ``CallEnd``).
 
 Ending. A local hang-up (``hang_up`` event, or a finite source running out when
-``hang_up_when_source_ends``) flushes our encoder, sends our ``CallEnd`` and keeps listening
-until the peer's ``CallEnd`` (its final captions of our speech come first). The peer's
-``CallEnd`` first (``PeerEnding``): we stop our audio, flush our listener so its last captions
-reach the peer, then send our ``CallEnd`` with our listener summary. A limit the peer breaks
+``hang_up_when_source_ends``) stops our audio (flushing our encoder), closes our listener's
+input and lets it flush, so its last captions of the peer's speech still reach the peer, then
+sends our ``CallEnd`` with our listener summary and waits for the peer's (its final captions
+of our speech come first). The peer's ``CallEnd`` first (``PeerEnding``): the same, and our
+``CallEnd`` ends the call. A limit the peer breaks
 ends the call at once (``CallEndReason.LIMIT``). Whatever ended the call, our listener is
 flushed locally afterwards (bounded by :data:`FLUSH_TIMEOUT_S`) so our user's files are whole.
 """
@@ -64,9 +65,6 @@ __all__ = ["AudioSource", "CallResult", "FileSource", "OurMedia", "run_call"]
 
 #: After the call ended, our listener gets this long to flush its last captions locally.
 FLUSH_TIMEOUT_S: Final = 60.0
-#: A local hang-up waits at most this long for our listener to catch up with what the peer
-#: said so far, so its last captions still reach the peer before our CallEnd.
-HANG_UP_GRACE_S: Final = 5.0
 #: The timer re-reads the machine's deadline at least this often.
 TIMER_STEP_S: Final = 0.5
 
@@ -385,14 +383,13 @@ class _CallShell:
         if self._sender is not None and self._speaking_started:
             tail = await trio.to_thread.run_sync(self._sender.finish)
             self._send_frames(tail)
-        if peer_first and self._listener is not None:
-            # Their audio is over: flush our listener so its last captions reach them.
+        if self._listener is not None:
+            # Either way the call is over for our listener: flush it (Whisper's last words,
+            # the translator's queue) so its last captions reach the peer before our CallEnd.
+            # Their frames still in flight after a hang-up of ours are dropped.
             self._listener.end_of_audio()
             with trio.move_on_after(FLUSH_TIMEOUT_S):
                 await self._listener.finished.wait()
-        elif self._listener is not None:
-            with trio.move_on_after(HANG_UP_GRACE_S):
-                await self._listener.caught_up()
         if self._ended.is_set() or self._protocol.our_end_sent:
             return
         summary = self._wire_summary(self._listener) if self._wire_summary is not None else ""

@@ -503,6 +503,7 @@ async def _answered_call(call: _Incoming) -> bool:
             )
     # Our side: codec, voice and (when the caller can decode us) our audio.
     can_decode_us = session.trust_decision is TrustDecision.TRUSTED and info.trust == "trusted"
+    answered_at = [arrived]
     media = (
         await service.our_media(start, can_decode_us, live)
         if service.our_media is not None
@@ -516,13 +517,13 @@ async def _answered_call(call: _Incoming) -> bool:
             call_dir=call_dir,
             limits=service.limits,
             streaming=service.streaming,
-            clock=lambda: time.monotonic() - arrived,
+            # Their audio starts when our answer reaches them: its clock starts at our answer.
+            clock=lambda: time.monotonic() - answered_at[0],
             load=service.load,
             load_key=load_key,
             on_speech=media.playout.play if media.playout is not None else None,
         )
         if media.playout is not None:
-            media.playout.clock_offset_s = arrived
             live.measure_mouth_to_ear = media.playout.measured
     except (CallLimitError, CallError, MediaError, OSError) as error:
         if media.playout is not None:
@@ -530,6 +531,9 @@ async def _answered_call(call: _Incoming) -> bool:
         detail = f"cannot start the call: {error}"
         return await _decline(call, CallEndReason.FAILURE, detail)
     live.call_dir = call_dir
+    answered_at[0] = time.monotonic()
+    if media.playout is not None:
+        media.playout.clock_offset_s = answered_at[0]
     protocol.answer(
         CallStart(
             call_id=start.call_id,
@@ -712,7 +716,7 @@ def _ended_by(summary: CallSummary | None, violation: CallLimitError | None) -> 
     if violation is not None:
         return f"limit:{violation.code}"
     if summary is None:
-        return "in progress"
+        return "ending"  # our listener's summary for our CallEnd: the call is not over yet
     reason = summary.reason
     if reason is CallEndReason.PEER_LEFT:
         return "caller_left" if summary.role is CallRole.CALLEE else "callee_left"
@@ -745,8 +749,8 @@ def _summary(
         failures=failures,
         frames={"messages": intake.messages, "frames": intake.frames, "bytes": intake.bytes},
         clock=(
-            "seconds since CallStart arrived; the speaker paces audio in real time from "
-            "CallStart, so latency = listener time - audio time"
+            "seconds since we answered; the speaker paces its audio in real time from our "
+            "answer, so latency = listener time - audio time"
         ),
     )
 
@@ -816,6 +820,7 @@ __all__ = [
     "CallSessionHandler",
     "CallerCaptions",
     "ListenSettings",
+    "OurMediaFactory",
     "dial_peer",
     "make_call_handler",
     "measure_voice",

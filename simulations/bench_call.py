@@ -46,6 +46,9 @@ from codec.config import CodecConfig
 from codec.model import new_model
 from codec.pretrained import DEFAULT_CHECKPOINT
 from common.atomic import write_atomic
+from daemon.call_audio import Playout
+from daemon.call_registry import LiveCall
+from daemon.call_session import OurMedia
 from daemon.calls import (
     CallerCaptions,
     CallModels,
@@ -54,9 +57,11 @@ from daemon.calls import (
     CallRequest,
     CallSessionHandler,
     ListenSettings,
+    OurMediaFactory,
     dial_peer,
     make_call_handler,
     measure_voice,
+    node_media,
     place_call,
 )
 from daemon.config import Config, render_default_config
@@ -68,10 +73,12 @@ from daemon.node import NodeOptions, RunningNode, open_node
 from fl.config import TrainConfig
 from handshake.noise import StaticIdentity
 from media.audio import load_audio
+from media.audio_devices import PlayoutBuffer
 from media.call_receiver import CallLimits
 from media.features import SAMPLE_RATE
 from media.latency import percentile
 from media.wer import wer
+from schemas.messages import CallStart
 from simulations.corpus import VoiceEngine, VoiceSpec, build_corpus, default_cache_dir
 
 CALLER_VOICE: Final = VoiceSpec(id="piper-joe", engine=VoiceEngine.PIPER, voice="joe")
@@ -287,6 +294,7 @@ async def open_call_pair(
     listener_web_port: int | None = None,
     listener_checkpoint: Path | None = None,
     listener_input: str = "none",
+    listener_playout: Playout | None = None,
 ) -> AsyncIterator[CallPair]:
     """Two nodes on loopback that know and trust each other; the listener serves calls.
 
@@ -316,7 +324,10 @@ async def open_call_pair(
                 NodeOptions(listen_port=0, session_handler=serve, web_port=listener_web_port),
             )
         )
-        handler = make_call_handler(listener, models=models, limits=limits)
+        our_media = node_media(listener, models)
+        if listener_playout is not None:
+            our_media = _with_playout(our_media, listener_playout)
+        handler = make_call_handler(listener, models=models, limits=limits, our_media=our_media)
         assert isinstance(handler, CallSessionHandler)
         handler_ref.append(handler)
         static = (f"127.0.0.1:{listener.listen_port}:{listener_id.public_key.hex()}",)
@@ -340,6 +351,15 @@ async def open_call_pair(
         )
         listener.peers.trust(caller_id.public_key.hex())
         yield CallPair(caller=caller, listener=listener, handler=handler)
+
+
+def _with_playout(factory: OurMediaFactory, playout: Playout) -> OurMediaFactory:
+    async def media(start: CallStart, can_decode_us: bool, live: LiveCall) -> OurMedia:
+        ours = await factory(start, can_decode_us, live)
+        ours.playout = playout
+        return ours
+
+    return media
 
 
 async def call_over_loopback(
@@ -562,3 +582,149 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- two-way calls (issue 14): both people speaking at once ------------------------------------
+
+#: The callee's script: Portuguese lines of the language evaluation set (report material).
+TWO_WAY_PT_LINES: Final = 4
+#: The caller's script: held-out Harvard sentences, read by piper's "joe".
+TWO_WAY_EN_SENTENCES: Final = 4
+#: The virtual speaker pulls this much audio at a time (a sound device's period).
+PLAYOUT_BLOCK_S: Final = 0.02
+
+
+async def _pull_at_real_time(buffer: PlayoutBuffer) -> None:
+    """Consume ``buffer`` as a speaker would, dating each block when it is pulled."""
+    frames = round(PLAYOUT_BLOCK_S * buffer.sample_rate_hz)
+    t0 = trio.current_time()
+    blocks = 0
+    while True:
+        blocks += 1
+        await trio.sleep_until(t0 + blocks * PLAYOUT_BLOCK_S)
+        buffer.pull(frames, block_heard_at_s=time.monotonic())
+
+
+def _direction(
+    summary: dict[str, Any], playout: Playout, heard_srt: Path, script: Sequence[str]
+) -> dict[str, Any]:
+    import srt
+
+    heard = (
+        [" ".join(c.content.split()) for c in srt.parse(heard_srt.read_text())]
+        if heard_srt.is_file()
+        else []
+    )
+    delays = sorted(playout.measured())
+    return {
+        "caption_latency_p50_s": _p(summary, "caption", "p50_s"),
+        "caption_latency_p95_s": _p(summary, "caption", "p95_s"),
+        "mouth_to_ear_p50_s": percentile(delays, 50) if delays else None,
+        "mouth_to_ear_p95_s": percentile(delays, 95) if delays else None,
+        "utterances_heard": len(delays),
+        "underruns": playout.underruns,
+        "wer": wer(" ".join(script), " ".join(heard)),
+        "captions": heard,
+    }
+
+
+async def _bench_two_way(root: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    from media.echo import measure_erle
+    from simulations.language_sentences import load_sentences
+
+    checkpoint = trained_caller_checkpoint(progress=progress)
+    pt_script = load_sentences().by_language["pt"][:TWO_WAY_PT_LINES]
+    en_script = SCRIPT_SENTENCES[:TWO_WAY_EN_SENTENCES]
+    pt_audio = two_way_portuguese_audio(pt_script)
+    en_audio = script_audio(en_script, pt_audio.shape[0] / SAMPLE_RATE + 3.0)
+    ana_input = root / "ana-speaks.wav"
+    write_wav(ana_input, pt_audio)
+    models = CallModels(cache_dir=root / "whisper-cache")
+    progress("loading Whisper (tiny.en, base), both translators and both voices")
+    await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    await trio.to_thread.run_sync(models.prepare, "pt", "en")
+    ana_playout = Playout(PlayoutBuffer(sample_rate_hz=SAMPLE_RATE))
+    ben_playout = Playout(PlayoutBuffer(sample_rate_hz=SAMPLE_RATE))
+    ben_dir = root / "ben-call"
+    ben_dir.mkdir()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    async with trio.open_nursery() as speakers:
+        speakers.start_soon(_pull_at_real_time, ana_playout.buffer)
+        speakers.start_soon(_pull_at_real_time, ben_playout.buffer)
+        async with open_call_pair(
+            root,
+            caller_checkpoint=checkpoint,
+            models=models,
+            listener_language="pt",
+            listener_checkpoint=checkpoint,
+            listener_input=str(ana_input),
+            listener_playout=ana_playout,
+            names=("ben", "ana"),
+        ) as pair:
+            progress(
+                f"calling: ben speaks {en_audio.shape[0] / SAMPLE_RATE:.0f} s of English while "
+                f"ana speaks {pt_audio.shape[0] / SAMPLE_RATE:.0f} s of Portuguese"
+            )
+            call = await call_over_loopback(
+                pair,
+                audio=en_audio,
+                request=CallRequest(speaker_language="en", listener_language="pt"),
+                out_base=ben_dir / "ours",
+                listen=ListenSettings(models=models, call_dir=ben_dir, playout=ben_playout),
+            )
+        await trio.sleep(2.0)  # the last utterances play out
+        speakers.cancel_scope.cancel()
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    call_s = call.outcome.summary.duration_s if call.outcome.summary is not None else call.wall_s
+    ana_dir = call.record.call_dir
+    assert ana_dir is not None
+    progress("measuring echo cancellation (ERLE) on the echo test signal")
+    erle = await trio.to_thread.run_sync(measure_erle)
+    return {
+        "two_way": {
+            "a_to_b": _direction(
+                call.record.summary or {}, ana_playout, ana_dir / "call.en.srt", en_script
+            ),
+            "b_to_a": _direction(
+                call.outcome.listener_summary or {},
+                ben_playout,
+                ben_dir / "call.pt.srt",
+                pt_script,
+            ),
+            "erle_db": erle["erle_db"],
+            "nodes": {
+                "cpu_s_per_call_s": cpu_s / call_s / 2 if call_s > 0 else None,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 / 2,
+            },
+            "call_s": call_s,
+            "note": (
+                "a = ben (caller, English, piper joe through his enrolled codec), b = ana "
+                "(callee, Portuguese: the first lines of simulations/language_data/"
+                "evaluation.tsv read by espeak-ng pt-br through the same codec); both speak at "
+                "once, file-fed at real time, both nodes on loopback in this process. "
+                "caption latency = end of an utterance in the speaker's audio -> its final "
+                "caption at the listener (listener clock from the answer). mouth-to-ear = end "
+                "of the utterance -> first sample of its translated speech leaving the "
+                "listener's playout buffer, pulled at real time in 20 ms blocks by a stand-in "
+                "for the sound device (no device latency added). wer = listener's source "
+                "captions against the speaker's script. nodes: this one process holds both "
+                "nodes, so the figures are the process's CPU seconds per call second and peak "
+                "RSS, each divided by 2. erle_db: media.echo.measure_erle (evaluation signal)."
+            ),
+        }
+    }
+
+
+def run_two_way(
+    json_path: Path | None = None, *, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """``parley bench call --two-way``: both directions at once; write the JSON if asked."""
+    import tempfile
+
+    say = progress if progress is not None else (lambda text: print(text, file=sys.stderr))
+    with tempfile.TemporaryDirectory(prefix="pcb2", dir="/tmp") as scratch:
+        result: dict[str, Any] = trio.run(_bench_two_way, Path(scratch), say)
+    if json_path is not None:
+        write_atomic(Path(json_path), json.dumps(result, indent=2).encode(), mode=0o644)
+    return result

@@ -116,27 +116,24 @@ async def test_both_people_speak_and_each_hears_the_other_in_their_language(
         assert _cue_texts(ben_dir / "call.en.srt") == _expected_translation(
             ben_dir / "call.pt.srt", ben_heard, pt_to_en
         )
+        finals = call.captions.finals
         for speech_path in (ana_dir / "received.pt.wav", ben_dir / "received.en.wav"):
             with wave.open(str(speech_path)) as speech:
                 assert speech.getnframes() > speech.getframerate(), speech_path
 
         # Each side got the other's captions of its own speech, in both languages.
-        finals = call.captions.finals
         assert [c.text for c in finals["en"]] == ana_heard
         assert [c.text for c in finals["pt"]] == en_to_pt
-        debug = outcome.listener_summary or {}
-        assert _cue_texts(ana_dir / "ours.pt.srt") == ben_heard, (
-            debug.get("latency"),
-            debug.get("counts"),
-            call.record.summary and call.record.summary.get("counts"),
-            outcome.summary,
-        )
+        assert _cue_texts(ana_dir / "ours.pt.srt") == ben_heard
         assert _cue_texts(ana_dir / "ours.en.srt") == _expected_translation(
             ana_dir / "ours.pt.srt", ben_heard, pt_to_en
         )
-        # Both directions at once: Ana's speech and Ben's overlapped on the wire.
+        # Both directions at once: Ben heard all of Ana's recording (then her quiet room)
+        # while he spoke; the call lasted about as long as his recording.
         listener_summary = outcome.listener_summary
         assert listener_summary is not None
-        assert listener_summary["audio_s"] == pytest.approx(pt_audio.shape[0] / 16000, abs=0.3)
+        assert listener_summary["audio_s"] >= pt_audio.shape[0] / 16000 - 0.3
+        assert call.record.summary is not None
+        assert call.record.summary["audio_s"] == pytest.approx(en_audio.shape[0] / 16000, abs=0.3)
         assert call.record.summary is not None
         assert call.record.summary["ended_by"] == "caller"
