@@ -10,7 +10,7 @@ naming it.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,7 @@ class MicSource:
         self._canceller = canceller
         self.on_level = on_level
 
-    async def chunks(self) -> AsyncIterator[npt.NDArray[np.float32]]:
+    async def chunks(self) -> AsyncGenerator[npt.NDArray[np.float32], None]:
         self.microphone.open()
         try:
             while True:
@@ -133,8 +133,14 @@ class Playout:
 
     @property
     def underruns(self) -> int:
-        device = self.speaker.device_underruns if self.speaker is not None else 0
-        return self.buffer.underruns + device
+        """Utterances that ran dry mid-way (the next piece of speech came late)."""
+        return self.buffer.underruns
+
+    @property
+    def device_underruns(self) -> int:
+        """Blocks the sound device reported as late (PortAudio's output underflow flag; the
+        ALSA ``pulse`` plugin raises it when the process is starved of CPU): counted apart."""
+        return self.speaker.device_underruns if self.speaker is not None else 0
 
     def play(self, samples: npt.NDArray[np.float32], rate_hz: int, speech_end_s: float) -> None:
         """Queue one utterance (called from the listener's worker thread)."""

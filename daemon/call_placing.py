@@ -160,7 +160,7 @@ async def start_call(
     )
     live.call_dir = new_call_dir(service, call_id)
     if playout is not None:
-        live.measure_mouth_to_ear = playout.measured
+        live.playout = playout
     if isinstance(source, MicSource):
         source.on_level = lambda level: setattr(live, "input_level_db", round(level, 1))
     service.live.add(live)

@@ -11,15 +11,18 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from media.call_protocol import CallProtocol, CallRole, CallState, CallSummary
 from schemas.messages import Caption
+
+if TYPE_CHECKING:
+    from daemon.call_audio import Playout
 
 __all__ = ["KEEP_ENDED", "MAX_LIVE_CAPTIONS", "CaptionLine", "LiveCall", "LiveCalls"]
 
@@ -70,7 +73,8 @@ class LiveCall:
     #: The latest mouth-to-ear delay of the peer's speech we played (seconds): read from the
     #: playout when there is one.
     mouth_to_ear_s: float | None = None
-    measure_mouth_to_ear: Callable[[], list[float]] | None = None
+    #: Where the peer's speech plays (mouth-to-ear, underruns), when a speaker does.
+    playout: Playout | None = None
     captions: deque[CaptionLine] = field(default_factory=lambda: deque(maxlen=MAX_LIVE_CAPTIONS))
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -87,8 +91,8 @@ class LiveCall:
             )
 
     def as_dict(self, *, since: int = 0) -> dict[str, object]:
-        if self.measure_mouth_to_ear is not None:
-            measured = self.measure_mouth_to_ear()
+        if self.playout is not None:
+            measured = self.playout.measured()
             if measured:
                 self.mouth_to_ear_s = round(measured[-1], 3)
         summary = self.summary
@@ -102,6 +106,10 @@ class LiveCall:
             "folder": str(self.call_dir) if self.call_dir is not None else None,
             "input_level_db": self.input_level_db,
             "mouth_to_ear_s": self.mouth_to_ear_s,
+            "underruns": self.playout.underruns if self.playout is not None else None,
+            "device_underruns": (
+                self.playout.device_underruns if self.playout is not None else None
+            ),
             "captions": [line.as_dict() for line in self.captions if line.index > since],
             "ended": None
             if summary is None

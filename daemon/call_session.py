@@ -29,9 +29,10 @@ flushed locally afterwards (bounded by :data:`FLUSH_TIMEOUT_S`) so our user's fi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -72,7 +73,7 @@ TIMER_STEP_S: Final = 0.5
 class AudioSource(Protocol):
     """Our user's audio: 16 kHz mono float32 chunks as they are spoken (real time)."""
 
-    def chunks(self) -> AsyncIterator[npt.NDArray[np.float32]]: ...
+    def chunks(self) -> AsyncGenerator[npt.NDArray[np.float32], None]: ...
 
 
 class FileSource:
@@ -98,7 +99,7 @@ class FileSource:
         self._pace = pace
         self.then_silence = then_silence
 
-    async def chunks(self) -> AsyncIterator[npt.NDArray[np.float32]]:
+    async def chunks(self) -> AsyncGenerator[npt.NDArray[np.float32], None]:
         t0 = trio.current_time()
         for first in range(0, self.samples.shape[0], self._batch):
             chunk = self.samples[first : first + self._batch]
@@ -217,6 +218,8 @@ class _CallShell:
         self._listener_refused = False
         self._speaking = trio.CancelScope()
         self._speaking_started = False
+        self._speaks = False
+        self._spoken = trio.Event()
         self._ending_started = False
         self._violation: CallLimitError | None = None
         self._nursery: trio.Nursery | None = None
@@ -332,16 +335,27 @@ class _CallShell:
         self._speaking_started = True
         assert self._nursery is not None
         if self._sender is not None and self._source is not None:
+            self._speaks = True
             self._nursery.start_soon(self._speak)
 
     async def _speak(self) -> None:
         assert self._sender is not None and self._source is not None
-        with self._speaking:
-            async for chunk in self._source.chunks():
-                frames = await trio.to_thread.run_sync(self._sender.push, chunk)
-                self._send_frames(frames)
-            if self._hang_up_when_source_ends:
-                self._hang_up.set()
+        try:
+            with self._speaking:
+                # aclosing: a microphone's generator closes its stream here, not at GC.
+                async with contextlib.aclosing(self._source.chunks()) as chunks:
+                    async for chunk in chunks:
+                        frames = await trio.to_thread.run_sync(self._sender.push, chunk)
+                        self._send_frames(frames)
+                if self._hang_up_when_source_ends:
+                    self._hang_up.set()
+        finally:
+            # The encoder's tail, from this task only: a push may still be running in a
+            # worker thread when we are cancelled, and the encoder is not thread-safe.
+            with trio.CancelScope(shield=True):
+                tail = await trio.to_thread.run_sync(self._sender.finish)
+                self._send_frames(tail)
+                self._spoken.set()
 
     def _send_frames(self, frames: Sequence[CodecFrames]) -> None:
         protocol = self._protocol
@@ -380,9 +394,8 @@ class _CallShell:
 
     async def _end(self, peer_first: bool) -> None:
         self._speaking.cancel()
-        if self._sender is not None and self._speaking_started:
-            tail = await trio.to_thread.run_sync(self._sender.finish)
-            self._send_frames(tail)
+        if self._speaks:
+            await self._spoken.wait()  # our encoder's tail went out (see _speak)
         if self._listener is not None:
             # Either way the call is over for our listener: flush it (Whisper's last words,
             # the translator's queue) so its last captions reach the peer before our CallEnd.

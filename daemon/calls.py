@@ -284,8 +284,11 @@ class CallSessionHandler:
         # progress holds it until the call ends (the call has its own limits).
         lifetime = info.lifetime()
         while not lifetime.over:
-            with trio.move_on_at(lifetime.deadline):
-                message = await session.receive_message()
+            try:
+                with trio.move_on_at(lifetime.deadline):
+                    message = await session.receive_message()
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the caller closed the session after its call (its Bye was the call's)
             if lifetime.over or isinstance(message, Bye):
                 return
             if isinstance(message, Ping):
@@ -524,7 +527,7 @@ async def _answered_call(call: _Incoming) -> bool:
             on_speech=media.playout.play if media.playout is not None else None,
         )
         if media.playout is not None:
-            live.measure_mouth_to_ear = media.playout.measured
+            live.playout = media.playout
     except (CallLimitError, CallError, MediaError, OSError) as error:
         if media.playout is not None:
             media.playout.close()

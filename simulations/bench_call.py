@@ -294,14 +294,17 @@ async def open_call_pair(
     listener_web_port: int | None = None,
     listener_checkpoint: Path | None = None,
     listener_input: str = "none",
+    listener_output: str = "none",
     listener_playout: Playout | None = None,
+    listener_media: OurMediaFactory | None = None,
 ) -> AsyncIterator[CallPair]:
     """Two nodes on loopback that know and trust each other; the listener serves calls.
 
     Their homes are ``root/<name>`` (existing homes, e.g. from ``parley init``, are used).
     With ``listener_web_port`` (0: any free port) the listener serves its web page too.
     Two-way calls: ``listener_checkpoint`` is the listener's codec and ``listener_input`` its
-    ``call.input`` (a recording it plays into every call it answers).
+    ``call.input`` (a recording it plays into every call it answers); ``listener_media``
+    replaces the listener's own media (a test's stand-in room).
     """
     caller_name, listener_name = names
     caller_home, caller_id = make_node_home(root, caller_name)
@@ -319,12 +322,12 @@ async def open_call_pair(
             open_node(
                 listener_home,
                 loopback_node_config(listener_name, web=listener_web_port is not None).replace(
-                    "call", language=listener_language, input=listener_input
+                    "call", language=listener_language, input=listener_input, output=listener_output
                 ),
                 NodeOptions(listen_port=0, session_handler=serve, web_port=listener_web_port),
             )
         )
-        our_media = node_media(listener, models)
+        our_media = listener_media if listener_media is not None else node_media(listener, models)
         if listener_playout is not None:
             our_media = _with_playout(our_media, listener_playout)
         handler = make_call_handler(listener, models=models, limits=limits, our_media=our_media)
