@@ -66,8 +66,14 @@ async def test_a_call_rings_and_is_answered_declined_or_timed_out_over_the_rpc()
             assert isinstance(placed, dict) and placed["role"] == "caller"
             rings = await _until(ringing, "a ringing call")
             assert rings[0]["role"] == "callee" and rings[0]["call_id"] == placed["call_id"]
-            status = pair.listener.status()["calls"]
-            assert isinstance(status, dict) and status["live"][0]["state"] == "ringing"
+            status = pair.listener.status()
+            calls_status = status["calls"]
+            assert isinstance(calls_status, dict)
+            assert calls_status["live"][0]["state"] == "ringing"
+            # What `parley status` prints on its "calls" line.
+            from daemon.status_view import _calls
+
+            assert f"RINGING {rings[0]['call_id']} from " in _calls(calls_status)
             await call(callee_socket, "call.hangup", {"call_id": rings[0]["call_id"]})
             end = await _until(lambda: ended(placed["call_id"]), "the decline")
             assert end["reason"] == CallEndReason.DECLINED.value
