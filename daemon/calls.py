@@ -1,7 +1,7 @@
 """Calls on the node: the service that answers them, shared by both roles' shells.
 
-Theory of operation (DESIGN.md §8)
-----------------------------------
+Theory of operation (docs/design.md, "Calls")
+---------------------------------------------
 Calls are symmetric (issue 14): the caller rings with its ``CallStart``; this node, the callee,
 checks it, answers with its own ``CallStart`` (our codec, voice and language), and from then on
 both sides send their own user's audio as ``CodecFrames`` on the one session and each runs the
@@ -192,6 +192,21 @@ class CallService:
     our_language: str = "en"
     #: The calls ringing or running now (``parley calls``, ``parley answer/hangup``).
     live: LiveCalls = field(default_factory=LiveCalls)
+    #: Where the calls this node places for its user run (RPC ``call.place``): set while
+    #: :meth:`serve_placed_calls` runs in the node's nursery.
+    placed_calls: trio.Nursery | None = None
+
+    async def serve_placed_calls(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hold the nursery the calls we place run in, for as long as the node runs."""
+        async with trio.open_nursery() as nursery:
+            self.placed_calls = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.placed_calls = None
 
     def calls_dir(self) -> Path:
         return self.home_root / CALLS_DIR

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from daemon.call_errors import CallError
 from daemon.call_registry import LiveCall
 from daemon.rpc import RpcHandlerError
@@ -23,7 +21,7 @@ if TYPE_CHECKING:
     from daemon.call_node import CallNode
     from daemon.calls import CallService
 
-__all__ = ["call_rpc_handlers"]
+__all__ = ["call_methods"]
 
 Handler = Callable[[Any], Awaitable[object]]
 
@@ -42,8 +40,10 @@ def _int(params: Any, name: str, default: int | None = None) -> int:
     return value
 
 
-def call_rpc_handlers(node: CallNode, nursery: trio.Nursery) -> dict[str, Handler]:
-    """The call methods for ``node``'s RPC server; calls it places run in ``nursery``."""
+def call_methods(node: CallNode) -> dict[str, Handler]:
+    """The call methods for ``node``'s RPC server (one entry of ``daemon.node.RPC_METHODS``);
+    calls it places run in the call service's own nursery
+    (:meth:`daemon.calls.CallService.serve_placed_calls`)."""
 
     def service() -> CallService:
         if node.call_service is None:
@@ -67,8 +67,10 @@ def call_rpc_handlers(node: CallNode, nursery: trio.Nursery) -> dict[str, Handle
             speaker_language=_text(params, "from", required=False) or node.config.call.language,
             input=_text(params, "in", required=False) or node.config.call.input,
         )
+        if calls.placed_calls is None:
+            raise RpcHandlerError("no_calls", "this node does not place calls")
         try:
-            call = await start_call(nursery, node, calls, request)
+            call = await start_call(calls.placed_calls, node, calls, request)
         except (CallError, MediaError) as error:
             raise RpcHandlerError("call_refused", str(error)) from None
         return call.as_dict()
