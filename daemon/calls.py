@@ -302,8 +302,10 @@ class CallSessionHandler:
             try:
                 with trio.move_on_at(lifetime.deadline):
                     message = await session.receive_message()
-            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the caller closed the session after its call (its Bye was the call's)
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                # The caller closed the session after its call (its Bye was read by the call).
+                # A broken session (a bad frame) propagates: the connection manager counts it.
+                return
             if lifetime.over or isinstance(message, Bye):
                 return
             if isinstance(message, Ping):
