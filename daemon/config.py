@@ -105,6 +105,22 @@ def _check_language(value: Any) -> str | None:
     return None
 
 
+def _check_call_input(value: Any) -> str | None:
+    """``mic``, ``mic:NAME|INDEX``, ``none`` or a recording that exists."""
+    if value in ("mic", "none") or (value.startswith("mic:") and value[4:].strip()):
+        return None
+    if Path(value).expanduser().is_file():
+        return None
+    return f"must be 'mic', 'mic:NAME', 'none' or an audio file that exists, got {_show(value)}"
+
+
+def _check_call_output(value: Any) -> str | None:
+    """``speaker``, ``speaker:NAME|INDEX`` or ``none``."""
+    if value in ("speaker", "none") or (value.startswith("speaker:") and value[8:].strip()):
+        return None
+    return f"must be 'speaker', 'speaker:NAME' or 'none', got {_show(value)}"
+
+
 def _check_folder(value: Any) -> str | None:
     """Empty (the embedded default) or a folder that exists."""
     if value == "" or Path(value).expanduser().is_dir():
@@ -311,6 +327,30 @@ class CallSection(_Section):
         "Refuse a new call as busy when the speech recognizer's backlog would make captions "
         "later than this (seconds).",
         in_range(0.5, 3600),
+    )
+    answer: str = setting(
+        "trusted",
+        "'trusted' (answer trusted peers at once, others ring), 'ask' (every call rings until "
+        "'parley answer ID') or 'never' (decline every call).",
+        one_of("trusted", "ask", "never"),
+    )
+    ring_timeout_s: float = setting(
+        30.0, "A ringing call nobody answers ends after this long (seconds).", in_range(5, 600)
+    )
+    input: str = setting(
+        "mic",
+        "Our audio in calls this node answers: 'mic', 'mic:NAME' (see 'parley devices'), "
+        "'none' (listen only) or an audio file played at real time.",
+        _check_call_input,
+    )
+    output: str = setting(
+        "speaker",
+        "Where the other side's translated speech plays: 'speaker', 'speaker:NAME' or 'none' "
+        "(it is always written to the call's folder too).",
+        _check_call_output,
+    )
+    echo_cancellation: bool = setting(
+        True, "Cancel our played speech from the microphone (when the output is a speaker)."
     )
 
 

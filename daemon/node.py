@@ -70,6 +70,7 @@ from daemon.peers import (
     format_peer_id,
     sanitize_peer_name,
 )
+from daemon.rpc_calls import call_methods
 from daemon.rpc_handlers import (
     MethodsOf,
     job_methods,
@@ -348,6 +349,7 @@ async def _discover(node: RunningNode) -> None:
 RPC_METHODS: Final[tuple[MethodsOf, ...]] = (
     node_methods,
     job_methods,
+    call_methods,
 )
 
 
@@ -484,6 +486,8 @@ async def open_node(
             handlers = serve_methods(node, RPC_METHODS, node.faults)
             await nursery.start(serve_rpc, home.socket_path, handlers)
             await nursery.start(node.job_runner.run)
+            if node.call_service is not None:  # the calls we place (RPC call.place) run here
+                await nursery.start(node.call_service.serve_placed_calls)
             if config.web.enabled:
                 from daemon.web.server import serve_node_web
 

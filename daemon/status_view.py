@@ -93,6 +93,9 @@ def _calls(calls: Mapping[str, Any] | None) -> str:
     if not calls:
         return "-"
     text = f"{calls['active']} active (at most {calls['max']})"
+    ringing = [c for c in calls.get("live") or [] if c.get("state") == "ringing"]
+    for call in ringing:  # call.answer = "ask": 'parley answer ID' takes it
+        text += f"; RINGING {call['call_id']} from {call['peer']}"
     recent = calls.get("recent") or []
     if recent:
         last = recent[-1]

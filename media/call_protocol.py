@@ -267,6 +267,8 @@ class CallSummary:
     captions_received: int
     #: The peer's listener summary from its ``CallEnd`` (JSON text, unchecked), "" if none.
     their_summary_json: str
+    #: The reason the peer's ``CallEnd`` gave (None: it sent none), even when ours came first.
+    their_reason: CallEndReason | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -365,9 +367,11 @@ class CallProtocol:
         self._answered_at: float | None = None
         self._ending_at: float | None = None
         self._we_sent_end = False
+        self._our_end: CallEnd | None = None
         self._they_sent_end = False
         self._first_end: tuple[CallEndReason, str, bool] | None = None
         self._their_summary_json = ""
+        self._their_reason: CallEndReason | None = None
         self._frames_sent = 0
         self._frames_received = 0
         self._captions_sent = 0
@@ -394,6 +398,16 @@ class CallProtocol:
     def summary(self) -> CallSummary | None:
         """Set once the call is ENDED."""
         return self._summary
+
+    @property
+    def our_end(self) -> CallEnd | None:
+        """The ``CallEnd`` we sent (None: none yet)."""
+        return self._our_end
+
+    @property
+    def our_end_sent(self) -> bool:
+        """Our ``CallEnd`` went out: no more frames or captions from us."""
+        return self._we_sent_end
 
     @property
     def late_messages(self) -> int:
@@ -483,6 +497,14 @@ class CallProtocol:
         self._state = CallState.ENDING
         return []
 
+    def abort(self, reason: CallEndReason, detail: str = "") -> list[CallEvent]:
+        """End now, without waiting for the peer's ``CallEnd`` (a limit the peer broke, our own
+        failure): our ``CallEnd`` goes out unless it already did."""
+        self._refuse_if_error()
+        if self._state in (CallState.ENDED, CallState.IDLE):
+            self._fail_locally(f"cannot abort the call while {self._state.value}")
+        return self._end(reason, detail, by_us=True, send=True)
+
     def session_broken(self) -> list[CallEvent]:
         """The session under the call broke: the call ends, nothing is sent."""
         if self._state in (CallState.ENDED, CallState.ERROR):
@@ -503,7 +525,10 @@ class CallProtocol:
         if self._state in (CallState.ANSWERED, CallState.IN_CALL):
             seconds = f"{self._timeouts.max_duration_s:g}"
             return self._end(
-                CallEndReason.MAX_DURATION, f"the call reached {seconds} s", by_us=True, send=True
+                CallEndReason.MAX_DURATION,
+                f"the call reached this node's longest call ({seconds} s)",
+                by_us=True,
+                send=True,
             )
         # ENDING, our CallEnd out, theirs never came.
         return self._end(CallEndReason.END_TIMEOUT, "", by_us=True, send=False)
@@ -583,6 +608,7 @@ class CallProtocol:
         if self._they_sent_end:
             return self._violation("a second CallEnd")
         reason, detail = parse_end_reason(end.reason)
+        self._their_reason = reason
         self._their_summary_json = end.summary_json
         self._they_sent_end = True
         if self._state is CallState.RINGING:
@@ -622,13 +648,12 @@ class CallProtocol:
     def _send_end(self, reason: CallEndReason, detail: str, summary_json: str) -> None:
         assert self._call_id is not None
         self._we_sent_end = True
-        self._outbox.append(
-            CallEnd(
-                call_id=self._call_id,
-                reason=format_end_reason(reason, detail),
-                summary_json=summary_json,
-            )
+        self._our_end = CallEnd(
+            call_id=self._call_id,
+            reason=format_end_reason(reason, detail),
+            summary_json=summary_json,
         )
+        self._outbox.append(self._our_end)
 
     def _finish(self) -> list[CallEvent]:
         assert self._first_end is not None
@@ -653,6 +678,7 @@ class CallProtocol:
             captions_sent=self._captions_sent,
             captions_received=self._captions_received,
             their_summary_json=self._their_summary_json,
+            their_reason=self._their_reason,
         )
         self._state = CallState.ENDED
         return [CallEnded(self._summary)]

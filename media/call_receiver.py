@@ -438,7 +438,11 @@ class ListenerPipeline:
         call_dir: Path,
         clock: Callable[[], float],
         latency: LatencyStats | None = None,
+        on_speech: Callable[[npt.NDArray[np.float32], int, float], None] | None = None,
     ) -> None:
+        #: Hears each utterance of speech we synthesize (samples, rate, the audio time its
+        #: speech ended on the speaker's side): a live speaker's playout.
+        self._on_speech = on_speech
         self._start = start
         self._source = start.speaker_language
         self._target = start.listener_language
@@ -637,6 +641,10 @@ class ListenerPipeline:
             self.counts["tts_errors"] += 1
             return
         self.latency.add("tts", time.perf_counter() - started)
+        if self._on_speech is not None:
+            self._on_speech(
+                np.asarray(speech.samples, dtype=np.float32), speech.sample_rate, _speech_end(cue)
+            )
         if self._wav is None:
             # Private like every file the node writes (wave.open would create it 0644).
             descriptor = os.open(self._wav_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

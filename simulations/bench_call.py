@@ -46,6 +46,9 @@ from codec.config import CodecConfig
 from codec.model import new_model
 from codec.pretrained import DEFAULT_CHECKPOINT
 from common.atomic import write_atomic
+from daemon.call_audio import Playout
+from daemon.call_registry import LiveCall
+from daemon.call_session import OurMedia
 from daemon.calls import (
     CallerCaptions,
     CallError,
@@ -54,9 +57,12 @@ from daemon.calls import (
     CallRecord,
     CallRequest,
     CallSessionHandler,
+    ListenSettings,
+    OurMediaFactory,
     dial_peer,
     make_call_handler,
     measure_voice,
+    node_media,
     place_call,
 )
 from daemon.config import Config, render_default_config
@@ -68,10 +74,12 @@ from daemon.node import NodeOptions, RunningNode, open_node
 from fl.config import TrainConfig
 from handshake.noise import StaticIdentity
 from media.audio import load_audio
+from media.audio_devices import PlayoutBuffer
 from media.call_receiver import CallLimits
 from media.features import SAMPLE_RATE
 from media.latency import percentile
 from media.wer import wer
+from schemas.messages import CallStart
 from simulations.corpus import VoiceEngine, VoiceSpec, build_corpus, default_cache_dir
 
 CALLER_VOICE: Final = VoiceSpec(id="piper-joe", engine=VoiceEngine.PIPER, voice="joe")
@@ -172,9 +180,10 @@ def trained_caller_checkpoint(
 
 
 def script_audio(
-    sentences: Sequence[str] = SCRIPT_SENTENCES,
+    sentences: Sequence[str] = SCRIPT_SENTENCES, min_s: float = 0.0
 ) -> npt.NDArray[np.float32]:
-    """The caller's script read by its voice: lead-in, sentences with pauses, tail (16 kHz)."""
+    """The caller's script read by its voice: lead-in, sentences with pauses, tail (16 kHz),
+    padded with silence to at least ``min_s`` seconds."""
     from simulations.harvard import HELDOUT_SENTENCES
 
     unknown = [s for s in sentences if s not in HELDOUT_SENTENCES]
@@ -194,7 +203,38 @@ def script_audio(
             pieces.append(pause)
         pieces.append(load_audio(by_text[text]))
     pieces.append(np.zeros(round(TAIL_S * SAMPLE_RATE), dtype=np.float32))
+    audio = np.concatenate(pieces)
+    short = round(min_s * SAMPLE_RATE) - audio.shape[0]
+    if short > 0:
+        audio = np.concatenate([audio, np.zeros(short, dtype=np.float32)])
+    return audio
+
+
+#: The callee's voice in two-way calls: espeak-ng's Brazilian Portuguese at a calm 150 wpm.
+TWO_WAY_VOICE: Final = "pt-br"
+CALM_WPM: Final = 150
+
+
+def two_way_portuguese_audio(sentences: Sequence[str]) -> npt.NDArray[np.float32]:
+    """The callee's script (Portuguese, espeak-ng) with the caller's lead-in, pauses and tail."""
+    from media.tts import EspeakSynthesizer
+
+    synthesizer = EspeakSynthesizer("pt", voice_name=TWO_WAY_VOICE)
+    pieces = [np.zeros(round(LEAD_IN_S * SAMPLE_RATE), dtype=np.float32)]
+    for index, sentence in enumerate(sentences):
+        if index:
+            pieces.append(np.zeros(round(PAUSE_S * SAMPLE_RATE), dtype=np.float32))
+        speech = synthesizer._run(sentence, words_per_minute=CALM_WPM)
+        pieces.append(speech.at_rate(SAMPLE_RATE).samples)
+    pieces.append(np.zeros(round(TAIL_S * SAMPLE_RATE), dtype=np.float32))
     return np.concatenate(pieces)
+
+
+def write_wav(path: Path, audio: npt.NDArray[np.float32]) -> None:
+    """16 kHz mono 16-bit WAV (what ``call.input`` and ``parley call --in`` read)."""
+    from simulations.corpus import write_float_wav
+
+    write_float_wav(path, audio, SAMPLE_RATE)
 
 
 # -- two nodes and a call ---------------------------------------------------------------------
@@ -219,7 +259,9 @@ def loopback_node_config(
     config = config.replace(
         "discovery", mdns=False, interfaces=("127.0.0.1",), static_peers=static_peers
     )
-    return config.replace("fl", round_interval_min=0).replace("web", enabled=web)
+    config = config.replace("fl", round_interval_min=0).replace("web", enabled=web)
+    # No sound devices: a test node answers listen-only unless the test gives it audio.
+    return config.replace("call", input="none", output="none")
 
 
 @dataclass(slots=True)
@@ -252,17 +294,27 @@ async def open_call_pair(
     names: tuple[str, str] = ("caller", "listener"),
     listener_web_port: int | None = None,
     listener_call: Mapping[str, Any] | None = None,
+    listener_checkpoint: Path | None = None,
+    listener_input: str = "none",
+    listener_output: str = "none",
+    listener_playout: Playout | None = None,
+    listener_media: OurMediaFactory | None = None,
 ) -> AsyncIterator[CallPair]:
     """Two nodes on loopback that know and trust each other; the listener serves calls.
 
     Their homes are ``root/<name>`` (existing homes, e.g. from ``parley init``, are used).
     With ``listener_web_port`` (0: any free port) the listener serves its web page too;
     ``listener_call`` overrides settings of the listener's ``[call]`` section.
+    Two-way calls: ``listener_checkpoint`` is the listener's codec and ``listener_input`` its
+    ``call.input`` (a recording it plays into every call it answers); ``listener_media``
+    replaces the listener's own media (a test's stand-in room).
     """
     caller_name, listener_name = names
     caller_home, caller_id = make_node_home(root, caller_name)
     listener_home, listener_id = make_node_home(root, listener_name)
     shutil.copyfile(caller_checkpoint, caller_home.models_dir / "codec.ckpt")
+    if listener_checkpoint is not None:
+        shutil.copyfile(listener_checkpoint, listener_home.models_dir / "codec.ckpt")
     handler_ref: list[CallSessionHandler] = []
 
     async def serve(session: Any, info: Any) -> None:
@@ -273,12 +325,19 @@ async def open_call_pair(
             open_node(
                 listener_home,
                 loopback_node_config(listener_name, web=listener_web_port is not None).replace(
-                    "call", language=listener_language, **(listener_call or {})
+                    "call",
+                    language=listener_language,
+                    input=listener_input,
+                    output=listener_output,
+                    **(listener_call or {}),
                 ),
                 NodeOptions(listen_port=0, session_handler=serve, web_port=listener_web_port),
             )
         )
-        handler = make_call_handler(listener, models=models, limits=limits)
+        our_media = listener_media if listener_media is not None else node_media(listener, models)
+        if listener_playout is not None:
+            our_media = _with_playout(our_media, listener_playout)
+        handler = make_call_handler(listener, models=models, limits=limits, our_media=our_media)
         assert isinstance(handler, CallSessionHandler)
         handler_ref.append(handler)
         static = (f"127.0.0.1:{listener.listen_port}:{listener_id.public_key.hex()}",)
@@ -304,6 +363,15 @@ async def open_call_pair(
         yield CallPair(caller=caller, listener=listener, handler=handler)
 
 
+def _with_playout(factory: OurMediaFactory, playout: Playout) -> OurMediaFactory:
+    async def media(start: CallStart, can_decode_us: bool, live: LiveCall) -> OurMedia:
+        ours = await factory(start, can_decode_us, live)
+        ours.playout = playout
+        return ours
+
+    return media
+
+
 async def call_over_loopback(
     pair: CallPair,
     *,
@@ -311,6 +379,7 @@ async def call_over_loopback(
     request: CallRequest,
     out_base: Path | None = None,
     on_update: Callable[[CallerCaptions], None] | None = None,
+    listen: ListenSettings | None = None,
 ) -> LoopbackCall:
     """Place one call from ``pair.caller`` to ``pair.listener`` (the caller's real path)."""
     caller = pair.caller
@@ -345,6 +414,7 @@ async def call_over_loopback(
                 voice=voice,
                 request=request,
                 captions=captions,
+                listen=listen,
             )
         finally:
             captions.close()
@@ -543,3 +613,149 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- two-way calls (issue 14): both people speaking at once ------------------------------------
+
+#: The callee's script: Portuguese lines of the language evaluation set (report material).
+TWO_WAY_PT_LINES: Final = 4
+#: The caller's script: held-out Harvard sentences, read by piper's "joe".
+TWO_WAY_EN_SENTENCES: Final = 4
+#: The virtual speaker pulls this much audio at a time (a sound device's period).
+PLAYOUT_BLOCK_S: Final = 0.02
+
+
+async def _pull_at_real_time(buffer: PlayoutBuffer) -> None:
+    """Consume ``buffer`` as a speaker would, dating each block when it is pulled."""
+    frames = round(PLAYOUT_BLOCK_S * buffer.sample_rate_hz)
+    t0 = trio.current_time()
+    blocks = 0
+    while True:
+        blocks += 1
+        await trio.sleep_until(t0 + blocks * PLAYOUT_BLOCK_S)
+        buffer.pull(frames, block_heard_at_s=time.monotonic())
+
+
+def _direction(
+    summary: dict[str, Any], playout: Playout, heard_srt: Path, script: Sequence[str]
+) -> dict[str, Any]:
+    import srt
+
+    heard = (
+        [" ".join(c.content.split()) for c in srt.parse(heard_srt.read_text())]
+        if heard_srt.is_file()
+        else []
+    )
+    delays = sorted(playout.measured())
+    return {
+        "caption_latency_p50_s": _p(summary, "caption", "p50_s"),
+        "caption_latency_p95_s": _p(summary, "caption", "p95_s"),
+        "mouth_to_ear_p50_s": percentile(delays, 50) if delays else None,
+        "mouth_to_ear_p95_s": percentile(delays, 95) if delays else None,
+        "utterances_heard": len(delays),
+        "underruns": playout.underruns,
+        "wer": wer(" ".join(script), " ".join(heard)),
+        "captions": heard,
+    }
+
+
+async def _bench_two_way(root: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    from media.echo import measure_erle
+    from simulations.language_sentences import load_sentences
+
+    checkpoint = trained_caller_checkpoint(progress=progress)
+    pt_script = load_sentences().by_language["pt"][:TWO_WAY_PT_LINES]
+    en_script = SCRIPT_SENTENCES[:TWO_WAY_EN_SENTENCES]
+    pt_audio = two_way_portuguese_audio(pt_script)
+    en_audio = script_audio(en_script, pt_audio.shape[0] / SAMPLE_RATE + 3.0)
+    ana_input = root / "ana-speaks.wav"
+    write_wav(ana_input, pt_audio)
+    models = CallModels(cache_dir=root / "whisper-cache")
+    progress("loading Whisper (tiny.en, base), both translators and both voices")
+    await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    await trio.to_thread.run_sync(models.prepare, "pt", "en")
+    ana_playout = Playout(PlayoutBuffer(sample_rate_hz=SAMPLE_RATE))
+    ben_playout = Playout(PlayoutBuffer(sample_rate_hz=SAMPLE_RATE))
+    ben_dir = root / "ben-call"
+    ben_dir.mkdir()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    async with trio.open_nursery() as speakers:
+        speakers.start_soon(_pull_at_real_time, ana_playout.buffer)
+        speakers.start_soon(_pull_at_real_time, ben_playout.buffer)
+        async with open_call_pair(
+            root,
+            caller_checkpoint=checkpoint,
+            models=models,
+            listener_language="pt",
+            listener_checkpoint=checkpoint,
+            listener_input=str(ana_input),
+            listener_playout=ana_playout,
+            names=("ben", "ana"),
+        ) as pair:
+            progress(
+                f"calling: ben speaks {en_audio.shape[0] / SAMPLE_RATE:.0f} s of English while "
+                f"ana speaks {pt_audio.shape[0] / SAMPLE_RATE:.0f} s of Portuguese"
+            )
+            call = await call_over_loopback(
+                pair,
+                audio=en_audio,
+                request=CallRequest(speaker_language="en", listener_language="pt"),
+                out_base=ben_dir / "ours",
+                listen=ListenSettings(models=models, call_dir=ben_dir, playout=ben_playout),
+            )
+        await trio.sleep(2.0)  # the last utterances play out
+        speakers.cancel_scope.cancel()
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    call_s = call.outcome.summary.duration_s if call.outcome.summary is not None else call.wall_s
+    ana_dir = call.record.call_dir
+    assert ana_dir is not None
+    progress("measuring echo cancellation (ERLE) on the echo test signal")
+    erle = await trio.to_thread.run_sync(measure_erle)
+    return {
+        "two_way": {
+            "a_to_b": _direction(
+                call.record.summary or {}, ana_playout, ana_dir / "call.en.srt", en_script
+            ),
+            "b_to_a": _direction(
+                call.outcome.listener_summary or {},
+                ben_playout,
+                ben_dir / "call.pt.srt",
+                pt_script,
+            ),
+            "erle_db": erle["erle_db"],
+            "nodes": {
+                "cpu_s_per_call_s": cpu_s / call_s / 2 if call_s > 0 else None,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 / 2,
+            },
+            "call_s": call_s,
+            "note": (
+                "a = ben (caller, English, piper joe through his enrolled codec), b = ana "
+                "(callee, Portuguese: the first lines of simulations/language_data/"
+                "evaluation.tsv read by espeak-ng pt-br through the same codec); both speak at "
+                "once, file-fed at real time, both nodes on loopback in this process. "
+                "caption latency = end of an utterance in the speaker's audio -> its final "
+                "caption at the listener (listener clock from the answer). mouth-to-ear = end "
+                "of the utterance -> first sample of its translated speech leaving the "
+                "listener's playout buffer, pulled at real time in 20 ms blocks by a stand-in "
+                "for the sound device (no device latency added). wer = listener's source "
+                "captions against the speaker's script. nodes: this one process holds both "
+                "nodes, so the figures are the process's CPU seconds per call second and peak "
+                "RSS, each divided by 2. erle_db: media.echo.measure_erle (evaluation signal)."
+            ),
+        }
+    }
+
+
+def run_two_way(
+    json_path: Path | None = None, *, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """``parley bench call --two-way``: both directions at once; write the JSON if asked."""
+    import tempfile
+
+    say = progress if progress is not None else (lambda text: print(text, file=sys.stderr))
+    with tempfile.TemporaryDirectory(prefix="pcb2", dir="/tmp") as scratch:
+        result: dict[str, Any] = trio.run(_bench_two_way, Path(scratch), say)
+    if json_path is not None:
+        write_atomic(Path(json_path), json.dumps(result, indent=2).encode(), mode=0o644)
+    return result

@@ -204,12 +204,21 @@ def bench_call(
     calls: Annotated[
         int, typer.Option("--calls", min=1, max=64, help="Calls at once; >1: the worst call.")
     ] = 1,
+    two_way: Annotated[
+        bool,
+        typer.Option(
+            "--two-way", help="Both people speaking at once: per-direction figures, echo, nodes."
+        ),
+    ] = False,
 ) -> None:
     """A real paced call over loopback: caption latency, ASR speed, memory."""
     import json
 
-    from simulations.bench_call import run
+    from simulations.bench_call import run, run_two_way
 
+    if two_way:
+        print(json.dumps(run_two_way(json_path), indent=2))
+        return
     print(json.dumps(run(json_path, calls=calls), indent=2))
 
 

@@ -1,4 +1,4 @@
-"""``make demo``: two nodes, one translated call, on this machine only.
+"""``make demo``: two nodes, one two-way translated call (English ↔ Portuguese), on this machine.
 
 1. ``parley init`` makes two node homes (alice calls, bob listens) in a temporary folder.
 2. Alice's codec is enrolled on recordings of her voice (piper's "joe" reading Harvard sentences
@@ -6,10 +6,14 @@
    machine trains it.
 3. Both nodes start on 127.0.0.1 and find each other as static peers; each trusts the other
    (``parley peers trust``), so the handshake carries alice's codec bundle to bob.
-4. Alice calls bob and reads held-out Harvard sentences (never trained on) at real time. Bob's
-   node decodes her codec frames, captions them with Whisper, translates the captions to
-   Portuguese and speaks them; the captions come back to alice live and are printed here.
-5. The files bob's node wrote and the call's latency summary are printed at the end.
+4. Alice calls bob and reads held-out Harvard sentences (never trained on) at real time; bob's
+   node answers (he trusts her) and plays his ``call.input``, Portuguese sentences read by
+   espeak-ng, at the same time. Each node decodes the other's codec frames, captions them with
+   Whisper, translates the captions and speaks them in its user's language; each side's
+   captions of the other's speech go back to the speaker. Both sides' captions are printed
+   live (file-fed: no sound devices needed).
+5. Where each side's received speech was written, the files and the latency summary are
+   printed at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import trio
 from rich.console import Console
 
 from daemon.call_cli import render_call_summary
-from daemon.calls import CallerCaptions, CallModels, CallRequest
+from daemon.calls import CallerCaptions, CallModels, CallRequest, ListenSettings
 from daemon.cli import main as parley
 from daemon.node import RunningNode
 from daemon.web.auth import TOKEN_FILE_NAME
@@ -38,6 +42,8 @@ from simulations.bench_call import (
     open_call_pair,
     script_audio,
     trained_caller_checkpoint,
+    two_way_portuguese_audio,
+    write_wav,
 )
 
 #: About 15 s of speech: the demo must finish within two minutes.
@@ -47,6 +53,12 @@ DEMO_SCRIPT = (
     "The cup cracked and spilled its contents.",
     "Guess the results from the first scores.",
     "The birch trees were bare and lonely.",
+)
+#: Bob's side, at the same time (espeak-ng's Brazilian voice).
+BOB_SCRIPT = (
+    "Bom dia, eu estou ouvindo você muito bem.",
+    "Hoje o tempo está bonito aqui na cidade.",
+    "Vamos conversar de novo amanhã à tarde.",
 )
 
 console = Console(highlight=False, soft_wrap=True)
@@ -68,20 +80,31 @@ class _LivePrinter:
                 self._print(caption)
         self._shown = len(captions.all)
 
+    def theirs(self, captions: object) -> None:
+        """Alice's node's captions of bob's speech (called with each batch)."""
+        for caption in captions if isinstance(captions, list | tuple) else []:
+            if isinstance(caption, Caption) and caption.final:
+                self._print(caption, who="bob  ")
+
     @staticmethod
-    def _print(caption: Caption) -> None:
+    def _print(caption: Caption, who: str = "alice") -> None:
         style = "cyan" if caption.language == "en" else "green"
         console.print(
-            f"   [{style}]{caption.language}[/{style}] "
+            f"   {who} [{style}]{caption.language}[/{style}] "
             f"{caption.start_s:5.1f}-{caption.end_s:5.1f} s  {caption.text}"
         )
 
 
 async def _call(root: Path, checkpoint: Path) -> None:
-    audio = script_audio(DEMO_SCRIPT)
-    models = CallModels()
-    _step("loading Whisper tiny.en, the en→pt translator and the pt voice")
+    bob_audio = two_way_portuguese_audio(BOB_SCRIPT)
+    bob_input = root / "bob-speaks.wav"
+    write_wav(bob_input, bob_audio)
+    # Alice talks over bob from the start and goes on past him, then hangs up.
+    audio = script_audio(DEMO_SCRIPT, bob_audio.shape[0] / SAMPLE_RATE + 3.0)
+    models = CallModels(cache_dir=root / "whisper-cache")
+    _step("loading Whisper (tiny.en, base), both translators and both voices")
     await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    await trio.to_thread.run_sync(models.prepare, "pt", "en")
     _step("starting both nodes on 127.0.0.1; alice and bob trust each other")
     async with open_call_pair(
         root,
@@ -89,6 +112,8 @@ async def _call(root: Path, checkpoint: Path) -> None:
         models=models,
         names=("alice", "bob"),
         listener_web_port=0,
+        listener_checkpoint=checkpoint,
+        listener_input=str(bob_input),
     ) as pair:
         bob = pair.listener
         console.print(f"   bob listens on 127.0.0.1:{bob.listen_port}, id {bob.peer_id[:16]}")
@@ -96,15 +121,20 @@ async def _call(root: Path, checkpoint: Path) -> None:
             where = ", ".join(f"{host}:{port}" for host, port in peer.addresses)
             console.print(f"   alice knows {peer.name} at {where}: {peer.trust.value}")
         seconds = audio.shape[0] / SAMPLE_RATE
-        _step(f"alice calls bob and speaks {seconds:.0f} s of English (real time)")
+        _step(
+            f"alice calls bob and speaks {seconds:.0f} s of English (real time) while bob "
+            f"speaks {bob_audio.shape[0] / SAMPLE_RATE:.0f} s of Portuguese"
+        )
         out = root / "alice-received"
         out.mkdir()
+        printer = _LivePrinter()
         call = await call_over_loopback(
             pair,
             audio=audio,
             request=CallRequest(speaker_language="en", listener_language="pt"),
-            out_base=out / "call",
-            on_update=_LivePrinter(),
+            out_base=out / "ours",
+            on_update=printer,
+            listen=ListenSettings(models=models, call_dir=out, on_captions=printer.theirs),
         )
         _step("alice's recording goes to bob's web page to be captioned (its HTTP API)")
         await _caption_on_web(bob, audio, root / "alice-reads.wav")
@@ -118,9 +148,14 @@ async def _call(root: Path, checkpoint: Path) -> None:
         f"   Portuguese speech: {summary_of_call.get('speech_s', 0):.1f} s at "
         f"{summary_of_call.get('speech_sample_rate')} Hz in received.pt.wav"
     )
-    _step("alice received caption tracks:")
-    for path in call.captions.paths:
-        console.print(f"   {path}")
+    _step("alice's node wrote (bob's speech captioned in pt and en, and spoken in English):")
+    for path in sorted(out_files(root / "alice-received")):
+        console.print(f"   {path}  ({path.stat().st_size} bytes)")
+    heard = call.outcome.listener_summary or {}
+    console.print(
+        f"   English speech: {heard.get('speech_s', 0):.1f} s at "
+        f"{heard.get('speech_sample_rate')} Hz in {root / 'alice-received' / 'received.en.wav'}"
+    )
     summary: dict[str, object] = {
         "caller_latency": {"encode": call.outcome.encode_latency.summary("encode")},
         "callee": record.summary,
@@ -130,6 +165,10 @@ async def _call(root: Path, checkpoint: Path) -> None:
         "   latency = bob's clock when a caption is final minus when its last word was spoken "
         "(alice plays her audio in real time); network includes alice's 100 ms batching"
     )
+
+
+def out_files(folder: Path) -> list[Path]:
+    return [path for path in folder.iterdir() if path.is_file()]
 
 
 async def _caption_on_web(bob: RunningNode, audio: npt.NDArray[np.float32], wav: Path) -> None:

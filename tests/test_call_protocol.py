@@ -256,7 +256,9 @@ def test_the_call_ends_at_its_longest_duration() -> None:
     clock.now += 3600.0
     assert ended(callee.tick()).summary.reason is CallEndReason.MAX_DURATION
     events = deliver(callee, caller)
-    assert events == [PeerEnding(CallEndReason.MAX_DURATION, "the call reached 3600 s")]
+    assert events == [
+        PeerEnding(CallEndReason.MAX_DURATION, "the call reached this node's longest call (3600 s)")
+    ]
     ended(caller.hang_up(CallEndReason.COMPLETED))
     assert caller.summary is not None and caller.summary.reason is CallEndReason.MAX_DURATION
 

@@ -33,6 +33,7 @@ from daemon.connections import SessionInfo
 from handshake.handshake import TrustDecision
 from handshake.noise import StaticIdentity
 from handshake.stream import accept_session, initiate_session
+from media.call_protocol import CallEndReason, parse_end_reason
 from media.call_receiver import (
     LATENCY_STAGES,
     CallLimitError,
@@ -535,7 +536,11 @@ async def test_a_call_is_ended_at_the_longest_call_duration(tmp_path, call_model
             while not isinstance(reply, CallEnd):
                 reply = await caller.receive_message()
         nursery.cancel_scope.cancel()
-    assert reply.reason == "the call reached this node's longest call (2 s)"
+    # Typed on the wire now ("<code>: <detail>", media.call_protocol): the same words, coded.
+    assert parse_end_reason(reply.reason) == (
+        CallEndReason.MAX_DURATION,
+        "the call reached this node's longest call (2 s)",
+    )
     assert handler.service.history[-1].reason == reply.reason
     assert handler.service.active == 0 and rejections == []
     # The recognizer's batches were timed: the load measure has a decode speed.
