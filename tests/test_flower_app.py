@@ -46,30 +46,25 @@ with warnings.catch_warnings():
     )
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fl.flower_app import (
+    from fl.flower.client import LOCAL_MODEL_KEY, LOCAL_ONLY_MODEL_KEY, client_train_config
+    from fl.flower.data import load_prepared_client_data, speaker_variant
+    from fl.flower.records import (
         ARRAYS_KEY,
         CONFIG_KEY,
-        LOCAL_MODEL_KEY,
-        LOCAL_ONLY_MODEL_KEY,
         METRICS_KEY,
         PLAN_KEY,
-        REFERENCE_SAMPLE_COUNT,
+        arrays_to_state,
+        state_to_arrays,
+    )
+    from fl.flower.settings import (
         RUN_CONFIG_KEYS,
         ClientPlan,
         FlowerAppError,
         FlowerRunError,
-        PersonalizedFedAvg,
         ServerSettings,
-        arrays_to_state,
-        client_train_config,
-        evaluate_client,
-        load_client_data,
-        load_prepared_client_data,
-        speaker_variant,
-        state_to_arrays,
-        synthetic_client_data,
-        train_client,
     )
+    from fl.flower.strategy import REFERENCE_SAMPLE_COUNT, PersonalizedFedAvg
+    from simulations.flower_app import evaluate_client, train_client
     from simulations.flower_sim import (
         FLOWER_PROJECT_DIR,
         descendant_pids,
@@ -77,6 +72,8 @@ with warnings.catch_warnings():
         run_flower_simulation,
         small_plan,
     )
+    from simulations.flower_synthetic import load_any_client_data as load_client_data
+    from simulations.flower_synthetic import synthetic_client_data
 
 State = dict[str, np.ndarray]
 
@@ -181,8 +178,8 @@ def test_project_run_config_is_exactly_what_the_server_understands() -> None:
     project = tomllib.loads((FLOWER_PROJECT_DIR / "pyproject.toml").read_text())
     app = project["tool"]["flwr"]["app"]
     assert app["components"] == {
-        "serverapp": "fl.flower_app:server_app",
-        "clientapp": "fl.flower_app:client_app",
+        "serverapp": "simulations.flower_app:server_app",
+        "clientapp": "simulations.flower_app:client_app",
     }
     run_config = app["config"]
     assert set(run_config) == set(RUN_CONFIG_KEYS)
