@@ -29,7 +29,9 @@ Theory of operation
    personalized one (``alpha`` local). The local-only baseline trains the same number of steps
    with the same seeds on the same data and never aggregates. Held-out L1 and ΔWER are reported for
    the three models per speaker; ``personal_best_fraction`` is the share of speakers whose
-   personalized model has the lowest held-out L1.
+   personalized model has the lowest held-out L1. ``by_local_seconds`` adds the study of
+   :mod:`simulations.personalization_study`: every method of :mod:`fl.personalize` on unseen
+   voices with 5-60 s of audio each, best fractions with intervals.
 6. ``bundle_bytes``: the size of the encoded ``WeightsBundle`` wire message (int8, zlib) of a
    personalized codec, i.e. what the handshake carries.
 7. ``unseen``: the shipped codec and the lower-rate variants on speakers that no codec was
@@ -77,6 +79,7 @@ from simulations.corpus import (
     build_corpus,
     default_cache_dir,
 )
+from simulations.personalization_study import FULL_STUDY, QUICK_STUDY, run_study
 
 Progress = Callable[[str], None]
 
@@ -549,6 +552,13 @@ def run_eval(
 
     personalization, personal_state = run_personalization(
         chosen, speakers, scorer, clean_counts, report
+    )
+    personalization.update(
+        run_study(
+            dataclasses.replace(QUICK_STUDY if quick else FULL_STUDY, threads=chosen.threads),
+            cache_dir=cache_dir,
+            progress=report,
+        )
     )
     unseen_plan = dataclasses.replace(
         QUICK_UNSEEN if quick else FULL_UNSEEN, threads=chosen.threads

@@ -102,6 +102,12 @@ def test_quick_eval_produces_every_key(tmp_path: Path) -> None:
     assert fraction * 3 == pytest.approx(round(fraction * 3), abs=1e-3)  # rounded to 4 places
     assert 0 < result["bundle_bytes"] <= 50_000
 
+    study = personalization["by_local_seconds"]["5"]
+    assert set(study["best_fraction"]) == {"local", "fedavg", "fedavg_ft", "mix70", "apfl", "ditto"}
+    assert any(value > 0 for value in study["best_fraction"].values())
+    assert 0.0 <= study["default_best_fraction"] <= 1.0
+    assert len(study["clients"]) == 2
+
     unseen = result["unseen"]
     assert len(unseen["speakers"]) == 2 and unseen["utterances"] == 6
     assert {row["coding"] for row in unseen["settings"]} == {"fixed", "entropy"}

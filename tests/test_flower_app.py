@@ -563,3 +563,40 @@ def test_simulation_runs_the_node_aggregation_on_ray(tmp_path: Path) -> None:
         previous_global = result.global_state
     # FL did something: the global model moved away from the shared init.
     assert np.linalg.norm(_flat(previous_global) - _flat(init)) > 0.0
+
+
+# --- personalization methods shared with the study (fl.personalize) ---------------------------
+
+
+@pytest.mark.parametrize("method", ["fedavg", "fedavg_ft", "apfl", "ditto", "local"])
+def test_client_forms_its_personal_model_by_the_plans_method(
+    task_identity: None, method: str
+) -> None:
+    plan = dataclasses.replace(small_plan(seed=3), personalization=method)
+    assert ClientPlan.from_json(plan.to_json()) == plan
+    init = state_to_numpy(new_model(plan.codec))
+    context = _context(partition_id=1)
+    reply = train_client(_instruction(MessageType.TRAIN, plan, init, 1, 11), context)
+    trained = arrays_to_state(reply.content[ARRAYS_KEY])
+    # Every method's client step trains from the global model in round 1.
+    data = load_client_data(plan, 1, context.node_config)
+    model = new_model(plan.codec, init)
+    train_codec(model, data.train, client_train_config(plan, 1, 1))
+    for name, array in state_to_numpy(model).items():
+        np.testing.assert_allclose(trained[name], array, rtol=1e-5, atol=1e-6)
+    assert ("ditto-model" in context.state) == (method == "ditto")
+    losses = evaluate_client(
+        _instruction(MessageType.EVALUATE, plan, init, 1, 11), context
+    ).content[METRICS_KEY]
+    if method == "fedavg":
+        assert losses["personal-loss"] == pytest.approx(losses["global-loss"])
+    if method == "local":
+        assert losses["personal-loss"] == pytest.approx(losses["local-only-loss"])
+    assert 0.0 < losses["personal-loss"] < 5.0
+
+
+def test_an_unknown_personalization_is_refused() -> None:
+    with pytest.raises(FlowerAppError, match="personalization"):
+        dataclasses.replace(small_plan(), personalization="fedprox")
+    with pytest.raises(FlowerAppError, match="personalization"):
+        ServerSettings.from_run_config({"personalization": "best"})

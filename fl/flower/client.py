@@ -39,7 +39,7 @@ from fl.flower.records import (
     state_to_arrays,
 )
 from fl.flower.settings import ClientPlan, FlowerAppError
-from fl.personalize import personalize
+from fl.personalize import DITTO_LAMBDA, Method, training_start
 from fl.train import evaluate_l1, train_codec
 
 FloatArray = npt.NDArray[np.float32]
@@ -48,6 +48,8 @@ MetricValue = int | float | list[int] | list[float]
 #: Keys of the client's own state (``context.state``), which persists across rounds.
 LOCAL_MODEL_KEY: Final = "local-model"
 LOCAL_ONLY_MODEL_KEY: Final = "local-only-model"
+#: Ditto's personal model (``personalization = "ditto"``), trained beside the federated one.
+DITTO_MODEL_KEY: Final = "ditto-model"
 
 
 def _stored_state(context: Context, key: str, codec: CodecConfig) -> State | None:
@@ -117,10 +119,24 @@ def train_client(
     data = load_data(plan, partition_id, context.node_config)
     train_config = client_train_config(plan, round_number, partition_id)
 
+    method = Method(plan.personalization)
     local = _stored_state(context, LOCAL_MODEL_KEY, plan.codec)
-    start = global_state if local is None else personalize(local, global_state, plan.alpha)
+    start = training_start(
+        method,
+        local_state=local,
+        global_state=global_state,
+        alpha=plan.alpha,
+        loss=functools.partial(_training_loss, plan.codec, data),
+    )
     new_local = _train(plan.codec, start, data, train_config)
     context.state[LOCAL_MODEL_KEY] = state_to_arrays(new_local)
+    if method is Method.DITTO:
+        personal = _stored_state(context, DITTO_MODEL_KEY, plan.codec)
+        model = _model_with(plan.codec, global_state if personal is None else personal)
+        train_codec(
+            model, data.train, train_config, anchor=global_state, proximal_weight=DITTO_LAMBDA
+        )
+        context.state[DITTO_MODEL_KEY] = state_to_arrays(state_to_numpy(model))
     if plan.track_local_only:
         local_only = _stored_state(context, LOCAL_ONLY_MODEL_KEY, plan.codec)
         start = global_state if local_only is None else local_only
@@ -151,11 +167,13 @@ def evaluate_client(
     local = _stored_state(context, LOCAL_MODEL_KEY, plan.codec)
     if local is None:
         raise FlowerAppError("evaluate before any training round: no local model yet")
+    local_only = _stored_state(context, LOCAL_ONLY_MODEL_KEY, plan.codec)
     models = {
         "global-loss": global_state,
-        "personal-loss": personalize(local, global_state, plan.alpha),
+        "personal-loss": _personal_model(
+            context, plan, data, local=local, global_state=global_state, local_only=local_only
+        ),
     }
-    local_only = _stored_state(context, LOCAL_ONLY_MODEL_KEY, plan.codec)
     if local_only is not None:
         models["local-only-loss"] = local_only
     metrics: dict[str, MetricValue] = {
@@ -166,6 +184,41 @@ def evaluate_client(
         for key, state in models.items():
             metrics[key] = evaluate_l1(_model_with(plan.codec, state), data.heldout)
     return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=message)
+
+
+def _training_loss(codec: CodecConfig, data: ClientData, state: State) -> float:
+    return evaluate_l1(_model_with(codec, state), data.train)
+
+
+def _personal_model(
+    context: Context,
+    plan: ClientPlan,
+    data: ClientData,
+    *,
+    local: State,
+    global_state: State,
+    local_only: State | None,
+) -> State:
+    """The model the client would use now, by its plan's personalization method."""
+    method = Method(plan.personalization)
+    if method in (Method.MIX70, Method.APFL):
+        return training_start(
+            method,
+            local_state=local,
+            global_state=global_state,
+            alpha=plan.alpha,
+            loss=functools.partial(_training_loss, plan.codec, data),
+        )
+    if method is Method.FEDAVG:
+        return global_state
+    if method is Method.FEDAVG_FT:
+        return local  # last round's global model, trained on the client's own audio
+    if method is Method.DITTO:
+        personal = _stored_state(context, DITTO_MODEL_KEY, plan.codec)
+        return global_state if personal is None else personal
+    if local_only is None:
+        raise FlowerAppError("personalization 'local' needs track_local_only")
+    return local_only
 
 
 def make_client_app(load_data: ClientDataLoader = load_client_data) -> ClientApp:

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from codec.config import CodecConfig
 from fl.config import AggregationConfig, TrainConfig
 from fl.errors import FLError
+from fl.personalize import METHODS, Method
 
 FloatArray = npt.NDArray[np.float32]
 DataSource = Literal["synthetic", "prepared"]
@@ -46,6 +47,8 @@ class ClientPlan:
     codec: CodecConfig = field(default_factory=CodecConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     alpha: float = 0.7
+    #: How the client forms its personal model (:class:`fl.personalize.Method`).
+    personalization: str = Method.MIX70.value
     data_source: DataSource = "synthetic"
     #: Directory of prepared features (``"prepared"`` only); a node_config ``data-dir`` wins.
     data_dir: str = ""
@@ -59,6 +62,11 @@ class ClientPlan:
     def __post_init__(self) -> None:
         # alpha is checked by the same rules as the node's (AggregationConfig).
         _checked(AggregationConfig, alpha=self.alpha)
+        if self.personalization not in {method.value for method in METHODS}:
+            raise FlowerAppError(
+                f"personalization must be one of {[m.value for m in METHODS]}, "
+                f"got {self.personalization!r}"
+            )
         if self.data_source not in ("synthetic", "prepared"):
             raise FlowerAppError(
                 f"data source must be 'synthetic' or 'prepared', got {self.data_source!r}"
@@ -81,6 +89,7 @@ class ClientPlan:
                 "codec": self.codec.to_json_dict(),
                 "train": dataclasses.asdict(self.train),
                 "alpha": self.alpha,
+                "personalization": self.personalization,
                 "data_source": self.data_source,
                 "data_dir": self.data_dir,
                 "data_seed": self.data_seed,
@@ -193,6 +202,7 @@ class ServerSettings:
             codec=codec,
             train=train,
             alpha=alpha,
+            personalization=get("personalization", str, defaults.plan.personalization),
             data_source=get("data-source", str, defaults.plan.data_source),
             data_dir=get("data-dir", str, defaults.plan.data_dir),
             data_seed=get("seed", int, defaults.plan.data_seed),
@@ -228,6 +238,7 @@ RUN_CONFIG_KEYS: Final = (
     "num-server-rounds",
     "num-supernodes",
     "alpha",
+    "personalization",
     "seed",
     "local-steps",
     "batch-size",
