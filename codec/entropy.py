@@ -40,7 +40,7 @@ import constriction
 import numpy as np
 import numpy.typing as npt
 
-from codec.errors import InvalidBundleError, InvalidCodecFramesError
+from codec.errors import BundleProblem, InvalidBundleError, InvalidCodecFramesError
 from codec.latent import MAX_BITS, MAX_CODES_PER_PAYLOAD, MIN_BITS, levels, pack_codes, unpack_codes
 
 FORMAT_RANGE_V1: Final = 0x01
@@ -201,14 +201,23 @@ def prior_from_values(values: npt.NDArray[np.floating], *, latent_dim: int) -> L
     """A prior from a bundle tensor's decoded values; :class:`InvalidBundleError` if unusable."""
     if values.ndim != 2 or values.shape[0] != latent_dim:
         raise InvalidBundleError(
-            f"entropy prior has shape {values.shape}, expected ({latent_dim}, 2**bits)"
+            BundleProblem.ENTROPY_PRIOR,
+            f"entropy prior has shape {values.shape}, expected ({latent_dim}, 2**bits)",
         )
     width = int(values.shape[1])
     bits = width.bit_length() - 1
     if width != 1 << bits or not MIN_BITS <= bits <= MAX_BITS:
-        raise InvalidBundleError(f"entropy prior has {width} levels, not a power of two up to 256")
+        raise InvalidBundleError(
+            BundleProblem.ENTROPY_PRIOR,
+            f"entropy prior has {width} levels, not a power of two up to 256",
+        )
     if not np.isfinite(values).all() or (values != np.rint(values)).any():
-        raise InvalidBundleError("entropy prior frequencies must be whole numbers")
+        raise InvalidBundleError(
+            BundleProblem.ENTROPY_PRIOR, "entropy prior frequencies must be whole numbers"
+        )
     if values.min() < 1 or values.max() > MAX_FREQUENCY:
-        raise InvalidBundleError(f"entropy prior frequencies must be in [1, {MAX_FREQUENCY}]")
+        raise InvalidBundleError(
+            BundleProblem.ENTROPY_PRIOR,
+            f"entropy prior frequencies must be in [1, {MAX_FREQUENCY}]",
+        )
     return LatentPrior(bits=bits, frequencies=values.astype(np.uint16))
