@@ -16,6 +16,9 @@ Payload format (versioned by its first byte, so the fixed-rate form stays decoda
 * ``FORMAT_RANGE_V1`` (``0x01``) then the range coder's 32-bit words, little-endian. The codes
   are coded frame after frame, dimension after dimension; the frame count comes from the
   enclosing :class:`~schemas.messages.CodecFrames`, as for the packed form.
+* ``FORMAT_PACKED_V1`` (``0x00``) then the packed form. A range-coded payload ends with a whole
+  32-bit word, which for one or two frames of 3-bit codes costs more than the prior saves, so
+  :func:`encode_payload` sends whichever of the two is shorter.
 
 Which form a peer sends is agreed outside the payload (the call's codec settings); a packed
 payload is decoded by :func:`codec.latent.unpack_codes` exactly as before, and
@@ -43,6 +46,7 @@ import numpy.typing as npt
 from codec.errors import BundleProblem, InvalidBundleError, InvalidCodecFramesError
 from codec.latent import MAX_BITS, MAX_CODES_PER_PAYLOAD, MIN_BITS, levels, pack_codes, unpack_codes
 
+FORMAT_PACKED_V1: Final = 0x00
 FORMAT_RANGE_V1: Final = 0x01
 #: Largest stored frequency: every integer up to 2048 is exact in float16.
 MAX_FREQUENCY: Final = 2048
@@ -131,7 +135,8 @@ def encode_codes(codes: npt.NDArray[np.integer], prior: LatentPrior) -> bytes:
 
 
 def decode_codes(payload: bytes, *, frame_count: int, prior: LatentPrior) -> npt.NDArray[np.uint8]:
-    """A peer's ``FORMAT_RANGE_V1`` payload → codes ``(frame_count, latent_dim)``.
+    """A peer's ``FORMAT_RANGE_V1`` or ``FORMAT_PACKED_V1`` payload → codes
+    ``(frame_count, latent_dim)``.
 
     Raises :class:`InvalidCodecFramesError` for an unknown format, a length that is not whole
     words, a frame count over the limit, or words left unread after the last code.
@@ -145,6 +150,10 @@ def decode_codes(payload: bytes, *, frame_count: int, prior: LatentPrior) -> npt
         )
     if not payload:
         raise InvalidCodecFramesError("entropy-coded payload is empty")
+    if payload[0] == FORMAT_PACKED_V1:
+        return unpack_codes(
+            payload[1:], frame_count=frame_count, latent_dim=prior.latent_dim, bits=prior.bits
+        )
     if payload[0] != FORMAT_RANGE_V1:
         raise InvalidCodecFramesError(f"unknown codec payload format {payload[0]:#04x}")
     body = payload[1:]
@@ -176,12 +185,15 @@ def decode_codes(payload: bytes, *, frame_count: int, prior: LatentPrior) -> npt
 def encode_payload(
     codes: npt.NDArray[np.integer], *, bits: int, prior: LatentPrior | None
 ) -> bytes:
-    """The wire payload: packed (:func:`codec.latent.pack_codes`) without a prior, else coded."""
+    """The wire payload: packed (:func:`codec.latent.pack_codes`) without a prior; with one, the
+    shorter of the range-coded and the tagged packed form (module docstring)."""
     if prior is None:
         return pack_codes(codes, bits)
     if prior.bits != bits:
         raise ValueError(f"the prior is for {prior.bits} bits, not {bits}")
-    return encode_codes(codes, prior)
+    coded = encode_codes(codes, prior)
+    packed = bytes([FORMAT_PACKED_V1]) + pack_codes(codes, bits)
+    return coded if len(coded) <= len(packed) else packed
 
 
 def decode_payload(

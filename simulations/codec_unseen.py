@@ -19,8 +19,9 @@ Theory of operation
    paired bootstrap over utterances.
 4. **Active-speech bitrate.** Each utterance is sent the way a call sends it: latent frames in
    payloads of ``ceil(batch_ms / frame_ms)`` frames (``call.batch_ms`` = 100 ms), every payload on
-   its own (a payload must decode alone, so each range-coded one pays its own final word). The
-   bitrate is the exact payload bits over the utterances' seconds; ``fixed`` is the packed form.
+   its own (a payload must decode alone, so each range-coded one pays its own final word; the
+   sender sends the shorter of that and the tagged packed form). The bitrate is the exact payload
+   bits over the utterances' seconds; ``fixed`` is the untagged packed form.
 5. **Average bitrate in conversation.** Every unseen speaker talks with a partner: turns of one
    or two of its utterances (0.4 s apart), then 0.6 s of silence, the partner's turn (the length
    of one or two other speakers' utterances, during which this side hears only a -66 dBFS noise
@@ -42,7 +43,7 @@ from typing import Any, Final
 import numpy as np
 
 from codec.bundle import bundle_from_state
-from codec.entropy import LatentPrior, encode_codes, fit_prior
+from codec.entropy import LatentPrior, encode_payload, fit_prior
 from codec.latent import payload_size
 from codec.model import CodecModel, decode_codes, encode_to_codes, state_to_numpy
 from media.audio import load_audio
@@ -180,7 +181,7 @@ def payload_bits(
         if prior is None:
             total += 8 * payload_size(len(chunk), codes.shape[1], bits)
         else:
-            total += 8 * len(encode_codes(chunk, prior))
+            total += 8 * len(encode_payload(chunk, bits=bits, prior=prior))
     return total
 
 

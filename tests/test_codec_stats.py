@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec.entropy import encode_codes, fit_prior
+from codec.entropy import encode_payload, fit_prior
 from media.wer import WerCounts, normalized_words, word_edit_distance
 from simulations.codec_stats import paired_bootstrap_delta, utterance_counts
 from simulations.codec_unseen import UNSEEN_SPEAKERS, frames_per_payload, payload_bits, sent_runs
@@ -85,7 +85,9 @@ def test_payload_bookkeeping_is_exact() -> None:
     # Fixed rate: 7 frames in payloads of 3, 3, 1, each 32 x 3 bits = 12 bytes a frame.
     assert payload_bits(codes, bits=3, per_payload=3, prior=None) == 7 * 96
     prior = fit_prior([codes], bits=3, latent_dim=32)
-    expected = sum(8 * len(encode_codes(codes[i : i + 3], prior)) for i in (0, 3, 6))
+    expected = sum(
+        8 * len(encode_payload(codes[i : i + 3], bits=3, prior=prior)) for i in (0, 3, 6)
+    )
     assert payload_bits(codes, bits=3, per_payload=3, prior=prior) == expected
     assert sent_runs(np.array([0, 1, 1, 0, 1], dtype=bool)) == [(1, 3), (4, 5)]
     assert sent_runs(np.array([1, 1], dtype=bool)) == [(0, 2)]

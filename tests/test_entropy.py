@@ -20,6 +20,7 @@ from codec.bundle import (
 from codec.checkpoint import load_checkpoint
 from codec.config import CodecConfig
 from codec.entropy import (
+    FORMAT_PACKED_V1,
     FORMAT_RANGE_V1,
     MAX_FREQUENCY,
     LatentPrior,
@@ -82,6 +83,21 @@ def test_any_codes_round_trip_under_any_fitted_prior(
     payload = encode_payload(codes, bits=bits, prior=prior)
     decoded = decode_payload(payload, frame_count=frames, latent_dim=dim, bits=bits, prior=prior)
     assert np.array_equal(decoded, codes)
+
+
+def test_the_sender_never_sends_more_than_the_tagged_packed_form() -> None:
+    # Uniform 3-bit codes: the prior saves nothing and the coder's last word costs, so the
+    # payload falls back to the packed form behind its format byte, and still decodes.
+    rng = np.random.default_rng(6)
+    prior = fit_prior([rng.integers(0, 8, size=(4000, 32))], bits=3, latent_dim=32)
+    codes = rng.integers(0, 8, size=(2, 32)).astype(np.uint8)
+    payload = encode_payload(codes, bits=3, prior=prior)
+    assert len(payload) <= 1 + payload_size(2, 32, 3)
+    assert len(payload) <= len(encode_codes(codes, prior))
+    assert payload[0] == FORMAT_PACKED_V1
+    assert np.array_equal(decode_codes(payload, frame_count=2, prior=prior), codes)
+    with pytest.raises(InvalidCodecFramesError):
+        decode_codes(payload[:-1], frame_count=2, prior=prior)
 
 
 def test_without_a_prior_the_payload_is_the_packed_form_as_before() -> None:
