@@ -30,6 +30,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from codec.entropy import LatentPrior, prior_from_values
 from codec.errors import BundleProblem, InvalidBundleError
 from schemas.messages import TensorBlob, TensorDtype, WeightsBundle
 
@@ -43,6 +44,11 @@ MAX_NAME_LENGTH: Final = 128
 _MAX_UINT64: Final = 2**64 - 1
 _INT8_LIMIT: Final = 127
 _HASH_DOMAIN: Final = b"parley/weights-bundle/v1\x00"
+#: The one tensor a bundle may carry beyond the model's weights: the entropy coder's prior
+#: (:mod:`codec.entropy`), float16 frequencies ``(latent_dim, 2**bits)``. Optional, so a bundle
+#: without it is what it always was; a node that predates it refuses a bundle with it, so a
+#: sender attaches it only for peers that agreed to entropy-coded frames.
+PRIOR_TENSOR_NAME: Final = "entropy_prior"
 
 _ITEM_SIZE: Final = {TensorDtype.INT8: 1, TensorDtype.FLOAT16: 2, TensorDtype.FLOAT32: 4}
 _NUMPY_DTYPE: Final[dict[TensorDtype, np.dtype[np.generic]]] = {
@@ -172,16 +178,26 @@ def bundle_from_state(
     sample_count: int,
     weight_dtype: TensorDtype = TensorDtype.INT8,
     compression: Compression = "zlib",
+    prior: LatentPrior | None = None,
 ) -> WeightsBundle:
-    """Quantize, compress and hash ``state``; raises :class:`ValueError` on unusable input."""
+    """Quantize, compress and hash ``state`` (and ``prior``, exactly, as float16 integers);
+    raises :class:`ValueError` on unusable input."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     if not state:
         raise ValueError("state has no tensors")
-    tensors = tuple(
+    if PRIOR_TENSOR_NAME in state:
+        raise ValueError(f"{PRIOR_TENSOR_NAME!r} is reserved for the entropy prior")
+    blobs = [
         _encode_tensor(name, state[name], TensorDtype(weight_dtype), compression)
         for name in sorted(state)
-    )
+    ]
+    if prior is not None:
+        frequencies = prior.frequencies.astype(np.float32)
+        blobs.append(
+            _encode_tensor(PRIOR_TENSOR_NAME, frequencies, TensorDtype.FLOAT16, compression)
+        )
+    tensors = tuple(sorted(blobs, key=lambda blob: blob.name))
     unsigned = WeightsBundle(
         architecture_id=architecture_id,
         round=round,
@@ -230,8 +246,8 @@ def _check_header(
             BundleProblem.COMPRESSION,
             f"unknown compression {bundle.compression[:MAX_NAME_LENGTH]!r}",
         )
-    names = [blob.name for blob in bundle.tensors]
-    if len(set(names)) != len(names):
+    names = [blob.name for blob in bundle.tensors if blob.name != PRIOR_TENSOR_NAME]
+    if len(set(names)) != len(names) or len(names) < len(bundle.tensors) - 1:
         raise InvalidBundleError(BundleProblem.TENSOR_NAMES, "tensor names are not unique")
     if set(names) != set(expected_shapes):
         missing = sorted(set(expected_shapes) - set(names))
@@ -305,7 +321,31 @@ def state_from_bundle(
     return {
         blob.name: _decode_tensor(blob, expected_shapes[blob.name], bundle.compression)
         for blob in bundle.tensors
+        if blob.name != PRIOR_TENSOR_NAME
     }
+
+
+def prior_from_bundle(bundle: WeightsBundle, *, latent_dim: int) -> LatentPrior | None:
+    """The entropy prior a (validated, possibly hostile) bundle carries, or None if it has none.
+
+    Call after :func:`state_from_bundle` accepted the bundle (hash and names are checked there).
+    Raises :class:`~codec.errors.InvalidBundleError` if the prior is malformed.
+    """
+    blobs = [blob for blob in bundle.tensors if blob.name == PRIOR_TENSOR_NAME]
+    if not blobs:
+        return None
+    blob = blobs[0]
+    if blob.dtype != TensorDtype.FLOAT16:
+        raise InvalidBundleError(
+            BundleProblem.ENTROPY_PRIOR, "the entropy prior must be stored as float16"
+        )
+    if len(blob.shape) != 2 or blob.shape[0] != latent_dim or not 2 <= blob.shape[1] <= 256:
+        raise InvalidBundleError(
+            BundleProblem.ENTROPY_PRIOR,
+            f"entropy prior has shape {tuple(blob.shape)[:4]}, expected ({latent_dim}, 2**bits)",
+        )
+    values = _decode_tensor(blob, (latent_dim, int(blob.shape[1])), bundle.compression)
+    return prior_from_values(values, latent_dim=latent_dim)
 
 
 def payload_bytes(bundle: WeightsBundle) -> int:

@@ -36,6 +36,7 @@ class BundleProblem(enum.StrEnum):
     CORRUPT_DATA = "corrupt_data"
     SIZE = "size"
     UNENCODABLE = "unencodable"
+    ENTROPY_PRIOR = "entropy_prior"
 
 
 class InvalidBundleError(CodecError, RemoteProtocolError):

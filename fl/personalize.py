@@ -1,4 +1,20 @@
-"""APFL-style mixing of a local model with a global one: ``alpha * local + (1 - alpha) * global``.
+"""Personalization methods shared by the node, the in-process study and the Flower app.
+
+The methods (:class:`Method`), for a client that trains on its own audio and federates:
+
+* ``local``: never federates; trains the shared starting codec on its own audio only.
+* ``fedavg``: uses the federation's global model as is.
+* ``fedavg_ft``: the global model, then fine-tuned on its own audio (:data:`FINE_TUNE_ROUNDS`
+  rounds' worth of local steps).
+* ``mix70``: the node's seed setting: every round ``personal = 0.7 * local + 0.3 * global``
+  (:func:`personalize`, what :func:`fl.aggregate.aggregate_round` ends with).
+* ``apfl``: the same mix with the mixing weight learned per client each round: the ``alpha`` of
+  :data:`ALPHA_GRID` whose mix has the lowest loss on the client's own training audio
+  (:func:`learned_alpha`; APFL learns it by gradient steps, a grid search on the same loss is
+  used here).
+* ``ditto``: a personal model trained next to the global one with the proximal term
+  ``lambda / 2 * ||personal - global||^2`` (:data:`DITTO_LAMBDA`; ``fl.train.train_codec``'s
+  ``anchor``), the global model federated as in FedAvg.
 
 :func:`fl.aggregate.aggregate_round` does this as its last step, after it has computed the global
 model from our own and our peers' weights. The Flower app splits that round in two: the server
@@ -9,12 +25,52 @@ gives: the mix is computed in float64 and cast to float32 once, as there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+from collections.abc import Callable, Mapping
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 State = Mapping[str, npt.NDArray[np.floating]]
+
+
+class Method(enum.StrEnum):
+    LOCAL = "local"
+    FEDAVG = "fedavg"
+    FEDAVG_FT = "fedavg_ft"
+    MIX70 = "mix70"
+    APFL = "apfl"
+    DITTO = "ditto"
+
+
+METHODS: Final = tuple(Method)
+#: The seed's fixed mixing weight (``mix70``), kept as a setting (``fl.alpha``).
+SEED_ALPHA: Final = 0.7
+#: Mixing weights ``apfl`` chooses from (0 = the global model, 1 = the local one).
+ALPHA_GRID: Final = tuple(round(0.1 * step, 1) for step in range(11))
+#: Ditto's proximal weight on ``||personal - global||^2 / 2`` (per parameter, summed).
+DITTO_LAMBDA: Final = 0.05
+#: ``fedavg_ft`` fine-tunes the global model for this many rounds' worth of local steps.
+FINE_TUNE_ROUNDS: Final = 1
+
+
+def learned_alpha(
+    local_state: State,
+    global_state: State,
+    loss: Callable[[dict[str, npt.NDArray[np.float32]]], float],
+    grid: tuple[float, ...] = ALPHA_GRID,
+) -> float:
+    """The ``alpha`` of ``grid`` whose mix has the lowest ``loss`` (the client's training loss);
+    on a tie the larger one (more of the client's own model)."""
+    if not grid:
+        raise ValueError("the alpha grid is empty")
+    best_alpha, best_loss = grid[0], float("inf")
+    for alpha in grid:
+        value = loss(personalize(local_state, global_state, alpha))
+        if value <= best_loss:
+            best_alpha, best_loss = alpha, value
+    return best_alpha
 
 
 def personalize(
@@ -46,3 +102,21 @@ def personalize(
             )
         mixed[name] = (float(alpha) * local + (1.0 - float(alpha)) * global_).astype(np.float32)
     return mixed
+
+
+def training_start(
+    method: Method,
+    *,
+    local_state: State | None,
+    global_state: State,
+    alpha: float,
+    loss: Callable[[dict[str, npt.NDArray[np.float32]]], float],
+) -> dict[str, npt.NDArray[np.float32]]:
+    """Where a federating client's training starts this round: the mix of its last trained model
+    with the new global one for ``mix70`` (``alpha``) and ``apfl`` (learned), else the global
+    model (FedAvg's client step, which ``fedavg``, ``fedavg_ft`` and ``ditto`` share)."""
+    if local_state is None or method not in (Method.MIX70, Method.APFL):
+        return {name: np.asarray(value, dtype=np.float32) for name, value in global_state.items()}
+    if method is Method.APFL:
+        alpha = learned_alpha(local_state, global_state, loss)
+    return personalize(local_state, global_state, alpha)

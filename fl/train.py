@@ -12,7 +12,8 @@ runs. ``torch.set_num_threads`` is process-wide, so it is set for the run and re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,8 +123,14 @@ def train_codec(
     *,
     progress: ProgressCallback | None = None,
     stop: StopCallback | None = None,
+    anchor: Mapping[str, npt.NDArray[np.floating]] | None = None,
+    proximal_weight: float = 0.0,
 ) -> TrainReport:
     """Train ``model`` in place on random crops of ``features`` (each ``(n_mels, T)``).
+
+    With ``anchor`` (a state of the same model) the loss gains
+    ``proximal_weight / 2 * ||weights - anchor||^2`` (Ditto's personal objective); the
+    reported losses stay the plain L1.
 
     ``progress(step, steps, loss)`` is called after every step; ``stop()`` is polled before every
     step and ends training early when it returns true. Deterministic for a given seed, model
@@ -131,6 +138,16 @@ def train_codec(
     """
     codec_config = model.config
     checked = _validated_features(features, codec_config.n_mels)
+    if not (math.isfinite(proximal_weight) and proximal_weight >= 0.0):
+        raise ValueError(f"proximal_weight must be finite and >= 0, got {proximal_weight}")
+    anchors = (
+        {
+            name: torch.from_numpy(np.asarray(anchor[name], dtype=np.float32))
+            for name, _ in model.named_parameters()
+        }
+        if anchor is not None and proximal_weight > 0.0
+        else None
+    )
     lengths = np.array([item.shape[1] for item in checked], dtype=np.float64)
     weights = lengths / lengths.sum()
     crop = _crop_length(train_config, codec_config.stride)
@@ -159,8 +176,15 @@ def train_codec(
             reconstruction = model.decode(latent)[:, :, :crop]
             error = (reconstruction - mel).abs() * mask
             loss = error.sum() / (mask.sum() * codec_config.n_mels)
+            objective = loss
+            if anchors is not None:
+                distance = sum(
+                    ((parameter - anchors[name]) ** 2).sum()
+                    for name, parameter in model.named_parameters()
+                )
+                objective = loss + 0.5 * proximal_weight * distance
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            objective.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip_norm)
             optimizer.step()
             schedule.step()

@@ -19,7 +19,7 @@ import typer
 from daemon.cli_support import fail
 
 if TYPE_CHECKING:
-    from fl.flower_app import ClientPlan
+    from fl.flower.settings import ClientPlan
 
 
 def simulate(

@@ -29,14 +29,21 @@ Theory of operation
    personalized one (``alpha`` local). The local-only baseline trains the same number of steps
    with the same seeds on the same data and never aggregates. Held-out L1 and ΔWER are reported for
    the three models per speaker; ``personal_best_fraction`` is the share of speakers whose
-   personalized model has the lowest held-out L1.
+   personalized model has the lowest held-out L1. ``by_local_seconds`` adds the study of
+   :mod:`simulations.personalization_study`: every method of :mod:`fl.personalize` on unseen
+   voices with 5-60 s of audio each, best fractions with intervals.
 6. ``bundle_bytes``: the size of the encoded ``WeightsBundle`` wire message (int8, zlib) of a
    personalized codec, i.e. what the handshake carries.
+7. ``unseen``: the shipped codec and the lower-rate variants on speakers that no codec was
+   trained on, with bootstrap intervals, exact active-speech bitrates (fixed and entropy-coded)
+   and the average bitrate of a conversation with pauses under DTX
+   (:mod:`simulations.codec_unseen`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -63,6 +70,8 @@ from media.models import load_whisper
 from media.opus_baseline import OPUS_MIN_BITRATE_BPS, opus_round_trip
 from media.wer import WerCounts, wer_counts
 from schemas.codec import encode as encode_wire_message
+from simulations.codec_stats import join_utterances, utterance_windows
+from simulations.codec_unseen import FULL_UNSEEN, QUICK_UNSEEN, WindowScorer, run_unseen
 from simulations.corpus import (
     DEFAULT_SPEAKERS,
     Corpus,
@@ -70,11 +79,10 @@ from simulations.corpus import (
     build_corpus,
     default_cache_dir,
 )
+from simulations.personalization_study import FULL_STUDY, QUICK_STUDY, run_study
 
 Progress = Callable[[str], None]
 
-# Frames of floor value between two utterances joined into one Whisper window (0.4 s).
-UTTERANCE_GAP_FRAMES: Final = 40
 NAIVE_MAX_BITS: Final = 8
 NAIVE_MAX_DECIMATION: Final = 20
 
@@ -198,41 +206,11 @@ class Scorer:
         for start, stop in utterance_windows(
             [int(mel.shape[1]) for mel in features], self._window_frames
         ):
-            joined = _join(features[start:stop])
+            joined = join_utterances(features[start:stop])
             hypothesis = self._transcriber.transcribe_features(joined).text
             self.transcriptions += 1
             total = total + wer_counts(" ".join(texts[start:stop]), hypothesis)
         return total
-
-
-def utterance_windows(lengths: Sequence[int], window_frames: int) -> list[tuple[int, int]]:
-    """Consecutive ``[start, stop)`` groups of utterances whose frames, with a gap of
-    ``UTTERANCE_GAP_FRAMES`` between neighbours, fit ``window_frames``; an utterance longer than
-    a window gets a window of its own (Whisper's loop then splits it)."""
-    windows: list[tuple[int, int]] = []
-    start = 0
-    used = 0
-    for index, length in enumerate(lengths):
-        if index > start and used + UTTERANCE_GAP_FRAMES + length > window_frames:
-            windows.append((start, index))
-            start, used = index, length
-        elif index > start:
-            used += UTTERANCE_GAP_FRAMES + length
-        else:
-            used = length
-    if start < len(lengths):
-        windows.append((start, len(lengths)))
-    return windows
-
-
-def _join(features: Sequence[FloatArray]) -> FloatArray:
-    parts: list[FloatArray] = []
-    for index, mel in enumerate(features):
-        if index:
-            floor = np.float32(mel.min())
-            parts.append(np.full((N_MELS, UTTERANCE_GAP_FRAMES), floor, dtype=np.float32))
-        parts.append(mel)
-    return np.concatenate(parts, axis=1)
 
 
 @dataclass(slots=True)
@@ -575,6 +553,25 @@ def run_eval(
     personalization, personal_state = run_personalization(
         chosen, speakers, scorer, clean_counts, report
     )
+    personalization.update(
+        run_study(
+            dataclasses.replace(QUICK_STUDY if quick else FULL_STUDY, threads=chosen.threads),
+            cache_dir=cache_dir,
+            progress=report,
+        )
+    )
+    unseen_plan = dataclasses.replace(
+        QUICK_UNSEEN if quick else FULL_UNSEEN, threads=chosen.threads
+    )
+    unseen = run_unseen(
+        unseen_plan,
+        cache_dir=cache_dir,
+        scorer=WindowScorer(
+            lambda features: transcriber.transcribe_features(features).text,
+            window_frames=int(chosen.whisper_window_s * FRAMES_PER_SECOND),
+        ),
+        progress=report,
+    )
     fl_config = CodecConfig(latent_bits=chosen.fl_codec_bits, init_seed=chosen.seed)
     bundle = bundle_from_state(
         personal_state,
@@ -587,6 +584,7 @@ def run_eval(
         "baselines": {"naive_mel": naive, "opus": opus},
         "personalization": personalization,
         "bundle_bytes": len(encode_wire_message(bundle)),
+        "unseen": unseen,
         "corpus": {
             "speakers": [speaker.id for speaker in speakers],
             "train_utterances_per_speaker": chosen.train_per_speaker,

@@ -1,9 +1,9 @@
-"""Run parley's Flower app (:mod:`fl.flower_app`) on Flower's two runtimes.
+"""Run parley's Flower app (:mod:`fl.flower`) on Flower's two runtimes.
 
 * **Simulation runtime** (:func:`run_flower_simulation`): ``flwr.simulation.run_simulation`` with
   the Ray backend, in this process. Ray is bound to 127.0.0.1 with no dashboard and quiet logs;
   the ServerApp runs in a thread here, the ClientApps in Ray worker processes (which re-import
-  :mod:`fl.flower_app`).
+  :mod:`fl.flower`).
 * **Deployment engine** (:func:`run_flower_deployment` and the command builders below): one
   ``flower-superlink``, N ``flower-supernode`` processes and ``flwr run`` against the app folder
   ``simulations/flower_project``. On one box everything listens on 127.0.0.1 with explicit ports;
@@ -12,7 +12,7 @@
 
 Both fail loudly: Flower logs a failed or missing client and carries on, so every round's reply
 count is checked (in the strategy, and again here) and a short round is a
-:class:`~fl.flower_app.FlowerRunError`.
+:class:`~fl.flower.settings.FlowerRunError`.
 
 Offline: :mod:`common.offline` turns off Flower's telemetry and update check and Ray's usage
 stats before either is imported; SuperLinks start with ``--disable-runtime-dependency-installation``
@@ -44,18 +44,18 @@ import numpy as np
 
 from codec.config import CodecConfig
 from fl.config import AggregationConfig, TrainConfig
-from fl.flower_app import (
-    PREPARED_INDEX_FILE,
+from fl.flower.data import PREPARED_INDEX_FILE
+from fl.flower.server import make_server_app
+from fl.flower.settings import (
     RUN_CONFIG_KEYS,
-    AggregationObserver,
     ClientPlan,
     DataSource,
     FlowerAppError,
     FlowerRunError,
     ServerSettings,
-    client_app,
-    make_server_app,
 )
+from fl.flower.strategy import AggregationObserver
+from simulations.flower_app import client_app
 
 #: The Flower project folder ``flwr run`` builds its app bundle from.
 FLOWER_PROJECT_DIR: Final = Path(__file__).resolve().parent / "flower_project"
@@ -306,7 +306,7 @@ def prepare_corpus_features(
     heldout_per_speaker: int = 2,
 ) -> Path:
     """Log-mel features of the synthesized corpus, one ``speaker-<i>.npz`` per speaker plus a
-    ``speakers.json`` index, the layout :func:`fl.flower_app.load_prepared_client_data` reads.
+    ``speakers.json`` index, the layout :func:`fl.flower.data.load_prepared_client_data` reads.
 
     ``speakers`` are :class:`simulations.corpus.VoiceSpec` s (default: the corpus's speakers).
     """
@@ -400,7 +400,8 @@ def write_flower_home(flwr_home: Path, *, superlink: str) -> Path:
 
 
 def write_run_config(path: Path, values: Mapping[str, Any]) -> Path:
-    """A TOML file of ``--run-config`` overrides (keys: :data:`fl.flower_app.RUN_CONFIG_KEYS`)."""
+    """A TOML file of ``--run-config`` overrides (keys:
+    :data:`fl.flower.settings.RUN_CONFIG_KEYS`)."""
     unknown = sorted(set(values) - set(RUN_CONFIG_KEYS))
     if unknown:
         raise FlowerAppError(f"unknown run config keys {unknown}")

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 from codec.config import CodecConfig
-from simulations.codec_eval import (
-    UTTERANCE_GAP_FRAMES,
-    NaiveMelCodec,
-    fit_naive_codec,
-    naive_candidates,
-    run_eval,
-    utterance_windows,
-)
+from simulations.codec_eval import NaiveMelCodec, fit_naive_codec, naive_candidates, run_eval
+from simulations.codec_stats import UTTERANCE_GAP_FRAMES, utterance_windows
 
 ROW_KEYS = {"kbps", "wer_clean", "wer_codec", "delta_wer", "mel_l1"}
 
@@ -71,7 +65,7 @@ def test_utterance_windows_fill_but_never_overflow() -> None:
 
 @pytest.mark.slow
 def test_quick_eval_produces_every_key(tmp_path: Path) -> None:
-    for tool in ("flite", "espeak-ng", "sox"):
+    for tool in ("flite", "espeak-ng", "sox", "text2wave"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     out = tmp_path / "eval.json"
@@ -107,3 +101,23 @@ def test_quick_eval_produces_every_key(tmp_path: Path) -> None:
     fraction = personalization["personal_best_fraction"]
     assert fraction * 3 == pytest.approx(round(fraction * 3), abs=1e-3)  # rounded to 4 places
     assert 0 < result["bundle_bytes"] <= 50_000
+
+    study = personalization["by_local_seconds"]["5"]
+    assert set(study["best_fraction"]) == {"local", "fedavg", "fedavg_ft", "mix70", "apfl", "ditto"}
+    assert any(value > 0 for value in study["best_fraction"].values())
+    assert 0.0 <= study["default_best_fraction"] <= 1.0
+    assert len(study["clients"]) == 2
+
+    unseen = result["unseen"]
+    assert len(unseen["speakers"]) == 2 and unseen["utterances"] == 6
+    assert {row["coding"] for row in unseen["settings"]} == {"fixed", "entropy"}
+    for row in unseen["settings"]:
+        low, high = row["delta_wer_ci95"]
+        assert low <= row["delta_wer"] <= high
+        assert row["delta_wer"] == pytest.approx(row["wer_codec"] - row["wer_clean"], abs=2e-4)
+        # DTX sends less than every frame, so the average is below the active-speech rate.
+        assert 0 < row["kbps_average"] < row["kbps_active"]
+        assert row["bundle_bytes"] <= 50_000 and row["mel_l1"] > 0
+    fixed, coded = unseen["settings"]
+    assert fixed["kbps_active"] >= fixed["kbps_fixed"]  # whole frames per utterance
+    assert coded["kbps_active"] < fixed["kbps_active"]  # the prior pays for itself

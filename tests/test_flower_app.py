@@ -46,30 +46,25 @@ with warnings.catch_warnings():
     )
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fl.flower_app import (
+    from fl.flower.client import LOCAL_MODEL_KEY, LOCAL_ONLY_MODEL_KEY, client_train_config
+    from fl.flower.data import load_prepared_client_data, speaker_variant
+    from fl.flower.records import (
         ARRAYS_KEY,
         CONFIG_KEY,
-        LOCAL_MODEL_KEY,
-        LOCAL_ONLY_MODEL_KEY,
         METRICS_KEY,
         PLAN_KEY,
-        REFERENCE_SAMPLE_COUNT,
+        arrays_to_state,
+        state_to_arrays,
+    )
+    from fl.flower.settings import (
         RUN_CONFIG_KEYS,
         ClientPlan,
         FlowerAppError,
         FlowerRunError,
-        PersonalizedFedAvg,
         ServerSettings,
-        arrays_to_state,
-        client_train_config,
-        evaluate_client,
-        load_client_data,
-        load_prepared_client_data,
-        speaker_variant,
-        state_to_arrays,
-        synthetic_client_data,
-        train_client,
     )
+    from fl.flower.strategy import REFERENCE_SAMPLE_COUNT, PersonalizedFedAvg
+    from simulations.flower_app import evaluate_client, train_client
     from simulations.flower_sim import (
         FLOWER_PROJECT_DIR,
         descendant_pids,
@@ -77,6 +72,8 @@ with warnings.catch_warnings():
         run_flower_simulation,
         small_plan,
     )
+    from simulations.flower_synthetic import load_any_client_data as load_client_data
+    from simulations.flower_synthetic import synthetic_client_data
 
 State = dict[str, np.ndarray]
 
@@ -181,8 +178,8 @@ def test_project_run_config_is_exactly_what_the_server_understands() -> None:
     project = tomllib.loads((FLOWER_PROJECT_DIR / "pyproject.toml").read_text())
     app = project["tool"]["flwr"]["app"]
     assert app["components"] == {
-        "serverapp": "fl.flower_app:server_app",
-        "clientapp": "fl.flower_app:client_app",
+        "serverapp": "simulations.flower_app:server_app",
+        "clientapp": "simulations.flower_app:client_app",
     }
     run_config = app["config"]
     assert set(run_config) == set(RUN_CONFIG_KEYS)
@@ -566,3 +563,40 @@ def test_simulation_runs_the_node_aggregation_on_ray(tmp_path: Path) -> None:
         previous_global = result.global_state
     # FL did something: the global model moved away from the shared init.
     assert np.linalg.norm(_flat(previous_global) - _flat(init)) > 0.0
+
+
+# --- personalization methods shared with the study (fl.personalize) ---------------------------
+
+
+@pytest.mark.parametrize("method", ["fedavg", "fedavg_ft", "apfl", "ditto", "local"])
+def test_client_forms_its_personal_model_by_the_plans_method(
+    task_identity: None, method: str
+) -> None:
+    plan = dataclasses.replace(small_plan(seed=3), personalization=method)
+    assert ClientPlan.from_json(plan.to_json()) == plan
+    init = state_to_numpy(new_model(plan.codec))
+    context = _context(partition_id=1)
+    reply = train_client(_instruction(MessageType.TRAIN, plan, init, 1, 11), context)
+    trained = arrays_to_state(reply.content[ARRAYS_KEY])
+    # Every method's client step trains from the global model in round 1.
+    data = load_client_data(plan, 1, context.node_config)
+    model = new_model(plan.codec, init)
+    train_codec(model, data.train, client_train_config(plan, 1, 1))
+    for name, array in state_to_numpy(model).items():
+        np.testing.assert_allclose(trained[name], array, rtol=1e-5, atol=1e-6)
+    assert ("ditto-model" in context.state) == (method == "ditto")
+    losses = evaluate_client(
+        _instruction(MessageType.EVALUATE, plan, init, 1, 11), context
+    ).content[METRICS_KEY]
+    if method == "fedavg":
+        assert losses["personal-loss"] == pytest.approx(losses["global-loss"])
+    if method == "local":
+        assert losses["personal-loss"] == pytest.approx(losses["local-only-loss"])
+    assert 0.0 < losses["personal-loss"] < 5.0
+
+
+def test_an_unknown_personalization_is_refused() -> None:
+    with pytest.raises(FlowerAppError, match="personalization"):
+        dataclasses.replace(small_plan(), personalization="fedprox")
+    with pytest.raises(FlowerAppError, match="personalization"):
+        ServerSettings.from_run_config({"personalization": "best"})

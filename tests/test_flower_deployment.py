@@ -20,7 +20,7 @@ import pytest
 with warnings.catch_warnings():
     # typer (imported by flwr) uses a click helper click 8.5 deprecates; not parley's warning.
     warnings.simplefilter("ignore", DeprecationWarning)
-    from fl.flower_app import FlowerAppError, FlowerRunError
+    from fl.flower.settings import FlowerAppError, FlowerRunError
     from simulations.flower_sim import (
         SMALL_RUN_CONFIG,
         run_flower_deployment,

@@ -1,0 +1,371 @@
+"""Which personalization pays, and for whom: a study across the amount of audio per client.
+
+Theory of operation
+-------------------
+Clients are the unseen speakers of :mod:`simulations.codec_unseen` (voices the shipped starting
+codec never heard, the case personalization is for). Each client's *local audio* is the first
+``S`` seconds of its readings of Harvard lists 1-8 (utterances in order, the last one cut to
+make exactly ``S`` s); its *held-out* audio is lists 9-10. Every client of a federation has the
+same ``S``. Every method starts from the shipped starting codec and runs ``rounds`` rounds of
+``local_steps`` steps per client (:mod:`fl.personalize` names and defines the methods; the global
+model is :func:`fl.aggregate.aggregate_round`'s, as a node computes it, with the node's default
+aggregation settings, from the first client's view):
+
+* ``fedavg`` clients train the global model each round; the federation averages them.
+* ``fedavg_ft`` is that global model fine-tuned for one round of local steps.
+* ``mix70`` and ``apfl`` are federations of their own, as the node runs them: a client trains
+  its personal model, the federation averages the trained models, and the client mixes
+  ``alpha * trained + (1 - alpha) * global`` (``alpha`` 0.7, or learned per client per round).
+* ``ditto`` trains a personal model with the proximal term towards the ``fedavg`` global model.
+* ``local`` trains alone for the same number of steps.
+
+Quality is held-out log-mel L1 through the real quantizer (per utterance, so every comparison is
+paired). A method is *best or tied-best* for a client when its mean L1 is the lowest, or when the
+95 % paired bootstrap interval (over held-out utterances) of its L1 minus the lowest includes 0.
+``best_fraction[method]`` is the share of clients where it is best or tied, with a Wilson 95 %
+interval over clients; ``default_best_fraction`` is the share where the node's default method is
+best or tied against ``local`` and ``fedavg_ft`` only.
+
+Reproduce (the full study; see ``--help`` for a smaller one)::
+
+    python -m simulations.personalization_study --json build/personalization.json
+"""
+
+from __future__ import annotations
+
+import common.offline  # noqa: F401
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from codec.checkpoint import load_checkpoint
+from codec.config import CodecConfig
+from codec.model import new_model, state_to_numpy
+from codec.pretrained import DEFAULT_CHECKPOINT
+from fl.aggregate import PeerUpdate, aggregate_round
+from fl.config import AggregationConfig, TrainConfig
+from fl.personalize import (
+    DITTO_LAMBDA,
+    FINE_TUNE_ROUNDS,
+    METHODS,
+    SEED_ALPHA,
+    Method,
+    learned_alpha,
+    personalize,
+)
+from fl.train import encode_decode, train_codec
+from media.audio import load_audio
+from media.features import FRAMES_PER_SECOND, log_mel
+from simulations.codec_unseen import UNSEEN_SPEAKERS
+from simulations.corpus import VoiceSpec, build_corpus, default_cache_dir
+
+State = dict[str, npt.NDArray[np.float32]]
+FloatArray = npt.NDArray[np.float32]
+Progress = Callable[[str], None]
+
+#: The default personalization this study supports (notes/codec.md): learning the mixing weight
+#: per client was best or tied-best most often at 15 and 30 s, Ditto at 5 s, in a first run
+#: (seed 0); ``default_best_fraction`` is then measured with another seed on the same clients.
+NODE_DEFAULT: Final = Method.APFL
+RESAMPLES: Final = 2000
+#: The shortest training utterance of any unseen voice is longer than this (Harvard sentences
+#: take 1.8 s or more), so ``seconds / this`` utterances always cover ``seconds``.
+MIN_UTTERANCE_S: Final = 1.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudyPlan:
+    seconds: tuple[float, ...] = (5.0, 15.0, 30.0, 60.0)
+    speakers: tuple[VoiceSpec, ...] = UNSEEN_SPEAKERS
+    rounds: int = 2
+    local_steps: int = 25
+    batch_size: int = 8
+    heldout_per_speaker: int = 20
+    threads: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Client:
+    id: str
+    train: tuple[FloatArray, ...]
+    heldout: tuple[FloatArray, ...]
+
+    @property
+    def frames(self) -> int:
+        return sum(int(mel.shape[1]) for mel in self.train)
+
+
+def first_seconds(features: Sequence[FloatArray], seconds: float) -> tuple[FloatArray, ...]:
+    """The first ``seconds`` of ``features`` in order, the last utterance cut to fit."""
+    wanted = round(seconds * FRAMES_PER_SECOND)
+    taken: list[FloatArray] = []
+    for mel in features:
+        if wanted <= 0:
+            break
+        taken.append(mel[:, :wanted])
+        wanted -= int(taken[-1].shape[1])
+    if wanted > 0:
+        raise ValueError(f"only {sum(m.shape[1] for m in features) / 100:.1f} s available")
+    return tuple(taken)
+
+
+def wilson(successes: int, total: int) -> list[float]:
+    """Wilson 95 % interval of a proportion."""
+    if total == 0:
+        return [0.0, 1.0]
+    z = 1.959964
+    phat = successes / total
+    centre = (phat + z * z / (2 * total)) / (1 + z * z / total)
+    half = (
+        z * math.sqrt(phat * (1 - phat) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    )
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+class Trainer:
+    def __init__(self, config: CodecConfig, plan: StudyPlan) -> None:
+        self.config = config
+        self.plan = plan
+
+    def train(
+        self,
+        start: State,
+        client: Client,
+        seed: int,
+        *,
+        steps: int | None = None,
+        anchor: State | None = None,
+    ) -> State:
+        model = new_model(self.config, start)
+        train_codec(
+            model,
+            client.train,
+            TrainConfig(
+                steps=steps or self.plan.local_steps,
+                batch_size=self.plan.batch_size,
+                threads=self.plan.threads,
+                seed=seed,
+            ),
+            anchor=anchor,
+            proximal_weight=DITTO_LAMBDA if anchor is not None else 0.0,
+        )
+        return state_to_numpy(model)
+
+
+def _global(config: CodecConfig, clients: Sequence[Client], trained: Sequence[State]) -> State:
+    updates = [
+        PeerUpdate(
+            peer_id=client.id,
+            architecture_id=config.architecture_id,
+            sample_count=client.frames,
+            state=state,
+        )
+        for client, state in zip(clients, trained, strict=True)
+    ]
+    result = aggregate_round(updates[0], updates[1:], AggregationConfig())
+    return result.global_state
+
+
+def utterance_l1(config: CodecConfig, state: State, features: Sequence[FloatArray]) -> FloatArray:
+    model = new_model(config, state)
+    return np.array(
+        [float(np.abs(encode_decode(model, mel) - mel).mean()) for mel in features],
+        dtype=np.float64,
+    ).astype(np.float32)
+
+
+def run_federation(
+    clients: Sequence[Client], start: State, config: CodecConfig, plan: StudyPlan
+) -> dict[Method, list[State]]:
+    """Final model of every method for every client (module docstring)."""
+    trainer = Trainer(config, plan)
+    count = len(clients)
+    global_fedavg = start
+    mix = {Method.MIX70: [start] * count, Method.APFL: [start] * count}
+    ditto = [start] * count
+    local = [start] * count
+    for round_number in range(plan.rounds):
+        seeds = [plan.seed + 1000 * round_number + index for index in range(count)]
+        trained = [trainer.train(global_fedavg, c, s) for c, s in zip(clients, seeds, strict=True)]
+        global_fedavg = _global(config, clients, trained)
+        for method, personal in mix.items():
+            own = [trainer.train(p, c, s) for p, c, s in zip(personal, clients, seeds, strict=True)]
+            federated = _global(config, clients, own)
+            for index, client in enumerate(clients):
+                if method is Method.MIX70:
+                    alpha = SEED_ALPHA
+                else:
+
+                    def loss(state: State, client: Client = client) -> float:
+                        return float(utterance_l1(config, state, client.train).mean())
+
+                    alpha = learned_alpha(own[index], federated, loss)
+                personal[index] = personalize(own[index], federated, alpha)
+        ditto = [
+            trainer.train(v, c, s, anchor=global_fedavg)
+            for v, c, s in zip(ditto, clients, seeds, strict=True)
+        ]
+        local = [trainer.train(v, c, s) for v, c, s in zip(local, clients, seeds, strict=True)]
+    fine_tuned = [
+        trainer.train(global_fedavg, c, plan.seed + 99, steps=plan.local_steps * FINE_TUNE_ROUNDS)
+        for c in clients
+    ]
+    return {
+        Method.LOCAL: local,
+        Method.FEDAVG: [global_fedavg] * count,
+        Method.FEDAVG_FT: fine_tuned,
+        Method.MIX70: mix[Method.MIX70],
+        Method.APFL: mix[Method.APFL],
+        Method.DITTO: ditto,
+    }
+
+
+def _tied(losses: FloatArray, best: FloatArray, rng: np.random.Generator) -> bool:
+    difference = losses.astype(np.float64) - best.astype(np.float64)
+    picks = rng.integers(0, len(difference), size=(RESAMPLES, len(difference)))
+    low = float(np.percentile(difference[picks].mean(axis=1), 2.5))
+    return low <= 0.0
+
+
+def score(
+    clients: Sequence[Client], models: dict[Method, list[State]], config: CodecConfig, seed: int
+) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    best_counts = dict.fromkeys(METHODS, 0)
+    beats_rivals = dict.fromkeys(METHODS, 0)
+    per_client: list[dict[str, Any]] = []
+    for index, client in enumerate(clients):
+        losses = {m: utterance_l1(config, models[m][index], client.heldout) for m in METHODS}
+        means = {m: float(values.mean()) for m, values in losses.items()}
+        winner = min(means, key=lambda m: means[m])
+        best = [m for m in METHODS if m == winner or _tied(losses[m], losses[winner], rng)]
+        for method in best:
+            best_counts[method] += 1
+        rivals = (Method.LOCAL, Method.FEDAVG_FT)
+        rival_best = min(rivals, key=lambda m: means[m])
+        for method in METHODS:
+            if means[method] <= means[rival_best] or _tied(losses[method], losses[rival_best], rng):
+                beats_rivals[method] += 1
+        per_client.append(
+            {
+                "id": client.id,
+                "local_seconds": round(client.frames / FRAMES_PER_SECOND, 2),
+                "mel_l1": {m.value: round(means[m], 5) for m in METHODS},
+                "best": winner.value,
+                "best_or_tied": [m.value for m in best],
+            }
+        )
+    total = len(clients)
+    return {
+        "clients": per_client,
+        "best_fraction": {m.value: round(best_counts[m] / total, 4) for m in METHODS},
+        "best_fraction_ci95": {m.value: wilson(best_counts[m], total) for m in METHODS},
+        "default_method": NODE_DEFAULT.value,
+        "default_best_fraction": round(beats_rivals[NODE_DEFAULT] / total, 4),
+        "default_best_fraction_ci95": wilson(beats_rivals[NODE_DEFAULT], total),
+        # Every method's share of clients where it is best or tied against local and fedavg_ft.
+        "vs_local_and_fedavg_ft": {m.value: round(beats_rivals[m] / total, 4) for m in METHODS},
+    }
+
+
+def load_clients(plan: StudyPlan, cache_dir: Path, progress: Progress) -> list[Client]:
+    corpus = build_corpus(
+        cache_dir,
+        speakers=plan.speakers,
+        train_per_speaker=min(80, math.ceil(max(plan.seconds) / MIN_UTTERANCE_S) + 1),
+        heldout_per_speaker=plan.heldout_per_speaker,
+        progress=progress,
+    )
+    return [
+        Client(
+            id=speaker.id,
+            train=tuple(log_mel(load_audio(u.wav_path)) for u in speaker.train),
+            heldout=tuple(log_mel(load_audio(u.wav_path)) for u in speaker.heldout),
+        )
+        for speaker in corpus.speakers
+    ]
+
+
+QUICK_STUDY: Final = StudyPlan(
+    seconds=(5.0,), speakers=UNSEEN_SPEAKERS[:2], rounds=1, local_steps=3, heldout_per_speaker=3
+)
+FULL_STUDY: Final = StudyPlan()
+
+
+def run_study(plan: StudyPlan, *, cache_dir: Path, progress: Progress) -> dict[str, Any]:
+    started = time.monotonic()
+    shipped = load_checkpoint(DEFAULT_CHECKPOINT)
+    config = shipped.codec_config
+    start = {name: np.asarray(value, dtype=np.float32) for name, value in shipped.state.items()}
+    everyone = load_clients(plan, cache_dir, progress)
+    by_seconds: dict[str, Any] = {}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(plan.threads)
+    try:
+        for seconds in plan.seconds:
+            clients = [
+                Client(id=c.id, train=first_seconds(c.train, seconds), heldout=c.heldout)
+                for c in everyone
+            ]
+            models = run_federation(clients, start, config, plan)
+            by_seconds[f"{seconds:g}"] = score(clients, models, config, plan.seed)
+            progress(f"{seconds:g} s: {by_seconds[f'{seconds:g}']['best_fraction']}")
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "by_local_seconds": by_seconds,
+        "methods": [m.value for m in METHODS],
+        "default_method": NODE_DEFAULT.value,
+        "clients": [c.id for c in everyone],
+        "rounds": plan.rounds,
+        "local_steps_per_round": plan.local_steps,
+        "batch_size": plan.batch_size,
+        "metric": "held-out log-mel L1 through the quantizer (per utterance)",
+        "seed": plan.seed,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, nargs="+", default=list(StudyPlan().seconds))
+    parser.add_argument("--rounds", type=int, default=StudyPlan().rounds)
+    parser.add_argument("--local-steps", type=int, default=StudyPlan().local_steps)
+    parser.add_argument("--clients", type=int, default=len(UNSEEN_SPEAKERS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    arguments = parser.parse_args(argv)
+    plan = StudyPlan(
+        seconds=tuple(arguments.seconds),
+        speakers=UNSEEN_SPEAKERS[: arguments.clients],
+        rounds=arguments.rounds,
+        local_steps=arguments.local_steps,
+        threads=arguments.threads,
+        seed=arguments.seed,
+    )
+    result = run_study(
+        plan,
+        cache_dir=arguments.cache_dir or default_cache_dir(),
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    arguments.json.parent.mkdir(parents=True, exist_ok=True)
+    arguments.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
