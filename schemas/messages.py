@@ -13,8 +13,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-#: The wire protocol version carried in every envelope and in ``Hello``.
-PROTOCOL_VERSION = 1
+#: The wire protocol version carried in every envelope and in ``Hello``. 2: in-session
+#: ``Rehandshake`` (key renewal before the session's reject-after age) and two-way calls (the
+#: callee answers with its own ``CallStart`` and audio); a version-1 peer is refused at the
+#: handshake with a message naming both versions, instead of failing mid-call.
+PROTOCOL_VERSION = 2
 
 
 class ByeReason(enum.IntEnum):

@@ -45,13 +45,13 @@ from handshake.noise import StaticIdentity
 from handshake.session import Session, SessionSettings
 from handshake.stream import StreamSettings, accept_session, initiate_session
 from handshake.testing import complete_in_memory
-from schemas.messages import CodecFrames, Hello
+from schemas.messages import PROTOCOL_VERSION, CodecFrames, Hello
 
 #: Many short rounds (tens of ms each): the best round of each figure is then equally likely
 #: to have run undisturbed, whatever else shares the CPU.
 _ROUNDS = 25
 _ROUND_SECONDS = 0.04
-_HELLO = Hello(1, ("calls", "fl"), "csm-80-32-80", bytes(32))
+_HELLO = Hello(PROTOCOL_VERSION, ("calls", "fl"), "csm-80-32-80", bytes(32))
 # The benchmark pushes far more frames per second than a peer is allowed to: lift that limit only.
 _BENCH_SESSION = SessionSettings(max_frames_per_second=10**9)
 

@@ -27,6 +27,7 @@ from handshake.testing import complete_in_memory
 from schemas.codec import encode
 from schemas.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from schemas.messages import (
+    PROTOCOL_VERSION,
     Bye,
     ByeReason,
     CodecFrames,
@@ -40,8 +41,8 @@ from schemas.messages import (
 INITIATOR_ID = StaticIdentity(bytes(range(32)))
 RESPONDER_ID = StaticIdentity(bytes(range(100, 132)))
 OTHER_ID = StaticIdentity(bytes(range(200, 232)))
-HELLO_I = Hello(1, ("calls", "fl"), "csm-80-32-80", b"\x11" * 32)
-HELLO_R = Hello(1, ("calls",), "csm-80-32-80", b"\x22" * 32)
+HELLO_I = Hello(PROTOCOL_VERSION, ("calls", "fl"), "csm-80-32-80", b"\x11" * 32)
+HELLO_R = Hello(PROTOCOL_VERSION, ("calls",), "csm-80-32-80", b"\x22" * 32)
 
 
 class FakeClock:

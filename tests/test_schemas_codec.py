@@ -14,6 +14,7 @@ from schemas import codec
 from schemas.codec import NoBundle, Rekey, decode, encode
 from schemas.errors import LocalProtocolError, RemoteProtocolError
 from schemas.messages import (
+    PROTOCOL_VERSION,
     Bye,
     ByeReason,
     CallEnd,
@@ -150,7 +151,7 @@ def test_mutated_valid_messages_only_remote_error(
     )
 
 
-def _raw_envelope(version: int = 1) -> object:
+def _raw_envelope(version: int = PROTOCOL_VERSION) -> object:
     envelope = SCHEMA.Envelope.new_message()
     envelope.version = version
     return envelope
@@ -166,9 +167,13 @@ def test_unknown_union_tag_is_named() -> None:
 
 
 def test_wrong_version_is_named() -> None:
-    envelope = _raw_envelope(version=2)
+    # The version after ours (the protocol went to 2 with in-session rehandshakes and two-way
+    # calls; this test said "version 2, expected 1" before).
+    envelope = _raw_envelope(version=PROTOCOL_VERSION + 1)
     envelope.body.init("ping").nonce = 1  # type: ignore[attr-defined]
-    with pytest.raises(RemoteProtocolError, match="version 2, expected 1"):
+    with pytest.raises(
+        RemoteProtocolError, match=f"version {PROTOCOL_VERSION + 1}, expected {PROTOCOL_VERSION}"
+    ):
         decode(envelope.to_bytes())  # type: ignore[attr-defined]
 
 
@@ -236,7 +241,7 @@ def test_length_not_word_aligned_and_oversize() -> None:
 
 def test_encoding_refuses_what_the_peer_would_refuse() -> None:
     with pytest.raises(LocalProtocolError, match="Hello capability"):
-        encode(Hello(1, ("x" * 300,), "a", b""))
+        encode(Hello(PROTOCOL_VERSION, ("x" * 300,), "a", b""))
     with pytest.raises(LocalProtocolError, match="not a finite number"):
         encode(CodecFrames(1, math.inf, 1, b""))
     with pytest.raises(LocalProtocolError, match="cannot encode Ping"):

@@ -23,6 +23,7 @@ from handshake.testing import complete_in_memory
 from schemas.codec import Rekey, encode
 from schemas.errors import LocalProtocolError, RemoteProtocolError
 from schemas.messages import (
+    PROTOCOL_VERSION,
     Bye,
     ByeReason,
     Chunk,
@@ -37,7 +38,7 @@ from schemas.messages import (
 
 INITIATOR_ID = StaticIdentity(bytes(range(32)))
 RESPONDER_ID = StaticIdentity(bytes(range(100, 132)))
-HELLO = Hello(1, (), "csm", b"")
+HELLO = Hello(PROTOCOL_VERSION, (), "csm", b"")
 #: The symmetric rekey alone: no fresh key exchange falls due (tests/reliability covers those).
 SYMMETRIC_ONLY = SessionSettings(rehandshake_after_seconds=1e6, reject_after_seconds=2e6)
 

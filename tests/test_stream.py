@@ -23,6 +23,7 @@ from handshake.stream import (
 )
 from schemas.errors import RemoteProtocolError
 from schemas.messages import (
+    PROTOCOL_VERSION,
     Bye,
     ByeReason,
     CodecFrames,
@@ -36,7 +37,7 @@ from schemas.messages import (
 
 INITIATOR_ID = StaticIdentity.generate()
 RESPONDER_ID = StaticIdentity.generate()
-HELLO = Hello(1, ("calls",), "csm", b"\x01" * 32)
+HELLO = Hello(PROTOCOL_VERSION, ("calls",), "csm", b"\x01" * 32)
 
 
 def bundle(size: int, tag: int) -> WeightsBundle:
