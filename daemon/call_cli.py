@@ -142,6 +142,8 @@ def call_command(
     """An encrypted call: our voice goes out as codec frames; captions come back live."""
     import trio
 
+    from codec.config import CodecConfig
+    from codec.model import new_model
     from daemon.calls import (
         CallerCaptions,
         CallError,
@@ -151,7 +153,7 @@ def call_command(
         measure_voice,
         place_call,
     )
-    from daemon.cli import EXIT_RUNTIME_FAILURE, fail, resolve_home
+    from daemon.cli_support import EXIT_RUNTIME_FAILURE, fail, resolve_home
     from daemon.codec_store import CodecStore
     from daemon.config import load_config
     from daemon.database import PeerStore, open_database
@@ -159,8 +161,6 @@ def call_command(
     from daemon.identity import load_identity
     from daemon.node import CAPABILITIES
     from daemon.peers import PeerError, PeerTable, format_peer_id
-    from fl.config import CodecConfig
-    from fl.model import new_model
     from handshake.noise import StaticIdentity
     from media.audio import load_audio
     from media.call_receiver import CallLimits

@@ -86,7 +86,10 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from daemon.atomic import write_atomic
+from codec.config import CodecConfig
+from codec.errors import InvalidBundleError
+from codec.model import CodecModel, model_from_bundle
+from common.atomic import write_atomic
 from daemon.call_admission import PeerCallLimits, RecognizerLoad
 from daemon.connections import SESSION_IDLE_TIMEOUT_S, SessionHandler, SessionInfo
 from daemon.database import PeerRecord
@@ -94,9 +97,6 @@ from daemon.faults import describe_failure
 from daemon.logs import event, get_logger
 from daemon.peers import short_peer_id
 from daemon.trust_policy import call_refusal
-from fl.config import CodecConfig
-from fl.errors import InvalidBundleError
-from fl.model import CodecModel, model_from_bundle
 from handshake.noise import StaticIdentity
 from handshake.stream import SessionStream, StreamSettings, initiate_session
 from media.asr import DecodeOptions, FeatureTranscriber

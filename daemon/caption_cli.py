@@ -173,7 +173,7 @@ def caption_command(
     ] = False,
 ) -> None:
     """Captions for recordings (audio or video): SRT and WebVTT, optionally translated."""
-    from daemon.cli import fail, resolve_home
+    from daemon.cli_support import fail, resolve_home
 
     node_home = resolve_home(home)
     sources = _expand(files)
@@ -228,7 +228,7 @@ def caption_command(
 
 def _expand(arguments: list[str]) -> list[Path]:
     """The files named, patterns expanded (sorted), each once; a one-line failure otherwise."""
-    from daemon.cli import fail
+    from daemon.cli_support import fail
 
     sources: dict[Path, None] = {}
     for argument in arguments:
@@ -256,7 +256,7 @@ def _submit(
     language: str | None,
 ) -> Mapping[str, object] | None:
     """The queued job, or ``None`` when no node answers on the home's socket."""
-    from daemon.cli import fail
+    from daemon.cli_support import fail
     from daemon.rpc_client import RpcCallError, RpcClientError, RpcUnavailableError, call_sync
 
     params: dict[str, object] = {"path": str(source), "to": languages}
@@ -281,7 +281,7 @@ def _submit(
 
 def _follow(node_home: NodeHome, job_id: str, errors: Console) -> None:
     """Poll ``caption.get`` until the job ends; print its outputs or fail with its reason."""
-    from daemon.cli import fail
+    from daemon.cli_support import fail
     from daemon.rpc_client import RpcClientError, call_sync
 
     errors.print(f"caption job {job_id} queued on the running node", highlight=False)
@@ -329,7 +329,7 @@ def _caption_here(
     options: _LocalOptions,
     errors: Console,
 ) -> None:
-    from daemon.cli import fail
+    from daemon.cli_support import fail
     from daemon.config import load_config
     from daemon.jobs import default_translator_factory
     from daemon.language_setup import language_matrix_for, whisper_store_for
@@ -406,7 +406,7 @@ def _caption_here(
 
 def _with_model(config: Config, model: str) -> Config:
     """``config`` with ``models.whisper`` set to ``--model`` (a folder must exist)."""
-    from daemon.cli import fail
+    from daemon.cli_support import fail
     from media.models import AUTO, EMBEDDED_MODELS
 
     if model not in (AUTO, *EMBEDDED_MODELS) and not Path(model).expanduser().is_dir():
@@ -418,7 +418,7 @@ def _with_model(config: Config, model: str) -> Config:
 
 def _check_translates(store: WhisperStore) -> None:
     """Refuse ``--task translate`` on an English-only model, in one line."""
-    from daemon.cli import fail
+    from daemon.cli_support import fail
     from media.models import AUTO, TINY_EN
 
     setting = store.choice.setting

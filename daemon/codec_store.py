@@ -30,16 +30,16 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from daemon.atomic import write_atomic
+from codec.bundle import bundle_from_state, state_from_bundle
+from codec.checkpoint import Checkpoint, load_checkpoint, previous_path, save_checkpoint
+from codec.config import CodecConfig
+from codec.errors import CheckpointError
+from codec.model import expected_shapes, new_model, state_to_numpy
+from codec.pretrained import DEFAULT_CHECKPOINT
+from common.atomic import write_atomic
+from daemon.enroll import FEATURE_SUFFIX, load_features
 from daemon.logs import event, get_logger
 from daemon.peers import format_peer_id
-from fl.bundle import bundle_from_state, state_from_bundle
-from fl.checkpoint import Checkpoint, load_checkpoint, previous_path, save_checkpoint
-from fl.config import CodecConfig
-from fl.enroll import FEATURE_SUFFIX, load_features
-from fl.errors import CheckpointError
-from fl.model import expected_shapes, new_model, state_to_numpy
-from fl.pretrained import DEFAULT_CHECKPOINT
 from schemas.codec import decode, encode
 from schemas.errors import RemoteProtocolError
 from schemas.messages import WeightsBundle

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from codec.checkpoint import load_checkpoint, previous_path
+from codec.errors import CheckpointError
 from daemon.codec_store import CHECKPOINT_NAME, CREATED_MARKER
 from daemon.config import ConfigError, load_config
 from daemon.database import MIGRATIONS
 from daemon.home import NodeHome
 from daemon.identity import IdentityError, load_identity
-from fl.checkpoint import load_checkpoint, previous_path
-from fl.errors import CheckpointError
 
 #: Files looked at for their mode, at most (a home holds a few hundred).
 MAX_FILES_CHECKED: Final = 20_000

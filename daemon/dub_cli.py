@@ -83,7 +83,7 @@ def dub_command(
     # Errors are raised as MediaError subclasses, which ``daemon.cli.main`` prints as one line
     # (also under ``python -m daemon.cli``, where this module's view of daemon.cli.UserError
     # is not the class __main__ catches).
-    from daemon.cli import resolve_home
+    from daemon.cli_support import resolve_home
     from daemon.config import load_config
     from daemon.jobs import (
         DUBS_DIR_NAME,

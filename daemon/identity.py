@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from daemon.peers import format_peer_id, short_peer_id
 
 KEY_LENGTH = 32

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from daemon.config import Config
 from daemon.database import DatabaseError, JobRecord, JobStatus, JobStore
 from daemon.faults import FaultLog, is_disk_full

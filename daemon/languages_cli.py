@@ -26,7 +26,7 @@ def languages_command(
     home: HomeOption = None,
 ) -> None:
     """What this install can recognize, translate (engine per direction) and speak."""
-    from daemon.cli import fail, resolve_home
+    from daemon.cli_support import fail, resolve_home
     from daemon.config import load_config
     from daemon.language_setup import language_matrix_for
     from media.errors import MediaError

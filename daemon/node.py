@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import trio
 
+from codec.config import CodecConfig
 from daemon.calls import CALLS_DIR, CallObserver, CallService, make_call_handler
 from daemon.codec_store import CodecStore
 from daemon.config import Config, FlSection
@@ -74,7 +75,7 @@ from daemon.storage import StorageBound
 from daemon.trust_policy import TrustPolicy
 from daemon.version import parley_version
 from fl.aggregate import AggregationResult
-from fl.config import AggregationConfig, CodecConfig, TrainConfig
+from fl.config import AggregationConfig, TrainConfig
 from handshake.noise import StaticIdentity
 from handshake.session import REASSEMBLY_BUDGET_BYTES, MemoryBudget, SessionSettings
 from handshake.stream import SessionStream, StreamSettings

@@ -27,7 +27,8 @@ def ping_command(
 
     import trio
 
-    from daemon.cli import EXIT_RUNTIME_FAILURE, fail, print_json, require_home, stdout
+    from codec.config import CodecConfig
+    from daemon.cli_support import EXIT_RUNTIME_FAILURE, fail, print_json, require_home, stdout
     from daemon.codec_store import CodecStore
     from daemon.database import PeerStore, open_database
     from daemon.discovery import StaticPeerError, parse_static_peer
@@ -35,7 +36,6 @@ def ping_command(
     from daemon.node import CAPABILITIES
     from daemon.peers import PeerError, PeerTable, format_peer_id
     from daemon.ping import PingError, ping_peer
-    from fl.config import CodecConfig
     from handshake.noise import StaticIdentity
     from schemas.messages import PROTOCOL_VERSION, Hello
 

@@ -34,6 +34,9 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from codec.checkpoint import Checkpoint
+from codec.errors import InvalidBundleError
+from codec.model import new_model, state_to_numpy
 from daemon.codec_store import FEATURES_DIGEST_KEY, CodecStore, OurCodec
 from daemon.connections import ConnectionManager, DialError
 from daemon.database import DatabaseError, PeerRecord, RoundRecord, RoundStatus, RoundStore
@@ -41,10 +44,7 @@ from daemon.faults import FaultLog, describe_failure
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, format_peer_id, short_peer_id
 from fl.aggregate import AggregationResult, PeerUpdate
-from fl.checkpoint import Checkpoint
 from fl.config import AggregationConfig, TrainConfig
-from fl.errors import InvalidBundleError
-from fl.model import new_model, state_to_numpy
 from fl.round_guard import DEFAULT_MAX_LOSS_INCREASE, guarded_aggregate, split_heldout
 from fl.train import evaluate_l1, train_codec
 from schemas.messages import WeightsBundle

@@ -28,8 +28,8 @@ def install_service_command(
 ) -> None:
     """Write a systemd user unit that runs this node, restarts it on failure and reloads its
     config on `systemctl --user reload parley`."""
-    from daemon.atomic import write_atomic
-    from daemon.cli import fail, require_home
+    from common.atomic import write_atomic
+    from daemon.cli_support import fail, require_home
     from daemon.service import UNIT_NAME, render_user_unit, user_unit_dir
 
     node_home = require_home(home)

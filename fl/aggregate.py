@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from fl.config import MAX_SAMPLE_COUNT, AggregationConfig
+from codec.config import MAX_SAMPLE_COUNT
+from fl.config import AggregationConfig
 
 State = Mapping[str, npt.NDArray[np.floating]]
 FloatArray = npt.NDArray[np.float64]

@@ -56,7 +56,7 @@ Client data (:func:`load_client_data`) is one speaker per client, so clients are
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before flwr: no telemetry, no update check)
+import common.offline  # noqa: F401  (before flwr: no telemetry, no update check)
 
 import contextlib
 import dataclasses
@@ -88,10 +88,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from codec.config import CodecConfig
+from codec.model import CodecModel, expected_shapes, load_numpy_state, new_model, state_to_numpy
 from fl.aggregate import AggregationResult, PeerUpdate, aggregate_round
-from fl.config import AggregationConfig, CodecConfig, TrainConfig
+from fl.config import AggregationConfig, TrainConfig
 from fl.errors import FLError
-from fl.model import CodecModel, expected_shapes, load_numpy_state, new_model, state_to_numpy
 from fl.personalize import personalize
 from fl.train import evaluate_l1, train_codec
 

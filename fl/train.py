@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from codec.latent import step_size
+from codec.model import CodecModel, decode_codes, encode_to_codes
 from fl.config import QuantizationMode, TrainConfig
-from fl.latent import step_size
-from fl.model import CodecModel, decode_codes, encode_to_codes
 
 ProgressCallback = Callable[[int, int, float], None]
 StopCallback = Callable[[], bool]
@@ -53,7 +53,7 @@ class TrainReport:
 def quantize_for_training(
     latent: torch.Tensor, bits: int, mode: QuantizationMode, generator: torch.Generator
 ) -> torch.Tensor:
-    """A differentiable stand-in for :func:`fl.latent.quantize` followed by dequantize."""
+    """A differentiable stand-in for :func:`codec.latent.quantize` followed by dequantize."""
     step = step_size(bits)
     if mode == "noise":
         noise = (torch.rand(latent.shape, generator=generator) - 0.5) * step

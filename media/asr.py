@@ -20,7 +20,7 @@ Its exceptions (CTranslate2 ``RuntimeError``, tokenizer ``ValueError``) are tran
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (must precede faster_whisper / ctranslate2)
+import common.offline  # noqa: F401  (must precede faster_whisper / ctranslate2)
 
 import math
 from dataclasses import dataclass, field

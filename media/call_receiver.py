@@ -58,9 +58,9 @@ from typing import BinaryIO, Final
 import numpy as np
 import numpy.typing as npt
 
-from fl.errors import InvalidCodecFramesError
-from fl.latent import MAX_BITS, MIN_BITS, payload_size, unpack_codes
-from fl.model import CodecModel
+from codec.errors import InvalidCodecFramesError
+from codec.latent import MAX_BITS, MIN_BITS, payload_size, unpack_codes
+from codec.model import CodecModel
 from media.captions import CaptionError, Cue, CueBuilder, retime_text
 from media.codec_stream import StreamingDecoder
 from media.errors import MediaError

@@ -2,7 +2,7 @@
 
 16 kHz mono samples -> :class:`~media.features.StreamingLogMel` (Whisper's front end, running-max
 normalisation) -> :class:`~media.codec_stream.StreamingEncoder` (our CSM, frame-exact with the
-batch encoder) -> :func:`~fl.latent.pack_codes` -> :class:`~schemas.messages.CodecFrames`.
+batch encoder) -> :func:`~codec.latent.pack_codes` -> :class:`~schemas.messages.CodecFrames`.
 
 Each :meth:`CallSender.push` returns at most one message holding every latent frame its samples
 completed, so the caller's batching (``call.batch_ms`` of audio per push) is the wire batching.
@@ -24,8 +24,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from fl.latent import pack_codes
-from fl.model import CodecModel
+from codec.latent import pack_codes
+from codec.model import CodecModel
 from media.codec_stream import StreamingEncoder
 from media.features import StreamingLogMel
 from media.latency import LatencyStats

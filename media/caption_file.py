@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from media.audio import load_audio
 from media.caption_formats import (
     OutputFormat,

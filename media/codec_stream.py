@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The codec (:mod:`fl.model`) is a stack of temporal convolutions with bounded context: each of the
+The codec (:mod:`codec.model`) is a stack of temporal convolutions with bounded context: each of the
 ``blocks`` residual blocks reads ``past = kernel_size - 1 - lookahead`` frames back and
 ``lookahead`` frames ahead, and the encoder's final strided convolution turns ``stride`` mel
 frames into one latent frame. So, with ``L = blocks * past`` and ``R = blocks * lookahead``:
@@ -38,8 +38,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from fl.latent import dequantize, quantize
-from fl.model import CodecModel
+from codec.latent import dequantize, quantize
+from codec.model import CodecModel
 from media.errors import StreamFinishedError
 
 __all__ = ["StreamingDecoder", "StreamingEncoder"]

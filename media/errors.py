@@ -60,3 +60,11 @@ class UnsupportedLanguageError(MediaError):
 
 class TranscriptionError(MediaError):
     """The ASR runtime failed while decoding."""
+
+
+class TranslationError(MediaError):
+    """A translation backend failed on some input."""
+
+
+class UnsupportedLanguagePairError(TranslationError):
+    """No installed backend translates between the two languages asked for."""

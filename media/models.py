@@ -27,7 +27,7 @@ try to download it; :func:`load_whisper` therefore checks the folder itself firs
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (must precede faster_whisper / ctranslate2)
+import common.offline  # noqa: F401  (must precede faster_whisper / ctranslate2)
 
 import hashlib
 import importlib.util

@@ -34,7 +34,7 @@ at construction with a one-line :class:`~media.errors.ModelLoadError`.
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  # before transformers (imported lazily): hub stays offline
+import common.offline  # noqa: F401  # before transformers (imported lazily): hub stays offline
 
 import functools
 import re
@@ -45,7 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from media.errors import MediaError, ModelLoadError, ModelNotFoundError
+from media.errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    TranslationError,
+    UnsupportedLanguagePairError,
+)
 
 __all__ = [
     "FastTranslateTranslator",
@@ -82,14 +87,6 @@ _POSTEDIT_HOMOGRAPHS: dict[str, frozenset[str]] = {
 _WORD = re.compile(r"\b[^\W\d_]+\b")
 # fullmatch, not match with "$": "$" also matches before a trailing newline ("pt\n").
 _LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*")
-
-
-class TranslationError(MediaError):
-    """A translation backend failed on some input."""
-
-
-class UnsupportedLanguagePairError(TranslationError):
-    """No installed backend translates between the two languages asked for."""
 
 
 @runtime_checkable

@@ -63,8 +63,7 @@ class ApertiumTranslator:
     """One Apertium direction; construction checks that its mode is installed."""
 
     def __init__(self, source: str, target: str) -> None:
-        # Local import: media.translate imports this module for its backend table.
-        from media.translate import UnsupportedLanguagePairError
+        from media.errors import UnsupportedLanguagePairError
 
         entry = APERTIUM_MODES.get((source, target))
         if entry is None:
@@ -110,7 +109,7 @@ class ApertiumTranslator:
         return [next(results) if text else "" for text in cleaned]
 
     def _run(self, text: str) -> str:
-        from media.translate import TranslationError
+        from media.errors import TranslationError
 
         try:
             result = subprocess.run(

@@ -64,7 +64,7 @@ class WeightsBundle:
     """A codec's weights as exchanged in the handshake and in FL rounds.
 
     ``compression`` names how each blob's ``data`` is compressed (``"none"``, ``"zlib"``,
-    ``"lzma"``); ``content_hash`` is computed by :mod:`fl.bundle` over everything else and
+    ``"lzma"``); ``content_hash`` is computed by :mod:`codec.bundle` over everything else and
     checked on load.
     """
 

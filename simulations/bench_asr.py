@@ -13,7 +13,7 @@ beside the speed, since a faster setting that loses words is no gain.
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before faster_whisper / piper's onnxruntime)
+import common.offline  # noqa: F401  (before faster_whisper / piper's onnxruntime)
 
 import argparse
 import json

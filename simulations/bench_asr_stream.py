@@ -30,7 +30,7 @@ Theory of operation
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before faster_whisper)
+import common.offline  # noqa: F401  (before faster_whisper)
 
 import argparse
 import json
@@ -48,7 +48,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from media.features import FRAMES_PER_SECOND, SAMPLE_RATE
 from media.wer import corpus_wer
 from simulations.corpus import CorpusError, VoiceEngine, VoiceSpec, default_cache_dir
@@ -210,7 +210,7 @@ def stream_recording(
     wall_clock: Callable[[], float] = time.perf_counter,
 ) -> StreamRun:
     """The recording through a call's sender, codec and streaming recognizer (module doc)."""
-    from fl.latent import unpack_codes
+    from codec.latent import unpack_codes
     from media.call_sender import CallSender
     from media.codec_stream import StreamingDecoder
     from media.streaming_asr import FinalWords, StreamingTranscriber
@@ -423,12 +423,12 @@ def run(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the bench on ``set_path``; write the JSON to ``json_path`` if given; return it."""
+    from codec.checkpoint import load_checkpoint
+    from codec.model import new_model
+    from codec.pretrained import DEFAULT_CHECKPOINT
     from daemon.calls import CallModels
     from daemon.config import Config
     from daemon.jobs import default_transcriber_factory
-    from fl.checkpoint import load_checkpoint
-    from fl.model import new_model
-    from fl.pretrained import DEFAULT_CHECKPOINT
 
     say = progress if progress is not None else (lambda text: print(text, file=sys.stderr))
     speech_set = load_speech_set(set_path)

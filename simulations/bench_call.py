@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 1. **The caller's voice and codec.** The caller speaks with piper's "joe" voice. Its codec is
-   enrolled (:func:`fl.enroll.enroll`, the real path) on Harvard sentences from lists 1-8 read by
-   that voice, once, and cached under ``build/call-codec/<key>/`` (the key hashes the voice, the
+   enrolled (:func:`daemon.enroll.enroll`, the real path) on Harvard sentences from lists 1-8 read
+   by that voice, once, and cached under ``build/call-codec/<key>/`` (the key hashes the voice, the
    sentences, the steps and the codec config), so later runs copy the checkpoint.
 2. **The script.** Held-out Harvard sentences (lists 9-10, never trained on) read by the same
    voice, with short pauses between them, as one 16 kHz signal.
@@ -22,7 +22,7 @@ Theory of operation
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before faster_whisper / transformers)
+import common.offline  # noqa: F401  (before faster_whisper / transformers)
 
 import argparse
 import hashlib
@@ -41,7 +41,11 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from daemon.atomic import write_atomic
+from codec.checkpoint import load_checkpoint
+from codec.config import CodecConfig
+from codec.model import new_model
+from codec.pretrained import DEFAULT_CHECKPOINT
+from common.atomic import write_atomic
 from daemon.calls import (
     CallerCaptions,
     CallModels,
@@ -56,14 +60,11 @@ from daemon.calls import (
 )
 from daemon.config import Config, render_default_config
 from daemon.database import PeerSource
+from daemon.enroll import enroll
 from daemon.home import NodeHome
 from daemon.identity import Identity, load_identity, save_identity
 from daemon.node import NodeOptions, RunningNode, open_node
-from fl.checkpoint import load_checkpoint
-from fl.config import CodecConfig, TrainConfig
-from fl.enroll import enroll
-from fl.model import new_model
-from fl.pretrained import DEFAULT_CHECKPOINT
+from fl.config import TrainConfig
 from handshake.noise import StaticIdentity
 from media.audio import load_audio
 from media.call_receiver import CallLimits
@@ -76,7 +77,7 @@ CALLER_VOICE: Final = VoiceSpec(id="piper-joe", engine=VoiceEngine.PIPER, voice=
 #: Enrollment of the caller's codec. Measured with tiny.en on six held-out sentences decoded as
 #: one window: 2000 steps on 40 sentences gives the clean audio's WER (0.09), 600 steps on 12
 #: doubles it; on single sentences, 1200 steps on 30 still garbles one sentence in ten.
-#: Enrollment fine-tunes the shipped pretrained codec (fl/pretrained) on the caller's voice.
+#: Enrollment fine-tunes the shipped pretrained codec (codec/pretrained) on the caller's voice.
 ENROLL_SENTENCES: Final = 40
 ENROLL_STEPS: Final = 1500
 #: The held-out sentences (lists 9-10, in list order) that Whisper tiny.en (int8, greedy)

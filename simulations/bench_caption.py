@@ -19,7 +19,7 @@ most 1.1x its time). Figures taken on a shared machine are under load: the JSON 
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before faster_whisper / piper's onnxruntime)
+import common.offline  # noqa: F401  (before faster_whisper / piper's onnxruntime)
 
 import argparse
 import json

@@ -22,7 +22,7 @@ Theory of operation
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before faster_whisper / transformers)
+import common.offline  # noqa: F401  (before faster_whisper / transformers)
 
 import contextlib
 import hashlib
@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from daemon.config import Config
 from daemon.jobs import default_transcriber_factory, default_translator_factory
 from media.dub.measure import loudness_envelope, measure_openings, psnr_outside, sync_figure

@@ -10,14 +10,14 @@ how much of the near-end voice survives double talk.
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401
+import common.offline  # noqa: F401
 
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from media.echo import measure_erle
 
 

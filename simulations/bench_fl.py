@@ -11,7 +11,7 @@ together (handshakes and bundles both ways).
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401
+import common.offline  # noqa: F401
 
 import json
 import tempfile
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from simulations.flower_sim import bench_flower
 from simulations.node_sim import SimulationSettings, main_sync
 

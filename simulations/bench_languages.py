@@ -33,7 +33,7 @@ Figures depend on the machine's load; the JSON says which sentence set it used.
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before faster_whisper / transformers)
+import common.offline  # noqa: F401  (before faster_whisper / transformers)
 
 import argparse
 import json
@@ -49,7 +49,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from media.asr import DecodeOptions, FeatureTranscriber
 from media.features import SAMPLE_RATE, log_mel
 from media.models import WhisperChoice, WhisperStore

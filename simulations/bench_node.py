@@ -6,7 +6,7 @@ rounds are run by the first node. Times are wall-clock on this machine.
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401
+import common.offline  # noqa: F401
 
 import json
 import shutil
@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from daemon.config import Config
 from daemon.node import NodeOptions, open_node
 from simulations.node_sim import _make_homes

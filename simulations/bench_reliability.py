@@ -21,15 +21,15 @@ Each figure comes from a real run, here and now:
 * ``disk_full``: an FL round whose checkpoint write fails with ENOSPC (a stand-in writer: the
   disk is not really filled); ``node_survived``, ``state_loadable`` (no round left running).
 * issue #11's ``trust_by_name``, ``multi_address_flood``, ``fd_pressure``, ``slow_reader`` and
-  ``poison_rounds`` (:mod:`tests.reliability.abuse_stages`), the same with ``quick``.
+  ``poison_rounds`` (:mod:`simulations.reliability.abuse_stages`), the same with ``quick``.
 
-The reliability scenarios live in the test tree (``tests/reliability``) so that CI runs the
-same code with small budgets; run this from a checkout. ``quick=True`` uses the CI budgets.
+The scenarios live in :mod:`simulations.reliability`; the tests in ``tests/reliability`` run the
+same code with small budgets. ``quick=True`` uses the CI budgets.
 """
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before anything imports a dependency that phones home)
+import common.offline  # noqa: F401  (before anything imports a dependency that phones home)
 
 import json
 import multiprocessing
@@ -37,6 +37,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 import zlib
@@ -84,14 +85,14 @@ QUICK: Final = Budget(
 
 
 def _fuzz_one(name: str, count: int) -> tuple[str, dict[str, object]]:
-    from tests.reliability.fuzz_targets import fuzz_loop, targets
+    from simulations.reliability.fuzz_targets import fuzz_loop, targets
 
     target = next(item for item in targets() if item.name == name)
     return name, fuzz_loop(target, count, seed=zlib.crc32(name.encode())).as_dict()
 
 
 def _fuzz_decoders(count: int) -> dict[str, dict[str, object]]:
-    from tests.reliability.fuzz_targets import targets
+    from simulations.reliability.fuzz_targets import targets
 
     names = [target.name for target in targets()]
     workers = max(1, min(len(names), os.cpu_count() or 1))
@@ -115,8 +116,8 @@ def _fuzz_decoders(count: int) -> dict[str, dict[str, object]]:
 
 async def _spray(port: int, node_key: bytes, count: int) -> int:
     """Hostile connections from many loopback sources: mutated message 1s and random bytes."""
-    from tests.reliability import hostile_peer
-    from tests.reliability.fuzz_targets import mutate
+    from simulations.reliability import hostile_peer
+    from simulations.reliability.fuzz_targets import mutate
 
     rng = random.Random(7)
     seeds = [hostile_peer.message1(node_key)[2:]]
@@ -157,8 +158,8 @@ def _rss_mb(pid: int) -> float:
 
 
 def _node_under_fuzz(root: Path, connections: int) -> dict[str, object]:
-    from tests.node_helpers import make_home
-    from tests.reliability.process_nodes import NodeProcess, free_port, write_config
+    from simulations.node_helpers import make_home
+    from simulations.reliability.process_nodes import NodeProcess, free_port, write_config
 
     home, identity = make_home(root, "fuzzed")
     port = free_port()
@@ -187,7 +188,7 @@ def _node_under_fuzz(root: Path, connections: int) -> dict[str, object]:
 
 
 def _hostile(root: Path, budget: Budget) -> dict[str, object]:
-    from tests.reliability.scenarios import run_hostile_cases
+    from simulations.reliability.scenarios import run_hostile_cases
 
     results, counted = trio.run(
         lambda: run_hostile_cases(
@@ -196,7 +197,7 @@ def _hostile(root: Path, budget: Budget) -> dict[str, object]:
     )
     report: dict[str, object] = {name: result.as_dict() for name, result in results.items()}
     try:
-        from tests.reliability.call_scenarios import case_call_flood
+        from simulations.reliability.call_scenarios import case_call_flood
 
         (root / "call").mkdir()
         flood = trio.run(lambda: case_call_flood(root / "call", seconds_of_audio=600))
@@ -212,16 +213,14 @@ def _hostile(root: Path, budget: Budget) -> dict[str, object]:
 def _speech(root: Path) -> Path | None:
     if shutil.which("espeak-ng") is None:
         return None
-    from tests.speech import synthesize_speech
-
-    return synthesize_speech(
-        "Reliability benchmark speech. The node captions this while it is under load.",
-        root / "speech.wav",
-    )
+    wav = root / "speech.wav"
+    text = "Reliability benchmark speech. The node captions this while it is under load."
+    subprocess.run(["espeak-ng", "-v", "en-gb", "-s", "130", "-w", str(wav), text], check=True)
+    return wav
 
 
 def _multihost(root: Path) -> dict[str, object]:
-    from tests.reliability.process_nodes import NamespaceUnavailable, run_multihost
+    from simulations.reliability.process_nodes import NamespaceUnavailable, run_multihost
 
     try:
         return run_multihost(root).as_dict()
@@ -230,21 +229,21 @@ def _multihost(root: Path) -> dict[str, object]:
 
 
 def _stranger_calls(root: Path, *, quick: bool) -> dict[str, object]:
-    from tests.reliability.fault_scenarios import case_stranger_calls
+    from simulations.reliability.fault_scenarios import case_stranger_calls
 
     root.mkdir(exist_ok=True)
     return trio.run(lambda: case_stranger_calls(root, strangers=5 if quick else 20))
 
 
 def _locked_db(root: Path) -> dict[str, object]:
-    from tests.reliability.fault_scenarios import case_locked_db
+    from simulations.reliability.fault_scenarios import case_locked_db
 
     root.mkdir(exist_ok=True)
     return trio.run(lambda: case_locked_db(root, hold_s=8.0))
 
 
 def _disk_full(root: Path) -> dict[str, object]:
-    from tests.reliability.fault_scenarios import case_disk_full_with_stand_in_writer
+    from simulations.reliability.fault_scenarios import case_disk_full_with_stand_in_writer
 
     root.mkdir(exist_ok=True)
     figures = trio.run(case_disk_full_with_stand_in_writer, root)
@@ -264,8 +263,8 @@ def run(json_path: Path | None, *, quick: bool = False) -> dict[str, Any]:
             script_audio,
             trained_caller_checkpoint,
         )
-        from tests.reliability.abuse_stages import stages as abuse_stages
-        from tests.reliability.process_nodes import CallLoad, run_crash_trials, run_load
+        from simulations.reliability.abuse_stages import stages as abuse_stages
+        from simulations.reliability.process_nodes import CallLoad, run_crash_trials, run_load
 
         calls = CallLoad(
             calls=budget.calls,

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import trio
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from daemon.config import Config, render_default_config
 from daemon.database import JobStore, open_database
 from daemon.home import NodeHome

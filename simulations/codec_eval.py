@@ -50,10 +50,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from codec.bundle import bundle_from_state
+from codec.config import CodecConfig
+from codec.model import CodecModel, new_model, state_to_numpy
 from fl.aggregate import PeerUpdate, aggregate_round
-from fl.bundle import bundle_from_state
-from fl.config import AggregationConfig, CodecConfig, TrainConfig
-from fl.model import CodecModel, new_model, state_to_numpy
+from fl.config import AggregationConfig, TrainConfig
 from fl.train import encode_decode, train_codec
 from media.asr import DecodeOptions, FeatureTranscriber
 from media.audio import load_audio

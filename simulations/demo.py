@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401
+import common.offline  # noqa: F401
 
 import sys
 import tempfile

@@ -14,7 +14,7 @@ Both fail loudly: Flower logs a failed or missing client and carries on, so ever
 count is checked (in the strategy, and again here) and a short round is a
 :class:`~fl.flower_app.FlowerRunError`.
 
-Offline: :mod:`daemon.offline` turns off Flower's telemetry and update check and Ray's usage
+Offline: :mod:`common.offline` turns off Flower's telemetry and update check and Ray's usage
 stats before either is imported; SuperLinks start with ``--disable-runtime-dependency-installation``
 (SuperNodes install nothing unless given ``--allow-runtime-dependency-installation``), and the
 ``flwr`` CLI gets its own ``FLWR_HOME`` whose only SuperLink connection is the one we started, so
@@ -23,7 +23,7 @@ it never falls back to Flower's hosted SuperGrid.
 
 from __future__ import annotations
 
-import daemon.offline  # (first: before flwr and ray are imported)
+import common.offline  # (first: before flwr and ray are imported)
 
 import gc
 import json
@@ -42,7 +42,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from fl.config import AggregationConfig, CodecConfig, TrainConfig
+from codec.config import CodecConfig
+from fl.config import AggregationConfig, TrainConfig
 from fl.flower_app import (
     PREPARED_INDEX_FILE,
     RUN_CONFIG_KEYS,
@@ -433,7 +434,7 @@ def flower_environment(flwr_home: Path) -> dict[str, str]:
     environment's ``bin`` first on PATH (the SuperLink and SuperNodes start ``flower-superexec``,
     ``flwr-serverapp`` and ``flwr-clientapp`` by name)."""
     environment = dict(os.environ)
-    environment.update(daemon.offline.OFFLINE_ENVIRONMENT)
+    environment.update(common.offline.OFFLINE_ENVIRONMENT)
     environment["FLWR_HOME"] = str(flwr_home)
     bin_dir = str(Path(sys.executable).parent)
     environment["PATH"] = os.pathsep.join([bin_dir, environment.get("PATH", "")])

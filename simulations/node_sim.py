@@ -27,7 +27,7 @@ report keeps every round's record, with the bundles each node rejected or clippe
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401
+import common.offline  # noqa: F401
 
 import json
 import math
@@ -45,16 +45,17 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from daemon.atomic import write_atomic
+from codec.bundle import bundle_from_state, state_from_bundle
+from codec.config import CodecConfig
+from codec.model import expected_shapes, new_model, state_to_numpy
+from common.atomic import write_atomic
 from daemon.config import Config, render_default_config
+from daemon.enroll import store_features
 from daemon.home import NodeHome
 from daemon.identity import Identity, save_identity
 from daemon.node import NodeOptions, RunningNode, open_node
 from fl.aggregate import AggregationResult
-from fl.bundle import bundle_from_state, state_from_bundle
-from fl.config import CodecConfig, TrainConfig
-from fl.enroll import store_features
-from fl.model import expected_shapes, new_model, state_to_numpy
+from fl.config import TrainConfig
 from fl.train import encode_decode, evaluate_l1, train_codec
 from schemas.messages import WeightsBundle
 from simulations.corpus import DEFAULT_SPEAKERS, build_corpus, default_cache_dir

@@ -1,4 +1,4 @@
-"""Train the codec every node starts from, shipped as ``fl/pretrained/default.ckpt``.
+"""Train the codec every node starts from, shipped as ``codec/pretrained/default.ckpt``.
 
 A fresh node's codec must already carry speech well: it is what peers decode our voice with
 before we ever enroll, and federated averaging assumes every node starts from the same weights.
@@ -6,23 +6,24 @@ So the shared starting point is not a random init but this model, trained on the
 split of the synthetic multi-speaker corpus (nine voices, Harvard lists 1-8; lists 9-10 stay
 held out for evaluation). Reproduce it with::
 
-    python -m simulations.train_default_codec [--steps 1500] [--out fl/pretrained/default.ckpt]
+    python -m simulations.train_default_codec [--steps 1500] [--out codec/pretrained/default.ckpt]
 
 Training is deterministic for a given corpus, seed and thread count.
 """
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401
+import common.offline  # noqa: F401
 
 import argparse
 import sys
 from pathlib import Path
 
-from fl.checkpoint import Checkpoint, save_checkpoint
-from fl.config import CodecConfig, TrainConfig
-from fl.model import new_model, state_to_numpy
-from fl.pretrained import DEFAULT_CHECKPOINT
+from codec.checkpoint import Checkpoint, save_checkpoint
+from codec.config import CodecConfig
+from codec.model import new_model, state_to_numpy
+from codec.pretrained import DEFAULT_CHECKPOINT
+from fl.config import TrainConfig
 from fl.train import evaluate_l1, train_codec
 from media.audio import load_audio
 from media.features import log_mel

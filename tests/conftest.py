@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before anything imports a dependency that phones home)
+import common.offline  # noqa: F401  (before anything imports a dependency that phones home)
 
 import sys
 

@@ -9,15 +9,15 @@ import zlib
 import numpy as np
 import pytest
 
-from fl.bundle import (
+from codec.bundle import (
     bundle_from_state,
     codec_version_hash,
     compute_content_hash,
     state_from_bundle,
 )
-from fl.config import CodecConfig
-from fl.errors import InvalidBundleError
-from fl.model import expected_shapes, new_model, state_to_numpy
+from codec.config import CodecConfig
+from codec.errors import InvalidBundleError
+from codec.model import expected_shapes, new_model, state_to_numpy
 from schemas import codec as wire
 from schemas.errors import RemoteProtocolError
 from schemas.messages import TensorBlob, TensorDtype, WeightsBundle

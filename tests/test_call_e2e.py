@@ -29,7 +29,7 @@ from simulations.bench_call import (
     script_audio,
     trained_caller_checkpoint,
 )
-from tests.node_helpers import short_root
+from simulations.node_helpers import short_root
 
 pytestmark = pytest.mark.slow
 

@@ -42,7 +42,7 @@ from simulations.bench_call import (
     open_call_pair,
     trained_caller_checkpoint,
 )
-from tests.node_helpers import short_root
+from simulations.node_helpers import short_root
 
 pytestmark = [
     pytest.mark.slow,

@@ -19,6 +19,10 @@ import trio
 import trio.testing
 import webvtt
 
+from codec.checkpoint import load_checkpoint
+from codec.config import CodecConfig
+from codec.latent import pack_codes, payload_size
+from codec.model import new_model
 from daemon.calls import (
     CallerCaptions,
     CallModels,
@@ -26,10 +30,6 @@ from daemon.calls import (
     CallSessionHandler,
 )
 from daemon.connections import SessionInfo
-from fl.checkpoint import load_checkpoint
-from fl.config import CodecConfig
-from fl.latent import pack_codes, payload_size
-from fl.model import new_model
 from handshake.handshake import TrustDecision
 from handshake.noise import StaticIdentity
 from handshake.stream import accept_session, initiate_session

@@ -33,7 +33,7 @@ from media.asr import FeatureTranscriber
 from media.caption_file import FeatureDecoder
 from media.translate import TranslationConfig, Translator, select_translator
 from media.wer import wer
-from tests.node_helpers import short_root
+from simulations.node_helpers import short_root
 from tests.speech import synthesize_speech, whisper_model
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fl.config import CodecConfig
-from fl.errors import CheckpointError
-from fl.model import new_model, state_to_numpy
+from codec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from codec.config import CodecConfig
+from codec.errors import CheckpointError
+from codec.model import new_model, state_to_numpy
 
 CONFIG = CodecConfig(hidden=16, latent_bits=4, init_seed=5)
 
@@ -92,7 +92,7 @@ def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path: Path) -> No
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-        from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+        from codec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
         path = Path({str(path)!r})
         base = load_checkpoint(path)
         Path({str(ready)!r}).touch()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Config, config_from_mapping
-from tests.node_helpers import make_home, short_root
+from simulations.node_helpers import make_home, short_root
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and Unix sockets")
 
@@ -389,8 +389,8 @@ def test_status_of_a_node_that_is_down_answers_with_exit_3():
 
 @pytest.mark.slow
 def test_a_call_to_an_unreachable_peer_fails_first_and_writes_nothing(tmp_path):
+    from codec.config import CodecConfig
     from daemon.codec_store import CodecStore
-    from fl.config import CodecConfig
     from tests.speech import SPEECH_TEXT, synthesize_speech
 
     with short_root() as root:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl.config import CodecConfig
+from codec.config import CodecConfig
 from simulations.codec_eval import (
     UTTERANCE_GAP_FRAMES,
     NaiveMelCodec,

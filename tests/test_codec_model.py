@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fl.bundle import bundle_from_state
-from fl.config import AggregationConfig, CodecConfig, TrainConfig
-from fl.errors import InvalidBundleError
-from fl.latent import dequantize, quantize
-from fl.model import (
+from codec.bundle import bundle_from_state
+from codec.config import CodecConfig
+from codec.errors import InvalidBundleError
+from codec.latent import dequantize, quantize
+from codec.model import (
     CodecModel,
     decode_codes,
     encode_to_codes,
@@ -23,6 +23,7 @@ from fl.model import (
     parameter_count,
     state_to_numpy,
 )
+from fl.config import AggregationConfig, TrainConfig
 
 
 def test_default_codec_fits_the_budget_and_bitrate() -> None:

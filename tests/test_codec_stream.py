@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl.config import CodecConfig
-from fl.latent import unpack_codes
-from fl.model import decode_codes, encode_to_codes, new_model
+from codec.config import CodecConfig
+from codec.latent import unpack_codes
+from codec.model import decode_codes, encode_to_codes, new_model
 from media.call_sender import CallSender, codec_settings
 from media.codec_stream import StreamingDecoder, StreamingEncoder
 from media.errors import StreamFinishedError

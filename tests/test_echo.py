@@ -6,7 +6,7 @@ evaluation ones.
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401
+import common.offline  # noqa: F401
 
 import functools
 import re

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fl.config import CodecConfig, TrainConfig
-from fl.enroll import enroll, load_features
-from fl.errors import CheckpointError, EnrollmentError
-from fl.model import new_model, state_to_numpy
+from codec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from codec.config import CodecConfig
+from codec.errors import CheckpointError
+from codec.model import new_model, state_to_numpy
+from daemon.enroll import EnrollmentError, enroll, load_features
+from fl.config import TrainConfig
 from tests.speech import synthesize_speech
 
 CODEC = CodecConfig()

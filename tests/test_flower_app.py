@@ -9,7 +9,7 @@ and the same inputs through :func:`fl.aggregate.aggregate_round` as a node would
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401
+import common.offline  # noqa: F401
 
 import dataclasses
 import ipaddress
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from codec.config import CodecConfig
+from codec.model import new_model, state_to_numpy
 from fl.aggregate import AggregationResult, PeerUpdate, aggregate_round
-from fl.config import AggregationConfig, CodecConfig
-from fl.model import new_model, state_to_numpy
+from fl.config import AggregationConfig
 from fl.personalize import personalize
 from fl.train import train_codec
 

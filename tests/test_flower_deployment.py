@@ -8,7 +8,7 @@ to a file this test reads (and fails the Flower process that tried it).
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401
+import common.offline  # noqa: F401
 
 import os
 import time

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from codec.checkpoint import load_checkpoint
 from daemon.home import NodeHome
-from fl.checkpoint import load_checkpoint
 from tests.speech import synthesize_speech
 
 

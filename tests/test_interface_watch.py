@@ -85,8 +85,8 @@ async def test_a_discovery_that_fails_to_start_is_retried_at_the_next_change_wit
 
 @pytest.mark.slow
 def test_a_node_whose_address_changes_is_found_at_the_new_one_in_namespaces():
-    from tests.node_helpers import make_home, short_root
-    from tests.reliability.process_nodes import (
+    from simulations.node_helpers import make_home, short_root
+    from simulations.reliability.process_nodes import (
         NamespaceUnavailable,
         NodeProcess,
         Star,

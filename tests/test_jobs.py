@@ -25,7 +25,7 @@ from media.caption_file import FeatureDecoder
 from media.features import FloatArray
 from media.translate import TranslationConfig, Translator, select_translator
 from media.wer import wer
-from tests.node_helpers import loopback_config, make_home, short_root, wait_for
+from simulations.node_helpers import loopback_config, make_home, short_root, wait_for
 from tests.speech import synthesize_speech, whisper_model
 
 pytestmark = pytest.mark.slow

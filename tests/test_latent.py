@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fl.config import CodecConfig
-from fl.errors import InvalidCodecFramesError
-from fl.latent import (
+from codec.config import CodecConfig
+from codec.errors import InvalidCodecFramesError
+from codec.latent import (
     dequantize,
     pack_codes,
     payload_size,

@@ -17,7 +17,7 @@ from daemon.rpc_client import call
 from handshake.noise import StaticIdentity
 from handshake.stream import initiate_session
 from schemas.messages import PROTOCOL_VERSION, Hello
-from tests.node_helpers import loopback_config, make_home, short_root, wait_for
+from simulations.node_helpers import loopback_config, make_home, short_root, wait_for
 
 pytestmark = pytest.mark.slow
 

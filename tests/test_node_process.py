@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.node_helpers import make_home, short_root
+from simulations.node_helpers import make_home, short_root
 
 pytestmark = pytest.mark.slow
 

@@ -9,14 +9,14 @@ import sys
 
 import trio
 
+from codec.config import CodecConfig
 from daemon.codec_store import CodecStore
 from daemon.database import PeerSource
 from daemon.node import CAPABILITIES, NodeOptions, open_node
 from daemon.ping import PingError, ping_peer
-from fl.config import CodecConfig
 from handshake.noise import StaticIdentity
 from schemas.messages import PROTOCOL_VERSION, Hello
-from tests.node_helpers import loopback_config, make_home, short_root
+from simulations.node_helpers import loopback_config, make_home, short_root
 
 
 def hello_of(home) -> Hello:

@@ -59,7 +59,7 @@ async def test_reloaded_fl_settings_drive_the_next_rounds_of_a_running_node():
 
     from daemon.database import RoundStatus
     from daemon.node import NodeOptions, open_node
-    from tests.node_helpers import loopback_config, make_home, short_root, wait_for
+    from simulations.node_helpers import loopback_config, make_home, short_root, wait_for
 
     with short_root() as root:
         home, _ = make_home(root, "fl")

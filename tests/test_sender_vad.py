@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from faster_whisper.vad import SileroVADModel
 
-from fl.config import CodecConfig
-from fl.model import new_model
+from codec.config import CodecConfig
+from codec.model import new_model
 from media.audio import load_audio
 from media.call_sender import CallSender
 from media.features import SAMPLE_RATE

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from daemon.service import render_user_unit
-from tests.node_helpers import make_home, short_root
+from simulations.node_helpers import make_home, short_root
 
 
 def parley(*args: str, env=None) -> subprocess.CompletedProcess[str]:

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fl.config import CodecConfig, TrainConfig
-from fl.latent import dequantize, quantize
-from fl.model import new_model, state_to_numpy
+from codec.config import CodecConfig
+from codec.latent import dequantize, quantize
+from codec.model import new_model, state_to_numpy
+from fl.config import TrainConfig
 from fl.train import encode_decode, evaluate_l1, quantize_for_training, train_codec
 from media.audio import load_audio
 from media.features import log_mel

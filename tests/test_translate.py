@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  # before transformers
+import common.offline  # noqa: F401  # before transformers
 
 import subprocess
 import sys

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  # before faster_whisper
+import common.offline  # noqa: F401  # before faster_whisper
 
 from pathlib import Path
 from typing import Any

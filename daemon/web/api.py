@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from daemon.web.app import error_response, services_of
 from daemon.web.call_feed import UnknownCallError
 from daemon.web.node_view import UnknownPeerRequestError
 from daemon.web.recordings import RecordingError, RecordingsRefusedError, parse_languages
+from daemon.web.services import error_response, services_of
 from daemon.web.upload import UploadError
 
 __all__ = ["SSE_KEEPALIVE_S", "api_routes"]

@@ -9,55 +9,26 @@ into ``{"error": {"code", "message"}}`` for the API, or a short page for a brows
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Final
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from daemon.web.api import api_routes
 from daemon.web.auth import CSRF_HEADER, SESSION_COOKIE, Credentials, WebAuth
-from daemon.web.call_feed import CallFeed
-from daemon.web.node_view import NodeView
-from daemon.web.recordings import RecordingService
+from daemon.web.pages import page_routes
+from daemon.web.services import WebServices, error_response
 
 __all__ = ["AuthMiddleware", "WebServices", "build_app", "error_response"]
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS: Final = frozenset({"/login"})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WebServices:
-    """Everything the routes call; each is also usable (and tested) alone."""
-
-    auth: WebAuth
-    recordings: RecordingService
-    node: NodeView
-    calls: CallFeed
-
-
-def error_response(request: Request, status: int, message: str) -> Response:
-    code = HTTPStatus(status).phrase.lower().replace(" ", "_")
-    if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
-        headers = {"WWW-Authenticate": 'Bearer realm="parley"'} if status == 401 else None
-        return JSONResponse(
-            {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-        )
-    templates = request.app.state.templates
-    page: Response = templates.TemplateResponse(
-        request,
-        "error.html",
-        {"status": status, "message": message, "csrf_token": ""},
-        status_code=status,
-    )
-    return page
 
 
 class AuthMiddleware:
@@ -119,9 +90,6 @@ def build_app(services: WebServices) -> Starlette:
     from starlette.middleware import Middleware
     from starlette.templating import Jinja2Templates
 
-    from daemon.web.api import api_routes
-    from daemon.web.pages import page_routes
-
     app = Starlette(
         routes=[
             *page_routes(),
@@ -142,8 +110,3 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
     return error_response(request, 405, "method not allowed")
-
-
-def services_of(request: Request) -> WebServices:
-    services: WebServices = request.app.state.services
-    return services

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 
 __all__ = [
     "CSRF_FIELD",

@@ -13,8 +13,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from daemon.web.api import guarded
-from daemon.web.app import error_response, services_of
 from daemon.web.auth import SESSION_COOKIE, Credentials
+from daemon.web.services import error_response, services_of
 
 __all__ = ["page_routes"]
 

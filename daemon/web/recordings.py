@@ -36,7 +36,7 @@ from typing import Final
 
 import trio
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from daemon.database import JobRecord, JobStatus, JobStore
 from daemon.jobs import JobRunner
 from daemon.rpc import RpcHandlerError

@@ -22,7 +22,7 @@ from daemon.rpc_client import call
 from daemon.rpc_server import serve_rpc
 from media.asr import FeatureTranscriber
 from media.translate import TranslationConfig, Translator, select_translator
-from tests.node_helpers import loopback_config, make_home, short_root, wait_for
+from simulations.node_helpers import loopback_config, make_home, short_root, wait_for
 from tests.speech import whisper_model
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.node_helpers import short_root
-from tests.reliability.abuse_stages import fd_pressure, multi_address_flood, slow_reader
+from simulations.node_helpers import short_root
+from simulations.reliability.abuse_stages import fd_pressure, multi_address_flood, slow_reader
 
 pytestmark = pytest.mark.slow
 

@@ -7,16 +7,16 @@ import logging
 
 import pytest
 
-from daemon.codec_store import CodecStore
-from fl.checkpoint import (
+from codec.checkpoint import (
     Checkpoint,
     load_checkpoint,
     load_with_fallback,
     previous_path,
     save_checkpoint,
 )
-from fl.config import CodecConfig
-from fl.errors import CheckpointError
+from codec.config import CodecConfig
+from codec.errors import CheckpointError
+from daemon.codec_store import CodecStore
 
 CONFIG = CodecConfig()
 

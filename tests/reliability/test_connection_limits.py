@@ -26,8 +26,8 @@ from handshake.noise import AuthenticationError, StaticIdentity
 from handshake.replay import ReplayedMessageError
 from handshake.stream import StreamSettings
 from schemas.messages import PROTOCOL_VERSION, Hello
-from tests.node_helpers import short_root
-from tests.reliability import hostile_peer
+from simulations.node_helpers import short_root
+from simulations.reliability import hostile_peer
 
 
 async def test_an_oversized_prefix_split_across_reads_is_refused() -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from daemon.identity import load_identity
-from tests.node_helpers import short_root
-from tests.reliability.process_nodes import CrashReport, run_crash_trials
+from simulations.node_helpers import short_root
+from simulations.reliability.process_nodes import CrashReport, run_crash_trials
 from tests.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow

@@ -9,13 +9,13 @@ import os
 
 import pytest
 
+from codec.config import CodecConfig
 from daemon.cli import main
 from daemon.codec_store import CodecStore
 from daemon.database import DatabaseCorruptError, PeerStore, open_database
 from daemon.doctor import Severity, examine_home
 from daemon.home import NodeHome
-from fl.config import CodecConfig
-from tests.node_helpers import make_home
+from simulations.node_helpers import make_home
 
 
 def _doctor(home: NodeHome, capsys) -> tuple[int, list[dict[str, object]]]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from daemon.rpc import InvalidRequest, RpcConnection, RpcRequest
 from schemas.errors import RemoteProtocolError
-from tests.reliability.fuzz_targets import Target, fuzz_loop, mutate, targets
+from simulations.reliability.fuzz_targets import Target, fuzz_loop, mutate, targets
 
 TARGETS = {target.name: target for target in targets()}
 EXAMPLES = 120

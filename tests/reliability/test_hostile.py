@@ -10,18 +10,18 @@ from __future__ import annotations
 import pytest
 import trio
 
+from codec.errors import InvalidBundleError
 from daemon.connections import REJECTION_REASONS, ConnectionManager, bundle_rejection_code
 from daemon.database import PeerSource, PeerStore, open_database
 from daemon.peers import PeerTable
 from daemon.trust_policy import TrustPolicy
-from fl.errors import InvalidBundleError
 from handshake.framing import NeedData
 from handshake.noise import StaticIdentity
 from handshake.stream import StreamSettings, initiate_session
 from schemas.errors import RemoteProtocolError
-from tests.node_helpers import short_root
-from tests.reliability import hostile_peer
-from tests.reliability.scenarios import run_hostile_cases
+from simulations.node_helpers import short_root
+from simulations.reliability import hostile_peer
+from simulations.reliability.scenarios import run_hostile_cases
 
 pytestmark = pytest.mark.slow
 
@@ -94,9 +94,9 @@ def test_bundle_rejection_codes_are_a_fixed_set() -> None:
 
 async def test_a_trusted_peers_invalid_bundle_in_message3_is_counted_by_reason() -> None:
     """The connection manager counts what its bundle handler refuses, by a fixed code."""
-    from fl.bundle import state_from_bundle
-    from fl.config import CodecConfig
-    from fl.model import expected_shapes, new_model, state_to_numpy
+    from codec.bundle import state_from_bundle
+    from codec.config import CodecConfig
+    from codec.model import expected_shapes, new_model, state_to_numpy
     from schemas.messages import PROTOCOL_VERSION, Hello
 
     config = CodecConfig()
@@ -165,7 +165,7 @@ async def test_a_trusted_peers_invalid_bundle_in_message3_is_counted_by_reason()
 
 async def test_a_node_counts_a_trusted_peers_poisoned_message3_bundle() -> None:
     from daemon.database import PeerSource as Source
-    from tests.reliability.scenarios import hostile_target_node
+    from simulations.reliability.scenarios import hostile_target_node
 
     with short_root() as root:
         async with hostile_target_node(root) as node:

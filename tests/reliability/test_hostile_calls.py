@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.node_helpers import short_root
-from tests.reliability.call_scenarios import case_call_flood
+from simulations.node_helpers import short_root
+from simulations.reliability.call_scenarios import case_call_flood
 
 pytestmark = pytest.mark.slow
 

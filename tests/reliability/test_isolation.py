@@ -7,8 +7,8 @@ busy timeout); the full-disk case runs two rounds of a node without peers (secon
 
 from __future__ import annotations
 
-from tests.node_helpers import short_root
-from tests.reliability.fault_scenarios import (
+from simulations.node_helpers import short_root
+from simulations.reliability.fault_scenarios import (
     case_disk_full_with_stand_in_writer,
     case_locked_db,
     case_stranger_calls,
@@ -49,7 +49,7 @@ async def test_parley_status_shows_faults_by_type_and_the_disk_used():
     from daemon.node import NodeOptions, open_node
     from daemon.rpc_client import call
     from daemon.status_view import render_status
-    from tests.node_helpers import loopback_config, make_home
+    from simulations.node_helpers import loopback_config, make_home
 
     with short_root() as root:
         home, _ = make_home(root, "node")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from simulations.bench_call import SCRIPT_SENTENCES, script_audio, trained_caller_checkpoint
-from tests.node_helpers import short_root
-from tests.reliability.process_nodes import CallLoad, run_load
+from simulations.node_helpers import short_root
+from simulations.reliability.process_nodes import CallLoad, run_load
 from tests.speech import synthesize_speech
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.node_helpers import short_root
-from tests.reliability.process_nodes import NamespaceUnavailable, Star, run_multihost
+from simulations.node_helpers import short_root
+from simulations.reliability.process_nodes import NamespaceUnavailable, Star, run_multihost
 
 pytestmark = pytest.mark.slow
 

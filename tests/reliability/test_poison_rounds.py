@@ -2,7 +2,7 @@
 
 One trusted poisoner for 40 rounds leaves our model's norm within 1.5x and its held-out mel L1
 within 5% of the clean run with the same seed (two nodes, real training of the real codec, the
-node's own round logic; see :mod:`tests.reliability.poison_rounds` for what is in memory).
+node's own round logic; see :mod:`simulations.reliability.poison_rounds` for what is in memory).
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from codec.config import MAX_SAMPLE_COUNT, CodecConfig
 from fl.aggregate import PeerUpdate, aggregate_round
-from fl.config import MAX_SAMPLE_COUNT, AggregationConfig, CodecConfig
+from fl.config import AggregationConfig
 from fl.round_guard import guarded_aggregate, loss_regressed, split_heldout
-from tests.reliability.poison_rounds import compare, run_rounds, speakers
+from simulations.reliability.poison_rounds import compare, run_rounds, speakers
 
 pytestmark = pytest.mark.slow
 

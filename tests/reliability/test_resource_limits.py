@@ -22,8 +22,8 @@ from handshake.stream import StreamSettings
 from handshake.testing import complete_in_memory
 from schemas.errors import RemoteProtocolError
 from schemas.messages import PROTOCOL_VERSION, Hello
-from tests.node_helpers import short_root
-from tests.reliability import hostile_peer
+from simulations.node_helpers import short_root
+from simulations.reliability import hostile_peer
 
 
 class Clock:

@@ -15,6 +15,8 @@ import pytest
 import trio
 import trio.testing
 
+from codec.config import CodecConfig
+from codec.model import new_model
 from daemon.call_admission import PeerCallLimits, RecognizerLoad
 from daemon.calls import CallModels, CallService, CallSessionHandler, dial_peer
 from daemon.codec_store import CodecStore
@@ -24,15 +26,13 @@ from daemon.database import PeerRecord, PeerSource, PeerStore, TrustState, open_
 from daemon.node import NodeOptions, open_node
 from daemon.peers import PeerTable
 from daemon.trust_policy import call_refusal
-from fl.config import CodecConfig
-from fl.model import new_model
 from handshake.handshake import TrustDecision
 from handshake.noise import StaticIdentity
 from handshake.stream import accept_session, initiate_session
 from media.call_receiver import CallLimits
 from media.call_sender import codec_settings
 from schemas.messages import PROTOCOL_VERSION, CallEnd, CallStart, Hello, VoiceTraits
-from tests.node_helpers import loopback_config, make_home, short_root
+from simulations.node_helpers import loopback_config, make_home, short_root
 
 CONFIG = CodecConfig()
 VOICE = VoiceTraits(median_pitch_hz=110.0, speaking_rate_wps=2.5)

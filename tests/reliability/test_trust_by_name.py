@@ -24,7 +24,7 @@ from daemon.peers import (
 )
 from daemon.trust_policy import TrustPolicy
 from handshake.handshake import TrustDecision
-from tests.node_helpers import make_home, short_root
+from simulations.node_helpers import make_home, short_root
 
 ALICE = bytes(range(32))
 MALLORY = bytes(range(50, 82))

@@ -16,7 +16,7 @@ from daemon.node import NodeOptions, RunningNode, open_node
 from daemon.web.app import WebServices, build_app
 from daemon.web.auth import SESSION_COOKIE
 from daemon.web.server import node_services
-from tests.node_helpers import loopback_config, make_home, wait_for
+from simulations.node_helpers import loopback_config, make_home, wait_for
 from tests.speech import run_ffmpeg, synthesize_speech
 
 # Tuning and evaluation apart: this sentence is only a test fixture, nothing is tuned on it.

@@ -20,7 +20,7 @@ from daemon.web.auth import CSRF_HEADER
 from daemon.web.openapi import openapi_document
 from daemon.web.recordings import check_recording_id
 from media.models import embedded_whisper_dir
-from tests.node_helpers import short_root
+from simulations.node_helpers import short_root
 from tests.web.helpers import log_in, make_recording, open_web_node, wait_until_finished
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import trio
 
 from daemon.database import PeerSource, RoundStatus
 from daemon.node import NodeOptions, open_node
-from tests.node_helpers import make_home, short_root
+from simulations.node_helpers import make_home, short_root
 from tests.web.browser import open_browser, screenshot
 from tests.web.helpers import make_recording, web_config
 

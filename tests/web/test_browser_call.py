@@ -18,7 +18,7 @@ from simulations.bench_call import (
     script_audio,
     trained_caller_checkpoint,
 )
-from tests.node_helpers import short_root
+from simulations.node_helpers import short_root
 from tests.web.browser import open_browser, screenshot
 
 pytestmark = pytest.mark.slow

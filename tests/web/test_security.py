@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.web.auth import CSRF_HEADER, SESSION_COOKIE, WebAuth, load_or_create_token
-from tests.node_helpers import short_root
+from simulations.node_helpers import short_root
 from tests.web.helpers import log_in, open_web_node, web_config
 
 

@@ -23,7 +23,7 @@ from daemon.rpc_client import call as rpc_call
 from daemon.web.call_feed import CallFeed
 from daemon.web.pages import loss_plot
 from schemas.messages import CallStart, Caption, CodecSettings, VoiceTraits, WordTime
-from tests.node_helpers import make_home, short_root
+from simulations.node_helpers import make_home, short_root
 from tests.web.helpers import log_in, open_web_node, web_config
 
 

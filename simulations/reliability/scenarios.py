@@ -1,7 +1,7 @@
 """Hostile-peer scenarios against a real node, shared by the tests (short) and the bench (long).
 
 :func:`run_hostile_cases` starts one node in the caller's trio run and plays every attack of
-:mod:`tests.reliability.hostile_peer` against it, each from its own loopback source address
+:mod:`simulations.reliability.hostile_peer` against it, each from its own loopback source address
 (so the per-address rate limit of one case does not bleed into another), and after each one an
 honest peer must still complete a handshake within :data:`HONEST_DEADLINE_S`. Each case
 reports how many rejections the node counted under the case's reason code in ``status``.
@@ -31,8 +31,8 @@ from handshake.handshake import TrustDecision
 from handshake.noise import StaticIdentity
 from handshake.stream import accept_session, initiate_session
 from schemas.messages import Ping, WeightsBundle
-from tests.node_helpers import loopback_config, make_home
-from tests.reliability import hostile_peer
+from simulations.node_helpers import loopback_config, make_home
+from simulations.reliability import hostile_peer
 
 #: An honest peer must finish its handshake within this, whatever the attackers do.
 HONEST_DEADLINE_S: Final = 1.0
@@ -266,7 +266,7 @@ async def case_flood(node: RunningNode, *, rate: float, seconds: float) -> CaseR
     command = [
         sys.executable,
         "-m",
-        "tests.reliability.hostile_peer",
+        "simulations.reliability.hostile_peer",
         "flood",
         "--host",
         "127.0.0.1",

@@ -3,7 +3,7 @@
 Order matters for crash safety and for "a bad file changes nothing":
 
 1. decode every file and compute its log-mel features in memory (a missing, corrupt, silent or
-   too-short recording raises :class:`~fl.errors.EnrollmentError` naming it, before any write);
+   too-short recording raises :class:`EnrollmentError` naming it, before any write);
 2. read the existing checkpoint and feature store (again, errors before any write);
 3. store the new features as ``.npy`` files (atomic, named by their content hash, so enrolling the
    same recording twice stores it once) under ``features_dir``, where later FL rounds find them;
@@ -26,11 +26,12 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from daemon.atomic import write_atomic
-from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fl.config import MEL_FRAME_RATE_HZ, CodecConfig, TrainConfig
-from fl.errors import CheckpointError, EnrollmentError
-from fl.model import new_model, state_to_numpy
+from codec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from codec.config import MEL_FRAME_RATE_HZ, CodecConfig
+from codec.errors import CheckpointError
+from codec.model import new_model, state_to_numpy
+from common.atomic import write_atomic
+from fl.config import TrainConfig
 from fl.train import ProgressCallback, StopCallback, TrainReport, evaluate_l1, train_codec
 from media.audio import load_audio
 from media.errors import MediaError
@@ -41,6 +42,10 @@ MIN_RECORDING_SECONDS: Final = 0.5
 FEATURE_SUFFIX: Final = ".npy"
 #: A feature file larger than this (≈ 3 h of mel frames) is not one we wrote.
 MAX_FEATURE_FILE_BYTES: Final = 400 * 1024 * 1024
+
+
+class EnrollmentError(Exception):
+    """A recording given to :func:`enroll` cannot be used (the message names the file)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from daemon.atomic import write_atomic
+from common.atomic import write_atomic
 from daemon.config import Config, render_default_config
 from daemon.home import NodeHome
 from daemon.identity import Identity, save_identity

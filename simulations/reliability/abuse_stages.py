@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from tests.node_helpers import make_home
+from simulations.node_helpers import make_home
 
 HONEST_DEADLINE_S = 10.0
 
@@ -61,6 +61,7 @@ def trust_by_name(root: Path, *, flood: int = 10_001) -> dict[str, object]:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "daemon.cli", *args, "--home", str(home.root)],
+            check=False,
             capture_output=True,
             text=True,
             timeout=120,
@@ -92,8 +93,8 @@ def _flood_source(index: int) -> str:
 
 
 async def _multi_address_flood(root: Path, addresses: int, rounds: int) -> dict[str, object]:
-    from tests.reliability import hostile_peer
-    from tests.reliability.scenarios import honest_handshake, hostile_target_node
+    from simulations.reliability import hostile_peer
+    from simulations.reliability.scenarios import honest_handshake, hostile_target_node
 
     async with hostile_target_node(root, "flooded") as node:
         stats = node.connections.stats
@@ -157,7 +158,7 @@ async def _hold_stranger_sessions(
 ) -> None:
     from handshake.noise import StaticIdentity
     from handshake.stream import initiate_session
-    from tests.reliability.hostile_peer import hostile_hello, open_tcp
+    from simulations.reliability.hostile_peer import hostile_hello, open_tcp
 
     slots = trio.CapacityLimiter(8)
 
@@ -195,8 +196,8 @@ def fd_pressure(root: Path, *, nofile: int = 200, strangers: int = 183) -> dict[
     from handshake.noise import StaticIdentity
     from handshake.stream import initiate_session
     from schemas.messages import Ping
-    from tests.reliability.hostile_peer import hostile_hello, open_tcp
-    from tests.reliability.process_nodes import (
+    from simulations.reliability.hostile_peer import hostile_hello, open_tcp
+    from simulations.reliability.process_nodes import (
         NodeProcess,
         free_port,
         trust_keys_on_disk,
@@ -281,7 +282,7 @@ async def _slow_reader(root: Path, send_timeout_s: float, limit_s: float) -> dic
     from handshake.noise import StaticIdentity
     from handshake.stream import initiate_session
     from schemas.messages import Ping
-    from tests.reliability.scenarios import honest_handshake
+    from simulations.reliability.scenarios import honest_handshake
 
     home, _ = make_home(root, "written")
     config = Config().replace("node", name="written", log_level="warning")
@@ -342,9 +343,9 @@ def slow_reader(root: Path, *, send_timeout_s: float, limit_s: float) -> dict[st
 
 
 def poison_rounds(*, rounds: int = 40, local_steps: int = 1) -> dict[str, object]:
-    """Forty rounds with one trusted poisoner (see :mod:`tests.reliability.poison_rounds`),
+    """Forty rounds with one trusted poisoner (see :mod:`simulations.reliability.poison_rounds`),
     with the node's guards and, for comparison, without them (the node before issue #11)."""
-    from tests.reliability.poison_rounds import compare, run_rounds, speakers
+    from simulations.reliability.poison_rounds import compare, run_rounds, speakers
 
     data = speakers(3)
     started = time.monotonic()

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from codec.config import CodecConfig
+from codec.model import new_model, state_to_numpy
 from fl.aggregate import PeerUpdate
-from fl.config import AggregationConfig, CodecConfig, TrainConfig
-from fl.model import new_model, state_to_numpy
+from fl.config import AggregationConfig, TrainConfig
 from fl.round_guard import guarded_aggregate, split_heldout
 from fl.train import evaluate_l1, train_codec
 
@@ -70,8 +71,8 @@ def speakers(count: int = 3) -> list[tuple[Features, Features]]:
 def starting_state(config: CodecConfig) -> State:
     """What every node starts from (as :class:`daemon.codec_store.CodecStore` does): the shipped
     pretrained codec when it fits ``config``, else the seeded init."""
-    from fl.checkpoint import load_checkpoint
-    from fl.pretrained import DEFAULT_CHECKPOINT
+    from codec.checkpoint import load_checkpoint
+    from codec.pretrained import DEFAULT_CHECKPOINT
 
     if DEFAULT_CHECKPOINT.exists():
         shipped = load_checkpoint(DEFAULT_CHECKPOINT)

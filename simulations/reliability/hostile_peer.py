@@ -8,7 +8,7 @@ NaN / Inf / a huge norm / the wrong architecture (all with a valid content hash,
 the cheap checks and reach validation or aggregation).
 
 The flood also runs as its own process, so the attacker's CPU does not count against the node
-under test: ``python -m tests.reliability.hostile_peer flood --host H --port P --source S
+under test: ``python -m simulations.reliability.hostile_peer flood --host H --port P --source S
 --key HEX --rate 1000 --seconds 2`` prints ``{"connections": N, "seconds": T}``.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from fl.bundle import bundle_from_state, compute_content_hash
+from codec.bundle import bundle_from_state, compute_content_hash
 from handshake.framing import NEED_DATA, FrameReader, frame
 from handshake.handshake import InitiatorHandshake
 from handshake.noise import StaticIdentity

@@ -35,10 +35,10 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from daemon.atomic import write_atomic
-from fl.config import CodecConfig
-from fl.errors import CheckpointError
-from fl.model import expected_shapes
+from codec.config import CodecConfig
+from codec.errors import CheckpointError
+from codec.model import expected_shapes
+from common.atomic import write_atomic
 
 MAGIC: Final = b"PARLEYC1"
 FORMAT_VERSION: Final = 1

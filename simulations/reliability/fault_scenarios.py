@@ -20,17 +20,17 @@ from typing import Any
 
 import trio
 
-import fl.checkpoint
+import codec.checkpoint
+from codec.checkpoint import load_checkpoint
 from daemon.calls import CallError, dial_peer
 from daemon.database import PeerSource, RoundStatus, RoundStore, open_database
 from daemon.node import NodeOptions, RunningNode, open_node
 from daemon.rpc_client import RpcClientError, call
-from fl.checkpoint import load_checkpoint
 from handshake.noise import StaticIdentity
 from handshake.stream import initiate_session
 from schemas.messages import CallEnd, CallStart, CodecSettings, VoiceTraits
-from tests.node_helpers import loopback_config, make_home
-from tests.reliability.scenarios import honest_handshake
+from simulations.node_helpers import loopback_config, make_home
+from simulations.reliability.scenarios import honest_handshake
 
 RPC_DEADLINE_S = 10.0
 
@@ -194,13 +194,13 @@ def full_disk_checkpoint_writer() -> Iterator[None]:
     def no_space(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    # fl.checkpoint imported the writer by name: replace that name, where the writes happen.
-    original = getattr(fl.checkpoint, "write_atomic")  # noqa: B009 (not re-exported for mypy)
-    setattr(fl.checkpoint, "write_atomic", no_space)  # noqa: B010
+    # codec.checkpoint imported the writer by name: replace that name, where the writes happen.
+    original = getattr(codec.checkpoint, "write_atomic")  # noqa: B009 (not re-exported for mypy)
+    setattr(codec.checkpoint, "write_atomic", no_space)  # noqa: B010
     try:
         yield
     finally:
-        setattr(fl.checkpoint, "write_atomic", original)  # noqa: B010
+        setattr(codec.checkpoint, "write_atomic", original)  # noqa: B010
 
 
 async def case_disk_full_with_stand_in_writer(root: Path) -> dict[str, Any]:

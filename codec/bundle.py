@@ -30,7 +30,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from fl.errors import InvalidBundleError
+from codec.errors import InvalidBundleError
 from schemas.messages import TensorBlob, TensorDtype, WeightsBundle
 
 Compression = Literal["zlib", "lzma", "none"]

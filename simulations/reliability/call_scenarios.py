@@ -7,15 +7,15 @@ from typing import Any
 
 import trio
 
+from codec.latent import payload_size
 from daemon.calls import make_call_handler
 from daemon.database import PeerSource
 from daemon.node import NodeOptions, open_node
-from fl.latent import payload_size
 from handshake.noise import StaticIdentity
 from schemas.messages import Bye, CallEnd, CallStart, CodecFrames, CodecSettings, VoiceTraits
-from tests.node_helpers import loopback_config, make_home
-from tests.reliability import hostile_peer
-from tests.reliability.scenarios import CaseResult, honest_handshake
+from simulations.node_helpers import loopback_config, make_home
+from simulations.reliability import hostile_peer
+from simulations.reliability.scenarios import CaseResult, honest_handshake
 
 
 async def case_call_flood(root: Path, *, seconds_of_audio: int = 60) -> CaseResult:

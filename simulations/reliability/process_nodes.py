@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from codec.checkpoint import load_checkpoint
+from codec.errors import CheckpointError
 from daemon.database import JobStatus, JobStore, RoundStatus, RoundStore, open_database
 from daemon.home import NodeHome
 from daemon.identity import Identity
 from daemon.rpc_client import RpcClientError, call_sync
-from fl.checkpoint import load_checkpoint
-from fl.errors import CheckpointError
-from tests.node_helpers import make_home
+from simulations.node_helpers import make_home
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S: Final = 90.0
@@ -66,6 +66,7 @@ def parley(*args: str, prefix: Sequence[str] = (), timeout: float = 120) -> str:
     """Run the CLI; its stdout. Raises with stderr on failure."""
     done = subprocess.run(
         [*prefix, sys.executable, "-m", "daemon.cli", *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -365,7 +366,7 @@ __all__ = [
 ]
 
 
-if __name__ == "__main__":  # python -m tests.reliability.process_nodes ROOT TRIALS
+if __name__ == "__main__":  # python -m simulations.reliability.process_nodes ROOT TRIALS
     print(run_crash_trials(Path(sys.argv[1]), trials=int(sys.argv[2]), speech_wav=None).as_dict())
     os._exit(0)
 
@@ -433,7 +434,7 @@ def trust_keys_on_disk(home: NodeHome, keys: Sequence[bytes]) -> None:
         database.close()
 
 
-async def _handshake_wave(
+async def _handshake_wave(  # noqa: PLR0917
     port: int,
     node_key: bytes,
     identities: Sequence[Any],
@@ -445,7 +446,7 @@ async def _handshake_wave(
 
     from handshake.stream import initiate_session
     from schemas.messages import Ping, Pong
-    from tests.reliability.hostile_peer import hostile_hello, open_tcp
+    from simulations.reliability.hostile_peer import hostile_hello, open_tcp
 
     async def one(index: int) -> None:
         source = f"127.0.{1 + index // 200}.{10 + index % 200}"
@@ -487,7 +488,7 @@ class CallLoad:
     checkpoint: Path
 
 
-async def _call_wave(
+async def _call_wave(  # noqa: PLR0917
     port: int,
     node_key: bytes,
     load: CallLoad,
@@ -501,10 +502,10 @@ async def _call_wave(
 
     import trio
 
+    from codec.config import CodecConfig
+    from codec.model import new_model
     from daemon.calls import CallerCaptions, CallRequest, dial_peer, place_call
     from daemon.codec_store import CodecStore
-    from fl.config import CodecConfig
-    from fl.model import new_model
     from media.call_receiver import CallLimits
     from media.features import log_mel
     from media.voice import measure_voice_traits
@@ -596,8 +597,8 @@ def run_load(
     report = LoadReport(peers=peers, waves=waves, calls=len(callers))
     node.start()
     try:
+        from codec.config import CodecConfig
         from daemon.codec_store import CodecStore
-        from fl.config import CodecConfig
 
         bundle = CodecStore(home.models_dir, home.features_dir, CodecConfig()).current().bundle
         submitted: dict[str, float] = {}
@@ -659,7 +660,7 @@ class NamespaceUnavailable(Exception):
 
 
 def _ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(["ip", *args], check=False, capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         raise NamespaceUnavailable(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
@@ -712,7 +713,9 @@ class Star:
 
     def destroy(self) -> None:
         for namespace in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
+            subprocess.run(
+                ["ip", "netns", "del", namespace], check=False, capture_output=True, timeout=30
+            )
         self.created.clear()
 
     def exec_prefix(self, index: int) -> list[str]:

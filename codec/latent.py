@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from fl.errors import InvalidCodecFramesError
+from codec.errors import InvalidCodecFramesError
 
 MIN_BITS = 1
 MAX_BITS = 8

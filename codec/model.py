@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 Encoder: a pointwise projection 80 → ``hidden``, ``blocks`` residual blocks (depthwise temporal
 conv of ``kernel_size`` taps + GELU + pointwise mix), then a strided conv that turns ``stride``
-mel frames into one ``latent_dim`` vector, bounded by ``tanh`` so :mod:`fl.latent` can quantize it
-uniformly. Decoder: the mirror image (transposed conv back to the mel rate, residual blocks,
-pointwise projection to 80 bins).
+mel frames into one ``latent_dim`` vector, bounded by ``tanh`` so :mod:`codec.latent` can
+quantize it uniformly. Decoder: the mirror image (transposed conv back to the mel rate, residual
+blocks, pointwise projection to 80 bins).
 
 Depthwise-separable blocks keep the parameter count near 40k (≈ 40 KB as int8), so a bundle fits
 one Noise handshake message, while still giving each latent frame ±several frames of context.
@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from fl.bundle import state_from_bundle
-from fl.config import CodecConfig
-from fl.errors import InvalidBundleError
-from fl.latent import dequantize, quantize
+from codec.bundle import state_from_bundle
+from codec.config import CodecConfig
+from codec.errors import InvalidBundleError
+from codec.latent import dequantize, quantize
 from schemas.messages import WeightsBundle
 
 #: The largest codec a peer may make us build from its bundle (the 50 KB int8 budget is ~45k).

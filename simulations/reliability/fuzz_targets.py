@@ -27,11 +27,11 @@ from typing import Final
 
 import msgpack
 
+from codec.bundle import bundle_from_state, compute_content_hash, state_from_bundle
+from codec.config import CodecConfig
+from codec.model import expected_shapes, new_model, state_to_numpy
 from daemon.rpc import NEED_DATA as RPC_NEED_DATA
 from daemon.rpc import ConnectionClosed, RpcConnection
-from fl.bundle import bundle_from_state, compute_content_hash, state_from_bundle
-from fl.config import CodecConfig
-from fl.model import expected_shapes, new_model, state_to_numpy
 from handshake.framing import NEED_DATA, FrameReader, frame
 from handshake.handshake import InitiatorHandshake, ResponderHandshake, TrustDecision
 from handshake.noise import MAX_TRANSPORT_PLAINTEXT, NoiseXK, StaticIdentity, TransportCipher
@@ -498,7 +498,7 @@ def fuzz_loop(target: Target, count: int, *, seed: int = 0) -> FuzzReport:
 __all__ = ["FuzzReport", "Target", "fuzz_loop", "inputs", "mutate", "sample_messages", "targets"]
 
 
-if __name__ == "__main__":  # quick manual run: python -m tests.reliability.fuzz_targets
+if __name__ == "__main__":  # quick manual run: python -m simulations.reliability.fuzz_targets
     for item in targets():
         report = fuzz_loop(item, 2000)
         print(item.name, report.as_dict())
