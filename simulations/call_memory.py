@@ -11,7 +11,7 @@ its figures as ``call_models.*``.
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  (before faster_whisper / transformers)
+import common.offline  # noqa: F401  (before faster_whisper / transformers)
 
 import argparse
 import json
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             report = measure(Path(folder))
     text = json.dumps(report, indent=2)
     if arguments.json is not None:
-        from daemon.atomic import write_atomic
+        from common.atomic import write_atomic
 
         write_atomic(arguments.json, (text + "\n").encode())
     sys.stdout.write(text + "\n")

@@ -3,7 +3,7 @@ synthesis heard back by Whisper base, voice traits, and how a language picks it.
 
 from __future__ import annotations
 
-import daemon.offline  # noqa: F401  # before faster_whisper
+import common.offline  # noqa: F401  # before faster_whisper
 
 import hashlib
 import shutil
