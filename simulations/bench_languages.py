@@ -162,10 +162,19 @@ def _wer(pairs: Sequence[tuple[str, str]]) -> float:
     return errors / total if total else float("nan")
 
 
-def _bench(cache_dir: Path, cpu_threads: int, *, speech: bool = True) -> dict[str, Any]:
+def _bench(
+    cache_dir: Path,
+    cpu_threads: int,
+    *,
+    speech: bool = True,
+    languages: Sequence[str] = LANGUAGES,
+    voices: Sequence[str] | None = None,
+) -> dict[str, Any]:
     # The speech part's models stay loaded through the translation part: rss_mb is measured
     # with everything in memory.
-    report, models = _speech_bench(cache_dir, cpu_threads) if speech else ({}, [])
+    report, models = (
+        _speech_bench(cache_dir, cpu_threads, languages, voices) if speech else ({}, [])
+    )
     report |= _translation_bench()
     del models
     report |= _call_memory(cache_dir)
@@ -185,12 +194,26 @@ def _call_memory(cache_dir: Path) -> dict[str, Any]:
     return {f"call_models.{key}": value for key, value in found.items()}
 
 
-def _speech_bench(cache_dir: Path, cpu_threads: int) -> tuple[dict[str, Any], list[Any]]:
+def _speech_bench(
+    cache_dir: Path, cpu_threads: int, languages: Sequence[str], voices: Sequence[str] | None
+) -> tuple[dict[str, Any], list[Any]]:
+    """Recognition and identification on the voices of ``languages`` (``voices``: only those
+    labels, for a time-bounded run; the JSON lists what ran)."""
     sentences = load_sentences(EVALUATION)
+    chosen = {
+        language: tuple(
+            (label, spec) for label, spec in VOICES[language] if voices is None or label in voices
+        )
+        for language in languages
+    }
+    chosen = {language: found for language, found in chosen.items() if found}
     report: dict[str, Any] = {
         "sentence_set": f"simulations/language_data/{EVALUATION}.tsv",
         "asr_settings": "int8, greedy (the call listener's)",
         "sentences_per_language": len(sentences),
+        "voices_run": {
+            language: [label for label, _spec in found] for language, found in chosen.items()
+        },
     }
     load_s: dict[str, float] = {}
 
@@ -208,8 +231,8 @@ def _speech_bench(cache_dir: Path, cpu_threads: int) -> tuple[dict[str, Any], li
     # Speech.
     recordings: list[Recording] = []
     synthesizers: dict[str, Synthesizer] = {}
-    for language in LANGUAGES:
-        for label, spec in VOICES[language]:
+    for language in chosen:
+        for label, spec in chosen[language]:
             synthesizer, seconds = _timed(lambda: _synthesizer(language, spec))  # noqa: B023
             synthesizers[label] = synthesizer
             load_s[f"voice.{label}"] = seconds
@@ -226,9 +249,9 @@ def _speech_bench(cache_dir: Path, cpu_threads: int) -> tuple[dict[str, Any], li
         transcripts.setdefault(recording.voice, []).append((recording.reference, text))
         guess = base.identify_language(mel)
         identified.append((recording, guess.language, guess.probability))
-    for language in LANGUAGES:
+    for language in chosen:
         pooled: list[tuple[str, str]] = []
-        for label, _spec in VOICES[language]:
+        for label, _spec in chosen[language]:
             pairs = transcripts[label]
             pooled += pairs
             report[f"asr.{language}.voices.{label}.wer"] = round(_wer(pairs), 4)
@@ -236,7 +259,7 @@ def _speech_bench(cache_dir: Path, cpu_threads: int) -> tuple[dict[str, Any], li
         report[f"asr.{language}.model"] = store.choice.model_name(language)
         report[f"asr.{language}.recordings"] = len(pooled)
         report[f"asr.{language}.best_voice_wer"] = min(
-            report[f"asr.{language}.voices.{label}.wer"] for label, _spec in VOICES[language]
+            report[f"asr.{language}.voices.{label}.wer"] for label, _spec in chosen[language]
         )
         mine = [item for item in identified if item[0].language == language]
         report[f"language_id.{language}.accuracy"] = round(
@@ -260,7 +283,7 @@ def _speech_bench(cache_dir: Path, cpu_threads: int) -> tuple[dict[str, Any], li
     ]
     report["recordings.median_s"] = round(float(np.median([r.duration_s for r in recordings])), 2)
     for engine in sorted({_engine(rec.voice) for rec, _found, _p in identified}):
-        for language in LANGUAGES:
+        for language in chosen:
             mine = [
                 item
                 for item in long
@@ -274,10 +297,10 @@ def _speech_bench(cache_dir: Path, cpu_threads: int) -> tuple[dict[str, Any], li
         report[f"language_id.{engine}.accuracy_5s"] = round(
             sum(rec.language == found for rec, found, _p in by_engine) / len(by_engine), 4
         )
-    for language in LANGUAGES:
+    for language in chosen:
         default = f"asr.{language}.voices.{DEFAULT_VOICE[language]}.wer"
         report[f"asr.{language}.default_voice"] = DEFAULT_VOICE[language]
-        report[f"asr.{language}.default_voice_wer"] = report[default]
+        report[f"asr.{language}.default_voice_wer"] = report.get(default)
     report["load_s"] = {name: round(seconds, 3) for name, seconds in load_s.items()}
     report["speech_rss_mb"] = round(_rss_mb(), 1)
     return report, [store, recognizer, base, synthesizers]
@@ -345,15 +368,19 @@ def run(
     cache_dir: Path | None = None,
     cpu_threads: int = 2,
     speech: bool = True,
+    languages: Sequence[str] = LANGUAGES,
+    voices: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run the bench; write the JSON to ``json_path`` too. The base model is assembled into
     ``cache_dir`` (default: a temporary folder removed afterwards). ``speech=False`` runs only
-    the translation part."""
+    the translation part; ``languages`` / ``voices`` (labels of :data:`VOICES`) narrow the
+    speech part for a time-bounded run."""
+    options: dict[str, Any] = {"speech": speech, "languages": languages, "voices": voices}
     if cache_dir is not None:
-        report = _bench(cache_dir, cpu_threads, speech=speech)
+        report = _bench(cache_dir, cpu_threads, **options)
     else:
         with tempfile.TemporaryDirectory(prefix="parley-bench-languages-") as folder:
-            report = _bench(Path(folder), cpu_threads, speech=speech)
+            report = _bench(Path(folder), cpu_threads, **options)
     if json_path is not None:
         write_atomic(json_path, (json.dumps(report, indent=2) + "\n").encode())
     return report
@@ -366,9 +393,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--translation-only", action="store_true", help="skip speech (recognition, voices)"
     )
+    parser.add_argument("--languages", default=",".join(LANGUAGES), help="e.g. pt,es")
+    parser.add_argument("--voices", default=None, help="voice labels, e.g. kokoro:jm_kumo")
     arguments = parser.parse_args(argv)
     report = run(
-        arguments.json, cache_dir=arguments.cache_dir, speech=not arguments.translation_only
+        arguments.json,
+        cache_dir=arguments.cache_dir,
+        speech=not arguments.translation_only,
+        languages=[x for x in arguments.languages.split(",") if x],
+        voices=arguments.voices.split(",") if arguments.voices else None,
     )
     print(json.dumps(report, indent=2))
 
