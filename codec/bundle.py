@@ -30,7 +30,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from codec.errors import InvalidBundleError
+from codec.errors import BundleProblem, InvalidBundleError
 from schemas.messages import TensorBlob, TensorDtype, WeightsBundle
 
 Compression = Literal["zlib", "lzma", "none"]
@@ -81,10 +81,13 @@ def _decompress(data: bytes, compression: str, expected_size: int, name: str) ->
             output = lzma_stream.decompress(data, expected_size + 1)
             complete = lzma_stream.eof and not lzma_stream.unused_data
     except (zlib.error, lzma.LZMAError) as error:
-        raise InvalidBundleError(f"tensor {name!r}: {compression} data is corrupt") from error
+        raise InvalidBundleError(
+            BundleProblem.CORRUPT_DATA, f"tensor {name!r}: {compression} data is corrupt"
+        ) from error
     if len(output) != expected_size or not complete:
         raise InvalidBundleError(
-            f"tensor {name!r}: data does not decompress to exactly {expected_size} bytes"
+            BundleProblem.SIZE,
+            f"tensor {name!r}: data does not decompress to exactly {expected_size} bytes",
         )
     return output
 
@@ -204,26 +207,39 @@ def _check_header(
 ) -> None:
     if bundle.architecture_id != expected_architecture_id:
         raise InvalidBundleError(
+            BundleProblem.ARCHITECTURE,
             f"architecture {bundle.architecture_id[:MAX_NAME_LENGTH]!r} does not match "
-            f"{expected_architecture_id!r}"
+            f"{expected_architecture_id!r}",
         )
     if len(bundle.tensors) > MAX_TENSORS:
-        raise InvalidBundleError(f"{len(bundle.tensors)} tensors exceed the limit of {MAX_TENSORS}")
+        raise InvalidBundleError(
+            BundleProblem.SIZE, f"{len(bundle.tensors)} tensors exceed the limit of {MAX_TENSORS}"
+        )
     try:
         recomputed = compute_content_hash(bundle)
     except (ValueError, TypeError, struct.error, UnicodeEncodeError) as error:
-        raise InvalidBundleError(f"bundle fields cannot be encoded: {error}") from error
+        raise InvalidBundleError(
+            BundleProblem.UNENCODABLE, f"bundle fields cannot be encoded: {error}"
+        ) from error
     if not hmac.compare_digest(recomputed, bundle.content_hash):
-        raise InvalidBundleError("content hash does not match the bundle's contents")
+        raise InvalidBundleError(
+            BundleProblem.CONTENT_HASH, "content hash does not match the bundle's contents"
+        )
     if bundle.compression not in COMPRESSIONS:
-        raise InvalidBundleError(f"unknown compression {bundle.compression[:MAX_NAME_LENGTH]!r}")
+        raise InvalidBundleError(
+            BundleProblem.COMPRESSION,
+            f"unknown compression {bundle.compression[:MAX_NAME_LENGTH]!r}",
+        )
     names = [blob.name for blob in bundle.tensors]
     if len(set(names)) != len(names):
-        raise InvalidBundleError("tensor names are not unique")
+        raise InvalidBundleError(BundleProblem.TENSOR_NAMES, "tensor names are not unique")
     if set(names) != set(expected_shapes):
         missing = sorted(set(expected_shapes) - set(names))
         unexpected = sorted(name[:MAX_NAME_LENGTH] for name in set(names) - set(expected_shapes))
-        raise InvalidBundleError(f"tensor names differ: missing {missing}, unexpected {unexpected}")
+        raise InvalidBundleError(
+            BundleProblem.TENSOR_NAMES,
+            f"tensor names differ: missing {missing}, unexpected {unexpected}",
+        )
 
 
 def _decode_tensor(
@@ -232,19 +248,30 @@ def _decode_tensor(
     name = blob.name
     if tuple(blob.shape) != tuple(expected_shape):
         raise InvalidBundleError(
-            f"tensor {name!r} has shape {tuple(blob.shape)}, expected {tuple(expected_shape)}"
+            BundleProblem.SHAPE,
+            f"tensor {name!r} has shape {tuple(blob.shape)}, expected {tuple(expected_shape)}",
         )
     try:
         dtype = TensorDtype(blob.dtype)
     except ValueError:
-        raise InvalidBundleError(f"tensor {name!r} has unknown dtype {blob.dtype!r}") from None
+        raise InvalidBundleError(
+            BundleProblem.DTYPE, f"tensor {name!r} has unknown dtype {blob.dtype!r}"
+        ) from None
     if not (math.isfinite(blob.scale) and math.isfinite(blob.zero_point)):
-        raise InvalidBundleError(f"tensor {name!r} has a non-finite scale or zero point")
+        raise InvalidBundleError(
+            BundleProblem.NON_FINITE, f"tensor {name!r} has a non-finite scale or zero point"
+        )
     if dtype == TensorDtype.INT8:
         if blob.scale <= 0.0 or not -128.0 <= blob.zero_point <= _INT8_LIMIT:
-            raise InvalidBundleError(f"tensor {name!r} has an invalid int8 scale or zero point")
+            raise InvalidBundleError(
+                BundleProblem.QUANTIZATION,
+                f"tensor {name!r} has an invalid int8 scale or zero point",
+            )
     elif blob.scale != 1.0 or blob.zero_point != 0.0:
-        raise InvalidBundleError(f"tensor {name!r}: float tensors must have scale 1, zero point 0")
+        raise InvalidBundleError(
+            BundleProblem.QUANTIZATION,
+            f"tensor {name!r}: float tensors must have scale 1, zero point 0",
+        )
     element_count = math.prod(expected_shape)
     raw = _decompress(blob.data, compression, element_count * _ITEM_SIZE[dtype], name)
     stored = np.frombuffer(raw, dtype=_NUMPY_DTYPE[dtype]).reshape(expected_shape)
@@ -255,7 +282,9 @@ def _decode_tensor(
     else:
         values = stored.astype(np.float32)
     if not np.isfinite(values).all():
-        raise InvalidBundleError(f"tensor {name!r} contains non-finite values")
+        raise InvalidBundleError(
+            BundleProblem.NON_FINITE, f"tensor {name!r} contains non-finite values"
+        )
     return values
 
 

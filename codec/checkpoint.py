@@ -8,11 +8,12 @@ File layout::
 The header holds the codec config (so the model can be rebuilt), the architecture id, the FL
 round, the sample count, free-form metadata, and each tensor's name and shape.
 
-Writes are atomic (DESIGN.md §10): the bytes go to a temporary file in the same directory, which
-is flushed and fsynced, renamed over the target with :func:`os.replace` (atomic on POSIX), and the
-directory is fsynced so the rename itself survives a power cut. A crash at any point leaves either
-the old file or the new one, never a mix; the checksum catches anything else (a truncated copy,
-a flipped bit) and :func:`load_checkpoint` reports it as :class:`~fl.errors.CheckpointError`.
+Writes are atomic (docs/design.md, "Storage and crash safety"): the bytes go to a temporary file in
+the same directory, which is flushed and fsynced, renamed over the target with :func:`os.replace`
+(atomic on POSIX), and the directory is fsynced so the rename itself survives a power cut. A crash
+at any point leaves either the old file or the new one, never a mix; the checksum catches anything
+else (a truncated copy, a flipped bit) and :func:`load_checkpoint` reports it as
+:class:`~fl.errors.CheckpointError`.
 
 Generations: :func:`save_checkpoint` keeps the file it replaces, if that one is intact, as
 ``<name>.prev`` (:func:`previous_path`), so a checkpoint damaged later on disk (or deleted) can

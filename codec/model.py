@@ -35,7 +35,7 @@ from torch.nn import functional
 
 from codec.bundle import state_from_bundle
 from codec.config import CodecConfig
-from codec.errors import InvalidBundleError
+from codec.errors import BundleProblem, InvalidBundleError
 from codec.latent import dequantize, quantize
 from schemas.messages import WeightsBundle
 
@@ -182,11 +182,14 @@ def model_from_bundle(bundle: WeightsBundle, *, latent_bits: int) -> CodecModel:
     try:
         config = CodecConfig.from_architecture_id(bundle.architecture_id, latent_bits=latent_bits)
     except ValueError as error:
-        raise InvalidBundleError(f"unusable codec settings: {error}") from error
+        raise InvalidBundleError(
+            BundleProblem.ARCHITECTURE, f"unusable codec settings: {error}"
+        ) from error
     if config.parameter_count > MAX_PEER_PARAMETERS:
         raise InvalidBundleError(
+            BundleProblem.SIZE,
             f"codec {config.architecture_id} has {config.parameter_count} parameters, "
-            f"over the limit of {MAX_PEER_PARAMETERS}"
+            f"over the limit of {MAX_PEER_PARAMETERS}",
         )
     state = state_from_bundle(
         bundle,

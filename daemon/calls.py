@@ -1,7 +1,7 @@
 """Encrypted calls: the listener side served by the node, and the caller side used by the CLI.
 
-Theory of operation (DESIGN.md §8)
-----------------------------------
+Theory of operation (docs/design.md, "Calls")
+---------------------------------------------
 A call rides on an ordinary session (Noise XK, :mod:`handshake.stream`). The caller must trust
 the callee, because the callee decodes our frames with *our* codec, and our bundle only travels
 in handshake message 3 to peers we trust.

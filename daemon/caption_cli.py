@@ -13,11 +13,12 @@ other instead of competing for the two CPU cores a call also needs. Without a no
 
 Several files and patterns (``'talks/*.mp4'``, expanded here, sorted) are captioned one after the
 other (one job each on a node). Outputs go where ``--out`` says, else beside each input
-(``talk.mp4`` -> ``talk.es.srt``; a node's job: ``<home>/captions/<id>/``). DESIGN.md §10:
-parley writes only inside its home and the paths a user names, and the input is such a path.
-An existing caption file is never replaced without ``--force``: that recording is refused in
-one line naming the file and none of its files is written; the others go on. The output paths
-are printed on stdout, one a line, so a script can pick them up; everything else goes to stderr.
+(``talk.mp4`` -> ``talk.es.srt``; a node's job: ``<home>/captions/<id>/``). docs/design.md, "Storage
+and crash safety": parley writes only inside its home and the paths a user names, and the input is
+such a path. An existing caption file is never replaced without ``--force``: that recording is
+refused in one line naming the file and none of its files is written; the others go on. The output
+paths are printed on stdout, one a line, so a script can pick them up; everything else goes to
+stderr.
 
 Registered by ``daemon.cli`` as ``app.command("caption")(caption_command)``; this module imports
 ``daemon.cli`` lazily so that registration at import time creates no import cycle.

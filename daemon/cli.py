@@ -20,14 +20,13 @@ from common.atomic import write_atomic
 from daemon.cli_options import HomeOption, JsonFlag, LogFileOption, PortOption
 from daemon.config import (
     Config,
-    ConfigError,
     Override,
     SourcedConfig,
     load_config,
     load_sourced_config,
     render_default_config,
 )
-from daemon.home import NodeHome, NoHomeError
+from daemon.home import NodeHome
 
 if TYPE_CHECKING:
     from daemon.database import Database
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
     from daemon.peers import PeerTable
 from daemon.cli_support import (
     EXIT_NOT_RUNNING,
-    EXIT_RUNTIME_FAILURE,
     EXIT_USER_ERROR,
     UserError,
     fail,
@@ -46,7 +44,8 @@ from daemon.cli_support import (
     resolve_home,
     stdout,
 )
-from daemon.identity import Identity, IdentityError, load_identity, save_identity
+from daemon.errors import DaemonError
+from daemon.identity import Identity, load_identity, save_identity
 
 app = typer.Typer(
     name="parley",
@@ -83,36 +82,11 @@ def _root(
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
-    """Failures that are the user's input or environment, shown as one line, never a trace."""
-    from codec.errors import CodecError
-    from daemon.database import DatabaseError
-    from daemon.discovery import DiscoveryError
-    from daemon.enroll import EnrollmentError
-    from daemon.logs import LogFileError
-    from daemon.rpc_server import RpcServerError
-    from fl.errors import FLError
-    from media.errors import MediaError
+    """Failures that are the user's input or environment, shown as one line, never a trace:
+    every package's error root is a ParleyError (common.errors), and the system's OSError."""
+    from common.errors import ParleyError
 
-    return (
-        DatabaseError,
-        DiscoveryError,
-        LogFileError,
-        RpcServerError,
-        FLError,
-        CodecError,
-        EnrollmentError,
-        MediaError,
-        NoHomeError,
-        OSError,
-    )
-
-
-def _runtime_failures() -> tuple[type[Exception], ...]:
-    """Expected failures of the moment rather than of the input: exit code 1."""
-    from daemon.node import ListenError
-    from daemon.rpc_server import NodeAlreadyRunningError
-
-    return (ListenError, NodeAlreadyRunningError)
+    return (ParleyError, OSError)
 
 
 @app.command()
@@ -365,13 +339,14 @@ def _peer_table(node_home: NodeHome) -> tuple[Database, PeerTable]:
 @peers_app.command("list")
 def peers_list(home: HomeOption = None, as_json: JsonFlag = False) -> None:
     """Every peer we know, with its trust state."""
-    from daemon.status_view import peer_rows, render_peers
+    from daemon.status_view import render_peers
+    from daemon.views import peer_views, to_wire
 
     database, table = _peer_table(resolve_home(home))
     with database:
-        rows = peer_rows(table.known(), table.pending_key_changes())
+        rows = peer_views(table.known(), table.pending_key_changes())
     if as_json:
-        print_json(rows)
+        print_json(to_wire(rows))
     else:
         render_peers(stdout, rows)
 
@@ -760,18 +735,19 @@ def _one_expected_failure(error: BaseException) -> BaseException | None:
             pending.extend(current.exceptions)
         else:
             leaves.append(current)
-    expected = (UserError, ConfigError, IdentityError, *_expected_errors(), *_runtime_failures())
+    expected = _expected_errors()
     if leaves and all(isinstance(leaf, expected) for leaf in leaves):
         return leaves[0]
     return None
 
 
 def _exit_code(error: BaseException) -> int:
-    if isinstance(error, UserError):
-        return error.exit_code
-    if isinstance(error, _runtime_failures()):
-        return EXIT_RUNTIME_FAILURE
-    return EXIT_USER_ERROR
+    """The exit code a failure's type carries (daemon.errors); the user's error otherwise."""
+    return error.exit_code if isinstance(error, DaemonError) else EXIT_USER_ERROR
+
+
+# UserError is re-exported: command modules' failures are caught as daemon.cli's (see below).
+__all__ = ["UserError", "app", "main"]
 
 
 if __name__ == "__main__":

@@ -11,17 +11,14 @@ from typing import NoReturn
 
 from rich.console import Console
 
+from daemon.errors import EXIT_NOT_RUNNING, EXIT_RUNTIME_FAILURE, EXIT_USER_ERROR, DaemonError
 from daemon.home import NodeHome, default_home, existing_home
-
-EXIT_RUNTIME_FAILURE = 1
-EXIT_USER_ERROR = 2
-EXIT_NOT_RUNNING = 3
 
 #: The console commands print to (rich markup, wrapped to the terminal).
 stdout = Console()
 
 
-class UserError(Exception):
+class UserError(DaemonError):
     """An expected failure whose message is the one line the user sees."""
 
     def __init__(self, message: str, *, exit_code: int = EXIT_USER_ERROR) -> None:
@@ -47,3 +44,16 @@ def print_json(document: object) -> None:
     import json
 
     print(json.dumps(document, indent=2, default=str))
+
+
+__all__ = [
+    "EXIT_NOT_RUNNING",
+    "EXIT_RUNTIME_FAILURE",
+    "EXIT_USER_ERROR",
+    "UserError",
+    "fail",
+    "print_json",
+    "require_home",
+    "resolve_home",
+    "stdout",
+]

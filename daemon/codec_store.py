@@ -13,9 +13,10 @@
   without a previous one), or the start refused (a corrupt one: ``parley doctor`` says what
   to do). Each recovery is logged as a warning and listed under ``codec.warnings`` in the
   status.
-* Bundles received from peers are kept as *their* decoders for calls, one file per peer and
-  codec version (``models/peers/<peer id>/<content hash>.bundle``), at most
-  :data:`MAX_DECODERS_PER_PEER` per peer, oldest dropped first.
+* Bundles received from trusted peers are kept, one file per peer and codec version
+  (``models/peers/<peer id>/<content hash>.bundle``), at most :data:`MAX_DECODERS_PER_PEER` per
+  peer, oldest dropped first: the record of which codecs a peer sent us. A call does not read
+  them: it decodes with the bundle of its own session's handshake (docs/design.md, "Calls").
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ from common.atomic import write_atomic
 from daemon.enroll import FEATURE_SUFFIX, load_features
 from daemon.logs import event, get_logger
 from daemon.peers import format_peer_id
-from schemas.codec import decode, encode
-from schemas.errors import RemoteProtocolError
+from schemas.codec import encode
 from schemas.messages import WeightsBundle
 
 CHECKPOINT_NAME: Final = "codec.ckpt"
@@ -237,12 +237,3 @@ class CodecStore:
         for stale in kept[:-MAX_DECODERS_PER_PEER]:
             stale.unlink(missing_ok=True)
         return path
-
-    def peer_decoder(self, public_key: bytes, version_hash: bytes) -> WeightsBundle | None:
-        """The bundle a peer sent for ``version_hash``, if we kept it and it is still intact."""
-        path = self._peer_dir(public_key) / f"{version_hash.hex()}.bundle"
-        try:
-            message = decode(path.read_bytes())
-        except (OSError, RemoteProtocolError):
-            return None
-        return message if isinstance(message, WeightsBundle) else None

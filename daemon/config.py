@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from daemon.errors import DaemonError
+from daemon.trust import CallsFrom
+
 CONFIG_FILE_NAME = "config.toml"
 
 
-class ConfigError(Exception):
+class ConfigError(DaemonError):
     """A config file that cannot be used; ``str()`` is the one line to show the user."""
 
 
@@ -182,7 +185,7 @@ class TrustSection(_Section):
         "trusted",
         "Accept calls from 'trusted' peers, 'known' ones (learned by discovery or static "
         "config, not merely by dialing in) or 'anyone' not blocked.",
-        one_of("trusted", "known", "anyone"),
+        one_of(*(choice.value for choice in CallsFrom)),
     )
     trust_on_first_use: bool = setting(
         True, "Pin a peer's key the first time its name is seen; refuse a later change."

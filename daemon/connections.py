@@ -25,9 +25,10 @@ own files (database, models, calls, the status socket), so a crowd of strangers 
 :class:`~handshake.session.MemoryBudget`.
 
 Every refusal is counted in :class:`ConnectionStats` under a reason code from a fixed set
-(:data:`REJECTION_REASONS`, plus ``invalid_bundle:<code>`` with codes from
-:data:`BUNDLE_REJECTION_CODES`, and the call handler's ``call_<code>``), never under text a
-peer could choose: a hostile peer cannot grow the status report.
+(:class:`Rejection`, chosen by the *type* of the failure in :data:`REJECTION_BY_CAUSE`; plus
+``invalid_bundle:<code>`` with the typed :class:`~codec.errors.BundleProblem` of the refused
+bundle, and the call handler's ``call_<code>``), never under text a peer could choose: a
+hostile peer cannot grow the status report.
 
 Outbound: :meth:`ConnectionManager.exchange_bundles` dials a peer, runs the handshake with our
 bundle in message 3 when we trust it, takes the responder's bundle from the first transport
@@ -39,6 +40,7 @@ Nothing here decides *when* to talk to whom: the round scheduler does.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import math
@@ -49,19 +51,23 @@ from typing import Final
 
 import trio
 
+from codec.errors import InvalidBundleError
 from daemon.backoff import Backoff
 from daemon.database import PeerRecord, PeerSource
 from daemon.faults import FaultLog
 from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, short_peer_id
 from daemon.ratelimit import HandshakeLimiter, address_prefix
+from daemon.trust import SessionTrust
 from daemon.trust_policy import TrustPolicy
+from daemon.views import ConnectionStatsView, LimitsView, SessionView, to_wire
 from handshake.framing import FRAME_HEADER_LEN
 from handshake.handshake import HandshakeRejected, TrustDecision
 from handshake.noise import AuthenticationError, StaticIdentity
 from handshake.replay import ReplayCache, ReplayedMessageError
 from handshake.stream import (
     InitiatorRejectedByUs,
+    PeerClosedError,
     SendTimeoutError,
     SessionStream,
     StreamSettings,
@@ -69,7 +75,7 @@ from handshake.stream import (
     initiate_session,
 )
 from schemas.errors import LocalProtocolError, RemoteProtocolError
-from schemas.messages import Bye, Hello, Ping, Pong, WeightsBundle
+from schemas.messages import Bye, ByeReason, Hello, Ping, Pong, WeightsBundle
 
 log = get_logger("connections")
 
@@ -125,42 +131,30 @@ def connection_limits(nofile: int, *, max_concurrent_handshakes: int) -> Connect
     )
 
 
-#: Every reason this module refuses a connection or session for (``invalid_bundle:*`` aside).
-REJECTION_REASONS: Final = frozenset(
-    {
-        "rate_limited",
-        "busy",
-        "handshake_timeout",
-        "oversized_frame",
-        "replayed_msg1",
-        "auth_failed",
-        "tampered",
-        "not_trusted",
-        "peer_closed",
-        "protocol_error",
-        "connection_error",
-        "bundle_from_untrusted_peer",
-        "too_many_sessions",
-        "half_open_limit",
-        "evicted_for_trusted",
-        "send_timeout",
-        "internal_error",
-    }
-)
-#: What an invalid bundle's reason is reduced to (the reason text itself names peer data).
-BUNDLE_REJECTION_CODES: Final = (
-    ("architecture", "architecture"),
-    ("non-finite", "non_finite"),
-    ("content hash", "content_hash"),
-    ("shape", "shape"),
-    ("tensor names", "tensor_names"),
-    ("dtype", "dtype"),
-    ("scale or zero point", "quantization"),
-    ("compression", "compression"),
-    ("corrupt", "corrupt_data"),
-    ("bytes", "size"),
-    ("exceed", "size"),
-)
+class Rejection(enum.StrEnum):
+    """Every reason this module refuses a connection or session for (``invalid_bundle:*``
+    aside): the keys of ``rejected`` in the status, a fixed set a peer cannot grow."""
+
+    RATE_LIMITED = "rate_limited"
+    BUSY = "busy"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    OVERSIZED_FRAME = "oversized_frame"
+    REPLAYED_MSG1 = "replayed_msg1"
+    AUTH_FAILED = "auth_failed"
+    TAMPERED = "tampered"
+    NOT_TRUSTED = "not_trusted"
+    PEER_CLOSED = "peer_closed"
+    PROTOCOL_ERROR = "protocol_error"
+    CONNECTION_ERROR = "connection_error"
+    BUNDLE_FROM_UNTRUSTED_PEER = "bundle_from_untrusted_peer"
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    HALF_OPEN_LIMIT = "half_open_limit"
+    EVICTED_FOR_TRUSTED = "evicted_for_trusted"
+    SEND_TIMEOUT = "send_timeout"
+    INTERNAL_ERROR = "internal_error"
+
+
+REJECTION_REASONS: Final = frozenset(Rejection)
 
 
 class DialError(Exception):
@@ -220,6 +214,17 @@ class CountingStream(trio.abc.Stream):
         await self._inner.aclose()
 
 
+#: The plain counters of :class:`ConnectionStats`, shown as they are.
+_COUNTERS: Final = (
+    "handshakes_completed",
+    "handshakes_failed",
+    "bytes_sent",
+    "bytes_received",
+    "bundles_sent",
+    "bundles_received",
+)
+
+
 @dataclass(slots=True)
 class ConnectionStats:
     """Counters shown by ``parley status``; rejections are counted by reason."""
@@ -234,24 +239,25 @@ class ConnectionStats:
     handshake_seconds: list[float] = field(default_factory=list)
 
     def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        """Count one refusal: a :class:`Rejection`, ``invalid_bundle:*`` or ``call_*``."""
+        key = str(reason)  # the plain word, also for a Rejection member
+        self.rejected[key] = self.rejected.get(key, 0) + 1
 
     def record_handshake_time(self, seconds: float) -> None:
         self.handshake_seconds.append(seconds)
         del self.handshake_seconds[:-256]  # bounded: the latest are what matter
 
-    def as_dict(self) -> dict[str, object]:
+    def view(self) -> ConnectionStatsView:
         times = sorted(self.handshake_seconds)
-        return {
-            "handshakes_completed": self.handshakes_completed,
-            "handshakes_failed": self.handshakes_failed,
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-            "bundles_sent": self.bundles_sent,
-            "bundles_received": self.bundles_received,
-            "rejected": dict(self.rejected),
-            "handshake_p50_s": times[len(times) // 2] if times else None,
-        }
+        return ConnectionStatsView(
+            **{name: getattr(self, name) for name in _COUNTERS},
+            rejected=dict(self.rejected),
+            handshake_p50_s=times[len(times) // 2] if times else None,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        shown: dict[str, object] = to_wire(self.view())
+        return shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,32 +267,35 @@ class SessionInfo:
     direction: str
     address: str
     started_at: float
-    trust: str
+    trust: SessionTrust
     #: How long the session may idle and live without a call (config ``session.idle_timeout_s``
     #: and ``session.max_age_s``); handlers build their :class:`SessionLifetime` from these.
     idle_s: float = SESSION_IDLE_TIMEOUT_S
     max_age_s: float = SESSION_MAX_AGE_S
+    #: What the peer said it speaks in its Hello (``fl/1``, ``call/1``): shown, not enforced,
+    #: so a peer of a later version with more capabilities is still served (docs/design.md).
+    capabilities: tuple[str, ...] = ()
 
     def lifetime(self) -> SessionLifetime:
         return SessionLifetime(
             clock=trio.current_time, idle_s=self.idle_s, max_age_s=self.max_age_s
         )
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "id": self.session_id,
-            "peer": short_peer_id(self.peer),
-            "direction": self.direction,
-            "address": self.address,
-            "started_at": self.started_at,
-            "trust": self.trust,
-        }
+    def view(self) -> SessionView:
+        return SessionView(
+            id=self.session_id,
+            peer=short_peer_id(self.peer),
+            direction=self.direction,
+            address=self.address,
+            started_at=self.started_at,
+            trust=str(self.trust),
+            capabilities=self.capabilities,
+        )
 
 
 SessionHandler = Callable[[SessionStream, SessionInfo], Awaitable[None]]
-#: Takes a trusted peer's bundle; returns why it was refused (InvalidBundleError's text), or
-#: None when it was kept.
-BundleHandler = Callable[[bytes, WeightsBundle], str | None]
+#: Takes a trusted peer's bundle; returns why it was refused, or None when it was kept.
+BundleHandler = Callable[[bytes, WeightsBundle], InvalidBundleError | None]
 
 
 def _innermost(error: BaseException) -> BaseException:
@@ -296,47 +305,71 @@ def _innermost(error: BaseException) -> BaseException:
 
 
 def _failure_reason(error: BaseException) -> str:
-    """The innermost cause of a broken handshake, as one line."""
+    """The innermost cause of a broken handshake, as one line (for the log only)."""
     error = _innermost(error)
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def reason_code(error: BaseException, *, in_handshake: bool) -> str:
-    """The rejection reason (one of :data:`REJECTION_REASONS`) for a broken handshake/session.
+#: What a broken handshake or session is counted as, by the type of its innermost cause (as
+#: httpx maps its transport's exceptions): the first entry the cause is an instance of wins,
+#: so the more specific types come first. A cause matching none is a ``protocol_error``.
+REJECTION_BY_CAUSE: Final[tuple[tuple[type[BaseException], Rejection], ...]] = (
+    (trio.TooSlowError, Rejection.HANDSHAKE_TIMEOUT),
+    (OversizedFrameError, Rejection.OVERSIZED_FRAME),
+    (ReplayedMessageError, Rejection.REPLAYED_MSG1),
+    (SendTimeoutError, Rejection.SEND_TIMEOUT),
+    (AuthenticationError, Rejection.AUTH_FAILED),
+    (InitiatorRejectedByUs, Rejection.NOT_TRUSTED),
+    (HandshakeRejected, Rejection.NOT_TRUSTED),
+    # A peer that hangs up mid-handshake or without Bye is not an attack by itself.
+    (PeerClosedError, Rejection.PEER_CLOSED),
+    (RemoteProtocolError, Rejection.PROTOCOL_ERROR),
+    (trio.BrokenResourceError, Rejection.CONNECTION_ERROR),
+    (trio.ClosedResourceError, Rejection.CONNECTION_ERROR),
+    (OSError, Rejection.CONNECTION_ERROR),
+    (LocalProtocolError, Rejection.INTERNAL_ERROR),
+)
+
+
+def _count_down(counts: dict[str, int], key: str) -> None:
+    """One fewer for ``key``; a key at zero is dropped, so the map holds live keys only."""
+    remaining = counts[key] - 1
+    if remaining:
+        counts[key] = remaining
+    else:
+        del counts[key]
+
+
+def session_trust(decision: TrustDecision | None) -> SessionTrust:
+    """An open session's trust from the responder's verdict (None: we dialed)."""
+    if decision is None:
+        return SessionTrust.INITIATED
+    if decision is TrustDecision.TRUSTED:
+        return SessionTrust.TRUSTED
+    if decision is TrustDecision.KNOWN:
+        return SessionTrust.KNOWN
+    raise LocalProtocolError("a rejected initiator has no session")
+
+
+def reason_code(error: BaseException, *, in_handshake: bool) -> Rejection:
+    """The rejection reason for a broken handshake/session (:data:`REJECTION_BY_CAUSE`).
 
     Authentication failures are ``auth_failed`` during the handshake (garbage, a wrong key)
     and ``tampered`` after it (the session's keys are established, so a bad tag means the
     bytes were changed on the way).
     """
     cause = _innermost(error)
-    if isinstance(cause, trio.TooSlowError):
-        return "handshake_timeout"
-    if isinstance(cause, OversizedFrameError):
-        return "oversized_frame"
-    if isinstance(cause, ReplayedMessageError):
-        return "replayed_msg1"
-    if isinstance(cause, SendTimeoutError):
-        return "send_timeout"
-    if isinstance(cause, AuthenticationError):
-        return "auth_failed" if in_handshake else "tampered"
-    if isinstance(cause, InitiatorRejectedByUs | HandshakeRejected):
-        return "not_trusted"
-    if isinstance(cause, RemoteProtocolError):
-        # A peer that hangs up mid-handshake or without Bye is not an attack by itself.
-        return "peer_closed" if "closed the connection" in str(cause) else "protocol_error"
-    if isinstance(cause, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
-        return "connection_error"
-    if isinstance(cause, LocalProtocolError):
-        return "internal_error"
-    return "protocol_error"
+    for kind, reason in REJECTION_BY_CAUSE:
+        if isinstance(cause, kind):
+            if reason is Rejection.AUTH_FAILED and not in_handshake:
+                return Rejection.TAMPERED
+            return reason
+    return Rejection.PROTOCOL_ERROR
 
 
-def bundle_rejection_code(reason: str) -> str:
-    """``invalid_bundle:<code>`` for an InvalidBundleError's text, from a fixed set of codes."""
-    for needle, code in BUNDLE_REJECTION_CODES:
-        if needle in reason:
-            return f"invalid_bundle:{code}"
-    return "invalid_bundle:other"
+def bundle_rejection_code(error: InvalidBundleError) -> str:
+    """``invalid_bundle:<code>`` for a refused bundle, from its typed problem (a fixed set)."""
+    return f"invalid_bundle:{error.problem.value}"
 
 
 class ConnectionManager:
@@ -351,7 +384,7 @@ class ConnectionManager:
         settings: StreamSettings,
         max_concurrent_handshakes: int,
         handshakes_per_address_per_s: float,
-        on_bundle: BundleHandler,
+        on_bundle: BundleHandler | None = None,
         on_session: SessionHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_inbound_sessions: int = MAX_INBOUND_SESSIONS,
@@ -362,7 +395,10 @@ class ConnectionManager:
         session_idle_s: float = SESSION_IDLE_TIMEOUT_S,
         session_max_age_s: float = SESSION_MAX_AGE_S,
         faults: FaultLog | None = None,
+        stats: ConnectionStats | None = None,
     ) -> None:
+        """``on_bundle`` and ``on_session`` may be given here or by :meth:`wire` (the node
+        builds this manager before the round scheduler that takes its bundles)."""
         self._faults = faults if faults is not None else FaultLog()
         self._session_idle_s = session_idle_s
         self._session_max_age_s = session_max_age_s
@@ -405,7 +441,13 @@ class ConnectionManager:
         self._session_ids = itertools.count(1)
         self.sessions: dict[int, SessionInfo] = {}
         self._open_streams: dict[int, SessionStream] = {}
-        self.stats = ConnectionStats()
+        self.stats = stats if stats is not None else ConnectionStats()
+
+    def wire(self, *, on_bundle: BundleHandler, on_session: SessionHandler | None) -> None:
+        """Connect what this manager hands on: trusted peers' bundles, and every session once
+        open (None: :func:`serve_idle_session`). Before :meth:`serve` is started."""
+        self._on_bundle = on_bundle
+        self._on_session = on_session if on_session is not None else serve_idle_session
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -413,6 +455,8 @@ class ConnectionManager:
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Listen on ``host:port`` (0 picks a port) and handle connections until cancelled."""
+        if self._on_bundle is None:
+            raise LocalProtocolError("wire() the connection manager before serving")
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound_port: int = listeners[0].socket.getsockname()[1]
         task_status.started(bound_port)
@@ -424,9 +468,14 @@ class ConnectionManager:
         try:
             await self.handle_inbound(stream)
         except Exception as error:
-            self.stats.reject("internal_error")
+            self.stats.reject(Rejection.INTERNAL_ERROR)
             self._faults.record("connection", error)
             await trio.aclose_forcefully(stream)
+
+    async def _refuse(self, stream: trio.SocketStream, reason: Rejection) -> None:
+        """Count a refused connection and drop it at once (no Bye: it gets nothing from us)."""
+        self.stats.reject(reason)
+        await trio.aclose_forcefully(stream)
 
     async def handle_inbound(self, stream: trio.SocketStream) -> None:
         try:
@@ -436,25 +485,21 @@ class ConnectionManager:
             return
         host = str(address[0])
         if not self._rate_limiter.allow(host):
-            self.stats.reject("rate_limited")
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.RATE_LIMITED)
             return
         address_full = self._inbound_sessions.get(host, 0) >= self._max_inbound_sessions_per_address
         if address_full or (self._session_limit_reached(host) and not self._evictable_session()):
             # Checked before the handshake too: a full house should not cost us DH operations
             # (while strangers hold sessions, a trusted peer may still displace one).
-            self.stats.reject("too_many_sessions")
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.TOO_MANY_SESSIONS)
             return
         prefix = address_prefix(host)
         if self._half_open_total >= self._max_half_open:
-            self.stats.reject("busy")
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.BUSY)
             return
         if self._half_open.get(prefix, 0) >= self._max_half_open_per_prefix:
             # One network's silent sockets cannot take the others' places in the queue.
-            self.stats.reject("half_open_limit")
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.HALF_OPEN_LIMIT)
             return
         self._half_open_total += 1
         self._half_open[prefix] = self._half_open.get(prefix, 0) + 1
@@ -462,11 +507,7 @@ class ConnectionManager:
             session = await self._handshake_inbound(stream, host)
         finally:
             self._half_open_total -= 1
-            remaining = self._half_open[prefix] - 1
-            if remaining:
-                self._half_open[prefix] = remaining
-            else:
-                del self._half_open[prefix]
+            _count_down(self._half_open, prefix)
         if session is None:
             return
         await self._serve_inbound(session, host)
@@ -476,8 +517,7 @@ class ConnectionManager:
     ) -> SessionStream | None:
         """Wait for a slot and run the responder's handshake; None if refused (counted)."""
         if self._waiting >= self._max_waiting:
-            self.stats.reject("busy")
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.BUSY)
             return None
         counted = CountingStream(stream, self.stats, max_first_frame=MAX_MESSAGE1_BYTES)
         # The wait for a slot is bounded too, so queued connections cannot pile up.
@@ -488,8 +528,7 @@ class ConnectionManager:
         finally:
             self._waiting -= 1
         if waiting.cancelled_caught:
-            self.stats.reject("busy")
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, Rejection.BUSY)
             return None
         try:
             started = self._clock()
@@ -530,10 +569,10 @@ class ConnectionManager:
                 self._inbound_sessions.get(host, 0) >= self._max_inbound_sessions_per_address
             )
             if not trusted or victim is None or per_address_full:
-                self.stats.reject("too_many_sessions")
+                self.stats.reject(Rejection.TOO_MANY_SESSIONS)
                 await session.aclose()
                 return
-            self.stats.reject("evicted_for_trusted")
+            self.stats.reject(Rejection.EVICTED_FOR_TRUSTED)
             event(log, logging.INFO, "session.evicted", peer=short_peer_id(victim[1].peer))
             await victim[0].aclose()
         self._inbound_sessions[host] = self._inbound_sessions.get(host, 0) + 1
@@ -542,31 +581,27 @@ class ConnectionManager:
             await self._run_session(session, direction="inbound", address=(host, None))
         finally:
             self._inbound_total -= 1
-            remaining = self._inbound_sessions[host] - 1
-            if remaining:
-                self._inbound_sessions[host] = remaining
-            else:
-                del self._inbound_sessions[host]
+            _count_down(self._inbound_sessions, host)
 
-    def limits(self) -> dict[str, object]:
+    def limits(self) -> LimitsView:
         """The caps in force and how full they are (for ``parley status``)."""
         budget = self._settings.session.reassembly_budget
-        return {
-            "max_sessions": self._max_inbound_sessions,
-            "inbound_sessions": self._inbound_total,
-            "max_half_open": self._max_half_open,
-            "max_half_open_per_prefix": self._max_half_open_per_prefix,
-            "half_open": self._half_open_total,
-            "reassembly_budget_bytes": None if budget is None else budget.total_bytes,
-            "reassembly_in_use_bytes": None if budget is None else budget.in_use,
-        }
+        return LimitsView(
+            max_sessions=self._max_inbound_sessions,
+            inbound_sessions=self._inbound_total,
+            max_half_open=self._max_half_open,
+            max_half_open_per_prefix=self._max_half_open_per_prefix,
+            half_open=self._half_open_total,
+            reassembly_budget_bytes=None if budget is None else budget.total_bytes,
+            reassembly_in_use_bytes=None if budget is None else budget.in_use,
+        )
 
     def _evictable_session(self) -> tuple[SessionStream, SessionInfo] | None:
         """The oldest inbound session of a peer we do not trust, if any."""
         candidates = [
             info
             for info in self.sessions.values()
-            if info.direction == "inbound" and info.trust != "trusted"
+            if info.direction == "inbound" and info.trust is not SessionTrust.TRUSTED
         ]
         if not candidates:
             return None
@@ -595,21 +630,22 @@ class ConnectionManager:
             bundle = session.their_bundle
             if bundle is not None:
                 self.stats.bundles_received += 1
-                if self._policy.aggregate_from(peer):
+                if self._policy.aggregate_from(peer) and self._on_bundle is not None:
                     refused = self._on_bundle(peer, bundle)
                     if refused is not None:
                         self.stats.reject(bundle_rejection_code(refused))
                 else:
-                    self.stats.reject("bundle_from_untrusted_peer")
+                    self.stats.reject(Rejection.BUNDLE_FROM_UNTRUSTED_PEER)
             info = SessionInfo(
                 session_id=next(self._session_ids),
                 peer=peer,
                 direction=direction,
                 address=address[0],
                 started_at=time.time(),
-                trust=decision.name.lower() if decision is not None else "initiated",
+                trust=session_trust(decision),
                 idle_s=self._session_idle_s,
                 max_age_s=self._session_max_age_s,
+                capabilities=session.their_hello.capabilities,
             )
             event(
                 log,
@@ -623,8 +659,11 @@ class ConnectionManager:
             self._open_streams[info.session_id] = session
             try:
                 await self._on_session(session, info)
-            except trio.ClosedResourceError:
-                pass  # we closed it (shutdown)
+            except (trio.ClosedResourceError, trio.EndOfChannel):
+                # We closed it (shutdown): a handler that was not yet waiting for a message
+                # finds the session closed (EndOfChannel) while our Bye is still being sent;
+                # a normal end, neither a fault nor a reason to drop the socket under the Bye.
+                pass
             except trio.BrokenResourceError as error:
                 self.stats.reject(reason_code(error, in_handshake=False))
                 event(
@@ -640,11 +679,12 @@ class ConnectionManager:
                 event(log, logging.INFO, "session.closed", peer=short_peer_id(peer))
 
     async def close_all_sessions(self) -> None:
-        """Say ``Bye`` on every open session (node shutdown); bounded by the close timeout."""
+        """Say ``Bye(SHUTDOWN)`` on every open session (node shutdown): the peer can tell a
+        node going away from a session that is done; bounded by the close timeout."""
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for session in list(self._open_streams.values()):
-                    nursery.start_soon(session.aclose)
+                    nursery.start_soon(session.aclose, ByeReason.SHUTDOWN)
 
     # -- outbound ----------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-SQLite gives the crash safety DESIGN.md §10 asks for without hand-rolled temp-file dances: the
-database runs in WAL mode with ``synchronous=FULL``, so a committed transaction survives a
-``kill -9`` or a power cut, and an interrupted one is rolled back on the next open.
+SQLite gives the crash safety docs/design.md asks for ("Storage and crash safety") without
+hand-rolled temp-file dances: the database runs in WAL mode with ``synchronous=FULL``, so a
+committed transaction survives a ``kill -9`` or a power cut, and an interrupted one is rolled back
+on the next open.
 
 The schema is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` is an append-only list,
 entry *i* takes the schema from version *i* to *i + 1*, and :func:`open_database` applies the
@@ -47,6 +48,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.errors import DaemonError
+from daemon.trust import TrustState
+
 __all__ = [
     "DATABASE_FILENAME",
     "JOB_TRANSITIONS",
@@ -85,7 +89,7 @@ MAX_KEY_CHANGE_EVENTS = 1000
 Clock = Callable[[], float]
 
 
-class DatabaseError(Exception):
+class DatabaseError(DaemonError):
     """The database file cannot be used; the message is one line and names the file.
 
     Every ``sqlite3.Error`` leaving this module is translated into this class or one of its
@@ -138,14 +142,6 @@ class PeerSource(enum.StrEnum):
     MDNS = "mdns"
     STATIC = "static"
     INBOUND = "inbound"
-
-
-class TrustState(enum.StrEnum):
-    """Trust list state. ``known`` is trust-on-first-use pinned but not trusted with weights."""
-
-    TRUSTED = "trusted"
-    KNOWN = "known"
-    BLOCKED = "blocked"
 
 
 class RoundStatus(enum.StrEnum):
@@ -202,6 +198,9 @@ class KeyChangeEvent:
 
 @dataclass(frozen=True, slots=True)
 class RoundRecord:
+    """One FL round as the history keeps it; ``record`` is what its aggregation decided
+    (fl.aggregate.AggregationRecord as JSON, plus the node's figures) or why it failed."""
+
     round_number: int
     started_at: float
     finished_at: float | None
@@ -490,16 +489,7 @@ class PeerStore:
                     last_seen = excluded.last_seen, last_handshake = excluded.last_handshake,
                     trust = excluded.trust
                 """,
-                (
-                    record.public_key,
-                    record.name,
-                    _dump_json([list(address) for address in record.addresses]),
-                    record.source.value,
-                    record.first_seen,
-                    record.last_seen,
-                    record.last_handshake,
-                    record.trust.value,
-                ),
+                _peer_row(record),
             )
 
     def insert_new(self, record: PeerRecord) -> bool:
@@ -512,16 +502,7 @@ class PeerStore:
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (public_key) DO NOTHING
                 """,
-                (
-                    record.public_key,
-                    record.name,
-                    _dump_json([list(address) for address in record.addresses]),
-                    record.source.value,
-                    record.first_seen,
-                    record.last_seen,
-                    record.last_handshake,
-                    record.trust.value,
-                ),
+                _peer_row(record),
             )
         return cursor.rowcount == 1
 
@@ -798,6 +779,20 @@ class RoundStore:
                 (self._clock(),),
             )
         return cursor.rowcount
+
+
+def _peer_row(record: PeerRecord) -> tuple[object, ...]:
+    """A peer record as the ``peers`` table's columns, in their order."""
+    return (
+        record.public_key,
+        record.name,
+        _dump_json([list(address) for address in record.addresses]),
+        record.source.value,
+        record.first_seen,
+        record.last_seen,
+        record.last_handshake,
+        record.trust.value,
+    )
 
 
 def _round_from_row(row: Sequence[object]) -> RoundRecord:

@@ -8,7 +8,7 @@ untrusted: :func:`parse_txt` is a pure validator that turns it into a :class:`Di
 ``None`` (one debug line says why); the Noise handshake against ``pk`` is what authenticates the
 peer later.
 
-python-zeroconf runs its own asyncio loop in a thread. From trio (DESIGN.md §3) we:
+python-zeroconf runs its own asyncio loop in a thread. From trio (docs/design.md, "The node") we:
 
 * create :class:`~zeroconf.Zeroconf` bound to explicit interface addresses (never
   ``InterfaceChoice.All``/``Default``), and call the blocking ``register_service`` (~1.6 s of
@@ -48,6 +48,7 @@ from zeroconf import (
 )
 
 from daemon.database import PUBLIC_KEY_BYTES, PeerSource
+from daemon.errors import DaemonError
 from daemon.peers import (
     InvalidPeerKeyError,
     InvalidPeerNameError,
@@ -89,7 +90,7 @@ _BRACKETED = re.compile(r"\[([^\]]*)\]:([^:]*):(.*)")
 _MAX_HOSTNAME_LENGTH = 253
 
 
-class DiscoveryError(Exception):
+class DiscoveryError(DaemonError):
     """Discovery cannot start or stop as asked; the message is one line."""
 
 

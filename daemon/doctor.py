@@ -25,7 +25,12 @@ from daemon.codec_store import CHECKPOINT_NAME, CREATED_MARKER
 from daemon.config import ConfigError, load_config
 from daemon.database import MIGRATIONS
 from daemon.home import NodeHome
-from daemon.identity import IdentityError, load_identity
+from daemon.identity import (
+    IdentityError,
+    IdentityExposedError,
+    IdentityMissingError,
+    load_identity,
+)
 
 #: Files looked at for their mode, at most (a home holds a few hundred).
 MAX_FILES_CHECKED: Final = 20_000
@@ -80,9 +85,9 @@ def check_identity(home: NodeHome) -> Finding:
         identity = load_identity(home.identity_path)
     except IdentityError as error:
         text = str(error)
-        if "too open" in text:
+        if isinstance(error, IdentityExposedError):
             fix = f"chmod 600 {home.identity_path}"
-        elif "no identity" in text:
+        elif isinstance(error, IdentityMissingError):
             fix = "run 'parley init' to create one"
         else:
             fix = (

@@ -7,9 +7,10 @@ process with a progress bar on stderr. The output path is printed on stdout; the
 (how each cue's speech fitted, faces found, per-stage latencies) on stderr, or as JSON with
 ``--json``.
 
-The output goes where ``--out`` says, else to ``<home>/dubs/<id>/<stem>.<lang>.mp4`` (DESIGN.md
-§10: parley writes only inside its home and the paths a user names). An existing file is
-never replaced unless ``--force`` is given; a failure leaves no file behind.
+The output goes where ``--out`` says, else to ``<home>/dubs/<id>/<stem>.<lang>.mp4``
+(docs/design.md, "Storage and crash safety": parley writes only inside its home and the paths a user
+names). An existing file is never replaced unless ``--force`` is given; a failure leaves no file
+behind.
 
 Registered by ``daemon.cli`` as ``app.command("dub")(dub_command)``; this module imports
 ``daemon.cli`` lazily so that registration at import time creates no import cycle.

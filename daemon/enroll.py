@@ -31,6 +31,7 @@ from codec.config import MEL_FRAME_RATE_HZ, CodecConfig
 from codec.errors import CheckpointError
 from codec.model import new_model, state_to_numpy
 from common.atomic import write_atomic
+from daemon.errors import DaemonError
 from fl.config import TrainConfig
 from fl.train import ProgressCallback, StopCallback, TrainReport, evaluate_l1, train_codec
 from media.audio import load_audio
@@ -44,7 +45,7 @@ FEATURE_SUFFIX: Final = ".npy"
 MAX_FEATURE_FILE_BYTES: Final = 400 * 1024 * 1024
 
 
-class EnrollmentError(Exception):
+class EnrollmentError(DaemonError):
     """A recording given to :func:`enroll` cannot be used (the message names the file)."""
 
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from daemon.logs import get_logger
+from daemon.views import FaultsView, to_wire
 
 log = get_logger("faults")
 
@@ -53,12 +54,14 @@ class FaultLog:
         fields = {"unit": unit, "kind": kind, "reason": " ".join(str(error).split())[:300]}
         log.log(logging.ERROR, "unit.failed", extra={"fields": fields}, exc_info=error)
 
+    def view(self) -> FaultsView:
+        return FaultsView(
+            total=sum(self.counts.values()), by_type=dict(self.counts), by_unit=dict(self.by_unit)
+        )
+
     def as_dict(self) -> dict[str, object]:
-        return {
-            "total": sum(self.counts.values()),
-            "by_type": dict(self.counts),
-            "by_unit": dict(self.by_unit),
-        }
+        shown: dict[str, object] = to_wire(self.view())
+        return shown
 
 
 _DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -1,4 +1,5 @@
-"""The node home: one directory holding everything a node keeps (DESIGN.md §10).
+"""The node home: one directory holding everything a node keeps (docs/design.md, "Storage and crash
+safety").
 
 Layout, all inside the home (mode 0700)::
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config import CONFIG_FILE_NAME
+from daemon.errors import DaemonError
 
 HOME_ENVIRONMENT_VARIABLE = "PARLEY_HOME"
 HOME_MODE = 0o700
@@ -69,7 +71,7 @@ class NodeHome:
             folder.mkdir(mode=HOME_MODE, exist_ok=True)
 
 
-class NoHomeError(Exception):
+class NoHomeError(DaemonError):
     """There is no initialised node home where one is needed; ``str()`` is the user's line."""
 
 

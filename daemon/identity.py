@@ -20,13 +20,22 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from common.atomic import write_atomic
+from daemon.errors import DaemonError
 from daemon.peers import format_peer_id, short_peer_id
 
 KEY_LENGTH = 32
 
 
-class IdentityError(Exception):
+class IdentityError(DaemonError):
     """An identity file that cannot be used; ``str()`` is the one line to show the user."""
+
+
+class IdentityMissingError(IdentityError):
+    """No identity file yet (``parley init`` creates one)."""
+
+
+class IdentityExposedError(IdentityError):
+    """The identity file is readable by others (``chmod 600`` fixes it)."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -71,13 +80,13 @@ def load_identity(path: Path) -> Identity:
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise IdentityError(f"{path}: no identity; run 'parley init' first") from None
+        raise IdentityMissingError(f"{path}: no identity; run 'parley init' first") from None
     except OSError as error:
         raise IdentityError(f"{path}: cannot read: {error.strerror or error}") from None
     with os.fdopen(descriptor, "rb") as handle:
         mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
         if mode & 0o077:
-            raise IdentityError(
+            raise IdentityExposedError(
                 f"{path}: permissions {mode:04o} are too open; the key must be private "
                 f"(chmod 600 {path})"
             )

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from daemon.errors import DaemonError
+
 LOGGER_NAME = "parley"
 
 
@@ -63,7 +65,7 @@ LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 5
 
 
-class LogFileError(Exception):
+class LogFileError(DaemonError):
     """The log file cannot be opened; ``str()`` is the one line to show."""
 
 

@@ -1,8 +1,10 @@
 """``parley node``: the long-running node, wired from small collaborators.
 
-This module only builds and connects the parts (STYLE.md 6): identity, database, peer table,
-codec store, connection manager, round scheduler, discovery and the status RPC, each of which
-is tested alone. :func:`open_node` runs them all in one nursery and yields a handle;
+This module only builds and connects the parts (docs/design.md, "The node"), in
+three steps: :func:`_build_node` builds each collaborator (peer table, codec store, connection
+manager, round scheduler, storage bound, job runner...) from the config and the parts below it;
+:func:`_wire_node` connects the few that talk both ways (bundles to the scheduler, sessions to
+the call service); :func:`open_node` then runs them all in one nursery and yields a handle;
 leaving the ``async with`` (or the ``shutdown`` RPC, or SIGINT/SIGTERM in :func:`run_node`)
 shuts down in order: stop discovery (mDNS goodbye), send ``Bye`` on open sessions, let a
 running round finish or fail cleanly, close the database.
@@ -22,9 +24,10 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -35,18 +38,16 @@ from daemon.codec_store import CodecStore
 from daemon.config import Config, FlSection
 from daemon.connections import (
     ConnectionManager,
+    ConnectionStats,
+    Rejection,
     SessionHandler,
-    SessionInfo,
     connection_limits,
 )
 from daemon.database import (
     Database,
-    JobStatus,
     JobStore,
     PeerSource,
     PeerStore,
-    RoundRecord,
-    RoundStatus,
     RoundStore,
     open_database,
 )
@@ -55,11 +56,12 @@ from daemon.discovery import (
     open_mdns_discovery,
     parse_static_peers,
 )
+from daemon.errors import RuntimeFailure
 from daemon.faults import FaultLog, run_isolated
 from daemon.home import NodeHome
 from daemon.identity import Identity, load_identity
 from daemon.interface_watch import follow_interfaces
-from daemon.jobs import CAPTIONS_DIR_NAME, JobRunner, job_dict
+from daemon.jobs import CAPTIONS_DIR_NAME, JobRunner
 from daemon.logs import event, get_logger
 from daemon.peers import (
     KeyChangedError,
@@ -67,18 +69,27 @@ from daemon.peers import (
     format_peer_id,
     sanitize_peer_name,
 )
-from daemon.rpc import RpcHandlerError
+from daemon.rpc_handlers import (
+    MethodsOf,
+    job_methods,
+    known_peer_views,
+    node_methods,
+    node_status,
+    recent_round_views,
+    serve_methods,
+    stored_status,
+)
 from daemon.rpc_server import prepare_socket_path, serve_rpc
-from daemon.scheduler import RoundInProgressError, RoundScheduler, RoundSettings, checkpoint_version
-from daemon.status_view import key_change_dicts, peer_rows
+from daemon.scheduler import RoundScheduler, RoundSettings, checkpoint_version
 from daemon.storage import StorageBound
+from daemon.trust import CallsFrom
 from daemon.trust_policy import TrustPolicy
-from daemon.version import parley_version
+from daemon.views import to_wire
 from fl.aggregate import AggregationResult
 from fl.config import AggregationConfig, TrainConfig
 from handshake.noise import StaticIdentity
 from handshake.session import REASSEMBLY_BUDGET_BYTES, MemoryBudget, SessionSettings
-from handshake.stream import SessionStream, StreamSettings
+from handshake.stream import StreamSettings
 from schemas.messages import PROTOCOL_VERSION, Hello, WeightsBundle
 
 log = get_logger("node")
@@ -96,7 +107,7 @@ CAPABILITIES: Final = ("fl/1", "call/1")
 Handler = Callable[[Any], Awaitable[object]]
 
 
-class ListenError(Exception):
+class ListenError(RuntimeFailure):
     """The node cannot listen on its TCP address (in use, not ours); one line for the user."""
 
 
@@ -119,9 +130,75 @@ class NodeOptions:
     on_web_started: Callable[[RunningNode], None] | None = None
 
 
+class FirstContacts:
+    """Keys of strangers refused at the handshake, recorded in the trust list later.
+
+    The trust decision runs inside the handshake and only reads; :meth:`offer` queues the key
+    (a full queue counts ``busy``) and :meth:`record` writes them in worker threads.
+    """
+
+    def __init__(
+        self, stats: ConnectionStats, *, capacity: int = MAX_PENDING_FIRST_CONTACTS
+    ) -> None:
+        self._stats = stats
+        self._send, self._receive = trio.open_memory_channel[bytes](capacity)
+
+    def offer(self, key: bytes) -> None:
+        try:
+            self._send.send_nowait(key)
+        except trio.WouldBlock:
+            self._stats.reject(Rejection.BUSY)
+
+    async def record(self, peers: PeerTable, faults: FaultLog) -> None:
+        async for key in self._receive:
+            write = functools.partial(
+                peers.record_handshake, key, address=None, source=PeerSource.INBOUND
+            )
+
+            async def in_thread(write: Callable[[], object] = write) -> None:
+                await trio.to_thread.run_sync(write)
+
+            await run_isolated(faults, "peer_record", in_thread)
+
+
+class HomeStorage:
+    """The ``storage`` bound on ``calls/`` and ``captions/``, sparing what is in use: the
+    calls in progress and the running caption job (both wired in after they are built)."""
+
+    def __init__(self, bound: StorageBound, captions_dir: Path) -> None:
+        self.bound = bound
+        self._captions_dir = captions_dir
+        self._calls: CallService | None = None
+        self._jobs: JobRunner | None = None
+
+    def wire(self, *, calls: CallService | None, jobs: JobRunner) -> None:
+        self._calls = calls
+        self._jobs = jobs
+
+    def enforce(self) -> None:
+        """Blocking: run it in a worker thread."""
+        in_use = set(self._calls.active_dirs) if self._calls is not None else set()
+        running = self._jobs.progress if self._jobs is not None else None
+        if running is not None:
+            in_use.add(self._captions_dir / str(running["id"]))
+        self.bound.enforce(in_use=in_use)
+
+
+def our_hello(codecs: CodecStore) -> Hello:
+    """What this node says about itself in every handshake: its codec, now."""
+    ours = codecs.current()
+    return Hello(
+        protocol_version=PROTOCOL_VERSION,
+        capabilities=CAPABILITIES,
+        codec_architecture=ours.config.architecture_id,
+        codec_version_hash=ours.version_hash,
+    )
+
+
 @dataclass(slots=True)
 class RunningNode:
-    """A handle on a running node: its collaborators, for the RPC, tests and simulations."""
+    """A handle on a running node: its collaborators, for the RPC, the web page, tests and
+    simulations. It holds the parts; :func:`open_node` builds and wires them."""
 
     home: NodeHome
     config: Config
@@ -135,9 +212,10 @@ class RunningNode:
     jobs: JobStore
     name: str
     job_runner: JobRunner
-    storage: StorageBound
+    home_storage: HomeStorage
     faults: FaultLog
     listen_port: int = 0
+    #: Set by daemon.calls.make_call_handler when this node serves calls.
     call_service: CallService | None = None
     #: Told of every call this node serves (the web page's live captions); see daemon.calls.
     call_observers: list[CallObserver] = field(default_factory=list)
@@ -151,15 +229,11 @@ class RunningNode:
         return self.identity.peer_id
 
     def hello(self) -> Hello:
-        ours = self.codecs.current()
-        return Hello(
-            protocol_version=PROTOCOL_VERSION,
-            capabilities=CAPABILITIES,
-            codec_architecture=ours.config.architecture_id,
-            codec_version_hash=ours.version_hash,
-        )
+        return our_hello(self.codecs)
 
     def observe(self, peer: DiscoveredPeer) -> None:
+        """A peer discovery found (mDNS, a static entry): into the peer table, unless it is
+        us; a pinned name announced with another key is logged and kept for the user."""
         if peer.public_key == self.identity.public_key:
             return
         try:
@@ -173,11 +247,7 @@ class RunningNode:
 
     def enforce_storage_limits(self) -> None:
         """The ``storage`` bound on ``calls/`` and ``captions/`` (blocking: a worker thread)."""
-        in_use = set(self.call_service.active_dirs) if self.call_service is not None else set()
-        running = self.job_runner.progress
-        if running is not None:
-            in_use.add(self.home.root / CAPTIONS_DIR_NAME / str(running["id"]))
-        self.storage.enforce(in_use=in_use)
+        self.home_storage.enforce()
 
     def apply_fl_settings(self, fl: FlSection) -> None:
         """The ``[fl]`` settings of a reloaded config, for the rounds from now on."""
@@ -191,170 +261,20 @@ class RunningNode:
             )
         )
 
-    # -- status RPC --------------------------------------------------------------------------
-
-    def _status_from_database(self) -> dict[str, object]:
-        """The parts of the status read from ``node.db`` (blocking: run in a worker thread)."""
-        last = self.rounds.recent(limit=1)
-        known = self.peers.known()
-        return {
-            "last_round": _round_dict(last[0]) if last else None,
-            "peers_known": len(known),
-            "peers_present": sum(1 for peer in known if self.peers.is_present(peer.public_key)),
-            "peers_trusted": sum(1 for peer in known if peer.trust.value == "trusted"),
-            "rounds_completed": self.rounds.count(status=RoundStatus.COMPLETED),
-            "jobs_pending": self.jobs.count(status=JobStatus.PENDING),
-            "key_changes": key_change_dicts(self.peers.pending_key_changes(limit=20)),
-        }
-
-    async def status_async(self) -> dict[str, object]:
-        """:meth:`status` with its database reads in a worker thread (the RPC's version)."""
-        stored = await trio.to_thread.run_sync(self._status_from_database)
-        return self._status(stored)
+    # The status RPC's views, as plain maps, for the web page and tests (blocking: they read
+    # the database). The RPC methods themselves are daemon.rpc_handlers'.
 
     def status(self) -> dict[str, object]:
-        return self._status(self._status_from_database())
-
-    def _status(self, stored: dict[str, object]) -> dict[str, object]:
-        ours = self.codecs.current()
-        return {
-            "node_id": self.peer_id,
-            "name": self.name,
-            "version": parley_version(),
-            "uptime_s": time.time() - self.started_at,
-            "listen": f"{self.config.listen.host}:{self.listen_port}",
-            "model_version": checkpoint_version(ours),
-            "codec": {
-                "architecture": ours.config.architecture_id,
-                "kbps": ours.config.kbps,
-                "round": ours.checkpoint.round,
-                "warnings": list(self.codecs.warnings),
-            },
-            "last_round": stored["last_round"],
-            "round_running": self.scheduler.current_round,
-            "counts": {
-                "peers_known": stored["peers_known"],
-                "peers_present": stored["peers_present"],
-                "peers_trusted": stored["peers_trusted"],
-                "sessions": len(self.connections.sessions),
-                "rounds_completed": stored["rounds_completed"],
-                "jobs_pending": stored["jobs_pending"],
-            },
-            "connections": self.connections.stats.as_dict(),
-            "limits": self.connections.limits(),
-            "job_running": self.job_runner.progress,
-            "calls": self.call_service.status() if self.call_service is not None else None,
-            "faults": self.faults.as_dict(),
-            "storage": self.storage.status(),
-            "key_changes": stored["key_changes"],
-            "names_not_pinned": self.peers.names_not_pinned,
-        }
+        shown: dict[str, object] = to_wire(node_status(self, stored_status(self)))
+        return shown
 
     def peer_list(self) -> list[dict[str, object]]:
-        """Every known peer with its trust and presence (the RPC's ``peers``, the web's)."""
-        records = self.peers.known()
-        rows = peer_rows(records, self.peers.pending_key_changes())
-        return [
-            {**row, "present": self.peers.is_present(record.public_key)}
-            for row, record in zip(rows, records, strict=True)
-        ]
+        shown: list[dict[str, object]] = to_wire(known_peer_views(self.peers))
+        return shown
 
     def round_list(self, *, limit: int = 20) -> list[dict[str, object]]:
-        """The latest FL rounds, newest first (the RPC's ``rounds``, the web's)."""
-        return [_round_dict(record) for record in self.rounds.recent(limit=limit)]
-
-    def rpc_handlers(self) -> dict[str, Handler]:
-        async def status(params: Any) -> object:
-            return await self.status_async()
-
-        async def peers(params: Any) -> object:
-            return await trio.to_thread.run_sync(self.peer_list)
-
-        async def sessions(params: Any) -> object:
-            return [info.as_dict() for info in self.connections.sessions.values()]
-
-        async def rounds(params: Any) -> object:
-            limit = _int_param(params, "limit", 20)
-            return await trio.to_thread.run_sync(functools.partial(self.round_list, limit=limit))
-
-        async def round_start(params: Any) -> object:
-            if _param(params, "wait", False):
-                try:
-                    record = await self.scheduler.run_round()
-                except RoundInProgressError as error:
-                    raise RpcHandlerError("round_in_progress", str(error)) from None
-                return _round_dict(record)
-            if self.scheduler.running:
-                raise RpcHandlerError("round_in_progress", "a round is already running")
-            self.scheduler.request_round()
-            return {"requested": True}
-
-        async def jobs(params: Any) -> object:
-            limit = _int_param(params, "limit", 100)
-            listed = await trio.to_thread.run_sync(functools.partial(self.jobs.list, limit=limit))
-            return [job_dict(job) for job in listed]
-
-        async def web_info(params: Any) -> object:
-            return {"url": self.web_url}
-
-        async def shutdown(params: Any) -> object:
-            self.shutdown_requested.set()
-            return {"shutting_down": True}
-
-        handlers: dict[str, Handler] = {
-            "status": status,
-            "peers": peers,
-            "sessions": sessions,
-            "rounds": rounds,
-            "round.start": round_start,
-            "jobs": jobs,
-            "web.info": web_info,
-            "shutdown": shutdown,
-        }
-        return {name: self.counted(name, handler) for name, handler in handlers.items()}
-
-    def counted(self, method: str, handler: Handler) -> Handler:
-        """``handler`` with its unexpected errors counted in ``faults`` (the RPC server turns
-        them into an error reply; the node goes on)."""
-
-        async def run(params: Any) -> object:
-            try:
-                return await handler(params)
-            except RpcHandlerError:
-                raise
-            except Exception as error:
-                self.faults.record(f"rpc:{method}", error)
-                raise
-
-        return run
-
-
-def _param(params: Any, name: str, default: object) -> object:
-    if isinstance(params, Mapping):
-        return params.get(name, default)
-    return default
-
-
-def _int_param(params: Any, name: str, default: int) -> int:
-    value = _param(params, name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
-        raise RpcHandlerError("invalid_params", f"{name} must be an integer 1..100000")
-    return value
-
-
-def _round_dict(record: RoundRecord) -> dict[str, object]:
-    return {
-        "round": record.round_number,
-        "status": record.status.value,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "peers": list(record.peers),
-        "n": record.n,
-        "alpha": record.alpha,
-        "loss_before": record.loss_before,
-        "loss_after": record.loss_after,
-        "record": dict(record.record),
-    }
+        shown: list[dict[str, object]] = to_wire(recent_round_views(self, limit=limit))
+        return shown
 
 
 def _aggregation_config(fl: FlSection) -> AggregationConfig:
@@ -416,6 +336,117 @@ async def _discover(node: RunningNode) -> None:
             await follow_interfaces(announce_and_browse)
 
 
+#: Every module that serves RPC methods on the node's socket, as a function from the running
+#: node to its ``{method: handler}`` map (daemon.rpc_handlers): one line a module.
+RPC_METHODS: Final[tuple[MethodsOf, ...]] = (
+    node_methods,
+    job_methods,
+)
+
+
+def _build_node(
+    home: NodeHome,
+    config: Config,
+    options: NodeOptions,
+    *,
+    identity: Identity,
+    database: Database,
+    rounds: RoundStore,
+    jobs: JobStore,
+) -> tuple[RunningNode, FirstContacts]:
+    """Each collaborator, built from the config and the parts below it; :func:`_wire_node`
+    then connects the ones that talk to each other both ways."""
+    faults = FaultLog()
+    peers = PeerTable(
+        PeerStore(database),
+        ttl=config.discovery.peer_expiry_s,
+        pin_names=config.trust.trust_on_first_use,
+    )
+    codecs = CodecStore(home.models_dir, home.features_dir, options.codec)
+    codecs.current()  # creates the initial model on first start, validates it otherwise
+    stats = ConnectionStats()
+    first_contacts = FirstContacts(stats)
+    policy = TrustPolicy(
+        peers, calls_from=CallsFrom(config.trust.calls_from), on_first_contact=first_contacts.offer
+    )
+
+    def our_bundle() -> WeightsBundle:
+        bundle = codecs.current().bundle
+        return bundle if options.outgoing_bundle is None else options.outgoing_bundle(bundle)
+
+    limits = connection_limits(
+        _descriptor_limit(), max_concurrent_handshakes=config.session.max_concurrent_handshakes
+    )
+    connections = ConnectionManager(
+        identity=StaticIdentity(identity.private_key),
+        hello=functools.partial(our_hello, codecs),
+        our_bundle=our_bundle,
+        peers=peers,
+        policy=policy,
+        settings=_stream_settings(config),
+        max_concurrent_handshakes=config.session.max_concurrent_handshakes,
+        handshakes_per_address_per_s=config.session.handshakes_per_address_per_s,
+        handshakes_per_prefix_per_s=config.session.handshakes_per_prefix_per_s,
+        max_inbound_sessions=limits.max_sessions,
+        max_half_open=limits.max_half_open,
+        max_half_open_per_prefix=min(
+            config.session.half_open_per_prefix or limits.max_half_open_per_prefix,
+            limits.max_half_open,
+        ),
+        session_idle_s=config.session.idle_timeout_s,
+        session_max_age_s=config.session.max_age_s,
+        faults=faults,
+        stats=stats,
+    )
+    train = options.train or TrainConfig(
+        steps=config.fl.local_steps, threads=config.models.cpu_threads
+    )
+    scheduler = RoundScheduler(
+        codecs=codecs,
+        connections=connections,
+        peers=peers,
+        rounds=rounds,
+        settings=RoundSettings(
+            interval_s=config.fl.round_interval_min * 60.0,
+            aggregation=_aggregation_config(config.fl),
+            train=train,
+            train_each_round=options.train_each_round,
+            max_loss_increase=config.fl.max_loss_increase,
+        ),
+        our_peer_id=identity.peer_id,
+        on_aggregated=options.on_aggregated,
+        faults=faults,
+    )
+    home_storage = HomeStorage(
+        StorageBound(
+            [home.root / CALLS_DIR, home.root / CAPTIONS_DIR_NAME],
+            max_bytes=config.storage.max_bytes,
+            keep_days=config.storage.keep_days,
+        ),
+        home.root / CAPTIONS_DIR_NAME,
+    )
+    job_runner = JobRunner(
+        jobs, home=home, config=config, faults=faults, after_job=home_storage.enforce
+    )
+    name = config.node.name or sanitize_peer_name(socket.gethostname())
+    # The parts in RunningNode's field order (each a distinct type: mypy checks the order).
+    parts = (home, config, identity, database, peers, codecs, connections, scheduler, rounds)
+    node = RunningNode(*parts, jobs, name, job_runner, home_storage, faults)
+    return node, first_contacts
+
+
+def _wire_node(node: RunningNode, options: NodeOptions) -> None:
+    """Connect the parts that talk both ways: the connection manager hands trusted peers'
+    bundles to the round scheduler (which dials through it) and open sessions to the call
+    service (which counts its refusals in the manager's stats); the storage bound spares the
+    calls and the caption job in progress (and runs after each of them)."""
+    session_handler = options.session_handler
+    if session_handler is None:
+        session_handler = make_call_handler(node)  # sets node.call_service
+    node.connections.wire(on_bundle=node.scheduler.receive_bundle, on_session=session_handler)
+    node.home_storage.wire(calls=node.call_service, jobs=node.job_runner)
+
+
 @asynccontextmanager
 async def open_node(
     home: NodeHome, config: Config, options: NodeOptions | None = None
@@ -430,131 +461,19 @@ async def open_node(
     static_peers = parse_static_peers(config.discovery.static_peers)
     database = open_database(home.database_path)
     try:
-        rounds = RoundStore(database)
-        jobs = JobStore(database)
+        rounds, jobs = RoundStore(database), JobStore(database)
         abandoned = rounds.abandon_interrupted()
         requeued = jobs.recover_interrupted()
-        peers = PeerTable(
-            PeerStore(database),
-            ttl=config.discovery.peer_expiry_s,
-            pin_names=config.trust.trust_on_first_use,
+        node, first_contacts = _build_node(
+            home, config, options, identity=identity, database=database, rounds=rounds, jobs=jobs
         )
-        codecs = CodecStore(home.models_dir, home.features_dir, options.codec)
-        codecs.current()  # creates the initial model on first start, validates it otherwise
-        faults = FaultLog()
-        first_contacts_send, first_contacts_receive = trio.open_memory_channel[bytes](
-            MAX_PENDING_FIRST_CONTACTS
-        )
-
-        def first_contact(key: bytes) -> None:
-            # Called inside the handshake (synchronous): the write happens in a worker thread.
-            try:
-                first_contacts_send.send_nowait(key)
-            except trio.WouldBlock:
-                connections.stats.reject("busy")
-
-        policy = TrustPolicy(
-            peers, calls_from=config.trust.calls_from, on_first_contact=first_contact
-        )
-        name = config.node.name or sanitize_peer_name(socket.gethostname())
-        node_ref: list[RunningNode] = []
-        # The call handler needs the node, and the node its connection manager: built below.
-        call_handler: list[SessionHandler] = []
-
-        async def serve_calls(session: SessionStream, info: SessionInfo) -> None:
-            await call_handler[0](session, info)
-
-        def on_bundle(key: bytes, bundle: Any) -> str | None:
-            return node_ref[0].scheduler.receive_bundle(key, bundle)
-
-        def our_bundle() -> WeightsBundle:
-            bundle = codecs.current().bundle
-            return bundle if options.outgoing_bundle is None else options.outgoing_bundle(bundle)
-
-        limits = connection_limits(
-            _descriptor_limit(), max_concurrent_handshakes=config.session.max_concurrent_handshakes
-        )
-        connections = ConnectionManager(
-            identity=StaticIdentity(identity.private_key),
-            hello=lambda: node_ref[0].hello(),  # noqa: PLW0108 (node_ref is filled below)
-            our_bundle=our_bundle,
-            peers=peers,
-            policy=policy,
-            settings=_stream_settings(config),
-            max_concurrent_handshakes=config.session.max_concurrent_handshakes,
-            handshakes_per_address_per_s=config.session.handshakes_per_address_per_s,
-            handshakes_per_prefix_per_s=config.session.handshakes_per_prefix_per_s,
-            max_inbound_sessions=limits.max_sessions,
-            max_half_open=limits.max_half_open,
-            max_half_open_per_prefix=min(
-                config.session.half_open_per_prefix or limits.max_half_open_per_prefix,
-                limits.max_half_open,
-            ),
-            session_idle_s=config.session.idle_timeout_s,
-            session_max_age_s=config.session.max_age_s,
-            on_bundle=on_bundle,
-            on_session=options.session_handler or serve_calls,
-            faults=faults,
-        )
-        train = options.train or TrainConfig(
-            steps=config.fl.local_steps, threads=config.models.cpu_threads
-        )
-        scheduler = RoundScheduler(
-            codecs=codecs,
-            connections=connections,
-            peers=peers,
-            rounds=rounds,
-            settings=RoundSettings(
-                interval_s=config.fl.round_interval_min * 60.0,
-                aggregation=_aggregation_config(config.fl),
-                train=train,
-                train_each_round=options.train_each_round,
-                max_loss_increase=config.fl.max_loss_increase,
-            ),
-            our_peer_id=identity.peer_id,
-            on_aggregated=options.on_aggregated,
-            faults=faults,
-        )
-        storage = StorageBound(
-            [home.root / CALLS_DIR, home.root / CAPTIONS_DIR_NAME],
-            max_bytes=config.storage.max_bytes,
-            keep_days=config.storage.keep_days,
-        )
-        node = RunningNode(
-            home=home,
-            config=config,
-            identity=identity,
-            database=database,
-            peers=peers,
-            codecs=codecs,
-            connections=connections,
-            scheduler=scheduler,
-            rounds=rounds,
-            jobs=jobs,
-            name=name,
-            job_runner=JobRunner(
-                jobs,
-                home=home,
-                config=config,
-                faults=faults,
-                after_job=lambda: node_ref[0].enforce_storage_limits(),  # noqa: PLW0108 (filled below)
-            ),
-            storage=storage,
-            faults=faults,
-        )
-        node_ref.append(node)
-        if options.session_handler is None:
-            call_handler.append(make_call_handler(node))
+        _wire_node(node, options)
         for peer in static_peers:
             node.observe(peer)
         async with trio.open_nursery() as nursery:
             port = options.listen_port if options.listen_port is not None else config.listen.port
-            node.listen_port = await _listen(nursery, connections, config.listen.host, port)
-            jobs_handlers = node.job_runner.rpc_handlers()
-            handlers = {
-                **node.rpc_handlers(),
-                **{name: node.counted(name, h) for name, h in jobs_handlers.items()},
-            }
+            node.listen_port = await _listen(nursery, node.connections, config.listen.host, port)
+            handlers = serve_methods(node, RPC_METHODS, node.faults)
             await nursery.start(serve_rpc, home.socket_path, handlers)
             await nursery.start(node.job_runner.run)
             if config.web.enabled:
@@ -567,50 +486,39 @@ async def open_node(
 
             async def discover() -> None:
                 with discovery_scope:
-                    while not await run_isolated(faults, "discovery", lambda: _discover(node)):
+                    while not await run_isolated(node.faults, "discovery", lambda: _discover(node)):
                         await trio.sleep(DISCOVERY_RESTART_S)
-
-            async def record_first_contacts() -> None:
-                async for key in first_contacts_receive:
-                    record = functools.partial(
-                        peers.record_handshake, key, address=None, source=PeerSource.INBOUND
-                    )
-
-                    async def write(record: Callable[[], object] = record) -> None:
-                        await trio.to_thread.run_sync(record)
-
-                    await run_isolated(faults, "peer_record", write)
 
             async def bound_storage() -> None:
                 while True:
                     await run_isolated(
-                        faults,
+                        node.faults,
                         "storage",
                         lambda: trio.to_thread.run_sync(node.enforce_storage_limits),
                     )
                     await trio.sleep(STORAGE_INTERVAL_S)
 
             nursery.start_soon(discover)
-            nursery.start_soon(scheduler.run)
-            nursery.start_soon(record_first_contacts)
+            nursery.start_soon(node.scheduler.run)
+            nursery.start_soon(first_contacts.record, node.peers, node.faults)
             nursery.start_soon(bound_storage)
             event(
                 log,
                 logging.INFO,
                 "node.started",
                 peer_id=identity.peer_id,
-                name=name,
+                name=node.name,
                 listen=f"{config.listen.host}:{node.listen_port}",
                 abandoned_rounds=abandoned,
                 requeued_jobs=requeued,
-                model=checkpoint_version(codecs.current()),
+                model=checkpoint_version(node.codecs.current()),
             )
             try:
                 yield node
             finally:
                 with trio.CancelScope(shield=True):
                     discovery_scope.cancel()
-                    await connections.close_all_sessions()
+                    await node.connections.close_all_sessions()
                 nursery.cancel_scope.cancel()
         event(log, logging.INFO, "node.stopped", peer_id=identity.peer_id)
     finally:

@@ -23,6 +23,7 @@ from typing import NoReturn
 
 import trio
 
+from daemon.errors import EXIT_RUNTIME_FAILURE, DaemonError
 from daemon.rpc import (
     MAX_PENDING,
     MAX_REQUEST_BYTES,
@@ -59,12 +60,14 @@ MAX_UNIX_PATH_BYTES = 107
 SOCKET_MODE = 0o600
 
 
-class RpcServerError(Exception):
+class RpcServerError(DaemonError):
     """The RPC socket cannot be set up; the message is one line and names the path."""
 
 
 class NodeAlreadyRunningError(RpcServerError):
     """Another node answers on this home's socket: a runtime conflict, not a bad input."""
+
+    exit_code = EXIT_RUNTIME_FAILURE
 
 
 def _probe_live(path: Path) -> bool:

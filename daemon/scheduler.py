@@ -1,6 +1,6 @@
 """The FL round scheduler: when to run a round, and the round's steps in order.
 
-A round (DESIGN.md §7):
+A round (docs/design.md, "Federated learning"):
 
 1. reload our checkpoint; train locally if new audio was enrolled since it was trained;
 2. exchange bundles, through handshakes, with every reachable trusted peer (and take the
@@ -37,7 +37,7 @@ import trio
 from codec.checkpoint import Checkpoint
 from codec.errors import InvalidBundleError
 from codec.model import new_model, state_to_numpy
-from daemon.codec_store import FEATURES_DIGEST_KEY, CodecStore, OurCodec
+from daemon.codec_store import FEATURES_DIGEST_KEY, CodecStore, OurCodec, State
 from daemon.connections import ConnectionManager, DialError
 from daemon.database import DatabaseError, PeerRecord, RoundRecord, RoundStatus, RoundStore
 from daemon.faults import FaultLog, describe_failure
@@ -76,6 +76,14 @@ class RoundInProgressError(Exception):
     """A round was asked for while one is running."""
 
 
+@dataclass(frozen=True, slots=True)
+class ValidatedBundle:
+    """A peer's bundle and its weights, validated once when it arrived (and never again)."""
+
+    bundle: WeightsBundle
+    state: State
+
+
 class RoundScheduler:
     def __init__(
         self,
@@ -102,21 +110,32 @@ class RoundScheduler:
         self._our_peer_id = our_peer_id
         self._on_aggregated = on_aggregated
         self._clock = clock
-        self._inbox: dict[bytes, WeightsBundle] = {}
+        self._inbox: dict[bytes, ValidatedBundle] = {}
         self._lock = trio.Lock()
         self._wake = trio.Event()
         self.current_round: int | None = None
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def receive_bundle(self, public_key: bytes, bundle: WeightsBundle) -> str | None:
+    def receive_bundle(self, public_key: bytes, bundle: WeightsBundle) -> InvalidBundleError | None:
         """A trusted peer's bundle from its handshake: kept as its decoder, used next round.
 
-        Returns why it was refused (the connection manager counts it as
+        Returns why it was refused (the connection manager counts its typed problem as
         ``invalid_bundle:<code>`` in the status), or None when it was kept.
         """
+        accepted = self._validate(public_key, bundle)
+        if isinstance(accepted, InvalidBundleError):
+            return accepted
+        if public_key in self._inbox or len(self._inbox) < MAX_INBOX:
+            self._inbox[public_key] = accepted
+        return None
+
+    def _validate(
+        self, public_key: bytes, bundle: WeightsBundle
+    ) -> ValidatedBundle | InvalidBundleError:
+        """The one validation a bundle gets; a valid one is kept as that peer's decoder."""
         try:
-            self._codecs.validated_state(bundle, self._codecs.current().config)
+            state = self._codecs.validated_state(bundle, self._codecs.current().config)
         except InvalidBundleError as error:
             event(
                 log,
@@ -125,11 +144,9 @@ class RoundScheduler:
                 peer=short_peer_id(public_key),
                 reason=str(error),
             )
-            return str(error)
+            return error
         self._codecs.keep_peer_decoder(public_key, bundle)
-        if public_key in self._inbox or len(self._inbox) < MAX_INBOX:
-            self._inbox[public_key] = bundle
-        return None
+        return ValidatedBundle(bundle, state)
 
     def request_round(self) -> None:
         """Ask the scheduler loop for a round now (the ``round.start`` RPC)."""
@@ -199,8 +216,8 @@ class RoundScheduler:
         event(log, logging.INFO, "round.start", round=number, trusted_peers=len(trusted))
         try:
             ours = await self._train_if_new_audio()
-            bundles, failures = await self._collect_bundles(trusted)
-            result = await trio.to_thread.run_sync(self._aggregate, ours, bundles, number)
+            bundles, invalid, failures = await self._collect_bundles(trusted)
+            result = await trio.to_thread.run_sync(self._aggregate, ours, bundles, invalid, number)
             checkpoint, loss_before, loss_after, aggregation = result
             await trio.to_thread.run_sync(self._codecs.save, checkpoint)
         except BaseException as error:
@@ -218,7 +235,8 @@ class RoundScheduler:
             if isinstance(error, Exception):
                 return finished
             raise
-        for key in bundles:
+        exchanged = [*bundles, *invalid]
+        for key in exchanged:
             self._inbox.pop(key, None)
         seconds = self._clock() - started
         moved = self._connections.stats.bytes_sent + self._connections.stats.bytes_received
@@ -235,7 +253,7 @@ class RoundScheduler:
                     self._rounds.finish,
                     number,
                     status=RoundStatus.COMPLETED,
-                    peers=[format_peer_id(key) for key in bundles],
+                    peers=[format_peer_id(key) for key in exchanged],
                     n=int(aggregation["total_sample_count"]),  # type: ignore[call-overload]
                     loss_before=loss_before,
                     loss_after=loss_after,
@@ -256,7 +274,7 @@ class RoundScheduler:
             logging.INFO,
             "round.done",
             round=number,
-            peers=len(bundles),
+            peers=len(exchanged),
             seconds=round(seconds, 3),
             loss_before=loss_before,
             loss_after=loss_after,
@@ -314,8 +332,11 @@ class RoundScheduler:
 
     async def _collect_bundles(
         self, trusted: list[PeerRecord]
-    ) -> tuple[dict[bytes, WeightsBundle], dict[str, str]]:
-        bundles: dict[bytes, WeightsBundle] = dict(self._inbox)
+    ) -> tuple[dict[bytes, ValidatedBundle], dict[bytes, InvalidBundleError], dict[str, str]]:
+        """The inbox and a fresh exchange with every trusted peer present: the valid bundles,
+        the refused ones (recorded in the round), and the peers we could not reach."""
+        bundles: dict[bytes, ValidatedBundle] = dict(self._inbox)
+        invalid: dict[bytes, InvalidBundleError] = {}
         failures: dict[str, str] = {}
         slots = trio.CapacityLimiter(MAX_PARALLEL_EXCHANGES)
 
@@ -329,16 +350,24 @@ class RoundScheduler:
             if bundle is None:
                 failures[format_peer_id(peer.public_key)] = "sent no bundle (does not trust us)"
                 return
-            self.receive_bundle(peer.public_key, bundle)
-            bundles[peer.public_key] = bundle
+            accepted = self._validate(peer.public_key, bundle)
+            if isinstance(accepted, InvalidBundleError):
+                bundles.pop(peer.public_key, None)
+                invalid[peer.public_key] = accepted
+            else:
+                bundles[peer.public_key] = accepted
 
         async with trio.open_nursery() as nursery:
             for peer in trusted:
                 nursery.start_soon(exchange, peer)
-        return bundles, failures
+        return bundles, invalid, failures
 
     def _aggregate(
-        self, ours: OurCodec, bundles: dict[bytes, WeightsBundle], number: int
+        self,
+        ours: OurCodec,
+        bundles: dict[bytes, ValidatedBundle],
+        invalid: dict[bytes, InvalidBundleError],
+        number: int,
     ) -> tuple[Checkpoint, float | None, float | None, dict[str, object]]:
         config = ours.config
         local = PeerUpdate(
@@ -347,22 +376,18 @@ class RoundScheduler:
             sample_count=max(1, ours.checkpoint.sample_count),
             state=ours.checkpoint.state,
         )
-        updates: list[PeerUpdate] = []
-        invalid: list[dict[str, str]] = []
-        for key, bundle in bundles.items():
-            try:
-                state = self._codecs.validated_state(bundle, config)
-            except InvalidBundleError as error:
-                invalid.append({"peer_id": format_peer_id(key), "reason": str(error)})
-                continue
-            updates.append(
-                PeerUpdate(
-                    peer_id=format_peer_id(key),
-                    architecture_id=bundle.architecture_id,
-                    sample_count=bundle.sample_count,
-                    state=state,
-                )
+        updates = [
+            PeerUpdate(
+                peer_id=format_peer_id(key),
+                architecture_id=received.bundle.architecture_id,
+                sample_count=received.bundle.sample_count,
+                state=received.state,
             )
+            for key, received in bundles.items()
+        ]
+        refused = [
+            {"peer_id": format_peer_id(key), "reason": str(error)} for key, error in invalid.items()
+        ]
 
         _train, heldout = split_heldout(self._codecs.load_features())
 
@@ -394,7 +419,7 @@ class RoundScheduler:
             metadata={**ours.checkpoint.metadata, "source": "round", "alpha": result.record.alpha},
         )
         record = asdict(result.record)
-        record["rejected"] = [*record["rejected"], *invalid]
+        record["rejected"] = [*record["rejected"], *refused]
         record["total_sample_count"] = result.record.total_sample_count
         record["discarded"] = discarded
         record["left_out_for_loss"] = left_out

@@ -1,4 +1,4 @@
-"""Who gets what: the node's trust rules in one place (DESIGN.md §3).
+"""Who gets what: the node's trust rules in one place (docs/design.md, "Trust").
 
 * Only **trusted** peers receive our weights (as initiator in message 3, as responder in the
   first transport message) and only their bundles are aggregated.
@@ -19,20 +19,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon.database import PeerRecord, PeerSource, TrustState
+from daemon.database import PeerRecord, PeerSource
 from daemon.peers import PeerTable
+from daemon.trust import CallsFrom, TrustState
 from handshake.handshake import TrustDecision
 
 
-def call_refusal(calls_from: str, record: PeerRecord | None) -> str | None:
+def call_refusal(calls_from: CallsFrom | str, record: PeerRecord | None) -> str | None:
     """Why a caller whose trust-list entry is ``record`` (None: not in the list) may not call."""
     if record is not None and record.trust is TrustState.BLOCKED:
         return "calls are not accepted from this peer (blocked)"
     if record is not None and record.trust is TrustState.TRUSTED:
         return None
-    if calls_from == "trusted":
+    admitted = CallsFrom(calls_from)
+    if admitted is CallsFrom.TRUSTED:
         return "calls are accepted from trusted peers only"
-    if calls_from == "known":
+    if admitted is CallsFrom.KNOWN:
         if record is None or record.source is PeerSource.INBOUND:
             return "calls are accepted from known peers only (discovered or configured)"
         return None
@@ -42,10 +44,14 @@ def call_refusal(calls_from: str, record: PeerRecord | None) -> str | None:
 @dataclass(frozen=True, slots=True)
 class TrustPolicy:
     peers: PeerTable
-    calls_from: str = "trusted"
+    calls_from: CallsFrom = CallsFrom.TRUSTED
     #: Records a never-seen initiator key later, off the event loop (the decision itself runs
     #: inside the handshake and only reads). None: recorded here, synchronously.
     on_first_contact: Callable[[bytes], None] | None = None
+
+    def __post_init__(self) -> None:
+        # The config gives the setting's word; one vocabulary from here on (daemon.trust).
+        object.__setattr__(self, "calls_from", CallsFrom(self.calls_from))
 
     def send_weights_to(self, public_key: bytes) -> bool:
         return self.peers.is_trusted(public_key)
@@ -59,7 +65,9 @@ class TrustPolicy:
         if record is None:
             if self.on_first_contact is not None:
                 self.on_first_contact(public_key)
-                return TrustDecision.REJECT if self.calls_from == "trusted" else TrustDecision.KNOWN
+                if self.calls_from is CallsFrom.TRUSTED:
+                    return TrustDecision.REJECT
+                return TrustDecision.KNOWN
             record = self.peers.record_handshake(
                 public_key, address=None, source=PeerSource.INBOUND
             )
@@ -67,6 +75,6 @@ class TrustPolicy:
             return TrustDecision.REJECT
         if record.trust is TrustState.TRUSTED:
             return TrustDecision.TRUSTED
-        if self.calls_from == "trusted":
+        if self.calls_from is CallsFrom.TRUSTED:
             return TrustDecision.REJECT
         return TrustDecision.KNOWN

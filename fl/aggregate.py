@@ -74,8 +74,12 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
-class RoundRecord:
-    """Everything a round decided, for the round history and the status RPC."""
+class AggregationRecord:
+    """What one aggregation decided (who took part, who was refused, the clipping).
+
+    The node keeps it as the ``record`` of its round's :class:`daemon.database.RoundRecord`
+    (the one round record: number, status, peers, losses), as JSON, so every version's rows
+    stay readable."""
 
     round: int
     local_peer_id: str
@@ -99,7 +103,7 @@ class RoundRecord:
 class AggregationResult:
     personal_state: dict[str, npt.NDArray[np.float32]]
     global_state: dict[str, npt.NDArray[np.float32]]
-    record: RoundRecord
+    record: AggregationRecord
 
 
 def _flatten(state: State, names: Sequence[str]) -> FloatArray:
@@ -237,7 +241,7 @@ def aggregate_round(
     global_vector = local_vector + bounded_update
     personal_vector = config.alpha * local_vector + (1.0 - config.alpha) * global_vector
 
-    record = RoundRecord(
+    record = AggregationRecord(
         round=round_number,
         local_peer_id=local.peer_id,
         local_sample_count=local.sample_count,

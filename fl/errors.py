@@ -6,6 +6,8 @@ bundles and latent payloads from peers, corrupt checkpoints) live in :mod:`codec
 
 from __future__ import annotations
 
+from common.errors import ParleyError
 
-class FLError(Exception):
+
+class FLError(ParleyError):
     """Root of every error raised by :mod:`fl`."""

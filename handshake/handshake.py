@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Payload placement follows DESIGN.md §4 and the Noise spec's payload security table:
+Payload placement follows docs/design.md ("Wire") and the Noise spec's payload security table:
 
 ====================  ===========  ==========================================================
 message               direction    payload

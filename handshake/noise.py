@@ -2,7 +2,7 @@
 
 Theory of operation. noiseprotocol 0.3.1 implements the Noise state machines correctly for
 well-behaved input, but it has traps this module closes, so that nothing above it needs to know
-them (DESIGN.md §4):
+them (docs/design.md, "Wire"):
 
 * it does not cap a handshake message's size; :class:`NoiseXK` refuses anything over
   :data:`MAX_NOISE_MESSAGE` on both write and read, and anything shorter than the message's fixed
@@ -43,7 +43,7 @@ from noise.exceptions import NoiseValueError
 from schemas.errors import LocalProtocolError, RemoteProtocolError
 
 PROTOCOL_NAME: Final = b"Noise_XK_25519_ChaChaPoly_BLAKE2s"
-#: Binds the parley protocol version into every handshake hash (DESIGN.md §4).
+#: Binds the parley protocol version into every handshake hash (docs/design.md, "Wire").
 PROLOGUE: Final = b"parley/1"
 #: Noise §3: no Noise message, handshake or transport, exceeds 65535 bytes.
 MAX_NOISE_MESSAGE: Final = 65535

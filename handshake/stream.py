@@ -76,8 +76,9 @@ class InitiatorRejectedByUs(ProtocolError):
     """Responder side: our trust check rejected the initiator; we sent Bye and closed."""
 
 
-class _PeerVanished(RemoteProtocolError):
-    pass
+class PeerClosedError(RemoteProtocolError):
+    """The peer closed the connection without ``Bye`` (mid-handshake or mid-session): a peer
+    that went away, not by itself an attack; the node counts it as ``peer_closed``."""
 
 
 class SendTimeoutError(RemoteProtocolError):
@@ -158,7 +159,8 @@ class SessionStream(trio.abc.AsyncResource):
             assert event is not None
             return event
 
-    async def aclose(self) -> None:
+    async def aclose(self, reason: ByeReason = ByeReason.NORMAL) -> None:
+        """Send ``Bye(reason)`` (bounded by ``close_timeout_s``) and close the stream."""
         if self._closed:
             return
         self._closed = True
@@ -166,7 +168,7 @@ class SessionStream(trio.abc.AsyncResource):
         try:
             if self._broken is None and self._session.state is SessionState.OPEN:
                 with trio.move_on_after(self._settings.close_timeout_s):
-                    data = self._session.close(ByeReason.NORMAL)
+                    data = self._session.close(reason)
                     async with self._send_lock:
                         await self._stream.send_all(bytes(self._outgoing) + data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -211,7 +213,7 @@ class SessionStream(trio.abc.AsyncResource):
                     return event
                 data = await self._stream.receive_some(self._settings.receive_size)
                 if not data:
-                    raise _PeerVanished("peer closed the connection without Bye")
+                    raise PeerClosedError("peer closed the connection without Bye")
                 session.receive_data(bytes(data))
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
             self._broken = exc
@@ -228,7 +230,7 @@ async def _receive_frame(stream: trio.abc.Stream, reader: FrameReader, receive_s
             return item
         data = await stream.receive_some(receive_size)
         if not data:
-            raise _PeerVanished("peer closed the connection during the handshake")
+            raise PeerClosedError("peer closed the connection during the handshake")
         reader.receive_data(bytes(data))
 
 
@@ -363,6 +365,7 @@ async def open_responder_session(
 __all__ = [
     "HANDSHAKE_TIMEOUT_SECONDS",
     "InitiatorRejectedByUs",
+    "PeerClosedError",
     "SendTimeoutError",
     "SessionStream",
     "StreamSettings",

@@ -14,7 +14,7 @@ Theory of operation
    progress report per window, and since ``condition_on_previous_text`` is off by default the
    decoder would not have carried context across windows anyway.
 4. *Cues*: the timed words go through ``segment_words`` (line, duration and overlap rules of
-   DESIGN.md §8).
+   docs/design.md, "Captions and languages").
 5. *Translate*: for each target language, the cue texts are translated one per cue and put on the
    source cues' timing with ``retime_text``, so every track shows the same moments.
 6. *Write*: every document is rendered in memory first; only then is ``out_dir`` created and each

@@ -2,14 +2,15 @@
 
 Theory of operation
 -------------------
-Captions follow common broadcast practice (DESIGN.md §8): at most 42 characters a line, at most two
-lines a cue, a cue shown for 0.8-7 s, cues never overlapping. A :class:`CueBuilder` takes finalized
-words one at a time (the live call pipeline feeds it as ASR commits words) and decides greedily
-when the open cue is complete: a cue closes *before* a word that would not fit in the lines, would
-stretch the cue past the longest duration, follows a pause, or follows the end of a sentence. The
-cue's timing is settled only then, because its end depends on the next cue's start: the display is
-stretched to the shortest duration where the next cue leaves room, cut to the longest duration, and
-never runs into the next cue. :func:`segment_words` is the same builder run over a whole list.
+Captions follow common broadcast practice (docs/design.md, "Captions and languages"): at most 42
+characters a line, at most two lines a cue, a cue shown for 0.8-7 s, cues never overlapping. A
+:class:`CueBuilder` takes finalized words one at a time (the live call pipeline feeds it as ASR
+commits words) and decides greedily when the open cue is complete: a cue closes *before* a word that
+would not fit in the lines, would stretch the cue past the longest duration, follows a pause, or
+follows the end of a sentence. The cue's timing is settled only then, because its end depends on the
+next cue's start: the display is stretched to the shortest duration where the next cue leaves room,
+cut to the longest duration, and never runs into the next cue. :func:`segment_words` is the same
+builder run over a whole list.
 
 Word times are kept as they came (``Cue.words``), so a player or a translator can align to them.
 A word longer than a line (a URL read out, say) cannot be wrapped; it is cut into line-sized pieces
@@ -56,7 +57,8 @@ class InvalidWordTimeError(CaptionError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CaptionLayout:
-    """How cues are cut. The defaults are the common practice DESIGN.md §8 names."""
+    """How cues are cut. The defaults are the common practice docs/design.md names
+    ("Captions and languages")."""
 
     max_line_chars: int = 42
     max_lines: int = 2

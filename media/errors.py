@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.errors import ParleyError
 
-class MediaError(Exception):
+
+class MediaError(ParleyError):
     """Root of every error raised by the ``media`` package."""
 
 

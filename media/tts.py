@@ -5,11 +5,11 @@
   Portuguese and Spanish.
 * :class:`EspeakSynthesizer`: the ``espeak-ng`` program (Debian package) for other languages.
 
-Voice traits (DESIGN.md §8): the listener hears the translation with the sender's median pitch
-and speaking rate (:class:`schemas.messages.VoiceTraits`, measured by :mod:`media.voice`). Each
-synthesizer first measures its own neutral voice *with the same estimator* (a calibration
-sentence, once, on first use), so a trait maps to a setting by a ratio and both sides agree on
-what "120 Hz, 2.5 words/s" means:
+Voice traits (docs/design.md, "Calls"): the listener hears the translation with the sender's median
+pitch and speaking rate (:class:`schemas.messages.VoiceTraits`, measured by :mod:`media.voice`).
+Each synthesizer first measures its own neutral voice *with the same estimator* (a calibration
+sentence, once, on first use), so a trait maps to a setting by a ratio and both sides agree on what
+"120 Hz, 2.5 words/s" means:
 
 * espeak-ng has the knobs: ``-p`` (pitch, 0-99) and ``-s`` (words per minute). Its pitch is
   measured at ``-p 20`` and ``-p 80`` and interpolated on a log-frequency scale; the rate at the

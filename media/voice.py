@@ -1,7 +1,7 @@
 """The sender's voice traits, measured from the features the receiver actually has.
 
-A call's receiver never sees the sender's waveform, only Whisper log-mel frames (DESIGN.md §6,
-§8): 80 Slaney mel bands over 0-8 kHz, a 25 ms Hann window, 100 frames a second. Two traits are
+A call's receiver never sees the sender's waveform, only Whisper log-mel frames (docs/design.md,
+"Calls"): 80 Slaney mel bands over 0-8 kHz, a 25 ms Hann window, 100 frames a second. Two traits are
 measured there and carried as :class:`schemas.messages.VoiceTraits`, so the synthesized
 translation keeps the speaker's register and pace.
 

@@ -39,8 +39,6 @@ from schemas.messages import (
     Message,
     Ping,
     Pong,
-    RoundOffer,
-    RoundResult,
     TensorBlob,
     TensorDtype,
     VoiceTraits,
@@ -185,27 +183,6 @@ def _decode_weights_bundle(r: Any) -> WeightsBundle:
     )
 
 
-def _decode_round_offer(r: Any) -> RoundOffer:
-    return RoundOffer(
-        round=r._get("round"),
-        architecture_id=_text(
-            r._get("architectureId"), MAX_NAME_CHARS, "RoundOffer architecture id"
-        ),
-        codec_version_hash=_blob(
-            r._get("codecVersionHash"), MAX_HASH_BYTES, "RoundOffer codec hash"
-        ),
-    )
-
-
-def _decode_round_result(r: Any) -> RoundResult:
-    return RoundResult(
-        round=r._get("round"),
-        accepted=r._get("accepted"),
-        reason=_text(r._get("reason"), MAX_NAME_CHARS, "RoundResult reason"),
-        sample_count=r._get("sampleCount"),
-    )
-
-
 def _decode_voice(r: Any) -> VoiceTraits:
     return VoiceTraits(
         median_pitch_hz=_finite(r._get("medianPitchHz"), "median pitch"),
@@ -287,8 +264,6 @@ def _decode_chunk(r: Any) -> Chunk:
 _DECODERS: Final[dict[str, Callable[[Any], WireMessage]]] = {
     "hello": _decode_hello,
     "weightsBundle": _decode_weights_bundle,
-    "roundOffer": _decode_round_offer,
-    "roundResult": _decode_round_result,
     "callStart": _decode_call_start,
     "codecFrames": _decode_codec_frames,
     "caption": _decode_caption,
@@ -329,7 +304,10 @@ def decode(data: bytes) -> WireMessage:
                 raise RemoteProtocolError("message has an unknown union tag") from None
             if tag == "noBundle":
                 return NoBundle()
-            return _DECODERS[tag](body._get(tag))
+            decoder = _DECODERS.get(tag)
+            if decoder is None:  # a retired ordinal (RoundOffer, RoundResult)
+                raise RemoteProtocolError(f"message kind {tag!r} is not part of the protocol")
+            return decoder(body._get(tag))
     except RemoteProtocolError:
         raise
     except Exception as exc:
@@ -405,21 +383,6 @@ def _encode_weights_bundle(body: Any, m: WeightsBundle) -> None:
 def _encode_voice(b: Any, v: VoiceTraits) -> None:
     b._set("medianPitchHz", _check_finite(v.median_pitch_hz, "median pitch"))
     b._set("speakingRateWps", _check_finite(v.speaking_rate_wps, "speaking rate"))
-
-
-def _encode_round_offer(body: Any, m: RoundOffer) -> None:
-    b = body.init("roundOffer")
-    b._set("round", m.round)
-    b._set("architectureId", _check_text(m.architecture_id, MAX_NAME_CHARS, "architecture id"))
-    b._set("codecVersionHash", _check_blob(m.codec_version_hash, MAX_HASH_BYTES, "codec hash"))
-
-
-def _encode_round_result(body: Any, m: RoundResult) -> None:
-    b = body.init("roundResult")
-    b._set("round", m.round)
-    b._set("accepted", m.accepted)
-    b._set("reason", _check_text(m.reason, MAX_NAME_CHARS, "RoundResult reason"))
-    b._set("sampleCount", m.sample_count)
 
 
 def _encode_call_start(body: Any, m: CallStart) -> None:
@@ -506,8 +469,6 @@ def _encode_no_bundle(body: Any, m: NoBundle) -> None:
 _ENCODERS: Final[dict[type, Callable[[Any, Any], None]]] = {
     Hello: _encode_hello,
     WeightsBundle: _encode_weights_bundle,
-    RoundOffer: _encode_round_offer,
-    RoundResult: _encode_round_result,
     CallStart: _encode_call_start,
     CodecFrames: _encode_codec_frames,
     Caption: _encode_caption,

@@ -18,15 +18,13 @@ PROTOCOL_VERSION = 1
 
 
 class ByeReason(enum.IntEnum):
-    """Why a peer is closing the session."""
+    """Why a peer is closing the session: done, going away, or not trusted. A broken or
+    refused session is closed without ``Bye`` (the values 3-6 planned for those were never
+    sent, and are not reused)."""
 
     NORMAL = 0
     SHUTDOWN = 1
     NOT_TRUSTED = 2
-    PROTOCOL_ERROR = 3
-    LIMIT_EXCEEDED = 4
-    TIMEOUT = 5
-    BUSY = 6
 
 
 class TensorDtype(enum.IntEnum):
@@ -39,7 +37,10 @@ class TensorDtype(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Messages 1 and 2 of the handshake. Never carries weights (DESIGN.md §4)."""
+    """Messages 1 and 2 of the handshake. Never carries weights (docs/design.md, "Wire").
+
+    ``capabilities`` names what the sender serves (``fl/1``, ``call/1``); the node shows it per
+    session and refuses nothing for it, so a later version can add some."""
 
     protocol_version: int
     capabilities: tuple[str, ...]
@@ -74,25 +75,6 @@ class WeightsBundle:
     compression: str
     tensors: tuple[TensorBlob, ...]
     content_hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RoundOffer:
-    """Ask a trusted peer to exchange bundles for FL round ``round``."""
-
-    round: int
-    architecture_id: str
-    codec_version_hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RoundResult:
-    """Outcome of a round as the sender saw it (accepted, or rejected with a reason)."""
-
-    round: int
-    accepted: bool
-    reason: str
-    sample_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,16 +174,5 @@ class Chunk:
 
 
 Message = (
-    Hello
-    | WeightsBundle
-    | RoundOffer
-    | RoundResult
-    | CallStart
-    | CodecFrames
-    | Caption
-    | CallEnd
-    | Ping
-    | Pong
-    | Bye
-    | Chunk
+    Hello | WeightsBundle | CallStart | CodecFrames | Caption | CallEnd | Ping | Pong | Bye | Chunk
 )

@@ -13,8 +13,11 @@ struct Envelope {
   body :union {
     hello @1 :Hello;
     weightsBundle @2 :WeightsBundle;
-    roundOffer @3 :RoundOffer;
-    roundResult @4 :RoundResult;
+    # Ordinals 3 and 4 held RoundOffer and RoundResult, planned and never sent: FL rounds
+    # exchange bundles inside the handshake (docs/design.md, "Federated learning"). Retired,
+    # never reused; decoding one is the peer's protocol error.
+    retired3 @3 :Void;
+    retired4 @4 :Void;
     callStart @5 :CallStart;
     codecFrames @6 :CodecFrames;
     caption @7 :Caption;
@@ -61,19 +64,6 @@ struct WeightsBundle {
   compression @3 :Text;
   tensors @4 :List(TensorBlob);
   contentHash @5 :Data;
-}
-
-struct RoundOffer {
-  round @0 :UInt64;
-  architectureId @1 :Text;
-  codecVersionHash @2 :Data;
-}
-
-struct RoundResult {
-  round @0 :UInt64;
-  accepted @1 :Bool;
-  reason @2 :Text;
-  sampleCount @3 :UInt64;
 }
 
 struct CodecSettings {

@@ -66,7 +66,8 @@ def _graph(modules: Mapping[str, Path]) -> dict[str, set[str]]:
     module, else a.b)."""
     edges: dict[str, set[str]] = defaultdict(set)
     for module, path in modules.items():
-        for name in _imported_names(path):
+        for imported in _imported_names(path):
+            name = imported
             while name and name not in modules:
                 name = name.rpartition(".")[0]
             if name and name != module:
@@ -75,7 +76,7 @@ def _graph(modules: Mapping[str, Path]) -> dict[str, set[str]]:
 
 
 def _package(module: str) -> str:
-    return module.split(".")[0]
+    return module.split(".", maxsplit=1)[0]
 
 
 def _cycles(edges: Mapping[str, set[str]]) -> list[list[str]]:

@@ -19,6 +19,7 @@ from daemon.home import NodeHome
 from daemon.jobs import JobRunner, default_transcriber_factory
 from daemon.node import NodeOptions, RunningNode, open_node
 from daemon.rpc_client import RpcCallError, call
+from daemon.rpc_handlers import job_methods, node_methods
 from daemon.rpc_server import serve_rpc
 from media.asr import FeatureTranscriber, Transcript
 from media.caption_file import FeatureDecoder
@@ -81,7 +82,7 @@ async def test_jobs_over_rpc_bad_file_fails_alone(speech_wav: Path, root: Path) 
         runner = _runner(node)
         async with trio.open_nursery() as nursery:
             # The lead wires these into the node's own socket; here a second socket serves them.
-            handlers = {**node.rpc_handlers(), **runner.rpc_handlers()}
+            handlers = {**job_methods(node), **node_methods(node), **runner.rpc_handlers()}
             await nursery.start(serve_rpc, socket_path, handlers)
 
             async def rpc(method: str, params: dict[str, object] | None = None) -> Any:

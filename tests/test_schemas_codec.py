@@ -25,8 +25,6 @@ from schemas.messages import (
     Hello,
     Ping,
     Pong,
-    RoundOffer,
-    RoundResult,
     TensorBlob,
     TensorDtype,
     VoiceTraits,
@@ -75,8 +73,6 @@ hello = st.builds(
 messages = st.one_of(
     hello,
     bundle,
-    st.builds(RoundOffer, round=u64, architecture_id=name, codec_version_hash=digest),
-    st.builds(RoundResult, round=u64, accepted=st.booleans(), reason=name, sample_count=u64),
     st.builds(
         CallStart,
         call_id=u64,

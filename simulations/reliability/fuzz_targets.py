@@ -52,8 +52,6 @@ from schemas.messages import (
     Hello,
     Ping,
     Pong,
-    RoundOffer,
-    RoundResult,
     TensorDtype,
     VoiceTraits,
     WeightsBundle,
@@ -97,8 +95,6 @@ def sample_messages() -> list[object]:
     return [
         _hello(),
         _BUNDLE,
-        RoundOffer(round=1, architecture_id="csm-v1", codec_version_hash=b"\x02" * 32),
-        RoundResult(round=1, accepted=False, reason="no", sample_count=3),
         CallStart(
             call_id=7,
             speaker_language="en",

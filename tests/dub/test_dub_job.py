@@ -19,6 +19,7 @@ from daemon.jobs import JobRunner
 from daemon.node import NodeOptions, RunningNode, open_node
 from daemon.rpc import RpcHandlerError
 from daemon.rpc_client import call
+from daemon.rpc_handlers import job_methods, node_methods
 from daemon.rpc_server import serve_rpc
 from media.asr import FeatureTranscriber
 from media.translate import TranslationConfig, Translator, select_translator
@@ -59,7 +60,7 @@ async def test_a_dub_job_runs_on_the_node(material, root: Path) -> None:
     async with open_node(home, _config(), NodeOptions(listen_port=0)) as node:
         runner = _runner(node)
         async with trio.open_nursery() as nursery:
-            handlers = {**node.rpc_handlers(), **runner.rpc_handlers()}
+            handlers = {**job_methods(node), **node_methods(node), **runner.rpc_handlers()}
             await nursery.start(serve_rpc, socket_path, handlers)
 
             async def rpc(method: str, params: Any = None) -> Any:

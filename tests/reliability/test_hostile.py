@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from codec.errors import InvalidBundleError
+from codec.errors import BundleProblem, InvalidBundleError
 from daemon.connections import REJECTION_REASONS, ConnectionManager, bundle_rejection_code
 from daemon.database import PeerSource, PeerStore, open_database
 from daemon.peers import PeerTable
@@ -83,13 +83,18 @@ def test_a_1_mb_caption_is_refused_by_the_session_decoder() -> None:
 
 
 def test_bundle_rejection_codes_are_a_fixed_set() -> None:
-    assert bundle_rejection_code("tensor 'a' contains non-finite values") == (
-        "invalid_bundle:non_finite"
+    # The code comes from the error's type-level problem, never from its text (issue 12): the
+    # "other" bucket for unrecognised text is gone, peer-chosen text now changes nothing.
+    non_finite = InvalidBundleError(
+        BundleProblem.NON_FINITE, "tensor 'a' contains non-finite values"
     )
-    assert bundle_rejection_code("architecture 'x' does not match 'y'") == (
-        "invalid_bundle:architecture"
+    assert bundle_rejection_code(non_finite) == ("invalid_bundle:non_finite")
+    architecture = InvalidBundleError(
+        BundleProblem.ARCHITECTURE, "architecture 'x' does not match 'y'"
     )
-    assert bundle_rejection_code("peer-chosen text \u2603 " * 50) == "invalid_bundle:other"
+    assert bundle_rejection_code(architecture) == ("invalid_bundle:architecture")
+    peer_text = InvalidBundleError(BundleProblem.SHAPE, "peer-chosen text \u2603 " * 50)
+    assert bundle_rejection_code(peer_text) == "invalid_bundle:shape"
 
 
 async def test_a_trusted_peers_invalid_bundle_in_message3_is_counted_by_reason() -> None:
@@ -104,7 +109,7 @@ async def test_a_trusted_peers_invalid_bundle_in_message3_is_counted_by_reason()
     poisoned = hostile_peer.bundle_with_value(state, config.architecture_id, float("nan"))
     accepted: list[bytes] = []
 
-    def on_bundle(key: bytes, bundle: object) -> str | None:
+    def on_bundle(key: bytes, bundle: object) -> InvalidBundleError | None:
         try:
             state_from_bundle(
                 bundle,  # type: ignore[arg-type]
@@ -112,7 +117,7 @@ async def test_a_trusted_peers_invalid_bundle_in_message3_is_counted_by_reason()
                 expected_shapes=expected_shapes(config),
             )
         except InvalidBundleError as error:
-            return str(error)
+            return error
         accepted.append(key)
         return None
 
