@@ -240,19 +240,22 @@ def _speech_bench(
 
     # Recognition (declared language) and identification (base).
     base = FeatureTranscriber(store.model_for(None))
-    transcripts: dict[str, list[tuple[str, str]]] = {}
+    # Per (language, voice): one Kokoro speaker reads two languages under one label.
+    transcripts: dict[tuple[str, str], list[tuple[str, str]]] = {}
     identified: list[tuple[Recording, str, float]] = []
     for number, recording in enumerate(recordings):
         _progress(f"recognition {number + 1}/{len(recordings)} ({recording.voice})")
         mel = log_mel(recording.audio)
         text = recognizer.for_language(recording.language).transcribe_features(mel).text
-        transcripts.setdefault(recording.voice, []).append((recording.reference, text))
+        transcripts.setdefault((recording.language, recording.voice), []).append(
+            (recording.reference, text)
+        )
         guess = base.identify_language(mel)
         identified.append((recording, guess.language, guess.probability))
     for language in chosen:
         pooled: list[tuple[str, str]] = []
         for label, _spec in chosen[language]:
-            pairs = transcripts[label]
+            pairs = transcripts[(language, label)]
             pooled += pairs
             report[f"asr.{language}.voices.{label}.wer"] = round(_wer(pairs), 4)
         report[f"asr.{language}.wer"] = round(_wer(pooled), 4)
