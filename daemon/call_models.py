@@ -61,7 +61,8 @@ class CallModels:
             compute_type=compute_type,
         )
         self._translation = translation if translation is not None else TranslationConfig()
-        self._tts = tts if tts is not None else TtsConfig()
+        # Kokoro's joined model (pt, es voices) is kept beside the assembled Whisper base.
+        self._tts = tts if tts is not None else TtsConfig(cache_dir=cache_dir)
         # Greedy decoding: a streaming decode runs every half second, beam search would not
         # keep up with real time on two cores.
         self._asr_options = (

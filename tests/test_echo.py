@@ -39,7 +39,11 @@ def tuning_signal(with_near_end: bool) -> EchoTestSignal:
         for text in TUNING_FAR_TEXTS
     ]
     near = (
-        select_synthesizer("pt", config).synthesize(TUNING_NEAR_TEXT).at_rate(SAMPLE_RATE).samples
+        # espeak-ng's Portuguese, as when the canceller was tuned (media/echo.py measure_erle).
+        select_synthesizer("pt", TtsConfig(backend="espeak-ng"))
+        .synthesize(TUNING_NEAR_TEXT)
+        .at_rate(SAMPLE_RATE)
+        .samples
         if with_near_end
         else np.zeros(0, dtype=np.float32)
     )

