@@ -20,10 +20,11 @@ the sender judges its own waveform and sends codec frames only for *talkspurts*:
   padding at both ends), so the listener decodes it with a fresh decoder and gets exactly what
   the batch codec gives for that stretch of audio; the front end (and its running-max
   normalisation) stays continuous.
-- It ends where the detector decided the speech ended, i.e. ``min_silence_s`` of quiet after
-  the last speech: that quiet is the talkspurt's tail (a natural hangover), and nothing waits
-  for more audio. The encoder is flushed and the last message carries ``speech_end``: the
-  listener may finalize the utterance at once instead of waiting for its own silence timer.
+- It ends where the detector decided the speech ended, i.e. ``min_silence_s`` (0.6 s) of
+  quiet after the last speech: that quiet is the talkspurt's tail (a natural hangover, long
+  enough to bridge the pauses inside a sentence), and nothing waits for more audio. The
+  encoder is flushed and the last message carries ``speech_end``: the listener may finalize
+  the utterance at once instead of waiting for its own silence timer.
 - In between, no codes: once every ``KEEPALIVE_S`` of audio a ``CodecFrames`` with
   ``frame_count == 0`` and an empty payload announces "silence up to ``start_time_s``" (the
   listener's timeline moves on, and its session sees the call alive). A keepalive's time lags

@@ -56,7 +56,13 @@ def silero_model_path() -> Path:
 @dataclass(frozen=True, kw_only=True)
 class SenderVadSettings:
     threshold: float = 0.5
-    min_silence_s: float = 0.3
+    #: Quiet that ends the speech. With DTX (:mod:`media.call_sender`) this is where a
+    #: talkspurt ends and its end mark finalizes the listener's utterance, so it must bridge
+    #: the pauses inside a sentence as the listener's own rule does (0.2 s hangover + 0.5 s):
+    #: at 0.3 s the mark fell at commas and the listener committed the first half without
+    #: its right context (issue 16, tests/test_dtx_pauses.py). faster-whisper's batch
+    #: default is 2 s, which would send far more silence.
+    min_silence_s: float = 0.6
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.threshold) and HYSTERESIS < self.threshold < 1.0):

@@ -31,7 +31,7 @@ from media.call_receiver import (
 )
 from media.call_sender import DTX_CAPABILITY, KEEPALIVE_S, CallSender, codec_settings
 from media.features import SAMPLE_RATE
-from media.sender_vad import SileroStreamingVad, load_silero_session
+from media.sender_vad import SenderVadSettings, SileroStreamingVad, load_silero_session
 from media.streaming_asr import FinalWords, StreamingTranscriber, UtteranceEnd
 from media.wer import wer
 from schemas.messages import CallStart, CodecFrames, VoiceTraits
@@ -45,6 +45,8 @@ SECOND = "A new wax protects the deep scratch."
 PAUSE_S = 5.0
 LEAD_S = 1.0
 PUSH = 1600  # 100 ms, as a call batches
+#: The quiet after the speech that ends a talkspurt.
+QUIET_S = SenderVadSettings().min_silence_s
 
 
 def _start(model: CodecModel | None = None) -> CallStart:
@@ -158,9 +160,9 @@ def test_the_sender_sends_no_frames_during_a_five_second_pause() -> None:
     messages = [m for _, batch in _send(signal, _caller_codec()) for m in batch]
     with_frames = [m for m in messages if m.frame_count]
     spans = [(m.start_time_s, m.start_time_s + m.frame_count / RATE) for m in with_frames]
-    # Nothing inside the pause but its edges: the talkspurt's tail (the VAD's 0.3 s of quiet,
-    # a push, the codec's padding) and the next one's pre-roll.
-    assert not [s for s in spans if s[1] > first_end + 0.6 and s[0] < second_start - 0.5]
+    # Nothing inside the pause but its edges: the talkspurt's tail (the VAD's quiet, a push,
+    # the codec's padding) and the next one's pre-roll.
+    assert not [s for s in spans if s[1] > first_end + QUIET_S + 0.3 and s[0] < second_start - 0.5]
     keepalives = [m for m in messages if not m.frame_count]
     assert all(not m.payload for m in keepalives)
     in_pause = [m for m in keepalives if first_end < m.start_time_s < second_start]
@@ -238,8 +240,8 @@ def test_the_senders_end_mark_finalizes_the_utterance_at_once() -> None:
     ]
     unmarked = utterance_end_at(_listen(unmarked_pushes, _caller_codec()))
     first_end = spans[0][1]
-    # The mark comes with the talkspurt's last frames: the VAD's 0.3 s of quiet after the
-    # speech, plus at most a push and a latent frame of rounding.
-    assert marked <= first_end + 0.3 + 0.1 + 0.1
+    # The mark comes with the talkspurt's last frames: the VAD's quiet after the speech, plus
+    # at most a push and a latent frame of rounding.
+    assert marked <= first_end + QUIET_S + 0.1 + 0.1
     # Without it the listener waits for silence it only learns of at the next keepalive.
     assert unmarked >= marked + 0.5

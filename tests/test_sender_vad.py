@@ -109,8 +109,8 @@ def test_sender_marks_the_talkspurt_around_the_speech(speech: np.ndarray) -> Non
     starts = [m.start_time_s for m in marked_messages if m.speech_start]
     ends = [m.start_time_s + m.frame_count / rate for m in marked_messages if m.speech_end]
     assert len(starts) == len(ends) == 1
-    # The talkspurt opens a pre-roll before the speech and closes after the VAD's 0.3 s of
-    # quiet that ended it.
+    # The talkspurt opens a pre-roll before the speech and closes after the VAD's quiet that
+    # ended it (min_silence_s).
     assert start_s - 0.5 <= starts[0] <= start_s
     assert end_s <= ends[0] <= end_s + 0.7
 
