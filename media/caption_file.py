@@ -28,6 +28,7 @@ Files are named after the input's stem with ``track_path``: ``talk.mp4`` gives `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -51,7 +52,7 @@ from media.caption_formats import (
 from media.captions import CaptionLayout, Cue, retime_text, segment_words
 from media.errors import MediaError
 from media.features import FRAMES_PER_SECOND, FloatArray, log_mel
-from media.speech_spans import group_spans, speech_spans
+from media.speech_spans import SpeechMap, find_speech, group_spans
 from media.subtitles import SubtitleError, SubtitleFormat, render_document, track_path
 from media.translate import Translator, language_key
 from media.vad import frame_levels_db
@@ -81,6 +82,11 @@ CUT_SEARCH_S: Final = 5.0
 #: Levels are averaged over this span before the quietest point is chosen (a stop closure
 #: inside a word is ~50 ms; a pause between words or sentences is longer).
 CUT_SMOOTHING_S: Final = 0.2
+_WINDOW_FRAMES: Final = round(WHISPER_WINDOW_S * FRAMES_PER_SECOND)
+#: A VAD pause is a cut point only if the cut keeps this much silence on each side (50 ms).
+MIN_CUT_MARGIN_FRAMES: Final = 5
+#: Scripts Whisper writes without spaces: its words there are characters, never to be joined.
+_UNSPACED_LANGUAGES: Final = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 #: Share of the overall progress each stage accounts for (transcription dominates).
 _PROGRESS_DECODED: Final = 0.05
 _PROGRESS_TRANSCRIBED: Final = 0.85
@@ -155,12 +161,21 @@ def plan_slices(
     window_frames: int,
     search_frames: int,
     smoothing_frames: int = 1,
+    pauses: Sequence[tuple[int, int]] = (),
 ) -> list[SlicePlan]:
     """Cut ``len(levels_db)`` content frames into slices of at most ``window_frames``.
 
-    A slice that cannot reach the end ends at the quietest point (lowest moving average of
-    ``smoothing_frames`` levels) among its last ``search_frames`` frames; ties go to the latest
-    such frame, so slices stay as long as they can. Pure function of the levels.
+    A slice that cannot reach the end ends among its last ``search_frames`` frames, in this
+    order of preference:
+
+    1. inside one of ``pauses`` (``[start, end)`` frame ranges of silence, from the VAD), at the
+       place that leaves the most silence on *both* sides of the cut (the middle of the longest
+       pause; ties go to the latest), provided that is at least :data:`MIN_CUT_MARGIN_FRAMES`;
+    2. else at the quietest point (lowest moving average of ``smoothing_frames`` levels), in the
+       middle of the latest run of equally quiet frames: a pause of digital silence is cut in its
+       middle, not at the onset of the next word.
+
+    Pure function of its arguments.
     """
     if window_frames < 1:
         raise ValueError(f"window_frames must be >= 1, got {window_frames}")
@@ -178,16 +193,35 @@ def plan_slices(
     while total - start > window_frames:
         longest_end = start + window_frames
         earliest_end = longest_end - search_frames
-        # A cut at frame k means the slice holds frames [start, k): pick the quietest frame k.
-        candidates = levels[earliest_end : longest_end + 1]
-        quietest = float(candidates.min())
-        offset = int(np.flatnonzero(candidates == quietest)[-1])
-        end = earliest_end + offset
+        end = _cut_in_pause(pauses, earliest_end, longest_end)
+        if end is None:
+            # A cut at frame k means the slice holds frames [start, k): pick the quietest k.
+            candidates = levels[earliest_end : longest_end + 1]
+            quiet = np.flatnonzero(candidates == candidates.min())
+            run_start = int(quiet[-1])
+            while run_start > 0 and run_start - 1 in quiet:
+                run_start -= 1
+            end = earliest_end + (run_start + int(quiet[-1])) // 2
         slices.append(SlicePlan(start, end))
         start = end
     if total > start or not slices:
         slices.append(SlicePlan(start, total))
     return slices
+
+
+def _cut_in_pause(pauses: Sequence[tuple[int, int]], earliest: int, latest: int) -> int | None:
+    """The frame in ``[earliest, latest]`` with the most silence on both sides, or ``None``."""
+    best: tuple[int, int] | None = None  # (margin, cut)
+    for pause_start, pause_end in pauses:
+        if pause_end <= earliest or pause_start > latest:
+            continue
+        cut = min(max((pause_start + pause_end) // 2, earliest), latest)
+        margin = min(cut - pause_start, pause_end - cut)
+        if best is None or (margin, cut) >= best:
+            best = (margin, cut)
+    if best is None or best[0] < MIN_CUT_MARGIN_FRAMES:
+        return None
+    return best[1]
 
 
 def caption_recording(
@@ -281,11 +315,17 @@ def caption_recording(
         raise ValueError("no transcriber")  # unreachable: one of the branches set it
 
     window_frames = round(window_s * FRAMES_PER_SECOND)
-    spans = group_spans(speech_spans(audio), window_frames=window_frames) if skip_silence else None
+    speech = _speech_if_needed(audio, mel, window_frames=window_frames, skip_silence=skip_silence)
+    spans = (
+        group_spans(speech.speech_groups(), window_frames=window_frames)
+        if skip_silence and speech is not None
+        else None
+    )
     transcript_language, words, segments = _transcribe(
         mel,
         transcriber,
         spans=spans,
+        pauses=speech.pauses() if speech is not None else (),
         fallback_language=source_language,
         window_frames=window_frames,
         search_frames=round(search_s * FRAMES_PER_SECOND),
@@ -335,6 +375,16 @@ def _no_progress(stage: str, fraction: float) -> None:
     return None
 
 
+def _speech_if_needed(
+    audio: FloatArray, mel: FloatArray, *, window_frames: int, skip_silence: bool
+) -> SpeechMap | None:
+    """The VAD's view of the recording when something needs it: skipping silence, or a
+    recording longer than one window (its cut points)."""
+    if skip_silence or mel.shape[1] - 1 > window_frames:
+        return find_speech(audio)
+    return None
+
+
 def _build_translators(
     factory: TranslatorFactory, source: str, targets: Sequence[str]
 ) -> dict[str, Translator]:
@@ -366,6 +416,7 @@ def _transcribe(
     search_frames: int,
     progress: Progress,
     spans: Sequence[tuple[int, int]] | None = None,
+    pauses: Sequence[tuple[int, int]] = (),
     fallback_language: str = "en",
 ) -> tuple[str, list[WordTime], list[TimedSegment]]:
     content_frames = mel.shape[1] - 1
@@ -373,34 +424,85 @@ def _transcribe(
     smoothing_frames = max(1, round(CUT_SMOOTHING_S * FRAMES_PER_SECOND))
     if spans is None:
         spans = [(0, content_frames)]
-    slices = [
-        SlicePlan(piece.start_frame + start, piece.end_frame + start)
-        for start, end in spans
-        for piece in plan_slices(
-            levels[start : min(end, content_frames)],
-            window_frames=window_frames,
-            search_frames=search_frames,
-            smoothing_frames=smoothing_frames,
+    slices: list[SlicePlan] = []
+    for start, span_end in spans:
+        end = min(span_end, content_frames)
+        inside = [
+            (max(low, start) - start, min(high, end) - start)
+            for low, high in pauses
+            if high > start and low < end
+        ]
+        slices.extend(
+            SlicePlan(piece.start_frame + start, piece.end_frame + start)
+            for piece in plan_slices(
+                levels[start:end],
+                window_frames=window_frames,
+                search_frames=search_frames,
+                smoothing_frames=smoothing_frames,
+                pauses=inside,
+            )
+            if piece.end_frame > piece.start_frame
         )
-        if piece.end_frame > piece.start_frame
-    ]
-    duration_s = content_frames / FRAMES_PER_SECOND
     words: list[WordTime] = []
     segments: list[TimedSegment] = []
     language = fallback_language
     span = _PROGRESS_TRANSCRIBED - _PROGRESS_DECODED
+    floor = float(mel.min()) if mel.size else 0.0
     for piece in slices:
-        # One frame past the slice: log_mel's layout ends with a frame the decoder drops as
-        # padding, so the slice keeps exactly its own content frames.
-        features = mel[:, piece.start_frame : piece.end_frame + 1]
-        transcript = transcriber.transcribe_features(features)
+        features = _window(mel, piece, floor=floor)
+        transcript = _with_whole_words(transcriber.transcribe_features(features))
         language = transcript.language
-        shifted = _shifted_words(transcript, piece.start_s, duration_s, words)
-        segments.extend(_shifted_segments(transcript, shifted, piece.start_s, duration_s))
+        # Nothing is said in the padding: times end with the slice.
+        end_s = piece.end_frame / FRAMES_PER_SECOND
+        shifted = _shifted_words(transcript, piece.start_s, end_s, words)
+        segments.extend(_shifted_segments(transcript, shifted, piece.start_s, end_s))
         words.extend(shifted)
         done = (piece.end_frame / content_frames) if content_frames else 1.0
         progress("transcribe", _PROGRESS_DECODED + span * done)
     return language, words, segments
+
+
+def _window(mel: FloatArray, piece: SlicePlan, *, floor: float) -> FloatArray:
+    """The slice's frames, padded to a whole window with the recording's silence.
+
+    Whisper was trained on 30 s windows whose end, past the speech, is padded *audio*: silence,
+    i.e. the log-mel floor (``max - 8``). faster-whisper pads features with zeros instead, which
+    after the normalisation is a level far above silence; a slice that ends on a pause would be
+    followed by 1-29 s of that. So the slice is padded here, with the floor, and the decoder
+    gets a full window. One frame more: log_mel's layout ends with a frame the decoder drops.
+    """
+    content = mel[:, piece.start_frame : piece.end_frame]
+    missing = _WINDOW_FRAMES + 1 - content.shape[1]
+    if missing <= 0:
+        return mel[:, piece.start_frame : piece.end_frame + 1]
+    padding = np.full((mel.shape[0], missing), floor, dtype=mel.dtype)
+    return np.concatenate([content, padding], axis=1)
+
+
+def _with_whole_words(transcript: Transcript) -> Transcript:
+    """``transcript`` with each word whole: faster-whisper's word timing moves a prepended
+    punctuation mark to the next word, so "d'orteit" arrives as " d" and "'orteit"; a word with
+    no leading space continues the one before it (except in scripts written without spaces)."""
+    from media.asr import Word  # the decoder's module: loaded by now, heavy to import early
+
+    if transcript.language in _UNSPACED_LANGUAGES:
+        return transcript
+    segments = []
+    for segment in transcript.segments:
+        words: list[Word] = []
+        for word in segment.words:
+            if words and word.word and not word.word[0].isspace():
+                previous = words[-1]
+                words[-1] = Word(
+                    word=previous.word + word.word,
+                    start_s=previous.start_s,
+                    end_s=max(previous.end_s, word.end_s),
+                    probability=previous.probability * word.probability,
+                )
+            else:
+                words.append(word)
+        segments.append(dataclasses.replace(segment, words=tuple(words)))
+    return dataclasses.replace(transcript, segments=tuple(segments))
 
 
 def _shifted_segments(
@@ -538,10 +640,13 @@ def transcribe_words(
     ``progress`` gets the "transcribe" stage with fractions in [0.05, 0.85].
     """
     mel = log_mel(audio)
+    window_frames = round(window_s * FRAMES_PER_SECOND)
+    speech = _speech_if_needed(audio, mel, window_frames=window_frames, skip_silence=False)
     language, words, _segments = _transcribe(
         mel,
         transcriber,
-        window_frames=round(window_s * FRAMES_PER_SECOND),
+        pauses=speech.pauses() if speech is not None else (),
+        window_frames=window_frames,
         search_frames=round(search_s * FRAMES_PER_SECOND),
         progress=progress if progress is not None else _no_progress,
     )
