@@ -243,7 +243,7 @@ def caption_recording(
     formats: Sequence[OutputFormat] = _DEFAULT_FORMATS,
     highlight_words: bool = False,
     translated_by_whisper: bool = False,
-    skip_silence: bool = False,
+    skip_silence: bool = True,
 ) -> CaptionResult:
     """Caption the recording at ``path`` into ``out_dir`` (see the module docstring).
 
@@ -266,7 +266,8 @@ def caption_recording(
     ``translated_by_whisper``: the decoders run Whisper's translate task, so the text is English
     whatever was spoken; the track is then ``en`` (``CaptionResult.language`` stays the spoken
     language) and ``to_languages`` translate from English.
-    ``skip_silence``: only the speech the Silero VAD finds is decoded (``media.speech_spans``).
+    ``skip_silence`` (the default): silences of 2 s and more the Silero VAD finds are not decoded
+    (``media.speech_spans``); a recording where it finds no speech at all is decoded whole.
     With ``overwrite=False`` an existing output file raises :class:`OutputExistsError` before
     anything is written (none of the recording's files is written then).
     Nothing is left in ``out_dir`` when it raises.
@@ -321,6 +322,10 @@ def caption_recording(
         if skip_silence and speech is not None
         else None
     )
+    if not spans:
+        # Nothing the VAD calls speech (music, a whisper, noise): decode it all rather than
+        # hand back no captions on the VAD's word alone.
+        spans = None
     transcript_language, words, segments = _transcribe(
         mel,
         transcriber,

@@ -93,6 +93,7 @@ def test_windows_are_padded_with_silence_and_split_words_are_joined_with_stand_i
         Word(word="'orteit.", start_s=0.6, end_s=1.0, probability=0.5),
     )
     decoder = RecordingStandIn(words)
+    # Noise: the VAD finds no speech, so skipping silence (the default) decodes it whole.
     result = caption_recording(
         _write(tmp_path / "short.wav", audio.astype(np.float32)),
         out_dir=tmp_path / "out",
