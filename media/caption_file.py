@@ -83,6 +83,9 @@ CUT_SEARCH_S: Final = 5.0
 #: inside a word is ~50 ms; a pause between words or sentences is longer).
 CUT_SMOOTHING_S: Final = 0.2
 _WINDOW_FRAMES: Final = round(WHISPER_WINDOW_S * FRAMES_PER_SECOND)
+#: Silence added after a slice before faster-whisper's zero padding (see ``_window``).
+SILENCE_PAD_S: Final = 1.0
+_SILENCE_PAD_FRAMES: Final = round(SILENCE_PAD_S * FRAMES_PER_SECOND)
 #: A VAD pause is a cut point only if the cut keeps this much silence on each side (50 ms).
 MIN_CUT_MARGIN_FRAMES: Final = 5
 #: Scripts Whisper writes without spaces: its words there are characters, never to be joined.
@@ -468,18 +471,22 @@ def _transcribe(
 
 
 def _window(mel: FloatArray, piece: SlicePlan, *, floor: float) -> FloatArray:
-    """The slice's frames, padded to a whole window with the recording's silence.
+    """A slice that ends before the recording does: its frames, then up to
+    :data:`SILENCE_PAD_S` of the recording's silence.
 
-    Whisper was trained on 30 s windows whose end, past the speech, is padded *audio*: silence,
-    i.e. the log-mel floor (``max - 8``). faster-whisper pads features with zeros instead, which
-    after the normalisation is a level far above silence; a slice that ends on a pause would be
-    followed by 1-29 s of that. So the slice is padded here, with the floor, and the decoder
-    gets a full window. One frame more: log_mel's layout ends with a frame the decoder drops.
+    Whisper's training windows end, past the speech, in padded *audio*: silence, the log-mel
+    floor (``max - 8``). faster-whisper pads features with zeros instead, a level far above
+    silence. A slice that was cut inside a pause therefore gets its pause continued with real
+    silence before faster-whisper's zeros begin. Not the whole window: measured on the tuning
+    set, a window padded with 1-29 s of floor made Whisper decode the padding again with every
+    fallback temperature (6x the time of the window) for no gain in words. One frame more:
+    log_mel's layout ends with a frame the decoder drops.
     """
-    content = mel[:, piece.start_frame : piece.end_frame]
-    missing = _WINDOW_FRAMES + 1 - content.shape[1]
-    if missing <= 0:
+    if piece.end_frame >= mel.shape[1] - 1:
+        # The recording's own end: decoded as faster-whisper's transcribe decodes it.
         return mel[:, piece.start_frame : piece.end_frame + 1]
+    content = mel[:, piece.start_frame : piece.end_frame]
+    missing = min(_SILENCE_PAD_FRAMES, _WINDOW_FRAMES - content.shape[1]) + 1
     padding = np.full((mel.shape[0], missing), floor, dtype=mel.dtype)
     return np.concatenate([content, padding], axis=1)
 

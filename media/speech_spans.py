@@ -47,7 +47,10 @@ class SpeechMap:
     total_frames: int
 
     def pauses(self) -> list[tuple[int, int]]:
-        """The silences: before the first span, between spans, after the last."""
+        """The silences: before the first span, between spans, after the last; none when no
+        speech was found (the VAD then knows nothing about where a cut would fall)."""
+        if not self.spans:
+            return []
         pauses: list[tuple[int, int]] = []
         previous_end = 0
         for start, end in self.spans:

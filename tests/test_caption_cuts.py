@@ -1,6 +1,6 @@
 """Where file captioning cuts a long recording and what each window holds (issue 19): cuts in
-the middle of the VAD's pauses, windows padded with the recording's silence as Whisper was
-trained (not faster-whisper's zeros), and words that faster-whisper's timing split kept whole."""
+the middle of the VAD's pauses, a slice's end followed by the recording's silence as in
+Whisper's training windows (not faster-whisper's zeros), and words that faster-whisper's timing split kept whole."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def test_speech_map_pauses_and_groups() -> None:
         (960, 1240),
     ]
     assert SpeechMap(spans=(), total_frames=10).speech_groups() == []
+    assert SpeechMap(spans=(), total_frames=10).pauses() == []
 
 
 class RecordingStandIn:
@@ -82,30 +83,35 @@ def _write(path: Path, audio: npt.NDArray[np.float32]) -> Path:
     return path
 
 
-def test_windows_are_padded_with_silence_and_split_words_are_joined_with_stand_in_decoder(
+def test_a_cut_slice_ends_on_silence_and_split_words_are_joined_with_stand_in_decoder(
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(7)
-    audio = np.concatenate([0.3 * rng.standard_normal(16000 * 3), np.zeros(16000)])
+    noise = 0.3 * rng.standard_normal(16000 * 28)
+    audio = np.concatenate([noise, np.zeros(16000 * 4), noise[: 16000 * 3]])
     words = (
         Word(word=" Close", start_s=0.1, end_s=0.5, probability=0.9),
         Word(word=" d", start_s=0.5, end_s=0.6, probability=0.5),
         Word(word="'orteit.", start_s=0.6, end_s=1.0, probability=0.5),
     )
     decoder = RecordingStandIn(words)
-    # Noise: the VAD finds no speech, so skipping silence (the default) decodes it whole.
     result = caption_recording(
-        _write(tmp_path / "short.wav", audio.astype(np.float32)),
+        _write(tmp_path / "long.wav", audio.astype(np.float32)),
         out_dir=tmp_path / "out",
         transcriber=decoder,
         translator_factory=_no_translator,
+        skip_silence=False,  # what the VAD makes of noise is not this test's business
     )
-    (window,) = decoder.windows
-    assert window.shape == (80, 3001)  # a whole window in log_mel's layout
-    padding = window[:, 401:]
-    assert np.all(padding == window.min())  # the silence floor, not zeros
-    assert window.min() < 0
-    (cue,) = result.tracks["en"]
-    assert cue.text == "Close d'orteit."
-    assert [w.word for w in cue.words] == ["Close", "d'orteit."]
-    assert cue.words[1].start_s == 0.5 and cue.words[1].end_s == 1.0
+    first, last = decoder.windows
+    # The last slice ends where the recording does: decoded as faster-whisper decodes it.
+    cut = 3500 - (last.shape[1] - 1)
+    # The first is cut in the 4 s pause, at its quietest (middle) point, and followed by up
+    # to 1 s of the recording's silence (the log-mel floor, not faster-whisper's zeros; at
+    # most to a whole window) and the frame log_mel's layout ends with.
+    assert 2850 < cut < 2950
+    assert first.shape[1] == cut + min(100, 3000 - cut) + 1
+    assert np.all(first[:, cut:] == first.min()) and first.min() < 0
+    cues = result.tracks["en"]
+    assert cues[0].text == "Close d'orteit."
+    assert [w.word for w in cues[0].words] == ["Close", "d'orteit."]
+    assert cues[0].words[1].start_s == 0.5 and cues[0].words[1].end_s == 1.0

@@ -27,14 +27,14 @@ SILENCE_S = 70.0
 
 
 class CountingDecoder:
-    """tiny.en, counting the windows it is handed (each is padded to a whole window)."""
+    """tiny.en, counting the windows it is handed."""
 
     def __init__(self) -> None:
         self.inner = FeatureTranscriber(whisper_model())
         self.windows = 0
 
     def transcribe_features(self, mel: npt.NDArray[np.float32]) -> Transcript:
-        assert mel.shape[1] == 3001  # one whole window, in log_mel's layout
+        assert mel.shape[1] <= 3001  # at most one window, in log_mel's layout
         self.windows += 1
         return self.inner.transcribe_features(mel)
 
