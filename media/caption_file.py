@@ -82,10 +82,6 @@ CUT_SEARCH_S: Final = 5.0
 #: Levels are averaged over this span before the quietest point is chosen (a stop closure
 #: inside a word is ~50 ms; a pause between words or sentences is longer).
 CUT_SMOOTHING_S: Final = 0.2
-_WINDOW_FRAMES: Final = round(WHISPER_WINDOW_S * FRAMES_PER_SECOND)
-#: Silence added after a slice before faster-whisper's zero padding (see ``_window``).
-SILENCE_PAD_S: Final = 1.0
-_SILENCE_PAD_FRAMES: Final = round(SILENCE_PAD_S * FRAMES_PER_SECOND)
 #: A VAD pause is a cut point only if the cut keeps this much silence on each side (50 ms).
 MIN_CUT_MARGIN_FRAMES: Final = 5
 #: Scripts Whisper writes without spaces: its words there are characters, never to be joined.
@@ -455,9 +451,13 @@ def _transcribe(
     segments: list[TimedSegment] = []
     language = fallback_language
     span = _PROGRESS_TRANSCRIBED - _PROGRESS_DECODED
-    floor = float(mel.min()) if mel.size else 0.0
     for piece in slices:
-        features = _window(mel, piece, floor=floor)
+        # One frame past the slice: log_mel's layout ends with a frame the decoder drops as
+        # padding, so the slice keeps exactly its own content frames. (Padding a cut slice with
+        # the recording's silence instead of faster-whisper's zeros was tried: a whole window
+        # of it made Whisper re-decode the padding at every fallback temperature, and 1 s of it
+        # still left parley 1.5x faster-whisper's time on the eval prefix; see the bench.)
+        features = mel[:, piece.start_frame : piece.end_frame + 1]
         transcript = _with_whole_words(transcriber.transcribe_features(features))
         language = transcript.language
         # Nothing is said in the padding: times end with the slice.
@@ -468,27 +468,6 @@ def _transcribe(
         done = (piece.end_frame / content_frames) if content_frames else 1.0
         progress("transcribe", _PROGRESS_DECODED + span * done)
     return language, words, segments
-
-
-def _window(mel: FloatArray, piece: SlicePlan, *, floor: float) -> FloatArray:
-    """A slice that ends before the recording does: its frames, then up to
-    :data:`SILENCE_PAD_S` of the recording's silence.
-
-    Whisper's training windows end, past the speech, in padded *audio*: silence, the log-mel
-    floor (``max - 8``). faster-whisper pads features with zeros instead, a level far above
-    silence. A slice that was cut inside a pause therefore gets its pause continued with real
-    silence before faster-whisper's zeros begin. Not the whole window: measured on the tuning
-    set, a window padded with 1-29 s of floor made Whisper decode the padding again with every
-    fallback temperature (6x the time of the window) for no gain in words. One frame more:
-    log_mel's layout ends with a frame the decoder drops.
-    """
-    if piece.end_frame >= mel.shape[1] - 1:
-        # The recording's own end: decoded as faster-whisper's transcribe decodes it.
-        return mel[:, piece.start_frame : piece.end_frame + 1]
-    content = mel[:, piece.start_frame : piece.end_frame]
-    missing = min(_SILENCE_PAD_FRAMES, _WINDOW_FRAMES - content.shape[1]) + 1
-    padding = np.full((mel.shape[0], missing), floor, dtype=mel.dtype)
-    return np.concatenate([content, padding], axis=1)
 
 
 def _with_whole_words(transcript: Transcript) -> Transcript:
