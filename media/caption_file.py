@@ -8,9 +8,12 @@ Theory of operation
    every part, exactly as ``WhisperModel.transcribe`` computes it.
 3. *Transcribe in slices*: Whisper works on 30 s windows anyway. Rather than hand the whole array
    to the decoder in one opaque call, :func:`plan_slices` cuts the recording into slices of at
-   most ``window_s`` (one Whisper window each), ending each slice at the quietest point of its last
-   ``search_s`` seconds, so a cut falls in a pause between words rather than through one. Each
-   slice is decoded on its own and its word times are shifted by the slice's start. That gives a
+   most ``window_s`` (one Whisper window each), ending each slice in its last ``search_s``
+   seconds where a pause the Silero VAD found leaves the most silence on both sides (else at
+   the middle of the quietest stretch), so a cut never falls through a word and the next slice
+   starts on silence. Silences of 2 s and more are not decoded at all (``skip_silence``). Each
+   slice is decoded on its own and its word times are shifted by the slice's start; a word
+   faster-whisper's timing split ("d" + "'orteit") is joined again. That gives a
    progress report per window, and since ``condition_on_previous_text`` is off by default the
    decoder would not have carried context across windows anyway.
 4. *Cues*: the timed words go through ``segment_words`` (line, duration and overlap rules of
