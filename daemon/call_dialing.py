@@ -1,6 +1,6 @@
 """Placing a call: dialing the callee, then holding the call from the caller's side.
 
-Theory of operation (DESIGN.md §8)
+Theory of operation (docs/design.md, "Calls")
 ----------------------------------
 A call rides on an ordinary session (Noise XK, :mod:`handshake.stream`). The caller must trust
 the callee, because the callee decodes our frames with *our* codec, and our bundle only travels

@@ -13,15 +13,16 @@ other instead of competing for the two CPU cores a call also needs. Without a no
 
 Several files and patterns (``'talks/*.mp4'``, expanded here, sorted) are captioned one after the
 other (one job each on a node). Outputs go where ``--out`` says, else beside each input
-(``talk.mp4`` -> ``talk.es.srt``; a node's job: ``<home>/captions/<id>/``). docs/design.md, "Storage
-and crash safety": parley writes only inside its home and the paths a user names, and the input is
-such a path. An existing caption file is never replaced without ``--force``: that recording is
-refused in one line naming the file and none of its files is written; the others go on. The output
-paths are printed on stdout, one a line, so a script can pick them up; everything else goes to
-stderr.
+(``talk.mp4`` -> ``talk.es.srt``; a node's job: ``<home>/captions/<id>/``). A node's job
+takes every flag the command takes (formats, line bounds, model, task, silence). docs/design.md,
+"Storage and crash safety": parley writes only inside its home and the paths a user names, and
+the input is such a path. An existing caption file is never replaced without ``--force``: that
+recording is refused in one line naming the file and none of its files is written; the others go
+on. The output paths are printed on stdout, one a line, so a script can pick them up; everything
+else goes to stderr.
 
-Registered by ``daemon.cli`` as ``app.command("caption")(caption_command)``; this module imports
-``daemon.cli`` lazily so that registration at import time creates no import cycle.
+Registered by ``daemon.cli`` as ``app.command("caption")(caption_command)``; the failure helpers
+come from :mod:`daemon.cli_support`, so this module never imports ``daemon.cli``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Task(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class _LocalOptions:
-    """What only a caption made in this process takes (a node's job has its defaults)."""
+    """The flags beyond languages and folders; a node's job takes them too (``_job_flags``)."""
 
     formats: tuple[OutputFormat, ...] = (OutputFormat.SRT, OutputFormat.VTT)
     layout: CaptionLayout
@@ -77,7 +78,7 @@ class _LocalOptions:
     overwrite: bool = False
     model: str | None = None
     task: Task = Task.TRANSCRIBE
-    skip_silence: bool = False
+    skip_silence: bool = True
 
 
 #: How often ``--wait`` asks the node how its job is doing.
@@ -154,10 +155,11 @@ def caption_command(
     skip_silence: Annotated[
         bool,
         typer.Option(
-            "--skip-silence",
-            help="Decode only the speech the Silero VAD (shipped with faster-whisper) finds.",
+            "--skip-silence/--keep-silence",
+            help="Skip silences of 2 s and more that the Silero VAD (shipped with "
+            "faster-whisper) finds, or decode the whole recording.",
         ),
-    ] = False,
+    ] = True,
     word_timestamps: Annotated[
         bool,
         typer.Option(
@@ -197,16 +199,13 @@ def caption_command(
         task=task,
         skip_silence=skip_silence,
     )
-    if not local and options != _LocalOptions(layout=DEFAULT_LAYOUT):
-        # A node's caption job takes --to, --language and --out only.
-        errors.print(
-            "--format, --max-line-*, --word-timestamps, --model, --task, --skip-silence and "
-            "--force are handled here, not by a node's job: captioning in this process",
-            highlight=False,
-        )
-        local = True
+    if model is not None:
+        _check_model(model)
     if not local:
-        jobs = [_submit(node_home, source, languages, out_dir, language) for source in sources]
+        jobs = [
+            _submit(node_home, source, languages, out_dir, language, options=options)
+            for source in sources
+        ]
         job_ids = [str(job.get("id")) for job in jobs if job is not None]
         if job_ids:
             if not wait:
@@ -255,6 +254,8 @@ def _submit(
     languages: list[str],
     out_dir: Path | None,
     language: str | None,
+    *,
+    options: _LocalOptions,
 ) -> Mapping[str, object] | None:
     """The queued job, or ``None`` when no node answers on the home's socket."""
     from daemon.cli_support import fail
@@ -265,6 +266,7 @@ def _submit(
         params["out_dir"] = str(out_dir)
     if language is not None:
         params["language"] = language
+    params.update(_job_flags(options))
     try:
         job = call_sync(node_home.socket_path, "caption.submit", params)
     except RpcUnavailableError:
@@ -278,6 +280,50 @@ def _submit(
     if not isinstance(job, Mapping) or not isinstance(job.get("id"), str):
         fail("caption: the node answered caption.submit with something that is not a job")
     return job
+
+
+def _job_flags(options: _LocalOptions) -> dict[str, object]:
+    """The flags as a node's ``caption.submit`` takes them (``daemon.jobs.CaptionJobOptions``);
+    defaults are left out, so a node from before these flags still takes a plain request."""
+    flags: dict[str, object] = {}
+    defaults = _LocalOptions(layout=DEFAULT_LAYOUT)
+    if options.formats != defaults.formats:
+        flags["formats"] = [output_format.value for output_format in options.formats]
+    if options.layout.max_line_chars != DEFAULT_LAYOUT.max_line_chars:
+        flags["max_line_width"] = options.layout.max_line_chars
+    if options.layout.max_lines != DEFAULT_LAYOUT.max_lines:
+        flags["max_line_count"] = options.layout.max_lines
+    if options.highlight_words:
+        flags["word_timestamps"] = True
+    if options.model is not None:
+        flags["whisper"] = _model_setting(options.model)
+    if options.task is not Task.TRANSCRIBE:
+        flags["task"] = options.task.value
+    if not options.skip_silence:
+        flags["skip_silence"] = False
+    if options.overwrite:
+        flags["force"] = True
+    return flags
+
+
+def _model_setting(model: str) -> str:
+    """``--model`` as a ``models.whisper`` value: a name as it is, a folder made absolute (the
+    node runs in another folder)."""
+    from media.models import AUTO, EMBEDDED_MODELS
+
+    if model in (AUTO, *EMBEDDED_MODELS):
+        return model
+    return str(Path(model).expanduser().resolve())
+
+
+def _check_model(model: str) -> None:
+    """``--model`` names a model parley ships or a folder, else one line."""
+    from daemon.cli_support import fail
+    from media.models import AUTO, EMBEDDED_MODELS
+
+    if model not in (AUTO, *EMBEDDED_MODELS) and not Path(model).expanduser().is_dir():
+        names = ", ".join((AUTO, *EMBEDDED_MODELS))
+        fail(f"--model {model}: neither a model parley ships ({names}) nor a folder")
 
 
 def _follow(node_home: NodeHome, job_id: str, errors: Console) -> None:
@@ -407,33 +453,22 @@ def _caption_here(
 
 def _with_model(config: Config, model: str) -> Config:
     """``config`` with ``models.whisper`` set to ``--model`` (a folder must exist)."""
-    from daemon.cli_support import fail
-    from media.models import AUTO, EMBEDDED_MODELS
-
-    if model not in (AUTO, *EMBEDDED_MODELS) and not Path(model).expanduser().is_dir():
-        names = ", ".join((AUTO, *EMBEDDED_MODELS))
-        fail(f"--model {model}: neither a model parley ships ({names}) nor a folder")
-    models = dataclasses.replace(config.models, whisper=model, whisper_dir="")
+    _check_model(model)
+    models = dataclasses.replace(config.models, whisper=_model_setting(model), whisper_dir="")
     return dataclasses.replace(config, models=models)
 
 
 def _check_translates(store: WhisperStore) -> None:
     """Refuse ``--task translate`` on an English-only model, in one line."""
     from daemon.cli_support import fail
-    from media.models import AUTO, TINY_EN
+    from daemon.jobs import whisper_cannot_translate
 
-    setting = store.choice.setting
-    if setting == AUTO:
-        return  # English speech goes to tiny.en (its translation is itself), the rest to base
-    if setting == TINY_EN:
-        multilingual = False
-    else:
-        try:
-            multilingual = bool(store.load(store.folder_for(setting)).model.is_multilingual)
-        except MediaError as error:
-            fail(str(error))
-    if not multilingual:
-        fail(f"the Whisper model {setting!r} is English-only: it cannot translate (--model base)")
+    try:
+        refusal = whisper_cannot_translate(store)
+    except MediaError as error:
+        fail(str(error))
+    if refusal is not None:
+        fail(refusal)
 
 
 def _reporter(bar: Progress, task: TaskID) -> Callable[[str, float], None]:

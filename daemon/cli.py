@@ -29,6 +29,8 @@ from daemon.config import (
 from daemon.home import NodeHome
 
 if TYPE_CHECKING:
+    import click
+
     from daemon.database import Database
     from daemon.database import PeerRecord as PeerRecordType
     from daemon.database import TrustState as TrustStateType
@@ -202,8 +204,8 @@ def node(
     """Run the node: announce, keep the peer table, accept handshakes, run FL rounds.
 
     Logs go to stderr (the journal under systemd) unless node.log_file or --log-file names a
-    file. SIGHUP re-reads config.toml and applies the node.log_* and fl.* settings; others
-    need a restart (the node logs which).
+    file. SIGHUP re-reads config.toml and applies the node.log_* (now), fl.* (next round) and
+    models.* (next caption job) settings; others need a restart (one log line per setting).
     """
     import trio
 
@@ -230,15 +232,20 @@ def node(
 
         webbrowser.open(link)
 
+    in_effect = [config]  # what the node runs with now: each reload compares with the last
+
     def reload(running: RunningNode) -> None:
         from daemon.reload import reload_config
 
-        reload_config(
+        fresh = reload_config(
             node_home,
-            config,
+            in_effect[0],
             lambda: _node_settings(node_home, port, log_file).config,
             apply_fl=running.apply_fl_settings,
+            apply_jobs=running.job_runner.update_config,
         )
+        if fresh is not None:
+            in_effect[0] = fresh
 
     options = NodeOptions(on_web_started=show_page if open_browser else None)
     trio.run(partial(run_node, node_home, config, options, on_reload=reload))
@@ -702,7 +709,8 @@ if __name__ != "__main__":  # `python -m daemon.cli` registers them on its impor
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app, turning expected failures into one line."""
     try:
-        returned = app(args=argv, prog_name="parley", standalone_mode=False)
+        command = _with_version_everywhere(typer.main.get_command(app))
+        returned = command.main(args=argv, prog_name="parley", standalone_mode=False)
     except typer.Abort:
         print("parley: aborted", file=sys.stderr)
         sys.exit(130)
@@ -725,6 +733,35 @@ def main(argv: list[str] | None = None) -> None:
     # Outside standalone mode click returns a `typer.Exit(code)` raised by a command.
     if isinstance(returned, int) and returned:
         sys.exit(returned)
+
+
+def _with_version_everywhere(command: click.Command) -> click.Command:
+    """``--version`` on every command, not only before the first word: ``parley node
+    --version`` is where someone checking a service's version types it. Eager, so it answers
+    before any argument is checked."""
+    import click
+
+    def show(context: click.Context, _parameter: click.Parameter, value: bool) -> None:
+        if value and not context.resilient_parsing:
+            _show_version(True)
+
+    pending = [command]
+    while pending:
+        current = pending.pop()
+        if not any("--version" in getattr(p, "opts", ()) for p in current.params):
+            current.params.append(
+                click.Option(
+                    ["--version"],
+                    is_flag=True,
+                    expose_value=False,
+                    is_eager=True,
+                    callback=show,
+                    help="Print parley's version and exit.",
+                )
+            )
+        if isinstance(current, click.Group):
+            pending.extend(current.commands.values())
+    return command
 
 
 def _one_expected_failure(error: BaseException) -> BaseException | None:

@@ -38,6 +38,7 @@ matrix (:mod:`media.languages`) so an unsupported language or target is refused 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -63,6 +64,8 @@ from media.caption_file import (
     SpeechRecognizer,
     caption_recording,
 )
+from media.caption_formats import OutputFormat, parse_formats
+from media.captions import CaptionLayout
 from media.errors import MediaError
 from media.languages import LanguageMatrix, LanguageUnavailableError
 from media.translate import (
@@ -84,11 +87,13 @@ __all__ = [
     "default_transcriber_factory",
     "default_translator_factory",
     "job_dict",
+    "whisper_cannot_translate",
 ]
 
 if TYPE_CHECKING:
     from media.asr import Transcript
     from media.features import FloatArray
+    from media.models import WhisperStore
 
 log = get_logger("jobs")
 
@@ -104,6 +109,13 @@ WHISPER_MODELS_DIR_NAME: Final = "whisper"
 MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DUB_JOB_KIND: Final = "dub"
 DUBS_DIR_NAME: Final = "dubs"
+DEFAULT_FORMATS: Final = ("srt", "vtt")
+DEFAULT_LAYOUT: Final = CaptionLayout()
+#: The largest ``max_line_width`` / ``max_line_count`` a job takes.
+MAX_LAYOUT_VALUE: Final = 1000
+TASKS: Final = ("transcribe", "translate")
+#: ``models.whisper`` values a job may name besides an absolute folder.
+WHISPER_NAMES: Final = ("auto", "tiny.en", "base")
 
 Handler = Callable[[Any], Awaitable[object]]
 TranscriberFactory = Callable[[], FeatureDecoder]
@@ -123,7 +135,13 @@ class _JobInterrupted(Exception):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CaptionJobOptions:
-    """What a caption job was asked for, as stored in the job row's ``options``."""
+    """What a caption job was asked for, as stored in the job row's ``options``.
+
+    The fields after ``language`` are ``parley caption``'s flags (``--format``,
+    ``--max-line-width``, ``--max-line-count``, ``--word-timestamps``, ``--model``, ``--task``,
+    ``--skip-silence/--keep-silence``, ``--force``); a row written before they existed reads
+    as their defaults.
+    """
 
     to: tuple[str, ...] = ()
     out_dir: str | None = None
@@ -134,6 +152,17 @@ class CaptionJobOptions:
     model: str | None = None
     #: The spoken language; ``None``: identify it on the recording.
     language: str | None = None
+    #: Files per language (``media.caption_formats.OutputFormat`` values).
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    max_line_width: int = DEFAULT_LAYOUT.max_line_chars
+    max_line_count: int = DEFAULT_LAYOUT.max_lines
+    word_timestamps: bool = False
+    #: A ``models.whisper`` value for this job: auto, tiny.en, base or an absolute folder.
+    whisper: str | None = None
+    task: str = "transcribe"
+    skip_silence: bool = True
+    #: Replace files that exist in ``out_dir`` (a job's own folder is always new).
+    force: bool = False
 
     def __post_init__(self) -> None:
         if self.model is not None and not MODEL_NAME.fullmatch(self.model):
@@ -148,6 +177,33 @@ class CaptionJobOptions:
             language_key(tag)  # raises a one-line TranslationError for a malformed tag
         if self.out_dir is not None and not Path(self.out_dir).is_absolute():
             raise JobOptionsError(f"out_dir must be an absolute path, got {self.out_dir!r}")
+        parse_formats(",".join(self.formats))  # a one-line FormatError for an unknown one
+        for name, value in (
+            ("max_line_width", self.max_line_width),
+            ("max_line_count", self.max_line_count),
+        ):
+            if isinstance(value, bool) or not 1 <= value <= MAX_LAYOUT_VALUE:
+                raise JobOptionsError(f"{name} must be 1..{MAX_LAYOUT_VALUE}, got {value!r}")
+        if self.task not in TASKS:
+            raise JobOptionsError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.whisper is not None:
+            if self.model is not None:
+                raise JobOptionsError("name either a model or a whisper setting, not both")
+            if self.whisper not in WHISPER_NAMES and not Path(self.whisper).is_absolute():
+                raise JobOptionsError(
+                    f"whisper must be {', '.join(WHISPER_NAMES)} or an absolute folder, "
+                    f"got {self.whisper[:70]!r}"
+                )
+        if self.task != "transcribe" and self.model is not None:
+            raise JobOptionsError("a named model transcribes only; use whisper for --task")
+
+    @property
+    def layout(self) -> CaptionLayout:
+        return CaptionLayout(max_line_chars=self.max_line_width, max_lines=self.max_line_count)
+
+    @property
+    def output_formats(self) -> tuple[OutputFormat, ...]:
+        return parse_formats(",".join(self.formats))
 
     def to_json(self) -> dict[str, object]:
         shown: dict[str, object] = {
@@ -159,6 +215,11 @@ class CaptionJobOptions:
             shown["transcript"] = True
         if self.model is not None:
             shown["model"] = self.model
+        defaults = CaptionJobOptions()
+        for name in _CLI_OPTION_NAMES:
+            value = getattr(self, name)
+            if value != getattr(defaults, name):
+                shown[name] = list(value) if isinstance(value, tuple) else value
         return shown
 
     @classmethod
@@ -184,7 +245,50 @@ class CaptionJobOptions:
             transcript=transcript,
             model=model,
             language=language,
+            **_cli_options_from_json(options),
         )
+
+
+#: The ``parley caption`` flags a job takes, by field name.
+_CLI_OPTION_NAMES: Final = (
+    "formats",
+    "max_line_width",
+    "max_line_count",
+    "word_timestamps",
+    "whisper",
+    "task",
+    "skip_silence",
+    "force",
+)
+
+
+def _cli_options_from_json(options: Mapping[str, object]) -> dict[str, Any]:
+    """The flag fields present in ``options``, each of its type (or a ``JobOptionsError``)."""
+    found: dict[str, Any] = {}
+    formats = options.get("formats")
+    if formats is not None:
+        if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+            raise JobOptionsError("'formats' must be a list of format names")
+        found["formats"] = tuple(formats)
+    for name in ("max_line_width", "max_line_count"):
+        value = options.get(name)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise JobOptionsError(f"{name!r} must be a whole number")
+            found[name] = value
+    for name in ("word_timestamps", "skip_silence", "force"):
+        value = options.get(name)
+        if value is not None:
+            if not isinstance(value, bool):
+                raise JobOptionsError(f"{name!r} must be true or false")
+            found[name] = value
+    for name in ("whisper", "task"):
+        value = options.get(name)
+        if value is not None:
+            if not isinstance(value, str):
+                raise JobOptionsError(f"{name!r} must be a string")
+            found[name] = value
+    return found
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,12 +419,20 @@ class JobRunner:
         self._home = home
         self._config = config
         self._transcriber_factory = transcriber_factory
+        # Factories built from the config are built again when it is reloaded; injected ones
+        # (tests) are kept.
+        self._own_factories = (
+            recognizer_factory is None,
+            translator_factory is None,
+            named_model_loader is None,
+        )
         self._recognizer_factory = (
             recognizer_factory
             if recognizer_factory is not None
             else default_recognizer_factory(config, home.root)
         )
         self._recognizer: SpeechRecognizer | None = None
+        self._other_recognizers: dict[tuple[str | None, str], SpeechRecognizer] = {}
         self._matrix: LanguageMatrix | None = None
         self._translator_factory = translator_factory or default_translator_factory(config)
         self._named_model_loader = named_model_loader or default_named_model_loader(config)
@@ -352,6 +464,27 @@ class JobRunner:
         if options.out_dir is not None:
             return Path(options.out_dir)
         return self._home.root / CAPTIONS_DIR_NAME / job.job_id
+
+    def update_config(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): the ``[models]`` settings apply from the next job.
+
+        The models, translators and language matrix held for earlier jobs are let go; a job
+        running now keeps the ones it holds and finishes with them."""
+        own_recognizer, own_translators, own_loader = self._own_factories
+        with self._model_lock, self._translators_lock:
+            self._config = config
+            if own_recognizer:
+                self._recognizer_factory = default_recognizer_factory(config, self._home.root)
+            if own_translators:
+                self._translator_factory = default_translator_factory(config)
+            if own_loader:
+                self._named_model_loader = default_named_model_loader(config)
+            self._recognizer = None
+            self._other_recognizers = {}
+            self._matrix = None
+            self._transcriber = None
+            self._named_models = {}
+            self._translators = {}
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -433,29 +566,35 @@ class JobRunner:
 
         out_dir = self.output_dir(job, options)
         private = options.out_dir is None  # under the node's home: private like the rest of it
-        if options.model is not None or self._transcriber_factory is not None:
+        common = functools.partial(
+            caption_recording,
+            Path(job.input_path),
+            out_dir=out_dir,
+            file_mode=0o600 if private else 0o644,
+            translator_factory=self._get_translator,
+            to_languages=options.to,
+            progress=on_progress,
+            # The job's own folder is new; a retried job replaces what its first attempt wrote.
+            overwrite=private or options.force,
+            formats=options.output_formats,
+            layout=options.layout,
+            highlight_words=options.word_timestamps,
+            translated_by_whisper=options.task == "translate",
+            skip_silence=options.skip_silence,
+        )
+        fixed_model = options.whisper is None and options.task == "transcribe"
+        if fixed_model and (options.model is not None or self._transcriber_factory is not None):
             # One fixed model (a folder the job names, or a test's): no identification.
-            result = caption_recording(
-                Path(job.input_path),
-                out_dir=out_dir,
-                file_mode=0o600 if private else 0o644,
+            result = common(
                 # Loaded at the first slice to decode: a corrupt or silent file fails before it.
                 transcriber=_TranscriberOnFirstUse(lambda: self._get_transcriber(options.model)),
-                translator_factory=self._get_translator,
-                to_languages=options.to,
                 source_language=options.language or self._source_language,
-                progress=on_progress,
             )
         else:
-            result = caption_recording(
-                Path(job.input_path),
-                out_dir=out_dir,
-                file_mode=0o600 if private else 0o644,
-                recognizer=self._get_recognizer(),
-                language=options.language,
-                translator_factory=self._get_translator,
-                to_languages=options.to,
-                progress=on_progress,
+            english_only = options.whisper == "tiny.en"  # nothing to identify: English
+            result = common(
+                recognizer=self._get_recognizer(options.whisper, options.task),
+                language=options.language or ("en" if english_only else None),
             )
         outputs = _outputs(result)
         outputs["model"] = options.model or "default"
@@ -529,11 +668,38 @@ class JobRunner:
         except OSError:
             return []
 
-    def _get_recognizer(self) -> SpeechRecognizer:
+    def _get_recognizer(
+        self, whisper: str | None = None, task: str = "transcribe"
+    ) -> SpeechRecognizer:
+        """The node's recognizer, or one for a job's ``whisper`` setting and ``task``."""
         with self._model_lock:
-            if self._recognizer is None:
-                self._recognizer = self._recognizer_factory()
-            return self._recognizer
+            if whisper is None and task == "transcribe":
+                if self._recognizer is None:
+                    self._recognizer = self._recognizer_factory()
+                return self._recognizer
+            key = (whisper, task)
+            recognizer = self._other_recognizers.get(key)
+            if recognizer is None:
+                from media.asr import DecodeOptions
+                from media.recognizer import WhisperRecognizer
+
+                recognizer = WhisperRecognizer(
+                    self._store_for(whisper), options=DecodeOptions(task=task)
+                )
+                self._other_recognizers[key] = recognizer
+            return recognizer
+
+    def _config_for(self, whisper: str | None) -> Config:
+        """The node's config with ``models.whisper`` replaced by a job's setting."""
+        if whisper is None:
+            return self._config
+        models = dataclasses.replace(self._config.models, whisper=whisper, whisper_dir="")
+        return dataclasses.replace(self._config, models=models)
+
+    def _store_for(self, whisper: str | None) -> WhisperStore:
+        from daemon.language_setup import whisper_store_for
+
+        return whisper_store_for(self._config_for(whisper), self._home.root)
 
     def _get_matrix(self) -> LanguageMatrix:
         from daemon.language_setup import language_matrix_for
@@ -627,7 +793,15 @@ class JobRunner:
     async def submit(self, params: object) -> dict[str, object]:
         """Validate a ``caption.submit`` request, queue the job, wake the loop; the job dict."""
         request = _mapping(params)
-        unknown = set(request) - {"path", "to", "out_dir", "transcript", "model", "language"}
+        unknown = set(request) - {
+            "path",
+            "to",
+            "out_dir",
+            "transcript",
+            "model",
+            "language",
+            *_CLI_OPTION_NAMES,
+        }
         if unknown:
             raise RpcHandlerError("invalid_params", f"unknown parameters: {sorted(unknown)}")
         path = _absolute_path(request.get("path"), "path")
@@ -665,14 +839,29 @@ class JobRunner:
                 transcript=transcript,
                 model=model,
                 language=language,
+                **_cli_options_from_json(request),
             )
         except (JobOptionsError, MediaError) as error:
             raise RpcHandlerError("invalid_params", str(error)) from None
-        if self._transcriber_factory is None:
+        whisper = options.whisper
+        if whisper is not None and whisper not in WHISPER_NAMES and not Path(whisper).is_dir():
+            raise RpcHandlerError("unknown_model", f"{whisper!r} is not a folder")
+        if options.task == "translate":
+            try:
+                refusal = await trio.to_thread.run_sync(
+                    whisper_cannot_translate, self._store_for(whisper)
+                )
+            except MediaError as error:
+                raise RpcHandlerError("unknown_model", str(error)) from None
+            if refusal is not None:
+                raise RpcHandlerError("unsupported_task", refusal)
+        if self._transcriber_factory is None or whisper is not None or options.task != "transcribe":
             await self._check_languages(options)
             source = options.language
         else:
             source = self._source_language
+        if options.task == "translate":
+            source = "en"
         for target in options.to:
             if source is None or language_key(target) == language_key(source):
                 continue
@@ -697,12 +886,20 @@ class JobRunner:
 
     async def _check_languages(self, options: CaptionJobOptions) -> None:
         """Refuse, in one line, a spoken language or a target this install cannot serve."""
-        matrix = await trio.to_thread.run_sync(self._get_matrix)
+        if options.whisper is None:
+            matrix = await trio.to_thread.run_sync(self._get_matrix)
+        else:
+            from daemon.language_setup import language_matrix_for
+
+            config = self._config_for(options.whisper)
+            matrix = await trio.to_thread.run_sync(language_matrix_for, config)
+        # Whisper's translate task writes English, whatever was spoken.
+        written = "en" if options.task == "translate" else options.language
         try:
-            if options.language is not None:
+            if options.language is not None and written is not None:
                 matrix.check_speaker(options.language)
                 for target in options.to:
-                    matrix.check_translation(options.language, target)
+                    matrix.check_translation(written, target)
             else:
                 for target in options.to:
                     key = language_key(target)
@@ -712,6 +909,24 @@ class JobRunner:
                         )
         except LanguageUnavailableError as error:
             raise RpcHandlerError("unsupported_language", str(error)) from None
+
+
+def whisper_cannot_translate(store: WhisperStore) -> str | None:
+    """Why ``store``'s model cannot run Whisper's translate task, or ``None`` when it can
+    (``auto``: English speech goes to tiny.en, whose translation is itself; the rest to base).
+    Loads a folder's model to ask it: call from a worker thread."""
+    from media.models import AUTO, TINY_EN
+
+    setting = store.choice.setting
+    if setting == AUTO:
+        return None
+    if setting == TINY_EN:
+        multilingual = False
+    else:
+        multilingual = bool(store.load(store.folder_for(setting)).model.is_multilingual)
+    if multilingual:
+        return None
+    return f"the Whisper model {setting!r} is English-only: it cannot translate (--model base)"
 
 
 class _TranscriberOnFirstUse:

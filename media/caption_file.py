@@ -8,9 +8,12 @@ Theory of operation
    every part, exactly as ``WhisperModel.transcribe`` computes it.
 3. *Transcribe in slices*: Whisper works on 30 s windows anyway. Rather than hand the whole array
    to the decoder in one opaque call, :func:`plan_slices` cuts the recording into slices of at
-   most ``window_s`` (one Whisper window each), ending each slice at the quietest point of its last
-   ``search_s`` seconds, so a cut falls in a pause between words rather than through one. Each
-   slice is decoded on its own and its word times are shifted by the slice's start. That gives a
+   most ``window_s`` (one Whisper window each), ending each slice in its last ``search_s``
+   seconds where a pause the Silero VAD found leaves the most silence on both sides (else at
+   the middle of the quietest stretch), so a cut never falls through a word and the next slice
+   starts on silence. Silences of 2 s and more are not decoded at all (``skip_silence``). Each
+   slice is decoded on its own and its word times are shifted by the slice's start; a word
+   faster-whisper's timing split ("d" + "'orteit") is joined again. That gives a
    progress report per window, and since ``condition_on_previous_text`` is off by default the
    decoder would not have carried context across windows anyway.
 4. *Cues*: the timed words go through ``segment_words`` (line, duration and overlap rules of
@@ -28,6 +31,7 @@ Files are named after the input's stem with ``track_path``: ``talk.mp4`` gives `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -51,7 +55,7 @@ from media.caption_formats import (
 from media.captions import CaptionLayout, Cue, retime_text, segment_words
 from media.errors import MediaError
 from media.features import FRAMES_PER_SECOND, FloatArray, log_mel
-from media.speech_spans import group_spans, speech_spans
+from media.speech_spans import SpeechMap, find_speech, group_spans
 from media.subtitles import SubtitleError, SubtitleFormat, render_document, track_path
 from media.translate import Translator, language_key
 from media.vad import frame_levels_db
@@ -81,6 +85,10 @@ CUT_SEARCH_S: Final = 5.0
 #: Levels are averaged over this span before the quietest point is chosen (a stop closure
 #: inside a word is ~50 ms; a pause between words or sentences is longer).
 CUT_SMOOTHING_S: Final = 0.2
+#: A VAD pause is a cut point only if the cut keeps this much silence on each side (50 ms).
+MIN_CUT_MARGIN_FRAMES: Final = 5
+#: Scripts Whisper writes without spaces: its words there are characters, never to be joined.
+_UNSPACED_LANGUAGES: Final = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 #: Share of the overall progress each stage accounts for (transcription dominates).
 _PROGRESS_DECODED: Final = 0.05
 _PROGRESS_TRANSCRIBED: Final = 0.85
@@ -155,12 +163,21 @@ def plan_slices(
     window_frames: int,
     search_frames: int,
     smoothing_frames: int = 1,
+    pauses: Sequence[tuple[int, int]] = (),
 ) -> list[SlicePlan]:
     """Cut ``len(levels_db)`` content frames into slices of at most ``window_frames``.
 
-    A slice that cannot reach the end ends at the quietest point (lowest moving average of
-    ``smoothing_frames`` levels) among its last ``search_frames`` frames; ties go to the latest
-    such frame, so slices stay as long as they can. Pure function of the levels.
+    A slice that cannot reach the end ends among its last ``search_frames`` frames, in this
+    order of preference:
+
+    1. inside one of ``pauses`` (``[start, end)`` frame ranges of silence, from the VAD), at the
+       place that leaves the most silence on *both* sides of the cut (the middle of the longest
+       pause; ties go to the latest), provided that is at least :data:`MIN_CUT_MARGIN_FRAMES`;
+    2. else at the quietest point (lowest moving average of ``smoothing_frames`` levels), in the
+       middle of the latest run of equally quiet frames: a pause of digital silence is cut in its
+       middle, not at the onset of the next word.
+
+    Pure function of its arguments.
     """
     if window_frames < 1:
         raise ValueError(f"window_frames must be >= 1, got {window_frames}")
@@ -178,16 +195,35 @@ def plan_slices(
     while total - start > window_frames:
         longest_end = start + window_frames
         earliest_end = longest_end - search_frames
-        # A cut at frame k means the slice holds frames [start, k): pick the quietest frame k.
-        candidates = levels[earliest_end : longest_end + 1]
-        quietest = float(candidates.min())
-        offset = int(np.flatnonzero(candidates == quietest)[-1])
-        end = earliest_end + offset
+        end = _cut_in_pause(pauses, earliest_end, longest_end)
+        if end is None:
+            # A cut at frame k means the slice holds frames [start, k): pick the quietest k.
+            candidates = levels[earliest_end : longest_end + 1]
+            quiet = np.flatnonzero(candidates == candidates.min())
+            run_start = int(quiet[-1])
+            while run_start > 0 and run_start - 1 in quiet:
+                run_start -= 1
+            end = earliest_end + (run_start + int(quiet[-1])) // 2
         slices.append(SlicePlan(start, end))
         start = end
     if total > start or not slices:
         slices.append(SlicePlan(start, total))
     return slices
+
+
+def _cut_in_pause(pauses: Sequence[tuple[int, int]], earliest: int, latest: int) -> int | None:
+    """The frame in ``[earliest, latest]`` with the most silence on both sides, or ``None``."""
+    best: tuple[int, int] | None = None  # (margin, cut)
+    for pause_start, pause_end in pauses:
+        if pause_end <= earliest or pause_start > latest:
+            continue
+        cut = min(max((pause_start + pause_end) // 2, earliest), latest)
+        margin = min(cut - pause_start, pause_end - cut)
+        if best is None or (margin, cut) >= best:
+            best = (margin, cut)
+    if best is None or best[0] < MIN_CUT_MARGIN_FRAMES:
+        return None
+    return best[1]
 
 
 def caption_recording(
@@ -209,7 +245,7 @@ def caption_recording(
     formats: Sequence[OutputFormat] = _DEFAULT_FORMATS,
     highlight_words: bool = False,
     translated_by_whisper: bool = False,
-    skip_silence: bool = False,
+    skip_silence: bool = True,
 ) -> CaptionResult:
     """Caption the recording at ``path`` into ``out_dir`` (see the module docstring).
 
@@ -232,7 +268,8 @@ def caption_recording(
     ``translated_by_whisper``: the decoders run Whisper's translate task, so the text is English
     whatever was spoken; the track is then ``en`` (``CaptionResult.language`` stays the spoken
     language) and ``to_languages`` translate from English.
-    ``skip_silence``: only the speech the Silero VAD finds is decoded (``media.speech_spans``).
+    ``skip_silence`` (the default): silences of 2 s and more the Silero VAD finds are not decoded
+    (``media.speech_spans``); a recording where it finds no speech at all is decoded whole.
     With ``overwrite=False`` an existing output file raises :class:`OutputExistsError` before
     anything is written (none of the recording's files is written then).
     Nothing is left in ``out_dir`` when it raises.
@@ -281,11 +318,21 @@ def caption_recording(
         raise ValueError("no transcriber")  # unreachable: one of the branches set it
 
     window_frames = round(window_s * FRAMES_PER_SECOND)
-    spans = group_spans(speech_spans(audio), window_frames=window_frames) if skip_silence else None
+    speech = _speech_if_needed(audio, mel, window_frames=window_frames, skip_silence=skip_silence)
+    spans = (
+        group_spans(speech.speech_groups(), window_frames=window_frames)
+        if skip_silence and speech is not None
+        else None
+    )
+    if not spans:
+        # Nothing the VAD calls speech (music, a whisper, noise): decode it all rather than
+        # hand back no captions on the VAD's word alone.
+        spans = None
     transcript_language, words, segments = _transcribe(
         mel,
         transcriber,
         spans=spans,
+        pauses=speech.pauses() if speech is not None else (),
         fallback_language=source_language,
         window_frames=window_frames,
         search_frames=round(search_s * FRAMES_PER_SECOND),
@@ -335,6 +382,16 @@ def _no_progress(stage: str, fraction: float) -> None:
     return None
 
 
+def _speech_if_needed(
+    audio: FloatArray, mel: FloatArray, *, window_frames: int, skip_silence: bool
+) -> SpeechMap | None:
+    """The VAD's view of the recording when something needs it: skipping silence, or a
+    recording longer than one window (its cut points)."""
+    if skip_silence or mel.shape[1] - 1 > window_frames:
+        return find_speech(audio)
+    return None
+
+
 def _build_translators(
     factory: TranslatorFactory, source: str, targets: Sequence[str]
 ) -> dict[str, Translator]:
@@ -366,6 +423,7 @@ def _transcribe(
     search_frames: int,
     progress: Progress,
     spans: Sequence[tuple[int, int]] | None = None,
+    pauses: Sequence[tuple[int, int]] = (),
     fallback_language: str = "en",
 ) -> tuple[str, list[WordTime], list[TimedSegment]]:
     content_frames = mel.shape[1] - 1
@@ -373,34 +431,72 @@ def _transcribe(
     smoothing_frames = max(1, round(CUT_SMOOTHING_S * FRAMES_PER_SECOND))
     if spans is None:
         spans = [(0, content_frames)]
-    slices = [
-        SlicePlan(piece.start_frame + start, piece.end_frame + start)
-        for start, end in spans
-        for piece in plan_slices(
-            levels[start : min(end, content_frames)],
-            window_frames=window_frames,
-            search_frames=search_frames,
-            smoothing_frames=smoothing_frames,
+    slices: list[SlicePlan] = []
+    for start, span_end in spans:
+        end = min(span_end, content_frames)
+        inside = [
+            (max(low, start) - start, min(high, end) - start)
+            for low, high in pauses
+            if high > start and low < end
+        ]
+        slices.extend(
+            SlicePlan(piece.start_frame + start, piece.end_frame + start)
+            for piece in plan_slices(
+                levels[start:end],
+                window_frames=window_frames,
+                search_frames=search_frames,
+                smoothing_frames=smoothing_frames,
+                pauses=inside,
+            )
+            if piece.end_frame > piece.start_frame
         )
-        if piece.end_frame > piece.start_frame
-    ]
-    duration_s = content_frames / FRAMES_PER_SECOND
     words: list[WordTime] = []
     segments: list[TimedSegment] = []
     language = fallback_language
     span = _PROGRESS_TRANSCRIBED - _PROGRESS_DECODED
     for piece in slices:
         # One frame past the slice: log_mel's layout ends with a frame the decoder drops as
-        # padding, so the slice keeps exactly its own content frames.
+        # padding, so the slice keeps exactly its own content frames. (Padding a cut slice with
+        # the recording's silence instead of faster-whisper's zeros was tried: a whole window
+        # of it made Whisper re-decode the padding at every fallback temperature, and 1 s of it
+        # still left parley 1.5x faster-whisper's time on the eval prefix; see the bench.)
         features = mel[:, piece.start_frame : piece.end_frame + 1]
-        transcript = transcriber.transcribe_features(features)
+        transcript = _with_whole_words(transcriber.transcribe_features(features))
         language = transcript.language
-        shifted = _shifted_words(transcript, piece.start_s, duration_s, words)
-        segments.extend(_shifted_segments(transcript, shifted, piece.start_s, duration_s))
+        # Nothing is said in the padding: times end with the slice.
+        end_s = piece.end_frame / FRAMES_PER_SECOND
+        shifted = _shifted_words(transcript, piece.start_s, end_s, words)
+        segments.extend(_shifted_segments(transcript, shifted, piece.start_s, end_s))
         words.extend(shifted)
         done = (piece.end_frame / content_frames) if content_frames else 1.0
         progress("transcribe", _PROGRESS_DECODED + span * done)
     return language, words, segments
+
+
+def _with_whole_words(transcript: Transcript) -> Transcript:
+    """``transcript`` with each word whole: faster-whisper's word timing moves a prepended
+    punctuation mark to the next word, so "d'orteit" arrives as " d" and "'orteit"; a word with
+    no leading space continues the one before it (except in scripts written without spaces)."""
+    from media.asr import Word  # the decoder's module: loaded by now, heavy to import early
+
+    if transcript.language in _UNSPACED_LANGUAGES:
+        return transcript
+    segments = []
+    for segment in transcript.segments:
+        words: list[Word] = []
+        for word in segment.words:
+            if words and word.word and not word.word[0].isspace():
+                previous = words[-1]
+                words[-1] = Word(
+                    word=previous.word + word.word,
+                    start_s=previous.start_s,
+                    end_s=max(previous.end_s, word.end_s),
+                    probability=previous.probability * word.probability,
+                )
+            else:
+                words.append(word)
+        segments.append(dataclasses.replace(segment, words=tuple(words)))
+    return dataclasses.replace(transcript, segments=tuple(segments))
 
 
 def _shifted_segments(
@@ -538,10 +634,13 @@ def transcribe_words(
     ``progress`` gets the "transcribe" stage with fractions in [0.05, 0.85].
     """
     mel = log_mel(audio)
+    window_frames = round(window_s * FRAMES_PER_SECOND)
+    speech = _speech_if_needed(audio, mel, window_frames=window_frames, skip_silence=False)
     language, words, _segments = _transcribe(
         mel,
         transcriber,
-        window_frames=round(window_s * FRAMES_PER_SECOND),
+        pauses=speech.pauses() if speech is not None else (),
+        window_frames=window_frames,
         search_frames=round(search_s * FRAMES_PER_SECOND),
         progress=progress if progress is not None else _no_progress,
     )

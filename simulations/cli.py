@@ -279,13 +279,40 @@ def bench_dub(json_path: JsonOption = None) -> None:
 
 
 @bench_app.command("caption")
-def bench_caption(json_path: JsonOption = None) -> None:
+def bench_caption(
+    json_path: JsonOption = None,
+    minutes: Annotated[
+        float,
+        typer.Option("--minutes", help="Audio to caption (a prefix of the set).", min=0.1),
+    ] = 10.0,
+    recording_set: Annotated[
+        str,
+        typer.Option("--set", help="eval (reported figures) or tuning (what parley was tuned on)."),
+    ] = "eval",
+    systems: Annotated[
+        str,
+        typer.Option(
+            "--systems",
+            help="Comma-separated subset of parley, parley_keep_silence, faster_whisper, "
+            "faster_whisper_vad (parley and faster_whisper always).",
+        ),
+    ] = "parley,parley_keep_silence,faster_whisper,faster_whisper_vad",
+) -> None:
     """File captioning vs faster-whisper's transcribe (with/without VAD): RTF and WER."""
     import json
 
     from simulations.bench_caption import run
 
-    print(json.dumps(run(json_path), indent=2))
+    try:
+        report = run(
+            json_path,
+            minutes=minutes,
+            recording_set=recording_set,
+            systems_wanted=systems.split(","),
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    print(json.dumps(report, indent=2))
 
 
 @bench_app.command("languages")

@@ -225,3 +225,42 @@ def test_node_without_caption_jobs_is_reported(speech_wav: Path, root: Path) -> 
     with node_in_thread(home, with_jobs=False):
         _code, _stdout, error = _invoke(str(speech_wav), "--home", str(home.root))
         assert isinstance(error, UserError) and "--local" in str(error), error
+
+
+def test_a_node_job_takes_the_flags_of_the_command(speech_wav: Path, root: Path) -> None:
+    """--format, line bounds, --word-timestamps, --keep-silence, --model, --task and --force go
+    to the node's job (they used to make the command caption in its own process)."""
+    home = NodeHome(root / "h")
+    out = root / "flags"
+    flags = ["--format", "txt,json,vtt", "--max-line-width", "16", "--max-line-count", "1"]
+    flags += ["--word-timestamps", "--keep-silence", "--model", "tiny.en", "--out", str(out)]
+    with node_in_thread(home, with_jobs=True) as jobs:
+        code, stdout, error = _invoke(str(speech_wav), "--home", str(home.root), "--wait", *flags)
+        assert code == 0, error
+        (job,) = jobs.list()
+        assert job.status is JobStatus.READY, job.reason
+        assert job.options["formats"] == ["txt", "json", "vtt"]
+        assert job.options["whisper"] == "tiny.en" and job.options["skip_silence"] is False
+        assert job.options["max_line_width"] == 16 and job.options["word_timestamps"] is True
+        printed = sorted(Path(line).name for line in stdout.splitlines() if line.startswith("/"))
+        assert printed == ["memo.en.json", "memo.en.txt", "memo.en.vtt"]
+        lines = (out / "memo.en.txt").read_text(encoding="utf-8").splitlines()
+        assert lines and all(len(line) <= 16 for line in lines)
+        assert "<u>" in (out / "memo.en.vtt").read_text(encoding="utf-8")
+        assert wer(SCRIPT, " ".join(lines)) <= 0.15
+
+        # The same files again: refused by the node's job, in one line, unless --force.
+        _code, _stdout, error = _invoke(str(speech_wav), "--home", str(home.root), "--wait", *flags)
+        assert isinstance(error, UserError) and "already exists" in str(error), error
+        code, _stdout, error = _invoke(
+            str(speech_wav), "--home", str(home.root), "--wait", "--force", *flags
+        )
+        assert code == 0, error
+
+        # Whisper's translate task on an English-only model: the node refuses at submission.
+        _code, _stdout, error = _invoke(
+            str(speech_wav), "--home", str(home.root), "--task", "translate", "--model", "tiny.en"
+        )
+        assert isinstance(error, UserError) and "English-only" in str(error), error
+        assert len(jobs.list()) == 3
+        _wait_until_idle(jobs)

@@ -77,3 +77,32 @@ async def test_reloaded_fl_settings_drive_the_next_rounds_of_a_running_node():
             )
             assert all(record.alpha == 0.4 for record in node.rounds.recent(limit=2))
         configure_logging(log_format="keyvalue", level="info")
+
+
+def test_each_changed_setting_gets_a_line_and_models_apply_to_the_next_job(tmp_path):
+    """One log line per changed setting says whether and when it applies; the [models]
+    settings reach the job runner, whose next job loads the newly chosen Whisper."""
+    from daemon.database import JobStore, open_database
+    from daemon.jobs import JobRunner
+
+    home = NodeHome(tmp_path / "home")
+    home.create()
+    log_path = tmp_path / "node.log"
+    configure_logging(log_format="keyvalue", level="info", log_file=log_path)
+    running = Config().replace("node", log_file=str(log_path))
+    with open_database(home.database_path) as database:
+        runner = JobRunner(JobStore(database), home=home, config=running)
+        before = runner._get_recognizer()
+        assert before.store.choice.setting == "auto"  # type: ignore[attr-defined]
+        fresh = running.replace("models", whisper="tiny.en").replace("listen", port=7777)
+        fresh = fresh.replace("fl", alpha=0.5)
+        assert reload_config(home, running, lambda: fresh, apply_jobs=runner.update_config)
+        after = runner._get_recognizer()
+        assert after is not before
+        assert after.store.choice.setting == "tiny.en"  # type: ignore[attr-defined]
+    text = log_path.read_text()
+    assert "event=config.setting key=models.whisper applied=next_job" in text
+    assert "event=config.setting key=listen.port applied=no needs=restart" in text
+    assert "event=config.setting key=fl.alpha applied=no needs=restart" in text  # no apply_fl
+    assert "key=node.log_level" not in text  # unchanged settings are not listed
+    configure_logging(log_format="keyvalue", level="info")
