@@ -32,9 +32,10 @@ How it runs
    run takes (the vocoder's buffers grow with the audio's length: +215 MB for 6.5 s in one
    run, +50 MB with runs of 60 phonemes, about three seconds).
    onnxruntime's arena is shrunk after each run, so that memory goes back between utterances.
-4. **Voice traits** (docs/design.md, "Calls"), as for piper: Kokoro has a ``speed`` input but no pitch
-   knob, so the sender's pitch is reached by synthesizing ``k`` times slower and resampling by
-   ``k`` (every frequency times ``k``, duration restored); the sender's rate sets ``speed``.
+4. **Voice traits** (docs/design.md, "Calls"), as for piper: Kokoro has a ``speed`` input but
+   no pitch knob, so the sender's pitch is reached by synthesizing ``k`` times slower and
+   resampling by ``k`` (every frequency times ``k``, duration restored); the sender's rate sets
+   ``speed``.
 """
 
 from __future__ import annotations
