@@ -7,7 +7,6 @@ The speech is espeak-ng's (Brazilian Portuguese and Spanish voices); the oracles
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,11 +18,9 @@ from daemon.cli import UserError, app
 from media.captions import CaptionLayout, Cue, retime_text
 from media.translate import TranslationConfig, select_translator
 from media.wer import wer
+from tests.markers import needs_apertium
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("apertium") is None, reason="Debian package apertium missing"),
-]
+pytestmark = [pytest.mark.slow, needs_apertium]
 
 #: Whisper base hears espeak-ng's voices badly (WER 0.71 on the Portuguese script at 175 words
 #: a minute, 0.5 on the Spanish one at 150, measured under load): these bounds only show that
