@@ -461,6 +461,25 @@ async def two_way_models(cache_dir: Path) -> CallModels:
     return models
 
 
+@dataclass(frozen=True)
+class OneWaySetup:
+    """What a one-way English -> Portuguese call over loopback needs."""
+
+    checkpoint: Path
+    models: CallModels
+    audio: npt.NDArray[np.float32]
+
+
+async def prepare_one_way(sentences: Sequence[str]) -> OneWaySetup:
+    """The trained codec, ``sentences`` read by the caller's voice and the listener's models
+    (default cache), each made off the event loop."""
+    checkpoint = await trio.to_thread.run_sync(trained_caller_checkpoint)
+    audio = await trio.to_thread.run_sync(script_audio, sentences)
+    models = CallModels()
+    await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    return OneWaySetup(checkpoint=checkpoint, models=models, audio=audio)
+
+
 #: The short exchange of the two-way tests: two sentences each way.
 SHORT_EXCHANGE: Final = (
     SCRIPT_SENTENCES[:2],
