@@ -26,7 +26,6 @@ import common.offline  # noqa: F401  (before faster_whisper / transformers)
 
 import argparse
 import hashlib
-import json
 import resource
 import shutil
 import sys
@@ -81,6 +80,7 @@ from media.latency import percentile
 from media.wer import wer
 from schemas.messages import CallStart
 from simulations.corpus import VoiceEngine, VoiceSpec, build_corpus, default_cache_dir
+from simulations.report import print_report, write_report
 
 CALLER_VOICE: Final = VoiceSpec(id="piper-joe", engine=VoiceEngine.PIPER, voice="joe")
 #: Enrollment of the caller's codec. Measured with tiny.en on six held-out sentences decoded as
@@ -712,8 +712,7 @@ def run(
             result: dict[str, Any] = trio.run(_bench, Path(scratch), say, tuple(sentences))
         else:
             result = trio.run(_bench_concurrent, Path(scratch), say, tuple(sentences), calls)
-    if json_path is not None:
-        write_atomic(Path(json_path), json.dumps(result, indent=2).encode(), mode=0o644)
+    write_report(json_path, result)
     return result
 
 
@@ -722,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--calls", type=int, default=1, help="calls at once (1-64)")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.json, calls=args.calls), indent=2))
+    print_report(run(args.json, calls=args.calls))
 
 
 if __name__ == "__main__":
@@ -865,6 +864,5 @@ def run_two_way(
     say = progress if progress is not None else (lambda text: print(text, file=sys.stderr))
     with tempfile.TemporaryDirectory(prefix="pcb2", dir="/tmp") as scratch:
         result: dict[str, Any] = trio.run(_bench_two_way, Path(scratch), say)
-    if json_path is not None:
-        write_atomic(Path(json_path), json.dumps(result, indent=2).encode(), mode=0o644)
+    write_report(json_path, result)
     return result
