@@ -357,14 +357,19 @@ class _CallShell:
                 self._send_frames(tail)
                 self._spoken.set()
 
-    def _send_frames(self, frames: Sequence[CodecFrames]) -> None:
+    def _may_send_media(self) -> bool:
+        """Frames and captions go out once the call is answered, until our end is sent."""
         protocol = self._protocol
-        if protocol.our_end_sent or protocol.state not in (
+        return not protocol.our_end_sent and protocol.state in (
             CallState.ANSWERED,
             CallState.IN_CALL,
             CallState.ENDING,
-        ):
+        )
+
+    def _send_frames(self, frames: Sequence[CodecFrames]) -> None:
+        if not self._may_send_media():
             return
+        protocol = self._protocol
         for message in frames:
             protocol.send_frames(message)
         self._flush()
@@ -372,13 +377,9 @@ class _CallShell:
     async def _listener_captions(self, captions: Sequence[Caption]) -> None:
         if self._on_listener_captions is not None:
             self._on_listener_captions(captions)
-        protocol = self._protocol
-        if protocol.our_end_sent or protocol.state not in (
-            CallState.ANSWERED,
-            CallState.IN_CALL,
-            CallState.ENDING,
-        ):
+        if not self._may_send_media():
             return
+        protocol = self._protocol
         for caption in captions:
             protocol.send_caption(caption)
         self._flush()

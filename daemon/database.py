@@ -48,6 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.closing import ClosedOnExit
 from daemon.errors import DaemonError
 from daemon.trust import TrustState
 
@@ -287,7 +288,7 @@ _MIGRATION_1 = (
 MIGRATIONS: Sequence[Sequence[str]] = (_MIGRATION_1,)
 
 
-class Database:
+class Database(ClosedOnExit):
     """One open ``node.db``. Use :func:`open_database`; close it (or use ``with``) when done."""
 
     def __init__(
@@ -304,12 +305,6 @@ class Database:
         self._reader = reader
         self._reader_lock = threading.RLock()
         self.path = path
-
-    def __enter__(self) -> Database:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def close(self) -> None:
         with self._lock:

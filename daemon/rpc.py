@@ -36,7 +36,7 @@ import enum
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import ClassVar, Final, Generic, TypeAlias, TypeVar
 
 import msgpack
 
@@ -153,6 +153,9 @@ class ConnectionClosed:
     """The other side closed its sending half at a message boundary."""
 
 
+_EventT = TypeVar("_EventT")
+
+
 class _State(enum.Enum):
     OPEN = "open"
     CLOSED = "closed"
@@ -252,30 +255,24 @@ def _valid_msgid(value: object) -> bool:
     return type(value) is int and 0 <= value <= MAX_MSGID
 
 
-class RpcConnection:
-    """Server side of one msgpack-RPC connection (see the module docstring)."""
+class _Endpoint(Generic[_EventT]):
+    """What both sides share: the message reader, the state, the msgids awaiting an answer,
+    and turning the next message into an event."""
 
-    def __init__(
-        self, *, max_request_bytes: int = MAX_REQUEST_BYTES, max_pending: int = MAX_PENDING
-    ) -> None:
-        if max_request_bytes < 16 or max_pending < 1:
-            raise ValueError("max_request_bytes must be >= 16 and max_pending >= 1")
-        self._reader = _MessageReader(max_request_bytes)
-        self._max_pending = max_pending
+    #: What the other side sends: "request" or "response".
+    _incoming: ClassVar[str]
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._reader = _MessageReader(max_message_bytes)
         self._pending: set[int] = set()
         self._state = _State.OPEN
 
-    @property
-    def pending(self) -> frozenset[int]:
-        """Msgids handed out as events and not yet answered."""
-        return frozenset(self._pending)
-
     def receive_data(self, data: bytes | bytearray) -> None:
-        """Bytes from the socket; ``b""`` means the client closed its side."""
+        """Bytes from the socket; ``b""`` means the other side closed its half."""
         self._require_usable()
         self._reader.receive_data(data)
 
-    def next_event(self) -> RpcRequest | InvalidRequest | ConnectionClosed | NeedData:
+    def next_event(self) -> _EventT | ConnectionClosed | NeedData:
         self._require_usable()
         if self._state is _State.CLOSED:
             return ConnectionClosed()
@@ -284,7 +281,9 @@ class RpcConnection:
             if value is NEED_DATA:
                 if self._reader.eof:
                     if self._reader.mid_message:
-                        raise RpcProtocolError("connection closed in the middle of a request")
+                        raise RpcProtocolError(
+                            f"connection closed in the middle of a {self._incoming}"
+                        )
                     self._state = _State.CLOSED
                     return ConnectionClosed()
                 return NEED_DATA
@@ -292,6 +291,32 @@ class RpcConnection:
         except RpcProtocolError:
             self._state = _State.ERROR
             raise
+
+    def _require_usable(self) -> None:
+        if self._state is _State.ERROR:
+            raise RpcLocalError("the RPC connection is in the error state")
+
+    def _classify(self, value: object) -> _EventT:
+        raise NotImplementedError
+
+
+class RpcConnection(_Endpoint[RpcRequest | InvalidRequest]):
+    """Server side of one msgpack-RPC connection (see the module docstring)."""
+
+    _incoming = "request"
+
+    def __init__(
+        self, *, max_request_bytes: int = MAX_REQUEST_BYTES, max_pending: int = MAX_PENDING
+    ) -> None:
+        if max_request_bytes < 16 or max_pending < 1:
+            raise ValueError("max_request_bytes must be >= 16 and max_pending >= 1")
+        super().__init__(max_request_bytes)
+        self._max_pending = max_pending
+
+    @property
+    def pending(self) -> frozenset[int]:
+        """Msgids handed out as events and not yet answered."""
+        return frozenset(self._pending)
 
     def send_result(self, msgid: int, result: object) -> bytes:
         """The response bytes for a successful call.
@@ -328,15 +353,10 @@ class RpcConnection:
         return data
 
     def _take_pending(self, msgid: int) -> None:
-        if self._state is _State.ERROR:
-            raise RpcLocalError("the RPC connection is in the error state")
+        self._require_usable()
         if msgid not in self._pending:
             raise RpcLocalError(f"no request with msgid {msgid} is awaiting an answer")
         self._pending.discard(msgid)
-
-    def _require_usable(self) -> None:
-        if self._state is _State.ERROR:
-            raise RpcLocalError("the RPC connection is in the error state")
 
     def _classify(self, value: object) -> RpcRequest | InvalidRequest:
         if not isinstance(value, list) or not value:
@@ -390,19 +410,18 @@ class RpcConnection:
         return RpcRequest(msgid=msgid, method=method, params=params)
 
 
-class RpcClientConnection:
+class RpcClientConnection(_Endpoint[RpcResponse]):
     """Client side: serialises requests and matches responses to them."""
 
+    _incoming = "response"
+
     def __init__(self, *, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
-        self._reader = _MessageReader(max_response_bytes)
+        super().__init__(max_response_bytes)
         self._msgids = itertools.count()
-        self._pending: set[int] = set()
-        self._state = _State.OPEN
 
     def send_request(self, method: str, params: Params | None = None) -> tuple[int, bytes]:
         """A fresh msgid and the request's bytes. Raises RpcLocalError for unencodable params."""
-        if self._state is _State.ERROR:
-            raise RpcLocalError("the RPC connection is in the error state")
+        self._require_usable()
         msgid = next(self._msgids) % (MAX_MSGID + 1)
         if msgid in self._pending:
             raise RpcLocalError(f"msgid {msgid} is still awaiting an answer")
@@ -414,30 +433,6 @@ class RpcClientConnection:
             raise RpcLocalError(f"params not encodable: {_describe(exc)}") from exc
         self._pending.add(msgid)
         return msgid, data
-
-    def receive_data(self, data: bytes | bytearray) -> None:
-        if self._state is _State.ERROR:
-            raise RpcLocalError("the RPC connection is in the error state")
-        self._reader.receive_data(data)
-
-    def next_event(self) -> RpcResponse | ConnectionClosed | NeedData:
-        if self._state is _State.ERROR:
-            raise RpcLocalError("the RPC connection is in the error state")
-        if self._state is _State.CLOSED:
-            return ConnectionClosed()
-        try:
-            value = self._reader.next_object()
-            if value is NEED_DATA:
-                if self._reader.eof:
-                    if self._reader.mid_message:
-                        raise RpcProtocolError("connection closed in the middle of a response")
-                    self._state = _State.CLOSED
-                    return ConnectionClosed()
-                return NEED_DATA
-            return self._classify(value)
-        except RpcProtocolError:
-            self._state = _State.ERROR
-            raise
 
     def _classify(self, value: object) -> RpcResponse:
         if not isinstance(value, list) or len(value) != 4:

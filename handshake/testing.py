@@ -6,7 +6,18 @@ FL simulation) can build real sessions without sockets.
 
 from __future__ import annotations
 
-from handshake.handshake import HandshakeResult, InitiatorHandshake, ResponderHandshake
+import trio
+import trio.testing
+
+from handshake.handshake import (
+    HandshakeResult,
+    InitiatorHandshake,
+    ResponderHandshake,
+    TrustDecision,
+)
+from handshake.noise import StaticIdentity
+from handshake.stream import SessionStream, accept_session, initiate_session
+from schemas.messages import Hello, WeightsBundle
 
 
 def complete_in_memory(
@@ -22,3 +33,40 @@ def complete_in_memory(
     responder.consume_msg3(initiator.create_msg3())
     initiator.consume_first_transport(responder.create_first_transport())
     return initiator.split(), responder.split()
+
+
+async def sessions_in_memory(
+    *,
+    initiator: StaticIdentity,
+    responder: StaticIdentity,
+    hello: Hello,
+    initiator_bundle: WeightsBundle | None = None,
+) -> tuple[SessionStream, SessionStream]:
+    """Both sides of a session over trio's in-memory streams: (initiator's, responder's).
+
+    Both say ``hello``; the responder trusts every initiator and offers no bundle.
+    """
+    left, right = trio.testing.memory_stream_pair()
+    accepted: list[SessionStream] = []
+
+    async def accept() -> None:
+        accepted.append(
+            await accept_session(
+                right,
+                identity=responder,
+                our_hello=hello,
+                our_bundle=None,
+                trust_check=lambda key: TrustDecision.TRUSTED,
+            )
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        ours = await initiate_session(
+            left,
+            identity=initiator,
+            responder_static_public=responder.public,
+            our_hello=hello,
+            our_bundle=initiator_bundle,
+        )
+    return ours, accepted[0]

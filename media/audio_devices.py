@@ -37,12 +37,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType, TracebackType
-from typing import Any, Final
+from types import ModuleType
+from typing import Any, ClassVar, Final, Self
 
 import av
 import numpy as np
 
+from common.closing import ClosedOnExit
 from media.errors import MediaError
 from media.features import SAMPLE_RATE, FloatArray
 
@@ -206,8 +207,60 @@ def resample(samples: FloatArray, from_rate_hz: int, to_rate_hz: int) -> FloatAr
     return np.concatenate([resampler.push(samples), resampler.flush()])
 
 
-class Microphone:
+class _DeviceStream(ClosedOnExit):
+    """One PortAudio stream of mono float32 blocks on one device: :meth:`open` starts it,
+    :meth:`close` stops it; ``with`` does both."""
+
+    #: "input" (an InputStream) or "output" (an OutputStream).
+    _direction: ClassVar[str]
+    device: AudioDevice
+    _block: int
+    _stream: Any
+
+    @property
+    def _stream_rate_hz(self) -> float:
+        raise NotImplementedError
+
+    def _callback(self, data: Any, frames: int, time_info: Any, status: Any) -> None:
+        raise NotImplementedError
+
+    def open(self) -> None:
+        sd = _sounddevice()
+        make = sd.InputStream if self._direction == "input" else sd.OutputStream
+        try:
+            self._stream = make(
+                device=self.device.index,
+                samplerate=self._stream_rate_hz,
+                blocksize=self._block,
+                channels=1,
+                dtype="float32",
+                # PortAudio's "high" default asks the ALSA pulse plugin for a buffer of seconds.
+                latency="low",
+                callback=self._callback,
+            )
+            self._stream.start()
+        except (sd.PortAudioError, ValueError) as error:
+            self._stream = None
+            raise AudioDeviceError(
+                f"cannot open {self._direction} device {self.device.name!r}"
+                f" (index {self.device.index}): {error}"
+            ) from error
+
+    def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.stop()
+            stream.close()
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+
+class Microphone(_DeviceStream):
     """Captures from an input device; :meth:`read` returns 16 kHz mono float32."""
+
+    _direction = "input"
 
     def __init__(
         self,
@@ -238,26 +291,9 @@ class Microphone:
         with self._lock:
             return self._overruns
 
-    def open(self) -> None:
-        sd = _sounddevice()
-        try:
-            self._stream = sd.InputStream(
-                device=self.device.index,
-                samplerate=self.device_rate_hz,
-                blocksize=self._block,
-                channels=1,
-                dtype="float32",
-                # PortAudio's "high" default asks the ALSA pulse plugin for a buffer of seconds.
-                latency="low",
-                callback=self._callback,
-            )
-            self._stream.start()
-        except (sd.PortAudioError, ValueError) as error:
-            self._stream = None
-            raise AudioDeviceError(
-                f"cannot open input device {self.device.name!r} (index {self.device.index}):"
-                f" {error}"
-            ) from error
+    @property
+    def _stream_rate_hz(self) -> float:
+        return self.device_rate_hz
 
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
         lost = 1 if status.input_overflow else 0
@@ -292,24 +328,6 @@ class Microphone:
             return np.zeros(0, dtype=np.float32), None
         samples = self._resampler.push(np.concatenate([block for block, _ in blocks]))
         return samples, blocks[0][1]
-
-    def close(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            stream.stop()
-            stream.close()
-
-    def __enter__(self) -> Microphone:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @dataclass(slots=True)
@@ -440,8 +458,10 @@ class PlayoutBuffer:
             return not self._utterances
 
 
-class Speaker:
+class Speaker(_DeviceStream):
     """Plays a :class:`PlayoutBuffer` on an output device (mono, the device's rate)."""
+
+    _direction = "output"
 
     def __init__(
         self,
@@ -469,26 +489,9 @@ class Speaker:
         with self._lock:
             return self._device_underruns
 
-    def open(self) -> None:
-        sd = _sounddevice()
-        try:
-            self._stream = sd.OutputStream(
-                device=self.device.index,
-                samplerate=self.playout.sample_rate_hz,
-                blocksize=self._block,
-                channels=1,
-                dtype="float32",
-                # PortAudio's "high" default asks the ALSA pulse plugin for a buffer of seconds.
-                latency="low",
-                callback=self._callback,
-            )
-            self._stream.start()
-        except (sd.PortAudioError, ValueError) as error:
-            self._stream = None
-            raise AudioDeviceError(
-                f"cannot open output device {self.device.name!r} (index {self.device.index}):"
-                f" {error}"
-            ) from error
+    @property
+    def _stream_rate_hz(self) -> float:
+        return self.playout.sample_rate_hz
 
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         if status.output_underflow:
@@ -516,24 +519,6 @@ class Speaker:
         # The last block is still in the device's buffer.
         time.sleep(self._block / self.playout.sample_rate_hz * 3)
         return True
-
-    def close(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            stream.stop()
-            stream.close()
-
-    def __enter__(self) -> Speaker:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 __all__ = [

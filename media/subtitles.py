@@ -18,8 +18,8 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
+from common.closing import ClosedOnExit
 from media.captions import Cue
 from media.errors import MediaError
 
@@ -112,7 +112,7 @@ def track_path(base: Path, language: str, subtitle_format: SubtitleFormat) -> Pa
     return base.with_name(f"{base.name}.{language}.{subtitle_format.value}")
 
 
-class LiveSubtitleWriter:
+class LiveSubtitleWriter(ClosedOnExit):
     """An SRT or WebVTT file that grows by one durable cue per :meth:`write_cue`.
 
     Opening truncates the file. Cues must come in time order without overlapping (the caption
@@ -175,19 +175,8 @@ class LiveSubtitleWriter:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> LiveSubtitleWriter:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class CaptionTracks:
+class CaptionTracks(ClosedOnExit):
     """One live writer per (language, format): the original track and its translations."""
 
     def __init__(self, writers: dict[tuple[str, SubtitleFormat], LiveSubtitleWriter]) -> None:
@@ -208,17 +197,6 @@ class CaptionTracks:
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
-
-    def __enter__(self) -> CaptionTracks:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_caption_tracks(

@@ -50,10 +50,10 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from common.atomic import write_atomic
 from media.features import FRAMES_PER_SECOND, SAMPLE_RATE
 from media.wer import corpus_wer
 from simulations.corpus import CorpusError, VoiceEngine, VoiceSpec, default_cache_dir
+from simulations.report import print_report, write_report
 
 SETS_DIR: Final = Path(__file__).resolve().parent
 EVAL_SET: Final = SETS_DIR / "eval_sets" / "asr_stream_eval.json"
@@ -529,8 +529,7 @@ def run(
             f"Chunk {CHUNK_S} s; frames per second {FRAMES_PER_SECOND}."
         ),
     }
-    if json_path is not None:
-        write_atomic(Path(json_path), json.dumps(result, indent=2).encode(), mode=0o644)
+    write_report(json_path, result)
     return result
 
 
@@ -549,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         offline=not args.no_offline,
         dtx=not args.no_dtx,
     )
-    print(json.dumps(result, indent=2))
+    print_report(result)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,12 @@ import common.offline  # noqa: F401  (before faster_whisper / transformers)
 
 import argparse
 import hashlib
-import json
 import resource
 import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -81,6 +80,7 @@ from media.latency import percentile
 from media.wer import wer
 from schemas.messages import CallStart
 from simulations.corpus import VoiceEngine, VoiceSpec, build_corpus, default_cache_dir
+from simulations.report import print_report, write_report
 
 CALLER_VOICE: Final = VoiceSpec(id="piper-joe", engine=VoiceEngine.PIPER, voice="joe")
 #: Enrollment of the caller's codec. Measured with tiny.en on six held-out sentences decoded as
@@ -228,6 +228,24 @@ def two_way_portuguese_audio(sentences: Sequence[str]) -> npt.NDArray[np.float32
         pieces.append(speech.at_rate(SAMPLE_RATE).samples)
     pieces.append(np.zeros(round(TAIL_S * SAMPLE_RATE), dtype=np.float32))
     return np.concatenate(pieces)
+
+
+@dataclass(frozen=True)
+class TwoWaySpeech:
+    """Both recordings of a two-way call (16 kHz): the caller's English and the callee's
+    Portuguese, which starts with it; the English goes on past it unless told how long."""
+
+    en: npt.NDArray[np.float32]
+    pt: npt.NDArray[np.float32]
+
+
+def two_way_speech(
+    en_script: Sequence[str], pt_script: Sequence[str], en_min_s: float | None = None
+) -> TwoWaySpeech:
+    """The caller's ``en_script`` and the callee's ``pt_script`` read for one two-way call."""
+    pt = two_way_portuguese_audio(pt_script)
+    en_min = pt.shape[0] / SAMPLE_RATE + 3.0 if en_min_s is None else en_min_s
+    return TwoWaySpeech(en=script_audio(en_script, en_min), pt=pt)
 
 
 def write_wav(path: Path, audio: npt.NDArray[np.float32]) -> None:
@@ -431,6 +449,104 @@ async def call_over_loopback(
     )
 
 
+#: The two-way calls of the bench, the tests and the demo: English caller, Portuguese callee.
+EN_TO_PT = CallRequest(speaker_language="en", listener_language="pt")
+
+
+async def two_way_models(cache_dir: Path) -> CallModels:
+    """Whisper, both translators and both voices of an English <-> Portuguese call, loaded."""
+    models = CallModels(cache_dir=cache_dir)
+    await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    await trio.to_thread.run_sync(models.prepare, "pt", "en")
+    return models
+
+
+@dataclass(frozen=True)
+class OneWaySetup:
+    """What a one-way English -> Portuguese call over loopback needs."""
+
+    checkpoint: Path
+    models: CallModels
+    audio: npt.NDArray[np.float32]
+
+
+async def prepare_one_way(sentences: Sequence[str]) -> OneWaySetup:
+    """The trained codec, ``sentences`` read by the caller's voice and the listener's models
+    (default cache), each made off the event loop."""
+    checkpoint = await trio.to_thread.run_sync(trained_caller_checkpoint)
+    audio = await trio.to_thread.run_sync(script_audio, sentences)
+    models = CallModels()
+    await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    return OneWaySetup(checkpoint=checkpoint, models=models, audio=audio)
+
+
+#: The short exchange of the two-way tests: two sentences each way.
+SHORT_EXCHANGE: Final = (
+    SCRIPT_SENTENCES[:2],
+    ("Você pode me passar o sal, por favor?", "Nós vamos sair para a praia às nove."),
+)
+
+
+@dataclass(frozen=True)
+class TwoWaySetup:
+    """What a two-way call over loopback needs: the codec both sides use, the models, and
+    both people's scripts with their recordings."""
+
+    checkpoint: Path
+    models: CallModels
+    en_script: Sequence[str]
+    pt_script: Sequence[str]
+    speech: TwoWaySpeech
+
+
+async def prepare_two_way(
+    cache_dir: Path,
+    en_min_s: float | None = None,
+    scripts: tuple[Sequence[str], Sequence[str]] = SHORT_EXCHANGE,
+) -> TwoWaySetup:
+    """The trained codec, ``two_way_models`` in ``cache_dir`` and ``two_way_speech`` of
+    ``scripts`` (English, Portuguese), each made off the event loop."""
+    en_script, pt_script = scripts
+    checkpoint = await trio.to_thread.run_sync(trained_caller_checkpoint)
+    models = await two_way_models(cache_dir)
+    speech = await trio.to_thread.run_sync(two_way_speech, en_script, pt_script, en_min_s)
+    return TwoWaySetup(
+        checkpoint=checkpoint,
+        models=models,
+        en_script=en_script,
+        pt_script=pt_script,
+        speech=speech,
+    )
+
+
+def open_two_way_pair(
+    root: Path, *, checkpoint: Path, models: CallModels, **options: Any
+) -> AbstractAsyncContextManager[CallPair]:
+    """``open_call_pair`` for a two-way call: a Portuguese listener, both on ``checkpoint``."""
+    return open_call_pair(
+        root,
+        caller_checkpoint=checkpoint,
+        models=models,
+        listener_language="pt",
+        listener_checkpoint=checkpoint,
+        **options,
+    )
+
+
+async def call_two_way(
+    pair: CallPair,
+    *,
+    audio: npt.NDArray[np.float32],
+    listen: ListenSettings,
+    out_base: Path | None = None,
+    on_update: Callable[[CallerCaptions], None] | None = None,
+) -> LoopbackCall:
+    """``call_over_loopback`` in English to the Portuguese listener, hearing it back."""
+    return await call_over_loopback(
+        pair, audio=audio, request=EN_TO_PT, out_base=out_base, on_update=on_update, listen=listen
+    )
+
+
 # -- the bench ------------------------------------------------------------------------------
 
 
@@ -461,9 +577,7 @@ async def _bench(
     await trio.to_thread.run_sync(models.prepare, "en", "pt")
     async with open_call_pair(root, caller_checkpoint=checkpoint, models=models) as pair:
         progress(f"calling: {audio.shape[0] / SAMPLE_RATE:.1f} s of speech at real time")
-        call = await call_over_loopback(
-            pair, audio=audio, request=CallRequest(speaker_language="en", listener_language="pt")
-        )
+        call = await call_over_loopback(pair, audio=audio, request=EN_TO_PT)
     summary = call.record.summary or {}
     reference = _reference_rtf(audio, models)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -518,7 +632,7 @@ async def _bench_concurrent(
         root, caller_checkpoint=checkpoint, models=models, listener_call=listener_call
     ) as pair:
         progress(f"{calls} calls at once: {audio.shape[0] / SAMPLE_RATE:.1f} s of speech each")
-        request = CallRequest(speaker_language="en", listener_language="pt")
+        request = EN_TO_PT
 
         async def one() -> None:
             try:
@@ -598,8 +712,7 @@ def run(
             result: dict[str, Any] = trio.run(_bench, Path(scratch), say, tuple(sentences))
         else:
             result = trio.run(_bench_concurrent, Path(scratch), say, tuple(sentences), calls)
-    if json_path is not None:
-        write_atomic(Path(json_path), json.dumps(result, indent=2).encode(), mode=0o644)
+    write_report(json_path, result)
     return result
 
 
@@ -608,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--calls", type=int, default=1, help="calls at once (1-64)")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.json, calls=args.calls), indent=2))
+    print_report(run(args.json, calls=args.calls))
 
 
 if __name__ == "__main__":
@@ -666,14 +779,12 @@ async def _bench_two_way(root: Path, progress: Callable[[str], None]) -> dict[st
     checkpoint = trained_caller_checkpoint(progress=progress)
     pt_script = load_sentences().by_language["pt"][:TWO_WAY_PT_LINES]
     en_script = SCRIPT_SENTENCES[:TWO_WAY_EN_SENTENCES]
-    pt_audio = two_way_portuguese_audio(pt_script)
-    en_audio = script_audio(en_script, pt_audio.shape[0] / SAMPLE_RATE + 3.0)
+    speech = two_way_speech(en_script, pt_script)
+    en_audio, pt_audio = speech.en, speech.pt
     ana_input = root / "ana-speaks.wav"
     write_wav(ana_input, pt_audio)
-    models = CallModels(cache_dir=root / "whisper-cache")
     progress("loading Whisper (tiny.en, base), both translators and both voices")
-    await trio.to_thread.run_sync(models.prepare, "en", "pt")
-    await trio.to_thread.run_sync(models.prepare, "pt", "en")
+    models = await two_way_models(root / "whisper-cache")
     ana_playout = Playout(PlayoutBuffer(sample_rate_hz=SAMPLE_RATE))
     ben_playout = Playout(PlayoutBuffer(sample_rate_hz=SAMPLE_RATE))
     ben_dir = root / "ben-call"
@@ -682,12 +793,10 @@ async def _bench_two_way(root: Path, progress: Callable[[str], None]) -> dict[st
     async with trio.open_nursery() as speakers:
         speakers.start_soon(_pull_at_real_time, ana_playout.buffer)
         speakers.start_soon(_pull_at_real_time, ben_playout.buffer)
-        async with open_call_pair(
+        async with open_two_way_pair(
             root,
-            caller_checkpoint=checkpoint,
+            checkpoint=checkpoint,
             models=models,
-            listener_language="pt",
-            listener_checkpoint=checkpoint,
             listener_input=str(ana_input),
             listener_playout=ana_playout,
             names=("ben", "ana"),
@@ -696,10 +805,9 @@ async def _bench_two_way(root: Path, progress: Callable[[str], None]) -> dict[st
                 f"calling: ben speaks {en_audio.shape[0] / SAMPLE_RATE:.0f} s of English while "
                 f"ana speaks {pt_audio.shape[0] / SAMPLE_RATE:.0f} s of Portuguese"
             )
-            call = await call_over_loopback(
+            call = await call_two_way(
                 pair,
                 audio=en_audio,
-                request=CallRequest(speaker_language="en", listener_language="pt"),
                 out_base=ben_dir / "ours",
                 listen=ListenSettings(models=models, call_dir=ben_dir, playout=ben_playout),
             )
@@ -756,6 +864,5 @@ def run_two_way(
     say = progress if progress is not None else (lambda text: print(text, file=sys.stderr))
     with tempfile.TemporaryDirectory(prefix="pcb2", dir="/tmp") as scratch:
         result: dict[str, Any] = trio.run(_bench_two_way, Path(scratch), say)
-    if json_path is not None:
-        write_atomic(Path(json_path), json.dumps(result, indent=2).encode(), mode=0o644)
+    write_report(json_path, result)
     return result

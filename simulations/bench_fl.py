@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import common.offline  # noqa: F401
 
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common.atomic import write_atomic
 from simulations.flower_sim import bench_flower
 from simulations.node_sim import SimulationSettings, main_sync
+from simulations.report import print_report, write_report
 
 
 def run(
@@ -61,10 +60,9 @@ def run(
             "start for real nodes); real-node rounds include local training",
         }
     }
-    if json_path is not None:
-        write_atomic(json_path, json.dumps(result, indent=2).encode(), mode=0o644)
+    write_report(json_path, result)
     return result
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(None), indent=2))
+    print_report(run(None))

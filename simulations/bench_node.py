@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import common.offline  # noqa: F401
 
-import json
 import shutil
 import statistics
 import tempfile
@@ -19,10 +18,10 @@ from typing import Any
 
 import trio
 
-from common.atomic import write_atomic
 from daemon.config import Config
 from daemon.node import NodeOptions, open_node
 from simulations.node_sim import _make_homes
+from simulations.report import print_report, write_report
 
 
 async def _measure(rounds: int) -> dict[str, Any]:
@@ -74,10 +73,9 @@ async def _measure(rounds: int) -> dict[str, Any]:
 
 def run(json_path: Path | None, *, rounds: int = 5) -> dict[str, Any]:
     result = trio.run(_measure, rounds)
-    if json_path is not None:
-        write_atomic(json_path, json.dumps(result, indent=2).encode(), mode=0o644)
+    write_report(json_path, result)
     return result
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(None), indent=2))
+    print_report(run(None))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from daemon.cli_support import fail
+from simulations.report import print_report
 
 if TYPE_CHECKING:
     from fl.flower.settings import ClientPlan
@@ -88,8 +89,6 @@ def simulate(
             except ValueError as error:
                 fail(str(error))
             result = main_sync(settings, out_dir=out, cache_dir=None, progress=report)
-    import json
-
     if engine == "flower":
         last = result["per_round"][-1]
         summary = {
@@ -104,7 +103,7 @@ def simulate(
             key: result[key] for key in ("honest_heldout_l1_final", "personal_best_fraction")
         }
         report_name = "report.json"
-    print(json.dumps(summary, indent=2))
+    print_report(summary)
     print(f"report: {out / report_name}")  # plain print: rich would wrap a long path
 
 
@@ -144,8 +143,6 @@ def codec_eval(
     ] = None,
 ) -> None:
     """ΔWER, mel L1 and bitrate of the codec vs naive mel quantization and Opus, plus FL."""
-    import json
-
     from simulations.codec_eval import run_eval
     from simulations.corpus import default_cache_dir
 
@@ -155,7 +152,7 @@ def codec_eval(
         quick=quick,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    print(json.dumps({key: result[key] for key in ("settings", "baselines")}, indent=2))
+    print_report({key: result[key] for key in ("settings", "baselines")})
 
 
 bench_app = typer.Typer(
@@ -171,31 +168,25 @@ JsonOption = Annotated[
 @bench_app.command("handshake")
 def bench_handshake(json_path: JsonOption = None) -> None:
     """Handshakes per second and transport throughput, against the raw crypto primitives."""
-    import json
-
     from simulations.bench_handshake import run
 
-    print(json.dumps(run(json_path), indent=2))
+    print_report(run(json_path))
 
 
 @bench_app.command("node")
 def bench_node(json_path: JsonOption = None) -> None:
     """Two nodes on loopback: start, mDNS discovery, handshake and round times."""
-    import json
-
     from simulations.bench_node import run
 
-    print(json.dumps(run(json_path), indent=2))
+    print_report(run(json_path))
 
 
 @bench_app.command("fl")
 def bench_fl(json_path: JsonOption = None) -> None:
     """100 Flower clients x 5 rounds and 16 real nodes x 3 rounds, timed in one run."""
-    import json
-
     from simulations.bench_fl import run
 
-    print(json.dumps(run(json_path), indent=2))
+    print_report(run(json_path))
 
 
 @bench_app.command("call")
@@ -212,14 +203,12 @@ def bench_call(
     ] = False,
 ) -> None:
     """A real paced call over loopback: caption latency, ASR speed, memory."""
-    import json
-
     from simulations.bench_call import run, run_two_way
 
     if two_way:
-        print(json.dumps(run_two_way(json_path), indent=2))
+        print_report(run_two_way(json_path))
         return
-    print(json.dumps(run(json_path, calls=calls), indent=2))
+    print_report(run(json_path, calls=calls))
 
 
 @bench_app.command("asr-stream")
@@ -237,45 +226,37 @@ def bench_asr_stream(
     ] = False,
 ) -> None:
     """Live captions (through the codec) against offline ones: WERs, lost sentences, CPU."""
-    import json
-
     from simulations.bench_asr_stream import EVAL_SET, EvalSetError, run
 
     try:
         result = run(json_path, set_path=set_path or EVAL_SET, voices=voices or (), dtx=not no_dtx)
     except EvalSetError as error:
         fail(str(error))
-    print(json.dumps(result, indent=2))
+    print_report(result)
 
 
 @bench_app.command("echo")
 def bench_echo(json_path: JsonOption = None) -> None:
     """Echo cancellation: ERLE on our TTS through a synthetic room, with near-end speech."""
-    import json
-
     from simulations.bench_echo import run
 
-    print(json.dumps(run(json_path), indent=2))
+    print_report(run(json_path))
 
 
 @bench_app.command("web")
 def bench_web(json_path: JsonOption = None) -> None:
     """The web server: list page p95 (1,000 recordings), SSE delay, 200 MiB upload, RSS added."""
-    import json
-
     from simulations.bench_web import run
 
-    print(json.dumps(run(json_path), indent=2))
+    print_report(run(json_path))
 
 
 @bench_app.command("dub")
 def bench_dub(json_path: JsonOption = None) -> None:
     """Lip-synced dub of a 30 s 720p test video: fps, stage p50s, sync, PSNR vs pass-through."""
-    import json
-
     from simulations.bench_dub import run
 
-    print(json.dumps(run(json_path), indent=2))
+    print_report(run(json_path))
 
 
 @bench_app.command("caption")
@@ -299,8 +280,6 @@ def bench_caption(
     ] = "parley,parley_keep_silence,faster_whisper,faster_whisper_vad",
 ) -> None:
     """File captioning vs faster-whisper's transcribe (with/without VAD): RTF and WER."""
-    import json
-
     from simulations.bench_caption import run
 
     try:
@@ -312,17 +291,15 @@ def bench_caption(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    print(json.dumps(report, indent=2))
+    print_report(report)
 
 
 @bench_app.command("languages")
 def bench_languages(json_path: JsonOption = None) -> None:
     """ASR WER per language and voice, language identification, chrF per translation route."""
-    import json
-
     from simulations.bench_languages import run
 
-    print(json.dumps(run(json_path), indent=2))
+    print_report(run(json_path))
 
 
 @bench_app.command("reliability")
@@ -331,8 +308,6 @@ def bench_reliability(
     quick: Annotated[bool, typer.Option("--quick", help="CI-sized budgets (~3 min).")] = False,
 ) -> None:
     """Fuzzing, hostile peers, kill -9 crash trials, load and multi-host namespaces."""
-    import json
-
     import simulations
 
     # The scenarios live with the test suite (tests/reliability): this needs a source checkout.
@@ -342,7 +317,7 @@ def bench_reliability(
     sys.path.insert(0, str(checkout))
     from simulations.bench_reliability import run
 
-    print(json.dumps(run(json_path, quick=quick), indent=2))
+    print_report(run(json_path, quick=quick))
 
 
 def register(app: typer.Typer) -> None:

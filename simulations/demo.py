@@ -31,18 +31,18 @@ import trio
 from rich.console import Console
 
 from daemon.call_cli import render_call_summary
-from daemon.calls import CallerCaptions, CallModels, CallRequest, ListenSettings
+from daemon.calls import CallerCaptions, ListenSettings
 from daemon.cli import main as parley
 from daemon.node import RunningNode
 from daemon.web.auth import TOKEN_FILE_NAME
 from media.features import SAMPLE_RATE
 from schemas.messages import Caption
 from simulations.bench_call import (
-    call_over_loopback,
-    open_call_pair,
-    script_audio,
+    call_two_way,
+    open_two_way_pair,
     trained_caller_checkpoint,
-    two_way_portuguese_audio,
+    two_way_models,
+    two_way_speech,
     write_wav,
 )
 
@@ -96,23 +96,20 @@ class _LivePrinter:
 
 
 async def _call(root: Path, checkpoint: Path) -> None:
-    bob_audio = two_way_portuguese_audio(BOB_SCRIPT)
+    # Alice talks over bob from the start and goes on past him, then hangs up.
+    speech = two_way_speech(DEMO_SCRIPT, BOB_SCRIPT)
+    audio, bob_audio = speech.en, speech.pt
     bob_input = root / "bob-speaks.wav"
     write_wav(bob_input, bob_audio)
-    # Alice talks over bob from the start and goes on past him, then hangs up.
-    audio = script_audio(DEMO_SCRIPT, bob_audio.shape[0] / SAMPLE_RATE + 3.0)
-    models = CallModels(cache_dir=root / "whisper-cache")
     _step("loading Whisper (tiny.en, base), both translators and both voices")
-    await trio.to_thread.run_sync(models.prepare, "en", "pt")
-    await trio.to_thread.run_sync(models.prepare, "pt", "en")
+    models = await two_way_models(root / "whisper-cache")
     _step("starting both nodes on 127.0.0.1; alice and bob trust each other")
-    async with open_call_pair(
+    async with open_two_way_pair(
         root,
-        caller_checkpoint=checkpoint,
+        checkpoint=checkpoint,
         models=models,
         names=("alice", "bob"),
         listener_web_port=0,
-        listener_checkpoint=checkpoint,
         listener_input=str(bob_input),
     ) as pair:
         bob = pair.listener
@@ -128,10 +125,9 @@ async def _call(root: Path, checkpoint: Path) -> None:
         out = root / "alice-received"
         out.mkdir()
         printer = _LivePrinter()
-        call = await call_over_loopback(
+        call = await call_two_way(
             pair,
             audio=audio,
-            request=CallRequest(speaker_language="en", listener_language="pt"),
             out_base=out / "ours",
             on_update=printer,
             listen=ListenSettings(models=models, call_dir=out, on_captions=printer.theirs),

@@ -15,6 +15,9 @@ from common.atomic import write_atomic
 from daemon.config import Config, render_default_config
 from daemon.home import NodeHome
 from daemon.identity import Identity, save_identity
+from daemon.node import RunningNode
+from handshake.noise import StaticIdentity
+from handshake.stream import SessionStream, initiate_session
 
 
 @contextmanager
@@ -33,6 +36,22 @@ def make_home(root: Path, name: str) -> tuple[NodeHome, Identity]:
     save_identity(identity, home.identity_path)
     write_atomic(home.config_path, render_default_config().encode())
     return home, identity
+
+
+async def initiate_to(
+    node: RunningNode, identity: StaticIdentity, stream: trio.abc.Stream | None = None
+) -> SessionStream:
+    """Our side of a handshake with ``node`` as ``identity``, offering no bundle, over
+    ``stream`` (by default a new TCP connection to its loopback port)."""
+    if stream is None:
+        stream = await trio.open_tcp_stream("127.0.0.1", node.listen_port)
+    return await initiate_session(
+        stream,
+        identity=identity,
+        responder_static_public=node.identity.public_key,
+        our_hello=node.hello(),
+        our_bundle=None,
+    )
 
 
 def loopback_config(

@@ -15,19 +15,17 @@ import wave
 
 import pytest
 import srt
-import trio
 import webvtt
 
-from daemon.calls import CallModels, CallRequest
 from media.call_receiver import LATENCY_STAGES
 from media.captions import retime_text
 from media.wer import wer
 from simulations.bench_call import (
+    EN_TO_PT,
     SCRIPT_SENTENCES,
     call_over_loopback,
     open_call_pair,
-    script_audio,
-    trained_caller_checkpoint,
+    prepare_one_way,
 )
 from simulations.node_helpers import short_root
 
@@ -42,10 +40,8 @@ def _cue_texts(path):
 
 
 async def test_a_translated_call_between_two_nodes():
-    checkpoint = await trio.to_thread.run_sync(trained_caller_checkpoint)
-    audio = await trio.to_thread.run_sync(script_audio, SCRIPT)
-    models = CallModels()
-    await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    setup = await prepare_one_way(SCRIPT)
+    checkpoint, models, audio = setup.checkpoint, setup.models, setup.audio
     with short_root() as root:
         out = root / "out"
         out.mkdir()
@@ -53,7 +49,7 @@ async def test_a_translated_call_between_two_nodes():
             call = await call_over_loopback(
                 pair,
                 audio=audio,
-                request=CallRequest(speaker_language="en", listener_language="pt"),
+                request=EN_TO_PT,
                 out_base=out / "call",
             )
             calls_status = pair.listener.status()["calls"]

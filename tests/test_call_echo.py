@@ -13,7 +13,6 @@ captions of Ana's audio against Ana's node's own translation of Ben (what she pl
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from codec.model import new_model
 from daemon.call_audio import Playout
 from daemon.call_registry import LiveCall
 from daemon.call_session import OurMedia
-from daemon.calls import NO_VOICE, CallModels, CallRequest, ListenSettings
+from daemon.calls import NO_VOICE, CallModels, ListenSettings
 from media.audio_devices import PlayoutBuffer
 from media.call_sender import CallSender, codec_settings
 from media.echo import EchoCanceller, RoomSettings
@@ -36,17 +35,16 @@ from media.features import SAMPLE_RATE
 from schemas.messages import CallStart
 from simulations.bench_call import (
     SCRIPT_SENTENCES,
-    call_over_loopback,
-    open_call_pair,
+    call_two_way,
+    open_two_way_pair,
     script_audio,
     trained_caller_checkpoint,
+    two_way_models,
 )
 from simulations.node_helpers import short_root
+from tests.markers import needs_apertium
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("apertium") is None, reason="Debian package apertium missing"),
-]
+pytestmark = [pytest.mark.slow, needs_apertium]
 
 BLOCK = round(0.02 * SAMPLE_RATE)
 
@@ -106,19 +104,13 @@ async def _heard_at_bens(cancel: bool, root: Path, models: CallModels) -> tuple[
     pair_ref: list[Any] = []
     ben_dir = root / "ben-call"
     ben_dir.mkdir()
-    async with open_call_pair(
-        root,
-        caller_checkpoint=checkpoint,
-        models=models,
-        listener_language="pt",
-        listener_checkpoint=checkpoint,
-        listener_media=ana_media,
+    async with open_two_way_pair(
+        root, checkpoint=checkpoint, models=models, listener_media=ana_media
     ) as pair:
         pair_ref.append(pair)
-        call = await call_over_loopback(
+        call = await call_two_way(
             pair,
             audio=audio,
-            request=CallRequest(speaker_language="en", listener_language="pt"),
             listen=ListenSettings(models=models, call_dir=ben_dir),
         )
     ana_dir = call.record.call_dir
@@ -138,9 +130,7 @@ async def _heard_at_bens(cancel: bool, root: Path, models: CallModels) -> tuple[
 async def test_our_translated_speech_does_not_come_back_as_a_caption_with_cancellation_on(
     tmp_path: Path,
 ) -> None:
-    models = CallModels(cache_dir=tmp_path / "whisper-cache")
-    await trio.to_thread.run_sync(models.prepare, "en", "pt")
-    await trio.to_thread.run_sync(models.prepare, "pt", "en")
+    models = await two_way_models(tmp_path / "whisper-cache")
     with short_root() as root:
         played, heard_off, sent_off_db = await _heard_at_bens(False, root, models)
     with short_root() as root:

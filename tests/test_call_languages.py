@@ -11,7 +11,6 @@ again on those captions (the translated track).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +42,9 @@ from simulations.bench_call import (
     trained_caller_checkpoint,
 )
 from simulations.node_helpers import short_root
+from tests.markers import needs_apertium
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("apertium") is None, reason="Debian package apertium missing"),
-]
+pytestmark = [pytest.mark.slow, needs_apertium]
 
 SCRIPTS = {
     "en": ("Could you pass me the salt, please?", "We are leaving for the beach at nine."),

@@ -30,9 +30,8 @@ from daemon.calls import (
     CallSessionHandler,
 )
 from daemon.connections import SessionInfo
-from handshake.handshake import TrustDecision
 from handshake.noise import StaticIdentity
-from handshake.stream import accept_session, initiate_session
+from handshake.testing import sessions_in_memory
 from media.call_protocol import CallEndReason, parse_end_reason
 from media.call_receiver import (
     LATENCY_STAGES,
@@ -339,31 +338,14 @@ async def _call_session(
             streaming=models.streaming,
         )
         handler = CallSessionHandler(service)
-    left, right = trio.testing.memory_stream_pair()
-    listener_session: list[object] = []
-
-    async def accept() -> None:
-        listener_session.append(
-            await accept_session(
-                right,
-                identity=listener_id,
-                our_hello=_hello(),
-                our_bundle=None,
-                trust_check=lambda key: TrustDecision.TRUSTED,
-            )
-        )
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept)
-        caller = await initiate_session(
-            left,
-            identity=caller_id,
-            responder_static_public=listener_id.public,
-            our_hello=_hello(),
-            our_bundle=ours.bundle if send_bundle else None,
-        )
+    caller, listener = await sessions_in_memory(
+        initiator=caller_id,
+        responder=listener_id,
+        hello=_hello(),
+        initiator_bundle=ours.bundle if send_bundle else None,
+    )
     info = SessionInfo(1, caller_id.public, "inbound", "memory", 0.0, "trusted")
-    return caller, listener_session[0], handler, info, ours, rejections
+    return caller, listener, handler, info, ours, rejections
 
 
 async def _serve(handler, session, info) -> None:

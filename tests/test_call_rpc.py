@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import trio
 
-from daemon.calls import CallModels
 from daemon.rpc_client import RpcCallError, call
 from media.call_protocol import AnswerPolicy, CallEndReason
 from media.wer import wer
 from simulations.bench_call import (
     SCRIPT_SENTENCES,
     open_call_pair,
-    script_audio,
-    trained_caller_checkpoint,
+    prepare_one_way,
     write_wav,
 )
 from simulations.node_helpers import short_root
@@ -37,10 +35,8 @@ async def _until(predicate, what: str, timeout_s: float = 60.0):  # type: ignore
 
 
 async def test_a_call_rings_and_is_answered_declined_or_timed_out_over_the_rpc() -> None:
-    checkpoint = await trio.to_thread.run_sync(trained_caller_checkpoint)
-    audio = await trio.to_thread.run_sync(script_audio, SCRIPT)
-    models = CallModels()
-    await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    setup = await prepare_one_way(SCRIPT)
+    checkpoint, models, audio = setup.checkpoint, setup.models, setup.audio
     with short_root() as root:
         wav = root / "ben.wav"
         write_wav(wav, audio)

@@ -8,7 +8,6 @@ and ``srt``'s parser.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import wave
 from pathlib import Path
@@ -23,11 +22,9 @@ from media.captions import CaptionLayout, Cue, retime_text
 from media.translate import TranslationConfig, select_translator
 from media.tts import Speech, TtsConfig, select_synthesizer
 from media.wer import wer
+from tests.markers import needs_apertium
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("apertium") is None, reason="Debian package apertium missing"),
-]
+pytestmark = [pytest.mark.slow, needs_apertium]
 
 #: The figures per voice are in `parley bench languages` (asr.<lang>.wer); with espeak-ng's
 #: voices, before Kokoro, these bounds had to be 0.75 (pt) and 0.6 (es).

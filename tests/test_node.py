@@ -17,7 +17,7 @@ from daemon.rpc_client import call
 from handshake.noise import StaticIdentity
 from handshake.stream import initiate_session
 from schemas.messages import PROTOCOL_VERSION, Hello
-from simulations.node_helpers import loopback_config, make_home, short_root, wait_for
+from simulations.node_helpers import initiate_to, loopback_config, make_home, short_root, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -170,14 +170,7 @@ async def test_trusted_peer_gets_weights_from_the_responder():
             friend = StaticIdentity.generate()
             node.peers.observe(friend.public, name="friend", address=None, source=PeerSource.STATIC)
             node.peers.trust("friend")
-            stream = await trio.open_tcp_stream("127.0.0.1", node.listen_port)
-            session = await initiate_session(
-                stream,
-                identity=friend,
-                responder_static_public=node.identity.public_key,
-                our_hello=node.hello(),
-                our_bundle=None,
-            )
+            session = await initiate_to(node, friend)
             async with session:
                 assert session.their_bundle == node.codecs.current().bundle
 

@@ -10,8 +10,6 @@ import functools
 from collections.abc import Iterator
 from typing import Final
 
-import numpy as np
-import numpy.typing as npt
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -30,6 +28,8 @@ from fl.flower.records import (
     ARRAYS_KEY,
     META_KEY,
     METRICS_KEY,
+    MetricValue,
+    State,
     arrays_to_state,
     checked_state,
     partition_id_of,
@@ -42,9 +42,6 @@ from fl.flower.settings import ClientPlan, FlowerAppError
 from fl.personalize import DITTO_LAMBDA, Method, training_start
 from fl.train import evaluate_l1, train_codec
 
-FloatArray = npt.NDArray[np.float32]
-State = dict[str, FloatArray]
-MetricValue = int | float | list[int] | list[float]
 #: Keys of the client's own state (``context.state``), which persists across rounds.
 LOCAL_MODEL_KEY: Final = "local-model"
 LOCAL_ONLY_MODEL_KEY: Final = "local-only-model"

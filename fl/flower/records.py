@@ -25,6 +25,8 @@ from fl.flower.settings import ClientPlan, FlowerAppError
 
 FloatArray = npt.NDArray[np.float32]
 State = dict[str, FloatArray]
+#: A metric value in a Flower MetricRecord.
+MetricValue = int | float | list[int] | list[float]
 
 #: Keys of the records inside every message.
 ARRAYS_KEY: Final = "arrays"

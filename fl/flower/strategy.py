@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from typing import Final, Protocol
 
 import numpy as np
-import numpy.typing as npt
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -30,6 +29,8 @@ from fl.flower.records import (
     META_KEY,
     METRICS_KEY,
     PLAN_KEY,
+    MetricValue,
+    State,
     arrays_to_state,
     checked_state,
     record,
@@ -38,9 +39,6 @@ from fl.flower.records import (
 from fl.flower.results import EvaluateRoundReport, TrainRoundReport
 from fl.flower.settings import FlowerAppError, FlowerRunError, ServerSettings
 
-FloatArray = npt.NDArray[np.float32]
-State = dict[str, FloatArray]
-MetricValue = int | float | list[int] | list[float]
 #: The previous global model takes part in the server's aggregation with this weight.
 REFERENCE_SAMPLE_COUNT: Final = 1
 REFERENCE_PEER_ID: Final = "server"

@@ -12,10 +12,14 @@ from daemon.calls import make_call_handler
 from daemon.database import PeerSource
 from daemon.node import NodeOptions, open_node
 from handshake.noise import StaticIdentity
-from schemas.messages import Bye, CallEnd, CallStart, CodecFrames, CodecSettings, VoiceTraits
+from schemas.messages import Bye, CallEnd, CodecFrames
 from simulations.node_helpers import loopback_config, make_home
 from simulations.reliability import hostile_peer
-from simulations.reliability.scenarios import CaseResult, honest_handshake
+from simulations.reliability.scenarios import (
+    CaseResult,
+    call_start_on_our_codec,
+    honest_handshake,
+)
 
 
 async def case_call_flood(root: Path, *, seconds_of_audio: int = 60) -> CaseResult:
@@ -44,19 +48,7 @@ async def case_call_flood(root: Path, *, seconds_of_audio: int = 60) -> CaseResu
             hello=node.hello(),
             bundle=ours.bundle,
         )
-        start = CallStart(
-            call_id=42,
-            speaker_language="en",
-            listener_language="en",
-            codec=CodecSettings(
-                architecture_id=codec.architecture_id,
-                codec_version_hash=ours.bundle.content_hash,
-                latent_dim=codec.latent_dim,
-                latent_bits=codec.latent_bits,
-                frame_rate_hz=codec.frame_rate_hz,
-            ),
-            voice=VoiceTraits(median_pitch_hz=120.0, speaking_rate_wps=2.5),
-        )
+        start = call_start_on_our_codec(node, call_id=42)
         frames = int(codec.frame_rate_hz)  # one second of audio per message
         size = payload_size(frames, codec.latent_dim, codec.latent_bits)
         messages = [

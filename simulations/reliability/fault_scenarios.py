@@ -27,10 +27,9 @@ from daemon.database import PeerSource, RoundStatus, RoundStore, open_database
 from daemon.node import NodeOptions, RunningNode, open_node
 from daemon.rpc_client import RpcClientError, call
 from handshake.noise import StaticIdentity
-from handshake.stream import initiate_session
-from schemas.messages import CallEnd, CallStart, CodecSettings, VoiceTraits
-from simulations.node_helpers import loopback_config, make_home
-from simulations.reliability.scenarios import honest_handshake
+from schemas.messages import CallEnd
+from simulations.node_helpers import initiate_to, loopback_config, make_home
+from simulations.reliability.scenarios import call_start_on_our_codec, honest_handshake
 
 RPC_DEADLINE_S = 10.0
 
@@ -60,20 +59,7 @@ async def _stranger_call(node: RunningNode) -> str:
         )
     except CallError:
         return "refused_at_handshake"
-    codec = ours.config
-    start = CallStart(
-        call_id=1,
-        speaker_language="en",
-        listener_language="en",
-        codec=CodecSettings(
-            architecture_id=codec.architecture_id,
-            codec_version_hash=ours.bundle.content_hash,
-            latent_dim=codec.latent_dim,
-            latent_bits=codec.latent_bits,
-            frame_rate_hz=codec.frame_rate_hz,
-        ),
-        voice=VoiceTraits(median_pitch_hz=120.0, speaking_rate_wps=2.5),
-    )
+    start = call_start_on_our_codec(node, call_id=1)
     async with session:
         await session.send_message(start)
         with trio.fail_after(60):
@@ -171,14 +157,7 @@ async def case_locked_db(root: Path, *, hold_s: float = 8.0) -> dict[str, Any]:
 async def _handshake_quietly(node: RunningNode, identity: StaticIdentity) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.TooSlowError, OSError):
         with trio.fail_after(30):
-            stream = await trio.open_tcp_stream("127.0.0.1", node.listen_port)
-            session = await initiate_session(
-                stream,
-                identity=identity,
-                responder_static_public=node.identity.public_key,
-                our_hello=node.hello(),
-                our_bundle=None,
-            )
+            session = await initiate_to(node, identity)
             async with session:
                 with contextlib.suppress(trio.EndOfChannel):
                     await session.receive_message()  # until the node closes it

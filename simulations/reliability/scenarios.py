@@ -29,9 +29,9 @@ from daemon.node import NodeOptions, RunningNode, open_node
 from daemon.peers import format_peer_id
 from handshake.handshake import TrustDecision
 from handshake.noise import StaticIdentity
-from handshake.stream import accept_session, initiate_session
-from schemas.messages import Ping, WeightsBundle
-from simulations.node_helpers import loopback_config, make_home
+from handshake.stream import accept_session
+from schemas.messages import CallStart, CodecSettings, Ping, VoiceTraits, WeightsBundle
+from simulations.node_helpers import initiate_to, loopback_config, make_home
 from simulations.reliability import hostile_peer
 
 #: An honest peer must finish its handshake within this, whatever the attackers do.
@@ -80,18 +80,32 @@ async def honest_handshake(node: RunningNode, identity: StaticIdentity | None = 
     try:
         with trio.fail_after(HONEST_DEADLINE_S):
             stream = await hostile_peer.open_tcp("127.0.0.1", node.listen_port)
-            session = await initiate_session(
-                stream,
-                identity=identity,
-                responder_static_public=node.identity.public_key,
-                our_hello=node.hello(),
-                our_bundle=None,
-            )
+            session = await initiate_to(node, identity, stream)
             async with session:
                 await session.send_message(Ping(nonce=1))
                 return True
     except (trio.TooSlowError, trio.BrokenResourceError, OSError):
         return False
+
+
+def call_start_on_our_codec(node: RunningNode, call_id: int) -> CallStart:
+    """An English-to-English ``CallStart`` on ``node``'s own codec (a caller holding its
+    bundle), with an ordinary voice."""
+    ours = node.codecs.current()
+    codec = ours.config
+    return CallStart(
+        call_id=call_id,
+        speaker_language="en",
+        listener_language="en",
+        codec=CodecSettings(
+            architecture_id=codec.architecture_id,
+            codec_version_hash=ours.bundle.content_hash,
+            latent_dim=codec.latent_dim,
+            latent_bits=codec.latent_bits,
+            frame_rate_hz=codec.frame_rate_hz,
+        ),
+        voice=VoiceTraits(median_pitch_hz=120.0, speaking_rate_wps=2.5),
+    )
 
 
 async def _wait_count(node: RunningNode, reason: str, at_least: int, limit_s: float = 5.0) -> int:
@@ -101,35 +115,52 @@ async def _wait_count(node: RunningNode, reason: str, at_least: int, limit_s: fl
     return rejected(node, reason)
 
 
-async def case_oversized_message1(node: RunningNode, source: str) -> CaseResult:
-    before = rejected(node, "oversized_frame")
-    stream = await hostile_peer.open_tcp("127.0.0.1", node.listen_port, source=source)
-    # A length prefix of 65535 for message 1, and a few bytes of body: refused on the prefix.
-    await stream.send_all(b"\xff\xff" + b"\x00" * 16)
-    closed, answer = await hostile_peer.read_until_closed(stream, limit_s=5)
-    await trio.aclose_forcefully(stream)
-    count = await _wait_count(node, "oversized_frame", before + 1) - before
-    return CaseResult(
-        count, await honest_handshake(node), {"closed": closed, "answered": len(answer)}
-    )
-
-
-async def case_oversized_transport_frame(node: RunningNode, source: str) -> CaseResult:
-    before = rejected(node, "tampered")
-    raw = await hostile_peer.handshake(
+async def _stranger_session(
+    node: RunningNode, source: str, bundle: WeightsBundle | None = None
+) -> hostile_peer.RawSession:
+    """A completed handshake with ``node`` from ``source`` by a new identity it never saw."""
+    return await hostile_peer.handshake(
         "127.0.0.1",
         node.listen_port,
         identity=StaticIdentity.generate(),
         responder_key=node.identity.public_key,
         hello=node.hello(),
-        bundle=None,
+        bundle=bundle,
         source=source,
     )
+
+
+async def _refusal(
+    node: RunningNode, stream: trio.SocketStream, reason: str, before: int, limit_s: float = 5
+) -> tuple[int, bool, bytes]:
+    """After an attack on ``stream``: wait for the node to close it, close our end, and wait
+    for the node to count one more ``reason`` rejection than ``before``. Returns how many it
+    counted since ``before``, whether it closed the stream, and what it sent first."""
+    closed, answer = await hostile_peer.read_until_closed(stream, limit_s=limit_s)
+    await trio.aclose_forcefully(stream)
+    return await _wait_count(node, reason, before + 1) - before, closed, answer
+
+
+async def _case_result(node: RunningNode, count: int, detail: dict[str, Any]) -> CaseResult:
+    """The case's count, with an honest handshake tried after the attack."""
+    return CaseResult(count, await honest_handshake(node), detail)
+
+
+async def case_oversized_message1(node: RunningNode, source: str) -> CaseResult:
+    before = rejected(node, "oversized_frame")
+    stream = await hostile_peer.open_tcp("127.0.0.1", node.listen_port, source=source)
+    # A length prefix of 65535 for message 1, and a few bytes of body: refused on the prefix.
+    await stream.send_all(b"\xff\xff" + b"\x00" * 16)
+    count, closed, answer = await _refusal(node, stream, "oversized_frame", before)
+    return await _case_result(node, count, {"closed": closed, "answered": len(answer)})
+
+
+async def case_oversized_transport_frame(node: RunningNode, source: str) -> CaseResult:
+    before = rejected(node, "tampered")
+    raw = await _stranger_session(node, source)
     await raw.stream.send_all(b"\xff\xff" + os.urandom(65535) + b"\xff\xff" + os.urandom(4000))
-    closed, _ = await hostile_peer.read_until_closed(raw.stream, limit_s=5)
-    await trio.aclose_forcefully(raw.stream)
-    count = await _wait_count(node, "tampered", before + 1) - before
-    return CaseResult(count, await honest_handshake(node), {"closed": closed})
+    count, closed, _ = await _refusal(node, raw.stream, "tampered", before)
+    return await _case_result(node, count, {"closed": closed})
 
 
 async def case_slowloris(node: RunningNode, source: str, *, connections: int) -> CaseResult:
@@ -196,68 +227,36 @@ async def case_garbage_message1(node: RunningNode, source: str) -> CaseResult:
     stream = await hostile_peer.open_tcp("127.0.0.1", node.listen_port, source=source)
     body = os.urandom(120)
     await stream.send_all(len(body).to_bytes(2, "big") + body)
-    closed, _ = await hostile_peer.read_until_closed(stream, limit_s=5)
-    await trio.aclose_forcefully(stream)
-    count = await _wait_count(node, "auth_failed", before + 1) - before
-    return CaseResult(count, await honest_handshake(node), {"closed": closed})
+    count, closed, _ = await _refusal(node, stream, "auth_failed", before)
+    return await _case_result(node, count, {"closed": closed})
 
 
 async def case_tampered(node: RunningNode, source: str) -> CaseResult:
     before = rejected(node, "tampered")
-    raw = await hostile_peer.handshake(
-        "127.0.0.1",
-        node.listen_port,
-        identity=StaticIdentity.generate(),
-        responder_key=node.identity.public_key,
-        hello=node.hello(),
-        bundle=None,
-        source=source,
-    )
+    raw = await _stranger_session(node, source)
     await raw.stream.send_all(hostile_peer.tamper(raw.session.send(Ping(nonce=7))))
-    closed, _ = await hostile_peer.read_until_closed(raw.stream, limit_s=5)
-    await trio.aclose_forcefully(raw.stream)
-    count = await _wait_count(node, "tampered", before + 1) - before
-    return CaseResult(count, await honest_handshake(node), {"closed": closed})
+    count, closed, _ = await _refusal(node, raw.stream, "tampered", before)
+    return await _case_result(node, count, {"closed": closed})
 
 
 async def case_oversized_caption(node: RunningNode, source: str) -> CaseResult:
     """A Caption with 1 MB of text, chunked by an authenticated peer: refused at decoding."""
     before = rejected(node, "protocol_error")
-    raw = await hostile_peer.handshake(
-        "127.0.0.1",
-        node.listen_port,
-        identity=StaticIdentity.generate(),
-        responder_key=node.identity.public_key,
-        hello=node.hello(),
-        bundle=None,
-        source=source,
-    )
+    raw = await _stranger_session(node, source)
     payload = hostile_peer.oversized_caption_envelope(1_000_000)
     await raw.stream.send_all(hostile_peer.seal_chunked(raw.session, payload))
-    closed, _ = await hostile_peer.read_until_closed(raw.stream, limit_s=10)
-    await trio.aclose_forcefully(raw.stream)
-    count = await _wait_count(node, "protocol_error", before + 1) - before
-    return CaseResult(
-        count, await honest_handshake(node), {"closed": closed, "payload_bytes": len(payload)}
-    )
+    count, closed, _ = await _refusal(node, raw.stream, "protocol_error", before, limit_s=10)
+    return await _case_result(node, count, {"closed": closed, "payload_bytes": len(payload)})
 
 
 async def case_untrusted_bundle(node: RunningNode, source: str) -> CaseResult:
     before = rejected(node, "bundle_from_untrusted_peer")
-    raw = await hostile_peer.handshake(
-        "127.0.0.1",
-        node.listen_port,
-        identity=StaticIdentity.generate(),
-        responder_key=node.identity.public_key,
-        hello=node.hello(),
-        bundle=node.codecs.current().bundle,
-        source=source,
-    )
+    raw = await _stranger_session(node, source, bundle=node.codecs.current().bundle)
     got_weights = raw.their_bundle is not None
     await raw.stream.send_all(raw.session.close())
     await trio.aclose_forcefully(raw.stream)
     count = await _wait_count(node, "bundle_from_untrusted_peer", before + 1) - before
-    return CaseResult(count, await honest_handshake(node), {"got_weights": got_weights})
+    return await _case_result(node, count, {"got_weights": got_weights})
 
 
 async def case_flood(node: RunningNode, *, rate: float, seconds: float) -> CaseResult:

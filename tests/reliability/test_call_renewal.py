@@ -12,17 +12,15 @@ must last through that drain (seconds, more under load). See the closing note of
 from __future__ import annotations
 
 import pytest
-import trio
 
 import simulations.bench_call as bench_call
-from daemon.calls import CallModels, CallRequest
 from handshake.session import Session
 from simulations.bench_call import (
+    EN_TO_PT,
     SCRIPT_SENTENCES,
     call_over_loopback,
     open_call_pair,
-    script_audio,
-    trained_caller_checkpoint,
+    prepare_one_way,
 )
 from simulations.node_helpers import short_root
 
@@ -46,17 +44,15 @@ async def test_a_call_longer_than_the_session_lifetime_moves_to_fresh_keys(monke
         real_finish(self, exchange)
 
     monkeypatch.setattr(Session, "_finish_exchange", counted)
-    checkpoint = await trio.to_thread.run_sync(trained_caller_checkpoint)
-    audio = await trio.to_thread.run_sync(script_audio, SCRIPT_SENTENCES[:5])
+    setup = await prepare_one_way(SCRIPT_SENTENCES[:5])
+    checkpoint, models, audio = setup.checkpoint, setup.models, setup.audio
     assert audio.shape[0] / 16000 > MAX_AGE_S  # the call outlives a key
-    models = CallModels()
-    await trio.to_thread.run_sync(models.prepare, "en", "pt")
     with short_root() as root:
         async with open_call_pair(root, caller_checkpoint=checkpoint, models=models) as pair:
             call = await call_over_loopback(
                 pair,
                 audio=audio,
-                request=CallRequest(speaker_language="en", listener_language="pt"),
+                request=EN_TO_PT,
             )
     assert call.outcome.completed and call.outcome.reason == "completed"
     summary = call.record.summary

@@ -13,21 +13,17 @@ import trio.testing
 from daemon.connections import (
     MAX_MESSAGE1_BYTES,
     MAX_WAITING_PER_SLOT,
-    ConnectionManager,
     ConnectionStats,
     CountingStream,
     OversizedFrameError,
     reason_code,
 )
-from daemon.database import PeerStore, open_database
-from daemon.peers import PeerTable
-from daemon.trust_policy import TrustPolicy
+from daemon.trust import CallsFrom
 from handshake.noise import AuthenticationError, StaticIdentity
 from handshake.replay import ReplayedMessageError
 from handshake.stream import StreamSettings
-from schemas.messages import PROTOCOL_VERSION, Hello
-from simulations.node_helpers import short_root
 from simulations.reliability import hostile_peer
+from tests.reliability.managers import PLAIN_HELLO, lone_manager
 
 
 async def test_an_oversized_prefix_split_across_reads_is_refused() -> None:
@@ -66,48 +62,29 @@ def test_reason_codes_follow_the_cause() -> None:
 async def test_the_queue_for_handshake_slots_is_bounded() -> None:
     """One slot, held by a half-open handshake: MAX_WAITING_PER_SLOT more connections wait;
     the next is refused as busy at once; the waiting ones give up after the deadline."""
-    identity = StaticIdentity.generate()
-    hello = Hello(
-        protocol_version=PROTOCOL_VERSION,
-        capabilities=(),
-        codec_architecture="csm",
-        codec_version_hash=b"\x00" * 32,
-    )
-    with short_root() as root:
-        database = open_database(root / "node.db")
-        try:
-            peers = PeerTable(PeerStore(database), ttl=300)
-            manager = ConnectionManager(
-                identity=identity,
-                hello=lambda: hello,
-                our_bundle=lambda: None,  # type: ignore[arg-type,return-value]
-                peers=peers,
-                policy=TrustPolicy(peers),
-                settings=StreamSettings(handshake_timeout_s=1.0),
-                max_concurrent_handshakes=1,
-                handshakes_per_address_per_s=1000,
-                on_bundle=lambda key, bundle: None,
-            )
-            async with trio.open_nursery() as nursery:
-                port = await nursery.start(manager.serve, "127.0.0.1", 0)
-                streams = []
-                for _ in range(1 + MAX_WAITING_PER_SLOT):
-                    stream = await hostile_peer.open_tcp("127.0.0.1", port)
-                    await stream.send_all(b"\x00")  # half a length prefix, then nothing
-                    streams.append(stream)
-                await trio.sleep(0.2)
-                extra = await hostile_peer.open_tcp("127.0.0.1", port)
-                closed, _ = await hostile_peer.read_until_closed(extra, limit_s=0.5)
-                assert closed  # refused at once, well before any deadline
-                assert manager.stats.rejected == {"busy": 1}
-                for stream in streams:
-                    done, _ = await hostile_peer.read_until_closed(stream, limit_s=5)
-                    assert done
-                    await trio.aclose_forcefully(stream)
-                await trio.aclose_forcefully(extra)
-                nursery.cancel_scope.cancel()
-        finally:
-            database.close()
+    with lone_manager(
+        settings=StreamSettings(handshake_timeout_s=1.0),
+        max_concurrent_handshakes=1,
+        handshakes_per_address_per_s=1000,
+    ) as manager:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(manager.serve, "127.0.0.1", 0)
+            streams = []
+            for _ in range(1 + MAX_WAITING_PER_SLOT):
+                stream = await hostile_peer.open_tcp("127.0.0.1", port)
+                await stream.send_all(b"\x00")  # half a length prefix, then nothing
+                streams.append(stream)
+            await trio.sleep(0.2)
+            extra = await hostile_peer.open_tcp("127.0.0.1", port)
+            closed, _ = await hostile_peer.read_until_closed(extra, limit_s=0.5)
+            assert closed  # refused at once, well before any deadline
+            assert manager.stats.rejected == {"busy": 1}
+            for stream in streams:
+                done, _ = await hostile_peer.read_until_closed(stream, limit_s=5)
+                assert done
+                await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(extra)
+            nursery.cancel_scope.cancel()
     # The slot holder timed out; each waiter either gave up waiting (busy) or got the slot
     # when the holder left and then timed out itself: none is left behind, none got through.
     rejected = manager.stats.rejected
@@ -122,57 +99,41 @@ async def test_established_sessions_per_address_are_capped() -> None:
     from handshake.stream import initiate_session
 
     identity = StaticIdentity.generate()
-    hello = Hello(
-        protocol_version=PROTOCOL_VERSION,
-        capabilities=(),
-        codec_architecture="csm",
-        codec_version_hash=b"\x00" * 32,
-    )
-    with short_root() as root:
-        database = open_database(root / "node.db")
-        try:
-            peers = PeerTable(PeerStore(database), ttl=300)
-            manager = ConnectionManager(
-                identity=identity,
-                hello=lambda: hello,
-                our_bundle=lambda: None,  # type: ignore[arg-type,return-value]
-                peers=peers,
-                policy=TrustPolicy(peers, calls_from="anyone"),  # strangers get sessions
-                settings=StreamSettings(),
-                max_concurrent_handshakes=4,
-                handshakes_per_address_per_s=1000,
-                on_bundle=lambda key, bundle: None,
-                max_inbound_sessions_per_address=2,
-            )
+    with lone_manager(
+        identity=identity,
+        calls_from=CallsFrom.ANYONE,  # strangers get sessions
+        settings=StreamSettings(),
+        max_concurrent_handshakes=4,
+        handshakes_per_address_per_s=1000,
+        max_inbound_sessions_per_address=2,
+    ) as manager:
 
-            async def connect(source: str) -> bool:
-                stream = await hostile_peer.open_tcp("127.0.0.1", port, source=source)
-                try:
-                    session = await initiate_session(
-                        stream,
-                        identity=StaticIdentity.generate(),
-                        responder_static_public=identity.public,
-                        our_hello=hello,
-                        our_bundle=None,
-                    )
-                except trio.BrokenResourceError:
-                    return False
-                sessions.append(session)
-                return True
+        async def connect(source: str) -> bool:
+            stream = await hostile_peer.open_tcp("127.0.0.1", port, source=source)
+            try:
+                session = await initiate_session(
+                    stream,
+                    identity=StaticIdentity.generate(),
+                    responder_static_public=identity.public,
+                    our_hello=PLAIN_HELLO,
+                    our_bundle=None,
+                )
+            except trio.BrokenResourceError:
+                return False
+            sessions.append(session)
+            return True
 
-            sessions: list[object] = []
-            async with trio.open_nursery() as nursery:
-                port = await nursery.start(manager.serve, "127.0.0.1", 0)
-                assert await connect("127.0.0.1") and await connect("127.0.0.1")
-                with trio.fail_after(5):
-                    while len(manager.sessions) < 2:
-                        await trio.sleep(0.01)
-                # The third from the same address is refused before any handshake work.
-                assert not await connect("127.0.0.1")
-                assert manager.stats.rejected == {"too_many_sessions": 1}
-                assert await connect("127.0.0.2")
-                for session in sessions:
-                    await session.aclose()  # type: ignore[attr-defined]
-                nursery.cancel_scope.cancel()
-        finally:
-            database.close()
+        sessions: list[object] = []
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(manager.serve, "127.0.0.1", 0)
+            assert await connect("127.0.0.1") and await connect("127.0.0.1")
+            with trio.fail_after(5):
+                while len(manager.sessions) < 2:
+                    await trio.sleep(0.01)
+            # The third from the same address is refused before any handshake work.
+            assert not await connect("127.0.0.1")
+            assert manager.stats.rejected == {"too_many_sessions": 1}
+            assert await connect("127.0.0.2")
+            for session in sessions:
+                await session.aclose()  # type: ignore[attr-defined]
+            nursery.cancel_scope.cancel()

@@ -10,11 +10,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from daemon.connections import ConnectionManager, connection_limits
-from daemon.database import PeerStore, open_database
-from daemon.peers import PeerTable
+from daemon.connections import connection_limits
 from daemon.ratelimit import HandshakeLimiter, RateLimiter, address_prefix
-from daemon.trust_policy import TrustPolicy
 from handshake.budget import MemoryBudget
 from handshake.framing import NEED_DATA
 from handshake.handshake import InitiatorHandshake, ResponderHandshake, TrustDecision
@@ -23,9 +20,9 @@ from handshake.session import CHUNK_DATA_BYTES, Session, SessionSettings
 from handshake.stream import StreamSettings
 from handshake.testing import complete_in_memory
 from schemas.errors import RemoteProtocolError
-from schemas.messages import PROTOCOL_VERSION, Hello, Ping
-from simulations.node_helpers import short_root
+from schemas.messages import Ping
 from simulations.reliability import hostile_peer
+from tests.reliability.managers import PLAIN_HELLO, lone_manager
 
 
 class Clock:
@@ -84,47 +81,25 @@ def test_connection_limits_leave_room_for_the_node_itself():
     assert limits.max_sessions < 183  # the report's 183 stranger sessions at ulimit -n 200
 
 
-def _hello() -> Hello:
-    return Hello(
-        protocol_version=PROTOCOL_VERSION,
-        capabilities=(),
-        codec_architecture="csm",
-        codec_version_hash=b"\x00" * 32,
-    )
-
-
 async def test_a_flood_from_many_addresses_of_one_prefix_is_refused_before_any_handshake():
-    identity = StaticIdentity.generate()
-    with short_root() as root:
-        database = open_database(root / "node.db")
-        try:
-            peers = PeerTable(PeerStore(database), ttl=300)
-            manager = ConnectionManager(
-                identity=identity,
-                hello=_hello,
-                our_bundle=lambda: None,  # type: ignore[arg-type,return-value]
-                peers=peers,
-                policy=TrustPolicy(peers),
-                settings=StreamSettings(handshake_timeout_s=2.0),
-                max_concurrent_handshakes=4,
-                handshakes_per_address_per_s=5,
-                on_bundle=lambda key, bundle: None,
-                clock=lambda: 0.0,  # the flood is one instant: no tokens come back meanwhile
-            )
-            async with trio.open_nursery() as nursery:
-                port = await nursery.start(manager.serve, "127.0.0.1", 0)
-                attempts = 200
-                for index in range(attempts):
-                    stream = await hostile_peer.open_tcp(
-                        "127.0.0.1", port, source=f"127.77.0.{1 + index}"
-                    )
-                    await trio.aclose_forcefully(stream)
-                with trio.fail_after(10):
-                    while sum(manager.stats.rejected.values()) < attempts - 40:
-                        await trio.sleep(0.02)
-                nursery.cancel_scope.cancel()
-        finally:
-            database.close()
+    with lone_manager(
+        settings=StreamSettings(handshake_timeout_s=2.0),
+        max_concurrent_handshakes=4,
+        handshakes_per_address_per_s=5,
+        clock=lambda: 0.0,  # the flood is one instant: no tokens come back meanwhile
+    ) as manager:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(manager.serve, "127.0.0.1", 0)
+            attempts = 200
+            for index in range(attempts):
+                stream = await hostile_peer.open_tcp(
+                    "127.0.0.1", port, source=f"127.77.0.{1 + index}"
+                )
+                await trio.aclose_forcefully(stream)
+            with trio.fail_after(10):
+                while sum(manager.stats.rejected.values()) < attempts - 40:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
     limited = manager.stats.rejected.get("rate_limited", 0)
     assert limited == attempts - 40, manager.stats.rejected  # the /24's burst got in, no more
     # None of the refused ones cost a handshake (no Diffie-Hellman): only the 40 got that far.
@@ -132,44 +107,31 @@ async def test_a_flood_from_many_addresses_of_one_prefix_is_refused_before_any_h
 
 
 async def test_half_open_connections_are_capped_per_prefix():
-    identity = StaticIdentity.generate()
-    with short_root() as root:
-        database = open_database(root / "node.db")
-        try:
-            peers = PeerTable(PeerStore(database), ttl=300)
-            manager = ConnectionManager(
-                identity=identity,
-                hello=_hello,
-                our_bundle=lambda: None,  # type: ignore[arg-type,return-value]
-                peers=peers,
-                policy=TrustPolicy(peers),
-                settings=StreamSettings(handshake_timeout_s=3.0),
-                max_concurrent_handshakes=8,
-                handshakes_per_address_per_s=1000,
-                on_bundle=lambda key, bundle: None,
-                max_half_open_per_prefix=8,
-            )
-            async with trio.open_nursery() as nursery:
-                port = await nursery.start(manager.serve, "127.0.0.1", 0)
-                silent = []
-                for index in range(20):  # 20 silent sockets from 20 addresses of one /24
-                    stream = await hostile_peer.open_tcp(
-                        "127.0.0.1", port, source=f"127.66.0.{10 + index}"
-                    )
-                    await stream.send_all(b"\x00")
-                    silent.append(stream)
-                await trio.sleep(0.3)
-                assert manager.stats.rejected.get("half_open_limit", 0) == 12
-                # Another network still gets a place in the queue.
-                other = await hostile_peer.open_tcp("127.0.0.1", port, source="127.0.0.1")
-                await other.send_all(b"\x00")
-                await trio.sleep(0.2)
-                assert manager.stats.rejected.get("half_open_limit", 0) == 12
-                for stream in [*silent, other]:
-                    await trio.aclose_forcefully(stream)
-                nursery.cancel_scope.cancel()
-        finally:
-            database.close()
+    with lone_manager(
+        settings=StreamSettings(handshake_timeout_s=3.0),
+        max_concurrent_handshakes=8,
+        handshakes_per_address_per_s=1000,
+        max_half_open_per_prefix=8,
+    ) as manager:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(manager.serve, "127.0.0.1", 0)
+            silent = []
+            for index in range(20):  # 20 silent sockets from 20 addresses of one /24
+                stream = await hostile_peer.open_tcp(
+                    "127.0.0.1", port, source=f"127.66.0.{10 + index}"
+                )
+                await stream.send_all(b"\x00")
+                silent.append(stream)
+            await trio.sleep(0.3)
+            assert manager.stats.rejected.get("half_open_limit", 0) == 12
+            # Another network still gets a place in the queue.
+            other = await hostile_peer.open_tcp("127.0.0.1", port, source="127.0.0.1")
+            await other.send_all(b"\x00")
+            await trio.sleep(0.2)
+            assert manager.stats.rejected.get("half_open_limit", 0) == 12
+            for stream in [*silent, other]:
+                await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
 
 
 def _session_pair(budget: MemoryBudget) -> tuple[Session, Session]:
@@ -178,14 +140,14 @@ def _session_pair(budget: MemoryBudget) -> tuple[Session, Session]:
     initiator = InitiatorHandshake(
         identity=StaticIdentity.generate(),
         responder_static_public=responder_identity.public,
-        our_hello=_hello(),
+        our_hello=PLAIN_HELLO,
         our_bundle=None,
         clock=Clock(),
         settings=settings,
     )
     responder = ResponderHandshake(
         identity=responder_identity,
-        our_hello=_hello(),
+        our_hello=PLAIN_HELLO,
         our_bundle=None,
         trust_check=lambda key: TrustDecision.TRUSTED,
         clock=Clock(),

@@ -18,7 +18,7 @@ from daemon.connections import (
     reason_code,
     serve_idle_session,
 )
-from handshake.stream import SendTimeoutError, StreamSettings
+from handshake.stream import SendTimeoutError, SessionStream, StreamSettings
 from schemas.messages import CodecFrames, Ping, Pong
 from tests.test_stream import handshake_pair
 
@@ -51,19 +51,24 @@ def test_pings_are_not_activity_and_age_is_bounded():
     assert busy.over and clock.now - 120.0 >= 180.0
 
 
+async def _serve_noting_the_end(
+    session: SessionStream, info: SessionInfo, ended_at: list[float], close: bool = True
+) -> None:
+    """The node's idle-session handler on ``session``; when it returns, note the time (and
+    close the session, as the node does)."""
+    await serve_idle_session(session, info)
+    ended_at.append(trio.current_time())
+    if close:
+        await session.aclose()
+
+
 async def test_a_peer_that_only_pings_is_closed_when_idle(autojump_clock):
     left, right = trio.testing.memory_stream_pair()
     ours, theirs = await handshake_pair(left, right)
     ended_at: list[float] = []
-
-    async def serve() -> None:
-        await serve_idle_session(theirs, INFO)
-        ended_at.append(trio.current_time())
-        await theirs.aclose()
-
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
+        nursery.start_soon(_serve_noting_the_end, theirs, INFO, ended_at)
         with trio.move_on_after(SESSION_MAX_AGE_S * 10):
             for nonce in range(10_000):  # bounded: the session ends long before
                 await ours.send_message(Ping(nonce=nonce))
@@ -79,15 +84,9 @@ async def test_a_busy_session_without_a_call_ends_at_its_maximum_age(autojump_cl
     left, right = trio.testing.memory_stream_pair()
     ours, theirs = await handshake_pair(left, right)
     ended_at: list[float] = []
-
-    async def serve() -> None:
-        await serve_idle_session(theirs, INFO)
-        ended_at.append(trio.current_time())
-        await theirs.aclose()
-
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
+        nursery.start_soon(_serve_noting_the_end, theirs, INFO, ended_at)
         with trio.move_on_after(SESSION_MAX_AGE_S * 10):
             for index in range(10_000):
                 try:
@@ -108,14 +107,9 @@ async def test_the_age_comes_from_the_session_info(autojump_clock):
     ours, theirs = await handshake_pair(left, right)
     short = replace(INFO, max_age_s=30.0, idle_s=1000.0)
     ended_at: list[float] = []
-
-    async def serve() -> None:
-        await serve_idle_session(theirs, short)
-        ended_at.append(trio.current_time())
-
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
+        nursery.start_soon(_serve_noting_the_end, theirs, short, ended_at, False)
         with trio.move_on_after(600):
             for index in range(1000):  # bounded; the handler returns long before
                 await ours.send_message(CodecFrames(index, 0.0, 1, b"\x00"))

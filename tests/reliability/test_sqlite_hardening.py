@@ -4,8 +4,6 @@ raw or leaves a connection unusable (issue 11, item 5)."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
@@ -20,6 +18,7 @@ from daemon.database import (
     open_database,
 )
 from daemon.peers import PeerTable
+from simulations.reliability.fault_scenarios import hold_write_lock
 
 KEY = bytes(range(32))
 
@@ -55,39 +54,16 @@ def test_the_node_never_undoes_a_trust_change_made_by_the_cli(tmp_path, what):
     assert stored.trust is TrustState.TRUSTED
 
 
-def _hold_write_lock(path, seconds: float) -> subprocess.Popen[bytes]:
-    """Another process holding node.db's write lock for ``seconds``."""
-    script = (
-        "import sqlite3, sys, time\n"
-        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        "c.execute('BEGIN IMMEDIATE')\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(float(sys.argv[2]))\n"
-        "c.execute('ROLLBACK')\n"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script, str(path), str(seconds)], stdout=subprocess.PIPE
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == b"locked"
-    return holder
-
-
 def test_a_locked_database_is_a_typed_error_and_the_connection_stays_usable(tmp_path, monkeypatch):
     monkeypatch.setattr("daemon.database.BUSY_TIMEOUT_MS", 200)
     path = tmp_path / "node.db"
     with open_database(path) as database:
         jobs = JobStore(database)
         jobs.create(kind="caption", input_path="/a.wav", options={})
-        holder = _hold_write_lock(path, 2.0)
-        try:
+        with hold_write_lock(path, 2.0):
             with pytest.raises(DatabaseBusyError) as raised:
                 jobs.claim_next()
             assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
-        finally:
-            holder.wait(timeout=30)
-            assert holder.stdout is not None
-            holder.stdout.close()
         # The lock is gone: the same connection works again (nothing was left open).
         claimed = jobs.claim_next()
         assert claimed is not None and claimed.status.value == "processing"

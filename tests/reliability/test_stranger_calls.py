@@ -26,9 +26,8 @@ from daemon.database import PeerRecord, PeerSource, PeerStore, TrustState, open_
 from daemon.node import NodeOptions, open_node
 from daemon.peers import PeerTable
 from daemon.trust_policy import call_refusal
-from handshake.handshake import TrustDecision
 from handshake.noise import StaticIdentity
-from handshake.stream import accept_session, initiate_session
+from handshake.testing import sessions_in_memory
 from media.call_receiver import CallLimits
 from media.call_sender import codec_settings
 from schemas.messages import PROTOCOL_VERSION, CallEnd, CallStart, Hello, VoiceTraits
@@ -161,31 +160,11 @@ async def _session(tmp_path: Path, handler: CallSessionHandler, caller_id: Stati
     listener_id = StaticIdentity.generate()
     (tmp_path / "models").mkdir(exist_ok=True)
     ours = CodecStore(tmp_path / "models", tmp_path / "features", CONFIG).current()
-    left, right = trio.testing.memory_stream_pair()
-    accepted: list[object] = []
-
-    async def accept() -> None:
-        accepted.append(
-            await accept_session(
-                right,
-                identity=listener_id,
-                our_hello=_hello(),
-                our_bundle=None,
-                trust_check=lambda key: TrustDecision.TRUSTED,
-            )
-        )
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept)
-        caller = await initiate_session(
-            left,
-            identity=caller_id,
-            responder_static_public=listener_id.public,
-            our_hello=_hello(),
-            our_bundle=ours.bundle,
-        )
+    caller, listener = await sessions_in_memory(
+        initiator=caller_id, responder=listener_id, hello=_hello(), initiator_bundle=ours.bundle
+    )
     info = SessionInfo(1, caller_id.public, "inbound", "memory", 0.0, "trusted")
-    return caller, accepted[0], info, ours
+    return caller, listener, info, ours
 
 
 async def _first_reply(tmp_path, handler, caller_id, start_hash=None) -> str:

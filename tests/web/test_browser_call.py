@@ -10,13 +10,12 @@ from urllib.parse import quote
 import pytest
 import trio
 
-from daemon.calls import CallModels, CallRequest
 from simulations.bench_call import (
+    EN_TO_PT,
     SCRIPT_SENTENCES,
     call_over_loopback,
     open_call_pair,
-    script_audio,
-    trained_caller_checkpoint,
+    prepare_one_way,
 )
 from simulations.node_helpers import short_root
 from tests.web.browser import open_browser, screenshot
@@ -70,10 +69,8 @@ def _follow_call(driver, base: str, token: str, on_calls_page) -> dict:
 
 
 async def test_calls_page_shows_live_captions_of_a_loopback_call() -> None:
-    checkpoint = await trio.to_thread.run_sync(trained_caller_checkpoint)
-    audio = await trio.to_thread.run_sync(script_audio, SCRIPT)
-    models = CallModels()
-    await trio.to_thread.run_sync(models.prepare, "en", "pt")
+    setup = await prepare_one_way(SCRIPT)
+    checkpoint, models, audio = setup.checkpoint, setup.models, setup.audio
     with short_root() as root:
         async with open_call_pair(
             root, caller_checkpoint=checkpoint, models=models, listener_web_port=0
@@ -101,7 +98,7 @@ async def test_calls_page_shows_live_captions_of_a_loopback_call() -> None:
                 call = await call_over_loopback(
                     pair,
                     audio=audio,
-                    request=CallRequest(speaker_language="en", listener_language="pt"),
+                    request=EN_TO_PT,
                 )
     assert seen["live_state"] == "Live"
     assert seen["latency"].split()[0] in ("en", "pt") and seen["latency"].endswith(" s")
