@@ -148,6 +148,8 @@ class ListenSettings:
     on_captions: Callable[[Sequence[Caption]], None] | None = None
     #: Where the callee's translated speech plays (None: only the call's WAV).
     playout: Playout | None = None
+    #: The node's one Whisper worker, shared with the calls it answers (None: this call's own).
+    recognizer: trio.CapacityLimiter | None = None
 
 
 def measure_voice(audio: npt.ArrayLike, transcriber: FeatureTranscriber) -> VoiceTraits:
@@ -292,6 +294,7 @@ async def place_call(
                 ),
                 clock=lambda: time.monotonic() - answered_at,
                 on_speech=playout.play if playout is not None else None,
+                recognizer=listen.recognizer,
             )
         except (CallLimitError, MediaError, InvalidBundleError, OSError) as error:
             not_listening.append(str(error))

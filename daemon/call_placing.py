@@ -246,6 +246,7 @@ async def _hold(
                     limits=service.limits,
                     on_captions=lambda made: live.add_captions("theirs", made),
                     playout=ours_audio.playout,
+                    recognizer=service.recognizer,
                 ),
                 hang_up=live.hang_up,
                 protocol=live.protocol,
