@@ -181,8 +181,10 @@ def test_a_running_node_second_node_status_round_reload_and_log_file():
             node.send_signal(signal.SIGHUP)
             wait_for_line(log_file, "listen.port: must be 1..65535, got 70000")
             # FL settings apply from the next round; one that needs a restart is named.
+            # (The debug level stays: a reload is compared with the config last applied.)
             home.config_path.write_text(
                 text.replace("round_interval_min = 0", "round_interval_min = 0\nalpha = 0.5")
+                + '[node]\nlog_level = "debug"\n'
                 + "[call]\nbatch_ms = 200\n"
             )
             node.send_signal(signal.SIGHUP)

@@ -47,7 +47,7 @@ from handshake.stream import PeerClosedError, StreamSettings
 from media.errors import MediaError
 from schemas import codec as wire
 from schemas.errors import LocalProtocolError, RemoteProtocolError
-from schemas.messages import Bye, ByeReason
+from schemas.messages import PROTOCOL_VERSION, Bye, ByeReason
 from simulations.node_helpers import loopback_config, make_home, short_root
 
 
@@ -129,7 +129,7 @@ def test_one_trust_vocabulary_from_config_to_policy() -> None:
 def test_a_retired_wire_kind_is_the_peers_protocol_error() -> None:
     schema = capnp.load(str(wire._SCHEMA_PATH))
     envelope = schema.Envelope.new_message()
-    envelope.version = 1
+    envelope.version = PROTOCOL_VERSION
     envelope.body.retired3 = None
     with pytest.raises(RemoteProtocolError, match="not part of the protocol"):
         wire.decode(envelope.to_bytes())
