@@ -91,6 +91,10 @@ class CallModels:
             cache_dir=whisper_cache_dir(home_root) if home_root is not None else None,
             cpu_threads=models.cpu_threads,
             translation=translation_config_for(config),  # type: ignore[arg-type]
+            tts=TtsConfig(
+                backend=models.tts,  # checked by the config: one of TtsConfig.backend
+                cache_dir=whisper_cache_dir(home_root) if home_root is not None else None,
+            ),
         )
 
     def transcriber(self, language: str) -> FeatureTranscriber:

@@ -392,6 +392,12 @@ class ModelsSection(_Section):
         "Local Marian/NLLB models (sub-folders like en-es/, or one NLLB folder).",
         _check_folder,
     )
+    tts: str = setting(
+        "auto",
+        "Voices: 'auto' (piper for English, Kokoro for pt/es, else espeak-ng), or one engine for "
+        "every language: 'kokoro', 'piper' or 'espeak-ng' (the lightest on a busy CPU).",
+        one_of("auto", "kokoro", "piper", "espeak-ng"),
+    )
     cpu_threads: int = setting(2, "Threads for ASR and training.", in_range(1, 256))
 
 
