@@ -394,8 +394,9 @@ class ModelsSection(_Section):
     )
     tts: str = setting(
         "auto",
-        "Voices: 'auto' (piper for English, Kokoro for pt/es, else espeak-ng), or one engine for "
-        "every language: 'kokoro', 'piper' or 'espeak-ng' (the lightest on a busy CPU).",
+        "The voices calls speak with: 'auto' (piper for English, Kokoro for pt/es, else "
+        "espeak-ng), or one engine for every language: 'kokoro', 'piper' or 'espeak-ng' (the "
+        "lightest on a busy CPU). Needs a restart.",
         one_of("auto", "kokoro", "piper", "espeak-ng"),
     )
     cpu_threads: int = setting(2, "Threads for ASR and training.", in_range(1, 256))
