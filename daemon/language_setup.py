@@ -54,7 +54,8 @@ def translation_config_for(config: Config) -> TranslationConfig:
 
 
 def tts_config_for(config: Config) -> TtsConfig:
-    return TtsConfig()
+    """``models.tts``: the voices calls speak with (and what the language matrix lists)."""
+    return TtsConfig(backend=config.models.tts)  # type: ignore[arg-type]
 
 
 def language_matrix_for(config: Config) -> LanguageMatrix:
