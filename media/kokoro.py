@@ -40,7 +40,6 @@ How it runs
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -57,6 +56,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from common.joined import write_joined
 from media.errors import MediaError, ModelLoadError, ModelNotFoundError
 
 __all__ = [
@@ -103,7 +103,6 @@ KOKORO_LANGUAGES: Final = {"pt": "pt-br", "es": "es"}
 MAX_CHUNK_TOKENS: Final = 60
 _STYLE_ROWS: Final = 510
 _ESPEAK_TIMEOUT_S: Final = 60.0
-_COPY_CHUNK: Final = 1 << 20
 #: espeak-ng's tied pairs -> Kokoro's single symbols (misaki's mapping for es / pt-br).
 _TIED: Final = (
     ("a^\u026a", "I"),
@@ -189,26 +188,15 @@ def assemble_kokoro(
     handle, name = tempfile.mkstemp(prefix=".kokoro-", suffix=".part", dir=cache_dir)
     building = Path(name)
     try:
-        digest = hashlib.sha256()
-        size = 0
         with os.fdopen(handle, "wb") as joined:
-            for part in parts:
-                with part.open("rb") as piece:
-                    while chunk := piece.read(_COPY_CHUNK):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        joined.write(chunk)
-            joined.flush()
-            os.fsync(joined.fileno())
+            size, sha256 = write_joined(parts, joined)
         if size != expected_bytes:
             raise KokoroIntegrityError(
                 _integrity_message(f"joined size {size:,} bytes, expected {expected_bytes:,}")
             )
-        if digest.hexdigest() != expected_sha256:
+        if sha256 != expected_sha256:
             raise KokoroIntegrityError(
-                _integrity_message(
-                    f"sha256 {digest.hexdigest()[:16]}…, expected {expected_sha256[:16]}…"
-                )
+                _integrity_message(f"sha256 {sha256[:16]}…, expected {expected_sha256[:16]}…")
             )
         building.chmod(0o600)
         building.replace(target)

