@@ -18,8 +18,9 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from daemon.web.call_feed import UnknownCallError
+from daemon.web.caption_choice import RegenerateChoice, parse_regenerate_choice
 from daemon.web.node_view import UnknownPeerRequestError
-from daemon.web.recordings import RecordingError, RecordingsRefusedError, parse_languages
+from daemon.web.recordings import RecordingError, RecordingsRefusedError
 from daemon.web.services import error_response, services_of
 from daemon.web.upload import UploadError
 
@@ -113,8 +114,7 @@ async def get_captions(request: Request) -> Response:
 @guarded
 async def regenerate_captions(request: Request) -> Response:
     body = await request.body()
-    languages: tuple[str, ...] | None = None
-    model: str | None = None
+    choice = RegenerateChoice()
     if body:
         if len(body) > MAX_JSON_BODY:
             raise RecordingsRefusedError("the request body is too large")
@@ -124,22 +124,12 @@ async def regenerate_captions(request: Request) -> Response:
             raise RecordingError(
                 'the body must be JSON like {"languages": ["pt"], "model": "base.en"}'
             ) from None
-        if not isinstance(document, dict):
-            raise RecordingError("the body must be a JSON object")
-        unknown = set(document) - {"languages", "model"}
-        if unknown:
-            raise RecordingError(f"unknown fields: {sorted(unknown)}")
-        if "languages" in document:
-            chosen = document["languages"]
-            if not isinstance(chosen, list) or not all(isinstance(tag, str) for tag in chosen):
-                raise RecordingError("languages must be a list of language tags")
-            languages = parse_languages(chosen)
-        if "model" in document:
-            if not isinstance(document["model"], str):
-                raise RecordingError("model must be the name of a Whisper model folder")
-            model = document["model"]
+        choice = parse_regenerate_choice(document)
     recording = await services_of(request).recordings.regenerate(
-        request.path_params["recording_id"], languages, model=model
+        request.path_params["recording_id"],
+        choice.languages,
+        model=choice.model,
+        options=choice.job_options(),
     )
     return JSONResponse(recording.as_json(), status_code=202)
 

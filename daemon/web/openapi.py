@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.jobs import TASKS, WHISPER_NAMES
+
 __all__ = ["openapi_document"]
 
 _ERROR = {"$ref": "#/components/responses/Error"}
@@ -274,7 +276,19 @@ def openapi_document() -> dict[str, Any]:
                                             "description": "a Whisper model folder's name "
                                             "under <home>/models/whisper/",
                                         },
+                                        "whisper": {
+                                            "enum": list(WHISPER_NAMES),
+                                            "description": "a built-in Whisper (models.whisper "
+                                            "names); not with model",
+                                        },
+                                        "task": {"enum": list(TASKS)},
+                                        "language": {
+                                            "type": ["string", "null"],
+                                            "description": "the spoken language; null: identify it",
+                                        },
+                                        "skip_silence": {"type": "boolean"},
                                     },
+                                    "additionalProperties": False,
                                 }
                             }
                         },
@@ -329,6 +343,16 @@ def openapi_document() -> dict[str, Any]:
                         "has_video": {"type": "boolean"},
                         "requested_languages": {"type": "array", "items": {"type": "string"}},
                         "model": {"type": "string"},
+                        "whisper": {
+                            "type": ["string", "null"],
+                            "description": "the built-in Whisper the job used, if one was named",
+                        },
+                        "task": {"enum": list(TASKS)},
+                        "spoken_language": {
+                            "type": ["string", "null"],
+                            "description": "the spoken language asked for (null: identified)",
+                        },
+                        "skip_silence": {"type": "boolean"},
                         "job_id": {"type": ["string", "null"]},
                         "status": {"enum": ["pending", "processing", "ready", "failed"]},
                         "progress": {"type": ["number", "null"]},

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from daemon.jobs import TASKS, WHISPER_NAMES
 from daemon.web.api import guarded
 from daemon.web.auth import SESSION_COOKIE, Credentials
 from daemon.web.services import error_response, services_of
@@ -95,6 +96,8 @@ async def player_page(request: Request) -> Response:
             "recording": recording,
             "user_language": services.node.user_language,
             "models": ["default", *services.recordings.model_names()],
+            "builtin_whisper": WHISPER_NAMES,
+            "tasks": TASKS,
         },
     )
 

@@ -96,6 +96,10 @@ class Recording:
     has_video: bool
     requested_languages: tuple[str, ...]
     model: str
+    whisper: str | None
+    task: str
+    spoken_language: str | None
+    skip_silence: bool
     job_id: str | None
     status: str
     progress: float | None
@@ -115,6 +119,10 @@ class Recording:
             "has_video": self.has_video,
             "requested_languages": list(self.requested_languages),
             "model": self.model,
+            "whisper": self.whisper,
+            "task": self.task,
+            "spoken_language": self.spoken_language,
+            "skip_silence": self.skip_silence,
             "job_id": self.job_id,
             "status": self.status,
             "progress": self.progress,
@@ -248,11 +256,16 @@ class RecordingService:
         return self._view(metadata)
 
     async def _submit(
-        self, media: Path, languages: Sequence[str], model: str | None = None
+        self,
+        media: Path,
+        languages: Sequence[str],
+        model: str | None = None,
+        options: Mapping[str, object] | None = None,
     ) -> JobRecord:
         request: dict[str, object] = {"path": str(media), "to": list(languages), "transcript": True}
         if model is not None:
             request["model"] = model
+        request.update(options or {})
         try:
             job = await self._runner.submit(request)
         except RpcHandlerError as error:
@@ -330,9 +343,11 @@ class RecordingService:
         languages: Sequence[str] | None = None,
         *,
         model: str | None = None,
+        options: Mapping[str, object] | None = None,
     ) -> Recording:
-        """Queue a new caption job for the same media (other languages, another Whisper model
-        from ``<home>/models/whisper/``, if given)."""
+        """Queue a new caption job for the same media: other languages, another Whisper model
+        from ``<home>/models/whisper/``, and more ``caption.submit`` parameters in ``options``
+        (checked by :mod:`daemon.web.caption_choice`); the languages default to the last ones."""
         metadata = self._require(recording_id)
         job = self._latest_job(metadata)
         if job is not None and job.status in (JobStatus.PENDING, JobStatus.PROCESSING):
@@ -343,7 +358,7 @@ class RecordingService:
             else tuple(str(tag) for tag in _as_list(metadata.get("languages")))
         )
         path, _ = self.media(recording_id)
-        new_job = await self._submit(path, chosen, model)
+        new_job = await self._submit(path, chosen, model, options)
         metadata["languages"] = list(chosen)
         metadata["jobs"] = [*_as_list(metadata.get("jobs")), new_job.job_id][-20:]
         self._write_metadata(self._root / recording_id, metadata)
@@ -399,6 +414,7 @@ class RecordingService:
                 if isinstance(files, Mapping):
                     found = [key.rsplit(".", 1)[0] for key in files if key.endswith(".vtt")]
                     languages = tuple(sorted(found, key=lambda tag: (tag != language, tag)))
+        options: Mapping[str, object] = job.options if job is not None else {}
         return Recording(
             recording_id=str(metadata["id"]),
             name=str(metadata.get("name", "")),
@@ -408,7 +424,11 @@ class RecordingService:
             duration_s=_number(metadata.get("duration_s")),
             has_video=bool(metadata.get("has_video")),
             requested_languages=tuple(str(tag) for tag in _as_list(metadata.get("languages"))),
-            model=str(job.options.get("model") or "default") if job is not None else "default",
+            model=str(options.get("model") or "default"),
+            whisper=_text_or_none(options.get("whisper")),
+            task=str(options.get("task") or "transcribe"),
+            spoken_language=_text_or_none(options.get("language")),
+            skip_silence=options.get("skip_silence") is not False,
             job_id=None if job is None else job.job_id,
             status=status,
             progress=progress,
@@ -440,6 +460,10 @@ def _listdir(folder: Path) -> list[str]:
 
 def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, list) else []
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _number(value: object) -> float:

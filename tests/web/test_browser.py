@@ -158,6 +158,25 @@ def _upload_and_play(driver, base: str, token: str, media: Path) -> dict:
     }
 
 
+def _caption_again_with_choices(driver, base: str, token: str, recording_id: str) -> None:
+    """Caption again from the player page with a built-in Whisper, the spoken language named
+    and silence kept: each choice is a control of the form."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver.get(f"{base}/login?token={quote(token)}")
+    driver.get(f"{base}/recordings/{recording_id}")
+    Select(driver.find_element(By.ID, "regenerate-model")).select_by_value("whisper:tiny.en")
+    Select(driver.find_element(By.ID, "regenerate-task")).select_by_value("transcribe")
+    driver.find_element(By.ID, "regenerate-language").send_keys("en")
+    skip = driver.find_element(By.ID, "regenerate-skip-silence")
+    assert skip.is_selected()  # on by default, as for `parley caption`
+    skip.click()
+    driver.find_element(By.CSS_SELECTOR, "#regenerate-form button").click()
+    _wait(driver, lambda d: d.find_element(By.ID, "regenerate-status").text.startswith("Queued"),
+          timeout=60, what="the new caption job to be queued")  # fmt: skip
+
+
 def _cues(text: str) -> list[tuple[float, float, str]]:
     return [
         (cue.start.total_seconds(), cue.end.total_seconds(), cue.content) for cue in srt.parse(text)
@@ -195,6 +214,13 @@ async def test_upload_ready_without_reload_tracks_and_seek_in_chromium(root: Pat
                 )
                 expected[lang] = _cues(response.text)
         seen["trusted_after_click"] = node.peers.get(bytes(range(32))).trust.value
+
+        def caption_again() -> None:
+            with open_browser() as driver:
+                _caption_again_with_choices(driver, node.web_url, token, seen["recording_id"])
+
+        await trio.to_thread.run_sync(caption_again)
+        seen["last_job_options"] = node.jobs.list()[-1].options
     assert seen["first_status"] in ("pending", "processing", "ready")
     by_language = {track["language"]: track for track in seen["tracks"]}
     assert set(by_language) == {"en", "pt"}
@@ -216,3 +242,9 @@ async def test_upload_ready_without_reload_tracks_and_seek_in_chromium(root: Pat
     assert seen["trusted_after_click"] == "trusted"
     assert seen["overflow_at_200"] <= 0
     assert "xx" in seen["refusal"]
+    # The page's choices reached the node's job as `parley caption` flags would.
+    options = seen["last_job_options"]
+    assert options["whisper"] == "tiny.en"
+    assert options["language"] == "en"
+    assert options["skip_silence"] is False
+    assert options["to"] == ["pt"]

@@ -175,7 +175,12 @@ function initRegenerate(badge) {
       .split(",").map((tag) => tag.trim()).filter((tag) => tag);
     const body = { languages };
     const model = document.getElementById("regenerate-model").value;
-    if (model !== "default") body.model = model;
+    if (model.startsWith("whisper:")) body.whisper = model.slice("whisper:".length);
+    else if (model !== "default") body.model = model;
+    body.task = document.getElementById("regenerate-task").value;
+    const spoken = document.getElementById("regenerate-language").value.trim();
+    body.language = spoken === "" ? null : spoken;
+    body.skip_silence = document.getElementById("regenerate-skip-silence").checked;
     try {
       const item = await postJson(`/api/recordings/${badge.dataset.id}/captions/regenerate`, body);
       setBadge(badge, item);
