@@ -238,6 +238,11 @@ def test_a_two_way_call_between_node_processes_on_pulseaudio_devices(
                 cli.kill()
                 cli.wait()
             heard = {person: r.stop() for person, r in recordings.items()}
+            usage = {
+                node.home.root.name: (node.cpu_s(), node.rss_peak_mb())
+                for node in (ben, ana)
+                if node.process is not None and node.process.poll() is None
+            }
             ben_call, ana_call = (
                 _call_of(node, call_id)
                 if call_id is not None and node.process and node.process.poll() is None
@@ -247,6 +252,8 @@ def test_a_two_way_call_between_node_processes_on_pulseaudio_devices(
             ben.stop()
             ana.stop()
         print(err[-3000:], out, sep="\n")
+        for name, (cpu_s, rss_mb) in usage.items():  # a figure for the note, not a check
+            print(f"{name}'s node: {cpu_s:.1f} CPU s in all, peak RSS {rss_mb:.0f} MB")
         assert cli is not None and cli.returncode == 0, err[-3000:]
         # Ctrl-C ended the call cleanly, and the CLI said so with the speaker's underruns.
         said = " ".join(err.split())  # the console wraps long lines
