@@ -18,6 +18,7 @@ frame was sent), so the sender must not send the residual.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import trio
 
 from codec.model import new_model
 from daemon.call_audio import Playout
+from daemon.call_dialing import sender_vad
 from daemon.call_registry import LiveCall
 from daemon.call_session import FileSource, OurMedia
 from daemon.calls import NO_VOICE, CallModels, ListenSettings, our_sender
@@ -47,13 +49,12 @@ from simulations.bench_call import (
     two_way_models,
 )
 from simulations.node_helpers import short_root
+from tests.call_endings import hang_up_once_played
 from tests.markers import needs_apertium
 
 pytestmark = [pytest.mark.slow, needs_apertium]
 
 BLOCK = round(0.02 * SAMPLE_RATE)
-#: Ben hangs up once Ana's speaker has been quiet this long after playing all of his speech.
-QUIET_S = 2.0
 
 
 class _StandInRoom:
@@ -67,6 +68,8 @@ class _StandInRoom:
         self._rng = np.random.default_rng(14)
         #: Power of what the microphone path sends while our speaker plays (echo + residual).
         self.sent_power: list[float] = []
+        #: Silero (the sender's own VAD, run apart) on everything the microphone path sends.
+        self.judge = sender_vad()
 
     def _echo(self, played: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         full = np.convolve(played, self._response).astype(np.float32)
@@ -86,10 +89,14 @@ class _StandInRoom:
             sent = self.canceller.process(self._echo(played))
             if float(np.mean(np.square(played))) > 1e-5 and sent.size:
                 self.sent_power.append(float(np.mean(np.square(sent))))
+            if self.judge is not None:
+                self.judge.push(sent)
             yield sent
 
 
-async def _heard_at_bens(cancel: bool, root: Path, models: CallModels) -> tuple[str, str, float]:
+async def _heard_at_bens(
+    cancel: bool, root: Path, models: CallModels
+) -> tuple[str, str, float, float]:
     checkpoint = await trio.to_thread.run_sync(trained_caller_checkpoint)
     audio = await trio.to_thread.run_sync(script_audio, SCRIPT_SENTENCES[:2], 20.0)
     playout = Playout(PlayoutBuffer(sample_rate_hz=SAMPLE_RATE))
@@ -117,7 +124,15 @@ async def _heard_at_bens(cancel: bool, root: Path, models: CallModels) -> tuple[
     ) as pair:
         pair_ref.append(pair)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_hang_up_once_played, pair, playout, audio.size, hang_up)
+            nursery.start_soon(
+                partial(
+                    hang_up_once_played,
+                    pair.handler.service,
+                    lambda: playout,
+                    hang_up,
+                    script_s=audio.size / SAMPLE_RATE,
+                )
+            )
             call = await call_two_way(
                 pair,
                 audio=audio,
@@ -138,32 +153,8 @@ async def _heard_at_bens(cancel: bool, root: Path, models: CallModels) -> tuple[
     )
     power = rooms[0].sent_power
     sent_db = 10 * np.log10(max(float(np.mean(power)), 1e-12)) if power else -120.0
-    return played, heard, sent_db
-
-
-async def _hang_up_once_played(
-    pair: Any, playout: Playout, samples: int, hang_up: trio.Event
-) -> None:
-    """Set ``hang_up`` once Ben's script has gone out, every English caption Ana's node made of
-    it has its Portuguese one (spoken before that caption is made: media.call_receiver) and
-    her speaker has been quiet for ``QUIET_S`` (the room's echo tail has gone out too)."""
-    await trio.sleep(samples / SAMPLE_RATE)
-    quiet_since: float | None = None
-    while True:
-        await trio.sleep(0.1)
-        calls = pair.handler.service.live.calls()
-        finals = [
-            line.language
-            for call in calls
-            for line in call.captions
-            if line.side == "theirs" and line.final
-        ]
-        done = finals.count("pt") >= max(1, finals.count("en")) and playout.buffer.idle()
-        now = trio.current_time()
-        quiet_since = (quiet_since if quiet_since is not None else now) if done else None
-        if quiet_since is not None and now - quiet_since >= QUIET_S:
-            hang_up.set()
-            return
+    judged = rooms[0].judge.probabilities() if rooms[0].judge is not None else []
+    return played, heard, sent_db, max(judged, default=float("nan"))
 
 
 async def test_our_translated_speech_does_not_come_back_as_a_caption_with_cancellation_on(
@@ -171,10 +162,13 @@ async def test_our_translated_speech_does_not_come_back_as_a_caption_with_cancel
 ) -> None:
     models = await two_way_models(tmp_path / "whisper-cache")
     with short_root() as root:
-        played, heard_off, sent_off_db = await _heard_at_bens(False, root, models)
+        played, heard_off, sent_off_db, speech_off = await _heard_at_bens(False, root, models)
     with short_root() as root:
-        _, heard_on, sent_on_db = await _heard_at_bens(True, root, models)
+        _, heard_on, sent_on_db, speech_on = await _heard_at_bens(True, root, models)
     print(f"off: {sent_off_db:.1f} dB {heard_off!r}; on: {sent_on_db:.1f} dB {heard_on!r}")
+    # Silero's highest speech probability over what each microphone path sent (the sender
+    # opens a talkspurt at 0.5): a figure for the closing note.
+    print(f"Silero max speech probability: off {speech_off:.3f}, on {speech_on:.3f}")
     assert played.split(), "Ana's node played nothing"
     # Off: the echo of Ana's speaker goes out on her call and comes back to Ben as captions.
     assert len(heard_off.split()) >= 5, (played, heard_off)

@@ -14,19 +14,28 @@ are compared with the translation engine's output for the other side's script.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
+from daemon.call_session import FileSource
 from daemon.calls import ListenSettings
 from media.audio import load_audio
 from media.audio_devices import list_devices
 from media.call_protocol import CallEndReason, CallState
 from media.features import SAMPLE_RATE
 from media.wer import wer
-from simulations.bench_call import call_two_way, open_two_way_pair, prepare_two_way, write_wav
+from simulations.bench_call import (
+    EN_TO_PT,
+    call_two_way,
+    open_two_way_pair,
+    prepare_two_way,
+    write_wav,
+)
 from simulations.node_helpers import short_root
+from tests.call_endings import hang_up_once_played
 from tests.device_transcripts import transcribe
 from tests.markers import needs_apertium
 from tests.pulse import PulseServer, pulse_environment, pulse_server
@@ -84,6 +93,7 @@ async def test_a_two_way_call_through_pulseaudio_devices(
         write_wav(ana_voice, pt_audio)
         ben_dir = root / "ben-call"
         ben_dir.mkdir()
+        hang_up = trio.Event()
         heard_by_ana = pulse.record("ana_speaker.monitor", SAMPLE_RATE, tmp_path / "ana.f32")
         try:
             async with open_two_way_pair(
@@ -95,9 +105,24 @@ async def test_a_two_way_call_through_pulseaudio_devices(
             ) as pair:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_feed_ana_when_answered, pair, pulse, ana_voice)
+                    nursery.start_soon(
+                        partial(
+                            hang_up_once_played,
+                            pair.handler.service,
+                            lambda: next(
+                                (c.playout for c in pair.handler.service.live.calls()), None
+                            ),
+                            hang_up,
+                            script_s=en_audio.size / SAMPLE_RATE,
+                        )
+                    )
                     call = await call_two_way(
                         pair,
                         audio=en_audio,
+                        # Ben goes quiet after his script and hangs up once Ana's speaker has
+                        # played all of it (her voice may lag far behind on a loaded box).
+                        source=FileSource(en_audio, batch_ms=EN_TO_PT.batch_ms, then_silence=True),
+                        hang_up=hang_up,
                         out_base=ben_dir / "ours",
                         listen=ListenSettings(models=models, call_dir=ben_dir),
                     )
