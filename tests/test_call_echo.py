@@ -2,17 +2,17 @@
 path, must not come back as a caption at the other end, unless cancellation is off.
 
 Ben (English) calls Ana (Portuguese). Ana says nothing; her node plays Ben's translated speech
-(Portuguese, in the voice ``models.tts = "auto"`` picks: Kokoro) on her "speaker", and her "microphone" hears it back through a room:
-a stand-in for the sound devices (``_StandInRoom``: the playout buffer pulled at real time in
-20 ms blocks, convolved with media.echo's synthetic room impulse response, 40 ms bulk delay),
-because two sound devices per node cannot be chosen inside one test process. Everything else is
-real: the node's call path, WebRTC AEC3 (media.echo.EchoCanceller) with the playout as its
-reference, Ana's codec and the node's own sender (daemon.calls.our_sender: Silero-gated DTX,
-so only speech goes out) and Ben's listener (Whisper base, Portuguese). Oracle: Ben's
-Portuguese captions of Ana's audio against Ana's node's own translation of Ben (what she
-played). With cancellation on, no caption at all may come back: Whisper invents a short phrase
-from any audio it gets (the AEC residual gave "e a gente pode fazer um pouco mais." when every
-frame was sent), so the sender must not send the residual.
+(Portuguese, in the voice ``models.tts = "auto"`` picks: Kokoro) on her "speaker", and her
+"microphone" hears it back through a room: a stand-in for the sound devices (``_StandInRoom``:
+the playout buffer pulled at real time in 20 ms blocks, convolved with media.echo's synthetic
+room impulse response, 40 ms bulk delay), because two sound devices per node cannot be chosen
+inside one test process. Everything else is real: the node's call path, WebRTC AEC3
+(media.echo.EchoCanceller) with the playout as its reference, Ana's codec and the node's own
+sender (daemon.calls.our_sender: Silero-gated DTX, so only speech goes out) and Ben's listener
+(Whisper base, Portuguese). Oracle: Ben's Portuguese captions of Ana's audio against Ana's
+node's own translation of Ben (what she played). With cancellation on, no caption at all may
+come back: Whisper invents a short phrase from any audio it gets (the AEC residual gave "e o
+que é que a gente vai fazer." when every frame was sent), so the sender must not send it.
 """
 
 from __future__ import annotations
