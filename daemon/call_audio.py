@@ -160,6 +160,14 @@ class Playout:
         self.mouth_to_ear_s = heard
         return heard
 
+    def figures(self) -> dict[str, object]:
+        """What the call's ``summary.json`` says about our speaker."""
+        return {
+            "underruns": self.underruns,
+            "device_underruns": self.device_underruns,
+            "mouth_to_ear_s": [round(delay, 3) for delay in self.measured()],
+        }
+
     def close(self) -> None:
         if self.speaker is not None:
             self.speaker.drain(timeout_s=2.0)

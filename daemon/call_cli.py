@@ -432,7 +432,8 @@ def _call_through_node(
     stderr.print(
         f"call {call_id} with {call.get('peer')} ended: {ended.get('reason')}"
         + (f" ({ended.get('detail')})" if ended.get("detail") else "")
-        + f", {float(ended.get('duration_s') or 0.0):.1f} s",
+        + f", {float(ended.get('duration_s') or 0.0):.1f} s"
+        + _playout_line(call),
         highlight=False,
     )
     paths = sorted(Path(str(folder)).iterdir()) if isinstance(folder, str) else []
@@ -446,6 +447,14 @@ def _call_through_node(
     if ended.get("reason") not in ("hangup", "completed"):
         raise typer.Exit(EXIT_RUNTIME_FAILURE)
     return True
+
+
+def _playout_line(call: dict[str, object]) -> str:
+    """``, underruns N (device M)`` when our speaker played the call (``call.list``)."""
+    underruns, device = call.get("underruns"), call.get("device_underruns")
+    if not isinstance(underruns, int):
+        return ""
+    return f", underruns {underruns}" + (f" (device {device})" if isinstance(device, int) else "")
 
 
 class LiveView:

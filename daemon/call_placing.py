@@ -291,6 +291,8 @@ def _finish(
         "ours": {"language": live.our_language},
         "theirs": {"language": live.their_language},
     }
+    if live.playout is not None:
+        figures["playout"] = live.playout.figures()
     if outcome is not None:
         figures["listener"] = outcome.listener_summary
         figures["callee"] = outcome.callee_summary

@@ -54,7 +54,7 @@ import trio
 
 from codec.config import CodecConfig
 from codec.errors import InvalidBundleError
-from codec.model import new_model
+from codec.model import CodecModel, new_model
 from common.atomic import write_atomic
 from daemon.call_admission import PeerCallLimits, RecognizerLoad
 from daemon.call_dialing import (
@@ -709,6 +709,8 @@ async def _hold(call: _Incoming, listener: ListenerRun, media: OurMedia, call_di
         violation = CallLimitError("unexpected_message", summary.detail)
     # The listener has flushed since the call ended: the final figures.
     figures = _summary(listener, start, peer, protocol, violation)
+    if media.playout is not None:
+        figures["playout"] = media.playout.figures()
     record.summary = figures
     try:
         write_atomic(call_dir / "summary.json", json.dumps(figures, indent=2).encode(), mode=0o600)
@@ -783,6 +785,14 @@ def _summary(
     )
 
 
+def our_sender(model: CodecModel) -> CallSender:
+    """Our side's sender in a call we answered: discontinuous transmission gated by Silero
+    (media.call_sender), so frames go out only while someone speaks into our microphone, not
+    for room noise or the residual of our own speaker's echo (which Whisper would otherwise
+    turn into an invented phrase at the other end; tests/test_call_echo.py)."""
+    return CallSender(model, vad=sender_vad())
+
+
 def node_media(node: CallNode, models: CallModels) -> OurMediaFactory:
     """Our side of the node's calls: its codec, audio from ``call.input``, the other side's
     speech to ``call.output``, echo cancellation between them (``call.echo_cancellation``)."""
@@ -823,7 +833,7 @@ def node_media(node: CallNode, models: CallModels) -> OurMediaFactory:
         return OurMedia(
             codec=codec,
             voice=voice,
-            sender=CallSender(model, vad=sender_vad()) if source is not None else None,
+            sender=our_sender(model) if source is not None else None,
             source=source,
             playout=playout,
         )
@@ -854,5 +864,6 @@ __all__ = [
     "measure_voice",
     "new_call_dir",
     "node_media",
+    "our_sender",
     "place_call",
 ]

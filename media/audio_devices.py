@@ -49,6 +49,16 @@ from media.features import SAMPLE_RATE, FloatArray
 
 #: A PortAudio block: 20 ms, the echo canceller's frame is 10 ms.
 DEFAULT_BLOCK_S: Final = 0.02
+#: The output buffer PortAudio is asked for (a speaker). Its "low" default gave the ALSA
+#: ``pulse`` device 40 ms, and a node's callbacks (Python, sharing the GIL with the call's
+#: other threads) come later than that on a busy 2-core box: the device underflowed hundreds of
+#: times per call and each recovery dropped what the plugin held, so the far end heard words
+#: cut off (tests/test_two_way_device_nodes.py: "Can you pass?" of "Can you pass me the salt,
+#: please?"). 0.2 s (PortAudio grants 0.18 s there) absorbs those stalls; it adds about that
+#: much to mouth-to-ear. ("high" was no better: 0.035 s asked, 0.04 s granted.) A microphone
+#: keeps "low": its blocks' capture times stay exact (tests/test_audio_devices.py) and its lost
+#: blocks are counted as overruns.
+OUTPUT_LATENCY_S: Final = 0.2
 #: Captured audio the reader may leave unread before blocks are dropped (and counted).
 DEFAULT_MAX_QUEUED_S: Final = 2.0
 
@@ -212,6 +222,7 @@ class _DeviceStream(ClosedOnExit):
     :meth:`close` stops it; ``with`` does both."""
 
     #: "input" (an InputStream) or "output" (an OutputStream).
+    _latency: float | str = "low"
     _direction: ClassVar[str]
     device: AudioDevice
     _block: int
@@ -234,8 +245,7 @@ class _DeviceStream(ClosedOnExit):
                 blocksize=self._block,
                 channels=1,
                 dtype="float32",
-                # PortAudio's "high" default asks the ALSA pulse plugin for a buffer of seconds.
-                latency="low",
+                latency=self._latency,
                 callback=self._callback,
             )
             self._stream.start()
@@ -462,6 +472,7 @@ class Speaker(_DeviceStream):
     """Plays a :class:`PlayoutBuffer` on an output device (mono, the device's rate)."""
 
     _direction = "output"
+    _latency = OUTPUT_LATENCY_S
 
     def __init__(
         self,

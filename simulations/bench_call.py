@@ -47,7 +47,7 @@ from codec.pretrained import DEFAULT_CHECKPOINT
 from common.atomic import write_atomic
 from daemon.call_audio import Playout
 from daemon.call_registry import LiveCall
-from daemon.call_session import OurMedia
+from daemon.call_session import AudioSource, OurMedia
 from daemon.calls import (
     CallerCaptions,
     CallError,
@@ -398,8 +398,13 @@ async def call_over_loopback(
     out_base: Path | None = None,
     on_update: Callable[[CallerCaptions], None] | None = None,
     listen: ListenSettings | None = None,
+    source: AudioSource | None = None,
+    hang_up: trio.Event | None = None,
 ) -> LoopbackCall:
-    """Place one call from ``pair.caller`` to ``pair.listener`` (the caller's real path)."""
+    """Place one call from ``pair.caller`` to ``pair.listener`` (the caller's real path).
+
+    ``source`` replaces ``audio`` played once (``audio`` still gives the caller's voice) and
+    ``hang_up`` ends the call when set (a source that never ends needs it)."""
     caller = pair.caller
     ours = caller.codecs.current()
     model = new_model(ours.config, ours.checkpoint.state)
@@ -433,6 +438,8 @@ async def call_over_loopback(
                 request=request,
                 captions=captions,
                 listen=listen,
+                source=source,
+                hang_up=hang_up,
             )
         finally:
             captions.close()
@@ -540,10 +547,19 @@ async def call_two_way(
     listen: ListenSettings,
     out_base: Path | None = None,
     on_update: Callable[[CallerCaptions], None] | None = None,
+    source: AudioSource | None = None,
+    hang_up: trio.Event | None = None,
 ) -> LoopbackCall:
     """``call_over_loopback`` in English to the Portuguese listener, hearing it back."""
     return await call_over_loopback(
-        pair, audio=audio, request=EN_TO_PT, out_base=out_base, on_update=on_update, listen=listen
+        pair,
+        audio=audio,
+        request=EN_TO_PT,
+        out_base=out_base,
+        on_update=on_update,
+        listen=listen,
+        source=source,
+        hang_up=hang_up,
     )
 
 

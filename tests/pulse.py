@@ -68,12 +68,20 @@ class Recording:
     out: BinaryIO
     path: Path
 
+    def peek(self) -> npt.NDArray[np.float32]:
+        """What was recorded so far (the recording goes on)."""
+        self.out.flush()
+        return self._read()
+
     def stop(self) -> npt.NDArray[np.float32]:
         self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout=10)
         finally:
             self.out.close()
+        return self._read()
+
+    def _read(self) -> npt.NDArray[np.float32]:
         data = self.path.read_bytes()
         usable = len(data) - len(data) % 4
         return np.frombuffer(data[:usable], dtype="<f4").astype(np.float32)

@@ -14,20 +14,29 @@ are compared with the translation engine's output for the other side's script.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import trio
 
-from daemon.calls import CallModels, ListenSettings
+from daemon.call_session import FileSource
+from daemon.calls import ListenSettings
 from media.audio import load_audio
 from media.audio_devices import list_devices
 from media.call_protocol import CallEndReason, CallState
-from media.features import SAMPLE_RATE, log_mel
+from media.features import SAMPLE_RATE
 from media.wer import wer
-from simulations.bench_call import call_two_way, open_two_way_pair, prepare_two_way, write_wav
+from simulations.bench_call import (
+    EN_TO_PT,
+    call_two_way,
+    open_two_way_pair,
+    prepare_two_way,
+    write_wav,
+)
 from simulations.node_helpers import short_root
+from tests.call_endings import hang_up_once_played
+from tests.device_transcripts import transcribe
 from tests.markers import needs_apertium
 from tests.pulse import PulseServer, pulse_environment, pulse_server
 
@@ -42,23 +51,6 @@ pytestmark = [pytest.mark.slow, needs_apertium]
 #: what the device path may add to that file's WER: 0.35 (0.13 and 0.27 measured). Silence or
 #: a Whisper loop on garbage (WER 1.0 / 14.9 in a broken run) fails both.
 WER_BOUND = {"en_out": 0.8, "device_path": 0.35}
-
-
-def _speech_only(audio: np.ndarray) -> np.ndarray:
-    """The recording without its long silences (Whisper loops on 20 s of near silence)."""
-    block = SAMPLE_RATE // 10
-    blocks = [audio[i : i + block] for i in range(0, audio.size, block)]
-    loud = [float(np.max(np.abs(b))) > 0.01 if b.size else False for b in blocks]
-    keep = [
-        b
-        for i, b in enumerate(blocks)
-        if any(loud[max(0, i - 3) : i + 4])  # 0.3 s either side of speech
-    ]
-    return np.concatenate(keep) if keep else audio[:0]
-
-
-def _transcribe(models: CallModels, language: str, audio: np.ndarray) -> str:
-    return models.transcriber(language).transcribe_features(log_mel(_speech_only(audio))).text
 
 
 def ana_dir_of(call) -> Path:  # type: ignore[no-untyped-def]
@@ -101,6 +93,7 @@ async def test_a_two_way_call_through_pulseaudio_devices(
         write_wav(ana_voice, pt_audio)
         ben_dir = root / "ben-call"
         ben_dir.mkdir()
+        hang_up = trio.Event()
         heard_by_ana = pulse.record("ana_speaker.monitor", SAMPLE_RATE, tmp_path / "ana.f32")
         try:
             async with open_two_way_pair(
@@ -112,9 +105,24 @@ async def test_a_two_way_call_through_pulseaudio_devices(
             ) as pair:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_feed_ana_when_answered, pair, pulse, ana_voice)
+                    nursery.start_soon(
+                        partial(
+                            hang_up_once_played,
+                            pair.handler.service,
+                            lambda: next(
+                                (c.playout for c in pair.handler.service.live.calls()), None
+                            ),
+                            hang_up,
+                            script_s=en_audio.size / SAMPLE_RATE,
+                        )
+                    )
                     call = await call_two_way(
                         pair,
                         audio=en_audio,
+                        # Ben goes quiet after his script and hangs up once Ana's speaker has
+                        # played all of it (her voice may lag far behind on a loaded box).
+                        source=FileSource(en_audio, batch_ms=EN_TO_PT.batch_ms, then_silence=True),
+                        hang_up=hang_up,
                         out_base=ben_dir / "ours",
                         listen=ListenSettings(models=models, call_dir=ben_dir),
                     )
@@ -132,14 +140,14 @@ async def test_a_two_way_call_through_pulseaudio_devices(
 
         # Ana's speaker played Ben in Portuguese.
         en_to_pt = " ".join(models.translator("en", "pt").translate(list(en_script)))
-        from_ana_speaker = _transcribe(models, "pt", ana_speaker)
+        from_ana_speaker = transcribe(models, "pt", ana_speaker)
         pt_out_wer = wer(en_to_pt, from_ana_speaker)
         # Ben's node heard Ana (her microphone) in English.
         pt_to_en = " ".join(models.translator("pt", "en").translate(list(pt_script)))
-        from_ben_file = _transcribe(models, "en", load_audio(ben_dir / "received.en.wav"))
+        from_ben_file = transcribe(models, "en", load_audio(ben_dir / "received.en.wav"))
         en_out_wer = wer(pt_to_en, from_ben_file)
         # The same speech from the call's file (no device): what the device path cost.
-        from_ana_file = _transcribe(models, "pt", load_audio(ana_dir_of(call) / "received.pt.wav"))
+        from_ana_file = transcribe(models, "pt", load_audio(ana_dir_of(call) / "received.pt.wav"))
         print(
             f"pt_out_wer={pt_out_wer:.3f} (file {wer(en_to_pt, from_ana_file):.3f}) "
             f"en_out_wer={en_out_wer:.3f} delays={delays} heard={from_ana_speaker!r}"

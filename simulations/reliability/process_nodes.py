@@ -172,6 +172,12 @@ class NodeProcess:
     def log(self) -> str:
         return "\n".join(path.read_text(errors="replace") for path in self.log_paths)[-4000:]
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the process has used so far, from /proc."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_peak_mb(self) -> float:
         """The process's peak resident set (VmHWM), from /proc."""
         assert self.process is not None
