@@ -23,8 +23,21 @@ Quality is held-out log-mel L1 through the real quantizer (per utterance, so eve
 paired). A method is *best or tied-best* for a client when its mean L1 is the lowest, or when the
 95 % paired bootstrap interval (over held-out utterances) of its L1 minus the lowest includes 0.
 ``best_fraction[method]`` is the share of clients where it is best or tied, with a Wilson 95 %
-interval over clients; ``default_best_fraction`` is the share where the node's default method is
-best or tied against ``local`` and ``fedavg_ft`` only.
+interval over clients; ``vs_local_and_fedavg_ft[method]`` the share where it is best or tied
+against ``local`` and ``fedavg_ft`` only.
+
+The node's default (``fl.personalization = "auto"``: :data:`fl.personalize.DEFAULT_RULE`, a
+method by the amount of audio) is also run the way nodes run it (:func:`node_round`: every client
+trains its model, the trained models are averaged, each keeps
+:func:`fl.personalize.round_personal`'s model, the function daemon/scheduler.py calls); for
+``mix70`` and ``apfl`` that is the method's own column, for ``ditto`` and ``fedavg_ft`` it differs
+from the study's (a node exchanges one model, its personal one, where the study's Ditto and
+FedAvg clients federate a separate global model). ``default_best_fraction`` is the share of
+clients where that node federation is best or tied against ``local`` and ``fedavg_ft``.
+
+Clients (``--clients``): ``eval``, the unseen voices the figures are reported on, or ``tuning``,
+seven other voices (:data:`TUNING_SPEAKERS`) that the default rule was chosen on; nothing is
+chosen on ``eval``.
 
 Reproduce (the full study; see ``--help`` for a smaller one)::
 
@@ -40,7 +53,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -246,36 +259,28 @@ def utterance_l1(config: CodecConfig, state: State, features: Sequence[FloatArra
 
 
 def run_federation(
-    clients: Sequence[Client], start: State, config: CodecConfig, plan: StudyPlan
-) -> dict[Method, list[State]]:
-    """Final model of every method for every client (module docstring)."""
+    clients: Sequence[Client],
+    start: State,
+    config: CodecConfig,
+    plan: StudyPlan,
+    *,
+    node_default: Method,
+) -> tuple[dict[Method, list[State]], list[State]]:
+    """Final model of every method for every client (module docstring), and of the node's
+    default as nodes run it (:func:`node_round`)."""
     trainer = Trainer(config, plan)
     count = len(clients)
     global_fedavg = start
-    mix = {Method.MIX70: [start] * count, Method.APFL: [start] * count}
+    # Federations run the way the node runs a round (mix70 and apfl here are the node's own).
+    as_nodes = {method: [start] * count for method in (Method.MIX70, Method.APFL, node_default)}
     ditto = [start] * count
     local = [start] * count
     for round_number in range(plan.rounds):
         seeds = [plan.seed + 1000 * round_number + index for index in range(count)]
         trained = [trainer.train(global_fedavg, c, s) for c, s in zip(clients, seeds, strict=True)]
         global_fedavg = _global(config, clients, trained)
-        for method, personal in mix.items():
-            own = [trainer.train(p, c, s) for p, c, s in zip(personal, clients, seeds, strict=True)]
-            federated = _global(config, clients, own)
-            for index, client in enumerate(clients):
-
-                def loss(state: State, client: Client = client) -> float:
-                    return float(utterance_l1(config, state, client.train).mean())
-
-                # The node's own step (daemon/scheduler.py runs the same function).
-                personal[index] = round_personal(
-                    method,
-                    trained=own[index],
-                    global_state=federated,
-                    alpha=SEED_ALPHA,
-                    loss=loss,
-                    train=None,
-                ).state
+        for method, personal in as_nodes.items():
+            personal[:] = node_round(method, personal, clients, seeds, trainer)
         ditto = [
             trainer.train(v, c, s, anchor=global_fedavg)
             for v, c, s in zip(ditto, clients, seeds, strict=True)
@@ -285,14 +290,67 @@ def run_federation(
         trainer.train(global_fedavg, c, plan.seed + 99, steps=plan.local_steps * FINE_TUNE_ROUNDS)
         for c in clients
     ]
-    return {
+    models = {
         Method.LOCAL: local,
         Method.FEDAVG: [global_fedavg] * count,
         Method.FEDAVG_FT: fine_tuned,
-        Method.MIX70: mix[Method.MIX70],
-        Method.APFL: mix[Method.APFL],
+        Method.MIX70: as_nodes[Method.MIX70],
+        Method.APFL: as_nodes[Method.APFL],
         Method.DITTO: ditto,
     }
+    return models, as_nodes[node_default]
+
+
+def node_round(
+    method: Method,
+    personal: Sequence[State],
+    clients: Sequence[Client],
+    seeds: Sequence[int],
+    trainer: Trainer,
+) -> list[State]:
+    """One round of a federation of nodes that all run ``method``, as daemon/scheduler.py does:
+    each trains its model on its own audio, the trained models are averaged
+    (:func:`fl.aggregate.aggregate_round`), and each keeps
+    :func:`fl.personalize.round_personal`'s model (the function the node calls)."""
+    config = trainer.config
+    own = [trainer.train(p, c, s) for p, c, s in zip(personal, clients, seeds, strict=True)]
+    federated = _global(config, clients, own)
+    kept: list[State] = []
+    for index, client in enumerate(clients):
+
+        def loss(state: Mapping[str, FloatArray], client: Client = client) -> float:
+            return float(utterance_l1(config, dict(state), client.train).mean())
+
+        def train(
+            start: Mapping[str, npt.NDArray[np.floating]],
+            anchor: Mapping[str, npt.NDArray[np.floating]] | None,
+            client: Client = client,
+            seed: int = seeds[index] + 500,
+        ) -> State:
+            steps = trainer.plan.local_steps * (FINE_TUNE_ROUNDS if anchor is None else 1)
+            return trainer.train(
+                _float32(start),
+                client,
+                seed,
+                steps=steps,
+                anchor=None if anchor is None else _float32(anchor),
+            )
+
+        kept.append(
+            round_personal(
+                method,
+                trained=own[index],
+                global_state=federated,
+                alpha=SEED_ALPHA,
+                loss=loss,
+                train=train,
+            ).state
+        )
+    return kept
+
+
+def _float32(state: Mapping[str, npt.NDArray[np.floating]]) -> State:
+    return {name: np.asarray(value, dtype=np.float32) for name, value in state.items()}
 
 
 def _tied(losses: FloatArray, best: FloatArray, rng: np.random.Generator) -> bool:
@@ -309,10 +367,13 @@ def score(
     seed: int,
     *,
     default: Method,
+    node_models: Sequence[State],
 ) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
+    node_rng = np.random.default_rng(seed + 1)  # the methods' ties stay as without it
     best_counts = dict.fromkeys(METHODS, 0)
     beats_rivals = dict.fromkeys(METHODS, 0)
+    node_beats_rivals = 0
     per_client: list[dict[str, Any]] = []
     for index, client in enumerate(clients):
         losses = {m: utterance_l1(config, models[m][index], client.heldout) for m in METHODS}
@@ -326,11 +387,16 @@ def score(
         for method in METHODS:
             if means[method] <= means[rival_best] or _tied(losses[method], losses[rival_best], rng):
                 beats_rivals[method] += 1
+        node = utterance_l1(config, node_models[index], client.heldout)
+        node_mean = float(node.mean())
+        if node_mean <= means[rival_best] or _tied(node, losses[rival_best], node_rng):
+            node_beats_rivals += 1
         per_client.append(
             {
                 "id": client.id,
                 "local_seconds": round(client.frames / FRAMES_PER_SECOND, 2),
                 "mel_l1": {m.value: round(means[m], 5) for m in METHODS},
+                "node_default_mel_l1": round(node_mean, 5),
                 "best": winner.value,
                 "best_or_tied": [m.value for m in best],
             }
@@ -340,9 +406,11 @@ def score(
         "clients": per_client,
         "best_fraction": {m.value: round(best_counts[m] / total, 4) for m in METHODS},
         "best_fraction_ci95": {m.value: wilson(best_counts[m], total) for m in METHODS},
+        # The node's default (fl.personalization = "auto") for this amount of audio, as a
+        # federation of nodes runs it (node_round), against local and fedavg_ft.
         "default_method": default.value,
-        "default_best_fraction": round(beats_rivals[default] / total, 4),
-        "default_best_fraction_ci95": wilson(beats_rivals[default], total),
+        "default_best_fraction": round(node_beats_rivals / total, 4),
+        "default_best_fraction_ci95": wilson(node_beats_rivals, total),
         # Every method's share of clients where it is best or tied against local and fedavg_ft.
         "vs_local_and_fedavg_ft": {m.value: round(beats_rivals[m] / total, 4) for m in METHODS},
     }
@@ -387,9 +455,10 @@ def run_study(plan: StudyPlan, *, cache_dir: Path, progress: Progress) -> dict[s
                 Client(id=c.id, train=first_seconds(c.train, seconds), heldout=c.heldout)
                 for c in everyone
             ]
-            models = run_federation(clients, start, config, plan)
+            default = default_method(seconds)
+            models, node_models = run_federation(clients, start, config, plan, node_default=default)
             by_seconds[f"{seconds:g}"] = score(
-                clients, models, config, plan.seed, default=default_method(seconds)
+                clients, models, config, plan.seed, default=default, node_models=node_models
             )
             progress(f"{seconds:g} s: {by_seconds[f'{seconds:g}']['best_fraction']}")
     finally:
