@@ -259,3 +259,28 @@ def test_simulated_nodes_run_the_personalization_they_are_given() -> None:
     assert SimulationSettings(nodes=2, rounds=1).personalization == AUTO
     with pytest.raises(ValueError, match="--personalization must be one of"):
         SimulationSettings(nodes=2, rounds=1, personalization="fedprox")
+
+
+async def test_parley_simulate_nodes_run_the_given_method_in_their_rounds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import trio
+
+    from simulations.node_sim import run_simulation
+
+    settings = SimulationSettings(
+        nodes=2,
+        rounds=1,
+        personalization="ditto",
+        local_steps=2,
+        train_per_speaker=2,
+        heldout_per_speaker=1,
+        measure_wer=False,
+        score_every_round=False,
+    )
+    with trio.fail_after(300):
+        report = await run_simulation(settings, out_dir=tmp_path)
+    assert report["settings"]["personalization"] == "ditto"
+    for node in report["nodes"]:
+        (row,) = node["rounds"]
+        assert row["status"] == "completed"
+        assert row["record"]["personalization"] == "ditto"
+        assert row["record"]["personal_alpha"] is None
