@@ -284,3 +284,30 @@ async def test_parley_simulate_nodes_run_the_given_method_in_their_rounds(tmp_pa
         assert row["status"] == "completed"
         assert row["record"]["personalization"] == "ditto"
         assert row["record"]["personal_alpha"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--personalization", "fedprox"], "--personalization must be one of auto, local"),
+        (
+            ["--engine", "flower", "--personalization", "auto"],
+            "--personalization for --engine flower must be one of local, fedavg",
+        ),
+    ],
+)
+def test_parley_simulate_refuses_a_bad_personalization_in_one_line(
+    tmp_path, extra: list[str], message: str
+) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "simulate", "--out", str(tmp_path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
