@@ -42,6 +42,12 @@ chosen on ``eval``.
 Reproduce (the full study; see ``--help`` for a smaller one)::
 
     python -m simulations.personalization_study --json build/personalization.json
+
+The default rule's tuning runs and the reported ones (issue 17's note)::
+
+    python -m simulations.personalization_study --clients tuning --seed 0 --json F
+    python -m simulations.personalization_study --clients eval --seed 2 --seconds 5 10 15 30 60 \
+        --json F
 """
 
 from __future__ import annotations
