@@ -98,7 +98,7 @@ def test_the_study_runs_the_nodes_default_as_nodes_run_it() -> None:
     seeds and data: an independent path to the same models); with ``apfl`` it is apfl's."""
     from codec.checkpoint import load_checkpoint
     from codec.pretrained import DEFAULT_CHECKPOINT
-    from simulations.personalization_study import Client, StudyPlan, run_federation
+    from simulations.personalization_study import Client, StudyPlan, run_federation, score
 
     shipped = load_checkpoint(DEFAULT_CHECKPOINT)
     start = {name: np.asarray(value, dtype=np.float32) for name, value in shipped.state.items()}
@@ -121,3 +121,7 @@ def test_the_study_runs_the_nodes_default_as_nodes_run_it() -> None:
         clients, start, shipped.codec_config, plan, node_default=Method.APFL
     )
     assert as_nodes is models[Method.APFL]
+    scored = score(
+        clients, models, shipped.codec_config, 0, default=Method.APFL, node_models=as_nodes
+    )
+    assert scored["default_best_fraction"] == scored["vs_local_and_fedavg_ft"]["apfl"]
