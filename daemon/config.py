@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Self
 
 from daemon.errors import DaemonError
 from daemon.trust import CallsFrom
+from fl.personalize import AUTO, NODE_SETTINGS
 
 CONFIG_FILE_NAME = "config.toml"
 
@@ -264,8 +265,15 @@ class FlSection(_Section):
         "Minutes between scheduled FL rounds; 0 runs rounds only on demand.",
         in_range(0, 10080),
     )
+    personalization: str = setting(
+        AUTO,
+        "How a round makes our model from ours and the global one: auto (by how much audio we "
+        "have, see docs/design.md), mix70 (alpha mix, the seed's), apfl (alpha learned each "
+        "round), ditto, fedavg_ft, fedavg or local.",
+        one_of(*NODE_SETTINGS),
+    )
     alpha: float = setting(
-        0.7, "Personalization: personal = alpha*local + (1-alpha)*global.", in_range(0, 1)
+        0.7, "mix70's weight: personal = alpha*local + (1-alpha)*global.", in_range(0, 1)
     )
     clip_norm_ratio: float = setting(
         1.0,

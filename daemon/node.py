@@ -262,6 +262,7 @@ class RunningNode:
                 interval_s=fl.round_interval_min * 60.0,
                 aggregation=_aggregation_config(fl),
                 train=dataclasses.replace(current.train, steps=fl.local_steps),
+                personalization=fl.personalization,
             )
         )
 
@@ -422,6 +423,7 @@ def _build_node(
             train=train,
             train_each_round=options.train_each_round,
             max_loss_increase=config.fl.max_loss_increase,
+            personalization=config.fl.personalization,
         ),
         our_peer_id=identity.peer_id,
         on_aggregated=options.on_aggregated,

@@ -35,6 +35,7 @@ log = get_logger("reload")
 LOG_SETTINGS = ("node.log_level", "node.log_format", "node.log_file")
 FL_SETTINGS = (
     "fl.round_interval_min",
+    "fl.personalization",
     "fl.alpha",
     "fl.clip_norm_ratio",
     "fl.robust",

@@ -5,10 +5,14 @@ A round (docs/design.md, "Federated learning"):
 1. reload our checkpoint; train locally if new audio was enrolled since it was trained;
 2. exchange bundles, through handshakes, with every reachable trusted peer (and take the
    bundles trusted peers brought us in their own handshakes since the last round);
-3. aggregate with personalized FedAvg (:func:`fl.aggregate.aggregate_round`), clipping
-   against the shared starting codec's norm, and keep the result only if our held-out loss
-   did not regress beyond ``max_loss_increase`` (:mod:`fl.round_guard`; otherwise the round
-   is recorded with ``discarded`` and our model stays as it was);
+3. aggregate (:func:`fl.aggregate.aggregate_round`), clipping against the shared starting
+   codec's norm, and form our personal model from our model and the round's global one by the
+   node's personalization method (``fl.personalization``;
+   :func:`fl.personalize.round_personal`, the code the study and the Flower app run; ``auto``
+   picks the method by how much training audio we have, :func:`fl.personalize.node_method`);
+   keep it only if our held-out loss did not regress beyond ``max_loss_increase``
+   (:mod:`fl.round_guard`; otherwise the round is recorded with ``discarded`` and our model
+   stays as it was);
 4. checkpoint atomically;
 5. record the round.
 
@@ -22,6 +26,7 @@ unexpected error is counted in the node's faults (``status``) and the next round
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -45,8 +50,17 @@ from daemon.logs import event, get_logger
 from daemon.peers import PeerTable, format_peer_id, short_peer_id
 from fl.aggregate import AggregationResult, PeerUpdate
 from fl.config import AggregationConfig, TrainConfig
+from fl.personalize import (
+    AUTO,
+    DITTO_LAMBDA,
+    FINE_TUNE_ROUNDS,
+    Personal,
+    node_method,
+    round_personal,
+)
 from fl.round_guard import DEFAULT_MAX_LOSS_INCREASE, guarded_aggregate, split_heldout
 from fl.train import evaluate_l1, train_codec
+from media.features import FRAMES_PER_SECOND
 from schemas.messages import WeightsBundle
 
 log = get_logger("rounds")
@@ -70,6 +84,8 @@ class RoundSettings:
     train_each_round: bool = False
     #: A round whose result worsens our held-out loss by more than this fraction is discarded.
     max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE
+    #: ``fl.personalization``: a :class:`fl.personalize.Method` value, or ``auto``.
+    personalization: str = AUTO
 
 
 class RoundInProgressError(Exception):
@@ -389,11 +405,12 @@ class RoundScheduler:
             {"peer_id": format_peer_id(key), "reason": str(error)} for key, error in invalid.items()
         ]
 
-        _train, heldout = split_heldout(self._codecs.load_features())
+        own, heldout = split_heldout(self._codecs.load_features())
 
         def heldout_loss(state: Mapping[str, npt.NDArray[np.floating]]) -> float:
             return evaluate_l1(new_model(config, state), heldout)
 
+        personal = self._personalizer(ours, own)
         guarded = guarded_aggregate(
             local,
             updates,
@@ -402,8 +419,10 @@ class RoundScheduler:
             reference_norm=self._codecs.reference_norm(),
             heldout_loss=heldout_loss if heldout else None,
             max_increase=self._settings.max_loss_increase,
+            personal=lambda candidate: personal(candidate).state,
         )
         result = guarded.result
+        chosen = personal(result)
         loss_before, loss_after = guarded.loss_before, guarded.loss_after
         discarded = guarded.reason
         left_out = list(guarded.left_out)
@@ -413,17 +432,71 @@ class RoundScheduler:
             self._on_aggregated(number, result)
         checkpoint = Checkpoint(
             codec_config=config,
-            state=ours.checkpoint.state if discarded else result.personal_state,
+            state=ours.checkpoint.state if discarded else chosen.state,
             round=number,
             sample_count=ours.checkpoint.sample_count,
-            metadata={**ours.checkpoint.metadata, "source": "round", "alpha": result.record.alpha},
+            metadata={
+                **ours.checkpoint.metadata,
+                "source": "round",
+                "alpha": chosen.alpha,
+                "personalization": chosen.method.value,
+            },
         )
         record = asdict(result.record)
+        record["personalization"] = chosen.method.value
+        record["personal_alpha"] = chosen.alpha
         record["rejected"] = [*record["rejected"], *refused]
         record["total_sample_count"] = result.record.total_sample_count
         record["discarded"] = discarded
         record["left_out_for_loss"] = left_out
         return checkpoint, loss_before, loss_after, record
+
+    def _personalizer(
+        self, ours: OurCodec, own: list[npt.NDArray[np.float32]]
+    ) -> Callable[[AggregationResult], Personal]:
+        """Our personal model from a candidate aggregation, by this round's method (computed
+        once per candidate: the round guard scores it, the round keeps the same object)."""
+        config = ours.config
+        settings = self._settings
+        method = node_method(
+            settings.personalization, sum(item.shape[1] for item in own) / FRAMES_PER_SECOND
+        )
+        done: list[tuple[AggregationResult, Personal]] = []
+
+        def loss(state: Mapping[str, npt.NDArray[np.floating]]) -> float:
+            return evaluate_l1(new_model(config, state), own)
+
+        def train(
+            start: Mapping[str, npt.NDArray[np.floating]],
+            anchor: Mapping[str, npt.NDArray[np.floating]] | None,
+        ) -> State:
+            model = new_model(config, start)
+            steps = settings.train.steps * (FINE_TUNE_ROUNDS if anchor is None else 1)
+            train_codec(
+                model,
+                own,
+                dataclasses.replace(settings.train, steps=steps),
+                anchor=anchor,
+                proximal_weight=DITTO_LAMBDA if anchor is not None else 0.0,
+            )
+            return state_to_numpy(model)
+
+        def personal(candidate: AggregationResult) -> Personal:
+            for seen, kept in done:
+                if seen is candidate:
+                    return kept
+            made = round_personal(
+                method,
+                trained=ours.checkpoint.state,
+                global_state=candidate.global_state,
+                alpha=settings.aggregation.alpha,
+                loss=loss if own else None,
+                train=train if own else None,
+            )
+            done.append((candidate, made))
+            return made
+
+        return personal
 
 
 def checkpoint_version(codec: OurCodec) -> str:

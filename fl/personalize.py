@@ -26,7 +26,9 @@ gives: the mix is computed in float64 and cast to float32 once, as there.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -120,3 +122,96 @@ def training_start(
     if method is Method.APFL:
         alpha = learned_alpha(local_state, global_state, loss)
     return personalize(local_state, global_state, alpha)
+
+
+# -- the node's personalization ----------------------------------------------------------------
+
+#: ``fl.personalization`` value for the evidence rule (:data:`DEFAULT_RULE`).
+AUTO: Final = "auto"
+#: Every value ``fl.personalization`` accepts.
+NODE_SETTINGS: Final = (AUTO, *(method.value for method in METHODS))
+
+#: The node's default (``fl.personalization = "auto"``): the method for a node whose own training
+#: audio lasts up to ``seconds`` (the first row that fits; the last row has no bound). Chosen on
+#: the study's *tuning* voices (``python -m simulations.personalization_study --clients
+#: tuning``, seeds 0 and 1, 7 clients each), never on the voices it is reported on. Share of
+#: client runs best or tied against local and fedavg_ft: Ditto 14/14 at 5 s (also as nodes run
+#: it, :func:`simulations.personalization_study.node_round`: 14/14) and, as nodes run it, 10/14
+#: at 10 s (apfl 7/14); apfl 12/14 at 15 s and at 30 s, 8/14 at 60 s, where the study's
+#: fedavg_ft had 10/14 but fedavg_ft as nodes run it (one model, fine-tuned each round) 7/14
+#: (docs/design.md, "Personalization").
+DEFAULT_RULE: Final[tuple[tuple[float, Method], ...]] = (
+    (10.0, Method.DITTO),
+    (math.inf, Method.APFL),
+)
+
+
+def default_method(local_seconds: float) -> Method:
+    """The method :data:`DEFAULT_RULE` gives a node with ``local_seconds`` of training audio."""
+    for up_to, method in DEFAULT_RULE:
+        if local_seconds <= up_to:
+            return method
+    raise AssertionError("the default rule's last row has no bound")
+
+
+def node_method(setting: str, local_seconds: float) -> Method:
+    """The method a node runs this round: ``fl.personalization`` (:data:`NODE_SETTINGS`), with
+    ``auto`` resolved by :func:`default_method` for the node's amount of training audio."""
+    if setting == AUTO:
+        return default_method(local_seconds)
+    return Method(setting)
+
+
+@dataclass(frozen=True, slots=True)
+class Personal:
+    """A node's model after a round, by which method, and the mixing weight used (``mix70`` and
+    ``apfl``; None for the others)."""
+
+    state: dict[str, npt.NDArray[np.float32]]
+    method: Method
+    alpha: float | None
+
+
+def _copy(state: State) -> dict[str, npt.NDArray[np.float32]]:
+    return {name: np.array(value, dtype=np.float32) for name, value in state.items()}
+
+
+def round_personal(
+    method: Method,
+    *,
+    trained: State,
+    global_state: State,
+    alpha: float,
+    loss: Callable[[dict[str, npt.NDArray[np.float32]]], float] | None,
+    train: Callable[[State, State | None], dict[str, npt.NDArray[np.float32]]] | None,
+) -> Personal:
+    """The model a node keeps after a round (its codec for calls, and its next bundle).
+
+    ``trained`` is the node's model as it went into the round (trained on its own audio),
+    ``global_state`` the round's aggregate of it and its peers' models
+    (:func:`fl.aggregate.aggregate_round`). ``loss`` scores a state on the node's own training
+    audio and ``train(start, anchor)`` trains ``start`` on it (with Ditto's proximal term towards
+    ``anchor`` when given); both are None when the node has no training audio.
+
+    * ``local``: ``trained`` (the peers' models are not used);
+    * ``fedavg``: the global model;
+    * ``fedavg_ft``: the global model trained on the node's audio;
+    * ``mix70`` / ``apfl``: :func:`training_start`'s mix (``alpha``, or learned by ``loss``);
+    * ``ditto``: ``trained``, trained on with the proximal term towards the global model.
+
+    Without training audio, ``fedavg_ft`` and ``ditto`` keep the global model and ``apfl``
+    mixes with ``alpha`` (there is nothing to fine-tune on or to learn the weight from).
+    """
+    if method is Method.LOCAL:
+        return Personal(_copy(trained), method, None)
+    if method is Method.FEDAVG or (method in (Method.FEDAVG_FT, Method.DITTO) and train is None):
+        return Personal(_copy(global_state), method, None)
+    if method is Method.FEDAVG_FT:
+        assert train is not None
+        return Personal(train(global_state, None), method, None)
+    if method is Method.DITTO:
+        assert train is not None
+        return Personal(train(trained, global_state), method, None)
+    if method is Method.APFL and loss is not None:
+        alpha = learned_alpha(trained, global_state, loss)
+    return Personal(personalize(trained, global_state, alpha), method, alpha)

@@ -96,6 +96,7 @@ def guarded_aggregate(
     max_increase: float = DEFAULT_MAX_LOSS_INCREASE,
     max_norm_ratio: float = DEFAULT_MAX_NORM_RATIO,
     leave_out_clipped: bool = True,
+    personal: Callable[[AggregationResult], Mapping[str, npt.NDArray[np.floating]]] | None = None,
 ) -> GuardedRound:
     """Aggregate (:func:`fl.aggregate.aggregate_round`), then keep the result only if
     ``heldout_loss`` of the personal state did not regress beyond ``max_increase``.
@@ -110,7 +111,13 @@ def guarded_aggregate(
     ``leave_out_clipped=False`` is the node before issue #11 (suspects retried only after a
     regression). A result whose norm grows past
     ``max(||local||, max_norm_ratio * reference_norm)`` is a problem like a regression.
+    ``personal`` makes the model that is scored (and kept) from a candidate aggregation (the
+    node's personalization method, :func:`fl.personalize.round_personal`); by default it is the
+    aggregation's own ``personal_state`` (the fixed ``alpha`` mix).
     """
+
+    def personal_of(candidate: AggregationResult) -> Mapping[str, npt.NDArray[np.floating]]:
+        return candidate.personal_state if personal is None else personal(candidate)
 
     def aggregate(updates: Sequence[PeerUpdate]) -> AggregationResult:
         return aggregate_round(
@@ -123,7 +130,7 @@ def guarded_aggregate(
     )
 
     def problem(candidate: AggregationResult, loss: float | None) -> str | None:
-        grown = _norm(candidate.personal_state)
+        grown = _norm(personal_of(candidate))
         if grown > norm_limit * (1 + 1e-6):
             return (
                 f"model norm would grow from {local_norm:.3f} to {grown:.3f}, past "
@@ -137,7 +144,7 @@ def guarded_aggregate(
         return None
 
     def score(candidate: AggregationResult) -> float | None:
-        return None if heldout_loss is None else heldout_loss(candidate.personal_state)
+        return None if heldout_loss is None else heldout_loss(personal_of(candidate))
 
     before = None if heldout_loss is None else heldout_loss(local.state)
     result = aggregate(peers)

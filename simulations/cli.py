@@ -30,6 +30,15 @@ def simulate(
     alpha: Annotated[
         float, typer.Option("--alpha", min=0.0, max=1.0, help="Personalization.")
     ] = 0.7,
+    personalization: Annotated[
+        str | None,
+        typer.Option(
+            "--personalization",
+            help="How each node makes its personal model (fl.personalization: auto, mix70, "
+            "apfl, ditto, fedavg_ft, fedavg, local); default: the node's (auto) for real "
+            "nodes, mix70 for Flower.",
+        ),
+    ] = None,
     poison: Annotated[int, typer.Option("--poison", min=0, help="Nodes sending bad bundles.")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for training and poison.")] = 0,
     local_steps: Annotated[int, typer.Option("--local-steps", min=1, help="Steps per round.")] = 60,
@@ -67,12 +76,15 @@ def simulate(
             from simulations.flower_sim import run_flower_simulation, small_plan
 
             plan = small_plan(alpha=alpha, seed=seed)
+            if personalization is not None:
+                plan = _with_method(plan, personalization)
             if data == "corpus":
                 plan = _corpus_plan(plan, nodes=nodes, out=out, progress=report)
             result = run_flower_simulation(
                 nodes=nodes, rounds=rounds, alpha=alpha, seed=seed, out_dir=out, plan=plan
             )
         else:
+            from fl.personalize import AUTO
             from simulations.node_sim import SimulationSettings, main_sync
 
             try:
@@ -80,6 +92,7 @@ def simulate(
                     nodes=nodes,
                     rounds=rounds,
                     alpha=alpha,
+                    personalization=AUTO if personalization is None else personalization,
                     poison=poison,
                     seed=seed,
                     local_steps=local_steps,
@@ -105,6 +118,22 @@ def simulate(
         report_name = "report.json"
     print_report(summary)
     print(f"report: {out / report_name}")  # plain print: rich would wrap a long path
+
+
+def _with_method(plan: ClientPlan, personalization: str) -> ClientPlan:
+    """The Flower plan with a personalization method; ``auto`` is the node's rule by its own
+    amount of audio, which a Flower client plan does not have: a method name is needed."""
+    import dataclasses
+
+    from fl.personalize import METHODS
+
+    names = [method.value for method in METHODS]
+    if personalization not in names:
+        fail(
+            f"--personalization for --engine flower must be one of {', '.join(names)}, "
+            f"got {personalization!r}"
+        )
+    return dataclasses.replace(plan, personalization=personalization)
 
 
 def _corpus_plan(

@@ -31,7 +31,9 @@ Theory of operation
    the three models per speaker; ``personal_best_fraction`` is the share of speakers whose
    personalized model has the lowest held-out L1. ``by_local_seconds`` adds the study of
    :mod:`simulations.personalization_study`: every method of :mod:`fl.personalize` on unseen
-   voices with 5-60 s of audio each, best fractions with intervals.
+   voices with 5-60 s of audio each, best fractions with intervals, and
+   ``default_best_fraction`` for the node's own default (``fl.personalization = "auto"``,
+   :data:`fl.personalize.DEFAULT_RULE`, run as nodes run it).
 6. ``bundle_bytes``: the size of the encoded ``WeightsBundle`` wire message (int8, zlib) of a
    personalized codec, i.e. what the handshake carries.
 7. ``unseen``: the shipped codec and the lower-rate variants on speakers that no codec was

@@ -11,8 +11,10 @@ the federation is non-IID by construction. With more nodes than voices, speakers
 
 Each simulated round, all nodes run a round at once, as deployed nodes would: train
 ``local_steps`` on their own audio (APFL-style, every round), exchange bundles with every
-trusted peer, aggregate with personalized FedAvg, checkpoint, record. Three models are tracked
-per node:
+trusted peer, aggregate, form the personal model by the nodes' ``fl.personalization``
+(``--personalization``; the node's default ``auto`` unless given:
+:func:`fl.personalize.round_personal`, the code the study and the Flower app share),
+checkpoint, record. Three models are tracked per node:
 
 * *personalized*: the node's own checkpoint after the round (what it uses);
 * *global*: the round's federated average, as the node computed it;
@@ -56,6 +58,7 @@ from daemon.identity import Identity, save_identity
 from daemon.node import NodeOptions, RunningNode, open_node
 from fl.aggregate import AggregationResult
 from fl.config import TrainConfig
+from fl.personalize import AUTO, NODE_SETTINGS
 from fl.train import encode_decode, evaluate_l1, train_codec
 from schemas.messages import WeightsBundle
 from simulations.corpus import DEFAULT_SPEAKERS, build_corpus, default_cache_dir
@@ -74,6 +77,8 @@ class SimulationSettings:
     nodes: int
     rounds: int
     alpha: float = 0.7
+    #: ``fl.personalization`` of every node (:data:`fl.personalize.NODE_SETTINGS`).
+    personalization: str = AUTO
     poison: int = 0
     poison_kind: str = "scale"
     seed: int = 0
@@ -94,6 +99,11 @@ class SimulationSettings:
             raise ValueError(f"--rounds must be 1..1000, got {self.rounds}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"--alpha must be 0..1, got {self.alpha}")
+        if self.personalization not in NODE_SETTINGS:
+            raise ValueError(
+                f"--personalization must be one of {', '.join(NODE_SETTINGS)}, "
+                f"got {self.personalization!r}"
+            )
         if not 0 <= self.poison < self.nodes:
             raise ValueError(f"--poison must be 0..{self.nodes - 1}, got {self.poison}")
         if self.poison_kind not in POISON_KINDS:
@@ -218,7 +228,11 @@ def _node_config(settings: SimulationSettings, index: int, statics: tuple[str, .
     # for one host, would throttle the whole federation.
     config = config.replace("session", handshakes_per_address_per_s=10_000.0)
     return config.replace(
-        "fl", round_interval_min=0, alpha=settings.alpha, local_steps=settings.local_steps
+        "fl",
+        round_interval_min=0,
+        alpha=settings.alpha,
+        personalization=settings.personalization,
+        local_steps=settings.local_steps,
     )
 
 

@@ -106,6 +106,10 @@ def test_quick_eval_produces_every_key(tmp_path: Path) -> None:
     assert set(study["best_fraction"]) == {"local", "fedavg", "fedavg_ft", "mix70", "apfl", "ditto"}
     assert any(value > 0 for value in study["best_fraction"].values())
     assert 0.0 <= study["default_best_fraction"] <= 1.0
+    # The node's own default for 5 s of audio (fl.personalization = "auto"): one source of truth.
+    from fl.personalize import default_method
+
+    assert study["default_method"] == default_method(5.0).value
     assert len(study["clients"]) == 2
 
     unseen = result["unseen"]

@@ -90,3 +90,38 @@ def test_first_seconds_and_wilson() -> None:
     low, high = wilson(7, 7)
     assert high == 1.0 and 0.6 < low < 0.7  # 7 of 7: the interval still reaches down to ~0.65
     assert wilson(0, 7)[0] == 0.0
+
+
+def test_the_study_runs_the_nodes_default_as_nodes_run_it() -> None:
+    """The study's node federation (``node_round``, what daemon/scheduler.py does per round):
+    with ``local`` it must be the study's own local-only training, bit for bit (same steps,
+    seeds and data: an independent path to the same models); with ``apfl`` it is apfl's."""
+    from codec.checkpoint import load_checkpoint
+    from codec.pretrained import DEFAULT_CHECKPOINT
+    from simulations.personalization_study import Client, StudyPlan, run_federation, score
+
+    shipped = load_checkpoint(DEFAULT_CHECKPOINT)
+    start = {name: np.asarray(value, dtype=np.float32) for name, value in shipped.state.items()}
+    rng = np.random.default_rng(4)
+
+    def mel(frames: int) -> np.ndarray:
+        return rng.normal(-4.0, 2.0, size=(shipped.codec_config.n_mels, frames)).astype("f4")
+
+    clients = [
+        Client(id=f"c{index}", train=(mel(150), mel(140)), heldout=(mel(60),)) for index in range(2)
+    ]
+    plan = StudyPlan(rounds=1, local_steps=2, batch_size=2)
+    models, as_nodes = run_federation(
+        clients, start, shipped.codec_config, plan, node_default=Method.LOCAL
+    )
+    for node_state, local_state in zip(as_nodes, models[Method.LOCAL], strict=True):
+        for name in local_state:
+            np.testing.assert_array_equal(node_state[name], local_state[name])
+    models, as_nodes = run_federation(
+        clients, start, shipped.codec_config, plan, node_default=Method.APFL
+    )
+    assert as_nodes is models[Method.APFL]
+    scored = score(
+        clients, models, shipped.codec_config, 0, default=Method.APFL, node_models=as_nodes
+    )
+    assert scored["default_best_fraction"] == scored["vs_local_and_fedavg_ft"]["apfl"]
