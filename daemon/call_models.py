@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from media.asr import DecodeOptions, FeatureTranscriber
+from media.asr import WHISPER_TEMPERATURES, DecodeOptions, FeatureTranscriber
 from media.models import WhisperChoice, WhisperStore, whisper_cache_dir
 from media.streaming_asr import StreamingSettings
 from media.translate import TranslationConfig, Translator, language_key, select_translator
@@ -27,6 +27,18 @@ if TYPE_CHECKING:
     from media.languages import LanguageMatrix
 
 __all__ = ["CallModels"]
+
+
+#: The call's streaming recognizer (issue 16, tuning set of `parley bench asr-stream`, 8 voices):
+#: a decode every 3 s of new speech, not 2 (28 % fewer decodes, same words: the speech-offset
+#: decode makes them final anyway); up to 20 s of the previous utterances kept as left context
+#: while the pause before the next is at most 3 s, not 5 s and 2 s (WER 0.215 -> 0.181 with
+#: the fallback on; whole-recording decodes of the same codec features were far better than
+#: utterance-by-utterance ones on the hard voices, and a decode costs the same padded 30 s
+#: window however much of it is context).
+CALL_STREAMING: Final = StreamingSettings(
+    min_chunk_s=3.0, context_s=20.0, context_gap_s=3.0, trim_after_s=25.0, max_buffer_s=30.0
+)
 
 
 class CallModels:
@@ -63,18 +75,16 @@ class CallModels:
         self._translation = translation if translation is not None else TranslationConfig()
         # Kokoro's joined model (pt, es voices) is kept beside the assembled Whisper base.
         self._tts = tts if tts is not None else TtsConfig(cache_dir=cache_dir)
-        # Greedy decoding: a streaming decode runs every half second, beam search would not
-        # keep up with real time on two cores.
+        # Greedy decoding: a streaming decode runs every few seconds of speech, beam search
+        # would not keep up with real time on two cores. The temperature fallback only runs on
+        # the decodes whose words become final, and only when the text loops or its
+        # log-probability is low (media.streaming_asr, "temperature fallback").
         self._asr_options = (
             asr_options
             if asr_options is not None
-            else DecodeOptions(beam_size=1, best_of=1, temperatures=(0.0,))
+            else DecodeOptions(beam_size=1, best_of=1, temperatures=WHISPER_TEMPERATURES)
         )
-        # A decode every two seconds of new speech: each decode is a whole Whisper window
-        # (about 0.45 CPU s whatever it holds), and the speech-offset decode makes the words
-        # final anyway. Against one a second, on the tuning set of `parley bench asr-stream`
-        # (issue 16): 40 % fewer decodes and CPU s, WER 0.226 -> 0.212.
-        self.streaming = streaming if streaming is not None else StreamingSettings(min_chunk_s=2.0)
+        self.streaming = streaming if streaming is not None else CALL_STREAMING
         self._lock = threading.Lock()
         self._matrix: LanguageMatrix | None = None
         self._translators: dict[tuple[str, str], Translator] = {}

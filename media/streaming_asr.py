@@ -57,6 +57,12 @@ synchronously; the caller runs them off its event loop):
 - ``finish`` ends the stream like an utterance end; later calls raise ``StreamFinishedError``.
   A decoding failure puts the object in ``ERROR``: it re-raises, and every later call refuses.
 
+- *Temperature fallback*: a decode whose words become final (at the speech offset and the
+  utterance end) climbs the transcriber's temperature ladder when its text loops (compression
+  ratio above 2.4) or its average log-probability is below -1, as ``transcribe`` does; the
+  decodes in between, which only show partials and feed LocalAgreement, stop at the first
+  temperature. A greedy decode that loops then costs a second decode, and only then.
+
 Decoding uses the transcriber's ``DecodeOptions`` with ``condition_on_previous_text=False``,
 ``word_timestamps=True``, no prompt or prefix forced on, and *no second no-speech gate*
 (``no_speech_threshold=None``): faster-whisper drops a window whose ``no_speech_prob`` is above
@@ -77,7 +83,14 @@ speech (partials and LocalAgreement) plus one per utterance end. Tried and measu
 a prompt of the last 30 committed words instead of audio context (WER 0.23 -> 1.4 on the tuning
 set: greedy decoding loops on the prompt); committing only at the utterance end (0.23 -> 0.27:
 the final decode alone loops on some voices); beam 5 for the final decode (0.36 -> 0.39 on the
-four hardest tuning voices, +8 % CPU).
+four hardest tuning voices, +8 % CPU). Session 5, same tuning set with the sender's DTX
+(``/tmp`` scripts, figures in the issue 16 note): the fallback on final decodes 0.243 -> 0.215
+(+11 % CPU, decodes that loop only); whole-recording decodes of the same codec features scored
+0.05 on a voice where the stream scored 0.43, so the call keeps more left context (20 s while
+pauses stay under 3 s, :data:`daemon.call_models.CALL_STREAMING`): 0.215 -> 0.181, at no
+extra encoder cost; committing a sentence at the speech offset when Whisper's text ends it
+(instead of at the utterance end) cut the CPU-clock latency p50 1.41 -> 1.26 s but cost
+0.181 -> 0.201 and was not kept.
 
 Time: audio time is frame index / 100 from the first frame pushed. Each ``FinalWords`` carries
 ``committed_at_s``, the caller's clock when the words were committed (``now_s`` given to ``push``
@@ -326,6 +339,12 @@ class StreamingTranscriber:
             # The VAD decides what is speech (module docstring, "no second no-speech gate").
             no_speech_threshold=None,
         )
+        # Decodes that only show partials (and feed LocalAgreement) stop at the first
+        # temperature; those whose words become final climb the fallback ladder when the text
+        # loops or the log-probability is low (module docstring, "temperature fallback").
+        self._partial_options = dataclasses.replace(
+            self._options, temperatures=self._options.temperatures[:1]
+        )
         self._clock = clock
         self._vad = EnergyVad(self._settings.vad)
         self._state = StreamState.IDLE
@@ -519,10 +538,11 @@ class StreamingTranscriber:
                     self._append(chunk[:, position:onset], speech[position:onset])
                     position = onset
                     self._silence_run = 0
-        if self._state is StreamState.SPEAKING and (
-            self._decode_due() or self._at_speech_offset(n_frames)
-        ):
-            events.extend(self._decode_and_commit())
+        if self._state is StreamState.SPEAKING:
+            if self._at_speech_offset(n_frames):
+                events.extend(self._decode_and_commit(final=True))
+            elif self._decode_due():
+                events.extend(self._decode_and_commit(final=False))
         return events
 
     def _at_speech_offset(self, chunk_frames: int) -> bool:
@@ -610,12 +630,13 @@ class StreamingTranscriber:
             return self.buffer_s >= self._settings.trim_after_s
         return self._frames_since_decode >= self._settings.frames(self._settings.min_chunk_s)
 
-    def _decode(self) -> list[Word]:
+    def _decode(self, *, final: bool) -> list[Word]:
         self._frames_since_decode = 0
         self._speech_since_decode = False
         if self._buffer.shape[1] < _MIN_DECODE_FRAMES:
             return []
-        transcript = self._transcriber.transcribe_features(self._buffer, options=self._options)
+        options = self._options if final else self._partial_options
+        transcript = self._transcriber.transcribe_features(self._buffer, options=options)
         self._decode_count += 1
         offset = self._buffer_start_frame / FRAMES_PER_SECOND
         return [
@@ -623,8 +644,8 @@ class StreamingTranscriber:
             for w in transcript.words
         ]
 
-    def _decode_and_commit(self) -> list[CaptionEvent]:
-        hypothesis = self._decode()
+    def _decode_and_commit(self, *, final: bool) -> list[CaptionEvent]:
+        hypothesis = self._decode(final=final)
         committed = self._agreement.update(hypothesis)
         if not committed and self.buffer_s >= self._settings.max_buffer_s:
             # LocalAgreement has not converged in a whole buffer: trust the latest decode.
@@ -663,7 +684,7 @@ class StreamingTranscriber:
     def _end_utterance(self) -> list[CaptionEvent]:
         # Only silence since the last decode (the one at the speech offset): its pending words
         # are the final ones, and a decode of the same speech plus silence would only add delay.
-        hypothesis = self._decode() if self._speech_since_decode else None
+        hypothesis = self._decode(final=True) if self._speech_since_decode else None
         committed = self._agreement.commit_all(hypothesis)
         events: list[CaptionEvent] = []
         if committed:
