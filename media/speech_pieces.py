@@ -1,0 +1,132 @@
+"""Translated text cut into pieces that are synthesized one after another, and when to start
+playing them (pure: no model, no clock of its own).
+
+Theory of operation
+-------------------
+A listener hears a cue's translation as soon as its *first* piece is synthesized, not the
+whole cue (issue 14: mouth-to-ear). The text is cut at clause ends (``, ; : . ! ?``) into
+pieces whose word budget grows geometrically (:data:`FIRST_PIECE_MAX_WORDS`, then twice as
+many, ...), so the first piece is short and quick to make, and every later piece has the audio
+of all the pieces before it to hide behind while it is synthesized. A clause longer than the
+budget is cut between words into equal parts; no word is ever cut or lost (``" ".join`` of the
+pieces is the text with its whitespace normalized).
+
+Playing a piece too early makes the utterance run dry mid-way when the next piece is late (an
+underrun). :class:`PlayoutGate` decides when the pieces in hand go to the speaker: once the
+audio already synthesized covers the predicted time to synthesize the rest (words left times
+the seconds of audio per word so far times the synthesizer's measured wall time per second of
+audio, with a margin). A fast synthesizer starts at the first piece; a slow one (a loaded box)
+waits for more audio in hand, trading latency for an unbroken utterance. Pieces handed over are
+played in order by :class:`media.audio_devices.PlayoutBuffer`, as one utterance.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "FIRST_PIECE_MAX_WORDS",
+    "MAX_PIECE_WORDS",
+    "PlayoutGate",
+    "SynthesisSpeed",
+    "split_for_speech",
+]
+
+#: Words in the first piece at most (about two seconds of speech).
+FIRST_PIECE_MAX_WORDS: Final = 6
+#: No piece grows past this (Kokoro runs at most 60 phonemes at a time anyway).
+MAX_PIECE_WORDS: Final = 24
+#: Each piece may hold this many times the words of the one before.
+PIECE_GROWTH: Final = 2
+#: Wall seconds per second of audio assumed before a synthesizer was timed.
+INITIAL_WALL_PER_AUDIO: Final = 1.0
+#: Weight of the newest measurement in the smoothed speed.
+SPEED_SMOOTHING: Final = 0.5
+#: A piece ending in punctuation ends a clause; closing quotes and brackets may follow it.
+_CLAUSE_END: Final = re.compile("[.,;:!?\u2026]+[\"'\u201d\u2019\u00bb)\\]]*$")
+
+
+def _clauses(words: list[str]) -> list[list[str]]:
+    clauses: list[list[str]] = [[]]
+    for word in words:
+        clauses[-1].append(word)
+        if _CLAUSE_END.search(word):
+            clauses.append([])
+    return [clause for clause in clauses if clause]
+
+
+def _cut(words: list[str], budget: int) -> list[list[str]]:
+    """``words`` in the fewest equal parts of at most ``budget`` words."""
+    parts = -(-len(words) // budget)
+    size = -(-len(words) // parts)
+    return [words[start : start + size] for start in range(0, len(words), size)]
+
+
+def split_for_speech(
+    text: str,
+    *,
+    first_max_words: int = FIRST_PIECE_MAX_WORDS,
+    max_words: int = MAX_PIECE_WORDS,
+    growth: int = PIECE_GROWTH,
+) -> list[str]:
+    """``text`` in pieces to synthesize in order (an empty list for a text without words)."""
+    if first_max_words < 1 or max_words < first_max_words or growth < 1:
+        raise ValueError("piece budgets must be positive and growing")
+    pieces: list[str] = []
+    budget = first_max_words
+    current: list[str] = []
+    for clause in _clauses(text.split()):
+        # A long clause is cut between words; its parts are clauses of their own.
+        for part in _cut(clause, budget) if len(clause) > budget else [clause]:
+            if current and len(current) + len(part) > budget:
+                pieces.append(" ".join(current))
+                current = []
+                budget = min(budget * growth, max_words)
+            current.extend(part)
+    if current:
+        pieces.append(" ".join(current))
+    return pieces
+
+
+@dataclass(slots=True)
+class SynthesisSpeed:
+    """Wall seconds a synthesizer takes per second of audio (the last pieces, smoothed).
+
+    Starts pessimistic (:data:`INITIAL_WALL_PER_AUDIO`; a node measures its synthesizer when
+    it loads it, :class:`daemon.call_models.CallModels`): until it has measured anything, a
+    listener waits for more audio in hand rather than risk an underrun.
+    """
+
+    wall_per_audio: float = INITIAL_WALL_PER_AUDIO
+
+    def measured(self, wall_s: float, audio_s: float) -> None:
+        if audio_s <= 0 or wall_s < 0:
+            return
+        ratio = wall_s / audio_s
+        self.wall_per_audio += SPEED_SMOOTHING * (ratio - self.wall_per_audio)
+
+
+@dataclass(slots=True)
+class PlayoutGate:
+    """Whether the pieces synthesized so far may start playing (module docstring)."""
+
+    total_words: int
+    speed: SynthesisSpeed
+    #: Predicted synthesis time is multiplied by this before comparing (estimates are rough).
+    margin: float = 1.25
+    words_done: int = 0
+    audio_done_s: float = 0.0
+    open: bool = False
+
+    def synthesized(self, words: int, audio_s: float) -> bool:
+        """One more piece is ready; ``True`` once playing may start (and from then on)."""
+        self.words_done += words
+        self.audio_done_s += audio_s
+        if not self.open:
+            words_left = max(self.total_words - self.words_done, 0)
+            audio_per_word = self.audio_done_s / max(self.words_done, 1)
+            predicted_s = words_left * audio_per_word * self.speed.wall_per_audio * self.margin
+            self.open = self.audio_done_s >= predicted_s
+        return self.open
