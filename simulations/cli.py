@@ -243,6 +243,16 @@ def bench_echo(json_path: JsonOption = None) -> None:
     print_report(run(json_path))
 
 
+@bench_app.command("speech-pieces")
+def bench_speech_pieces(json_path: JsonOption = None) -> None:
+    """A cue's speech whole vs in pieces: time to first audio (CPU s), total CPU, WER."""
+    from simulations.bench_speech_pieces import run
+
+    report = run(json_path)
+    print_report({lang: {mode: {k: v for k, v in report[lang][mode].items() if k != "per_line"}
+                         for mode in ("whole", "pieces")} for lang in ("pt", "en")})  # fmt: skip
+
+
 @bench_app.command("web")
 def bench_web(json_path: JsonOption = None) -> None:
     """The web server: list page p95 (1,000 recordings), SSE delay, 200 MiB upload, RSS added."""
