@@ -662,8 +662,7 @@ class ListenerPipeline:
         if not pieces:
             return
         utterance_id = next(self._utterance_ids)
-        gate = PlayoutGate(total_words=sum(len(p.split()) for p in pieces),
-                           speed=self._synthesis_speed)  # fmt: skip
+        gate = PlayoutGate([len(piece.split()) for piece in pieces], self._synthesis_speed)
         held: list[Speech] = []
         handed = 0  # pieces given to the playout so far
         rate = 0  # theirs: every piece of one utterance reaches the playout at one rate
@@ -680,7 +679,7 @@ class ListenerPipeline:
             self._write_speech(speech, cue)
             held.append(speech)
             last = index == len(pieces) - 1
-            if gate.synthesized(len(piece.split()), speech.duration_s) or last:
+            if gate.synthesized(speech.duration_s) or last:
                 if handed == 0:
                     self.latency.add("tts_first", time.perf_counter() - started)
                     self.latency.add("speech", self._clock() - _speech_end(cue))

@@ -23,6 +23,7 @@ played in order by :class:`media.audio_devices.PlayoutBuffer`, as one utterance.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -110,23 +111,36 @@ class SynthesisSpeed:
 
 @dataclass(slots=True)
 class PlayoutGate:
-    """Whether the pieces synthesized so far may start playing (module docstring)."""
+    """Whether the pieces synthesized so far may start playing (module docstring).
 
-    total_words: int
+    ``piece_words``: the word count of every piece of the utterance, in order. Playing starts
+    once no later piece is predicted to be late: for every piece still to make, the time to
+    synthesize it and those before it (words x audio per word so far x wall per audio, times
+    ``margin``) is at most the audio that plays before it.
+    """
+
+    piece_words: Sequence[int]
     speed: SynthesisSpeed
     #: Predicted synthesis time is multiplied by this before comparing (estimates are rough).
     margin: float = 1.25
-    words_done: int = 0
+    pieces_done: int = 0
     audio_done_s: float = 0.0
     open: bool = False
 
-    def synthesized(self, words: int, audio_s: float) -> bool:
-        """One more piece is ready; ``True`` once playing may start (and from then on)."""
-        self.words_done += words
+    def synthesized(self, audio_s: float) -> bool:
+        """The next piece is ready (``audio_s`` long); ``True`` once playing may start."""
+        self.pieces_done += 1
         self.audio_done_s += audio_s
         if not self.open:
-            words_left = max(self.total_words - self.words_done, 0)
-            audio_per_word = self.audio_done_s / max(self.words_done, 1)
-            predicted_s = words_left * audio_per_word * self.speed.wall_per_audio * self.margin
-            self.open = self.audio_done_s >= predicted_s
+            audio_per_word = self.audio_done_s / max(sum(self.piece_words[: self.pieces_done]), 1)
+            wall_per_word = audio_per_word * self.speed.wall_per_audio * self.margin
+            ahead_s = self.audio_done_s  # audio that plays before the next piece is needed
+            making_s = 0.0  # synthesis time until that piece is ready
+            self.open = True
+            for words in self.piece_words[self.pieces_done :]:
+                making_s += words * wall_per_word
+                if making_s > ahead_s:
+                    self.open = False
+                    break
+                ahead_s += words * audio_per_word
         return self.open

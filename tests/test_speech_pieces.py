@@ -72,12 +72,17 @@ def test_one_word_punctuation_only_and_a_very_long_sentence() -> None:
 
 
 def test_the_gate_opens_at_once_for_a_fast_synthesizer_and_waits_for_a_slow_one() -> None:
-    fast = PlayoutGate(total_words=20, speed=SynthesisSpeed(wall_per_audio=0.1))
-    assert fast.synthesized(5, audio_s=2.0)  # 15 words left ≈ 0.6 s of synthesis
-    slow = PlayoutGate(total_words=20, speed=SynthesisSpeed(wall_per_audio=0.9))
-    assert not slow.synthesized(5, audio_s=2.0)  # 15 words left ≈ 6.8 s of synthesis
-    assert slow.synthesized(10, audio_s=4.0)  # 6 s in hand, 5 words left ≈ 2.3 s
-    assert slow.synthesized(5, audio_s=2.0)  # open stays open
+    fast = PlayoutGate([5, 10, 5], SynthesisSpeed(wall_per_audio=0.1))
+    assert fast.synthesized(audio_s=2.0)  # 15 words left ≈ 0.75 s of synthesis, 2 s ahead
+    # 0.5 s per second of audio: the 10-word piece (≈ 2.5 s to make) would be late after 2 s.
+    medium = PlayoutGate([5, 10, 5], SynthesisSpeed(wall_per_audio=0.5))
+    assert not medium.synthesized(audio_s=2.0)
+    assert medium.synthesized(audio_s=4.0)  # 6 s ahead, 5 words ≈ 1.25 s to make
+    assert medium.synthesized(audio_s=2.0)  # open stays open
+    # Only the next piece matters when later ones have enough audio ahead of them.
+    assert PlayoutGate([6, 2, 40], SynthesisSpeed(wall_per_audio=0.9)).synthesized(2.4) is False
+    assert PlayoutGate([6, 2, 4], SynthesisSpeed(wall_per_audio=0.5)).synthesized(2.4)
+    assert PlayoutGate([3], SynthesisSpeed(wall_per_audio=9.0)).synthesized(1.0)  # the last
     speed = SynthesisSpeed()
     speed.measured(1.0, 4.0)
     assert speed.wall_per_audio == pytest.approx(0.625)
