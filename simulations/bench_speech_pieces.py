@@ -106,6 +106,7 @@ def run(json_path: Path | None = None, *, cache_dir: Path | None = None) -> dict
                     "audio_s_total": sum(r["audio_s"] for r in rows[mode]),
                     "pieces_total": sum(r["pieces"] for r in rows[mode]),
                     "wer": wer(lines, " ".join(heard[mode])),
+                    "heard": heard[mode],
                     "per_line": rows[mode],
                 }
                 for mode in ("whole", "pieces")
@@ -127,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for language in ("pt", "en"):
         for mode in ("whole", "pieces"):
             entry = report[language][mode]
-            print(language, mode, {k: v for k, v in entry.items() if k != "per_line"})
+            print(
+                language, mode, {k: v for k, v in entry.items() if k not in ("per_line", "heard")}
+            )
 
 
 if __name__ == "__main__":

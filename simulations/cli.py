@@ -249,8 +249,18 @@ def bench_speech_pieces(json_path: JsonOption = None) -> None:
     from simulations.bench_speech_pieces import run
 
     report = run(json_path)
-    print_report({lang: {mode: {k: v for k, v in report[lang][mode].items() if k != "per_line"}
-                         for mode in ("whole", "pieces")} for lang in ("pt", "en")})  # fmt: skip
+    print_report(
+        {
+            language: {
+                mode: {
+                    key: value for key, value in figures.items() if key not in ("per_line", "heard")
+                }
+                for mode, figures in report[language].items()
+                if mode in ("whole", "pieces")
+            }
+            for language in ("pt", "en")
+        }
+    )
 
 
 @bench_app.command("web")
