@@ -5,17 +5,19 @@ Theory of operation
 -------------------
 A listener hears a cue's translation as soon as its *first* piece is synthesized, not the
 whole cue (issue 14: mouth-to-ear). The text is cut at clause ends (``, ; : . ! ?``) into
-pieces whose word budget grows geometrically (:data:`FIRST_PIECE_MAX_WORDS`, then twice as
-many, ...), so the first piece is short and quick to make, and every later piece has the audio
-of all the pieces before it to hide behind while it is synthesized. A clause longer than the
-budget is cut between words into equal parts; no word is ever cut or lost (``" ".join`` of the
-pieces is the text with its whitespace normalized).
+pieces whose word budget grows geometrically (:data:`FIRST_PIECE_MAX_WORDS`, then
+:data:`PIECE_GROWTH` times the words of the piece before, ...), so the first piece is short and
+quick to make, and every later piece has the audio of the pieces before it to hide behind
+while it is synthesized. A clause longer than the budget is cut between words into equal
+parts; no word is ever cut or lost (``" ".join`` of the pieces is the text with its whitespace
+normalized).
 
 Playing a piece too early makes the utterance run dry mid-way when the next piece is late (an
-underrun). :class:`PlayoutGate` decides when the pieces in hand go to the speaker: once the
-audio already synthesized covers the predicted time to synthesize the rest (words left times
-the seconds of audio per word so far times the synthesizer's measured wall time per second of
-audio, with a margin). A fast synthesizer starts at the first piece; a slow one (a loaded box)
+underrun). :class:`PlayoutGate` decides when the pieces in hand go to the speaker: once every
+piece still to make is predicted to be ready before the playout reaches it (its words and
+those of the pieces before it, times the seconds of audio per word so far, times the
+synthesizer's measured wall time per second of audio, with a margin, against the audio that
+plays before it). A fast synthesizer starts at the first piece; a slow one (a loaded box)
 waits for more audio in hand, trading latency for an unbroken utterance. Pieces handed over are
 played in order by :class:`media.audio_devices.PlayoutBuffer`, as one utterance.
 """
@@ -39,13 +41,18 @@ __all__ = [
 FIRST_PIECE_MAX_WORDS: Final = 6
 #: No piece grows past this (Kokoro runs at most 60 phonemes at a time anyway).
 MAX_PIECE_WORDS: Final = 24
-#: Each piece may hold this many times the words of the one before.
-PIECE_GROWTH: Final = 2
+#: Each piece may hold this many times the words of the one before (budgets never shrink).
+#: A piece can start playing before the next is made only if making the next takes less time
+#: than playing this one: next/this <= 1 / (wall per audio second x margin). Kokoro took
+#: 0.56-0.75 CPU s per audio second on the demo's sentences (two threads: about half that in
+#: wall time on an idle box), so with the gate's 1.25 margin a ratio of 2 would keep the gate
+#: shut at the first piece; 1.5 lets it open.
+PIECE_GROWTH: Final = 1.5
 #: Wall seconds per second of audio assumed before a synthesizer was timed.
 INITIAL_WALL_PER_AUDIO: Final = 1.0
 #: Weight of the newest measurement in the smoothed speed.
 SPEED_SMOOTHING: Final = 0.5
-#: A piece ending in punctuation ends a clause; closing quotes and brackets may follow it.
+#: A word ending in punctuation ends a clause; closing quotes and brackets may follow it.
 _CLAUSE_END: Final = re.compile("[.,;:!?\u2026]+[\"'\u201d\u2019\u00bb)\\]]*$")
 
 
@@ -70,7 +77,7 @@ def split_for_speech(
     *,
     first_max_words: int = FIRST_PIECE_MAX_WORDS,
     max_words: int = MAX_PIECE_WORDS,
-    growth: int = PIECE_GROWTH,
+    growth: float = PIECE_GROWTH,
 ) -> list[str]:
     """``text`` in pieces to synthesize in order (an empty list for a text without words)."""
     if first_max_words < 1 or max_words < first_max_words or growth < 1:
@@ -78,16 +85,29 @@ def split_for_speech(
     pieces: list[str] = []
     budget = first_max_words
     current: list[str] = []
+
+    def emit(words: list[str]) -> None:
+        nonlocal budget
+        pieces.append(" ".join(words))
+        budget = min(max(int(len(words) * growth), budget), max_words)
+
     for clause in _clauses(text.split()):
-        # A long clause is cut between words; its parts are clauses of their own.
-        for part in _cut(clause, budget) if len(clause) > budget else [clause]:
-            if current and len(current) + len(part) > budget:
-                pieces.append(" ".join(current))
+        rest = clause
+        while rest:
+            if len(current) + len(rest) <= budget:
+                current.extend(rest)
+                break
+            if current:
+                emit(current)
                 current = []
-                budget = min(budget * growth, max_words)
-            current.extend(part)
+                continue
+            # A clause longer than the budget: its first of equal parts, the rest goes on
+            # under the next (larger) budget.
+            part = _cut(rest, budget)[0]
+            emit(part)
+            rest = rest[len(part) :]
     if current:
-        pieces.append(" ".join(current))
+        emit(current)
     return pieces
 
 
