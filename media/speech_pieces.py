@@ -121,12 +121,17 @@ class SynthesisSpeed:
     """
 
     wall_per_audio: float = INITIAL_WALL_PER_AUDIO
+    measurements: int = 0
 
     def measured(self, wall_s: float, audio_s: float) -> None:
         if audio_s <= 0 or wall_s < 0:
             return
         ratio = wall_s / audio_s
-        self.wall_per_audio += SPEED_SMOOTHING * (ratio - self.wall_per_audio)
+        if self.measurements == 0:
+            self.wall_per_audio = ratio  # the assumption gives way to the first measurement
+        else:
+            self.wall_per_audio += SPEED_SMOOTHING * (ratio - self.wall_per_audio)
+        self.measurements += 1
 
 
 @dataclass(slots=True)

@@ -84,10 +84,13 @@ def test_the_gate_opens_at_once_for_a_fast_synthesizer_and_waits_for_a_slow_one(
     assert PlayoutGate([6, 2, 4], SynthesisSpeed(wall_per_audio=0.5)).synthesized(2.4)
     assert PlayoutGate([3], SynthesisSpeed(wall_per_audio=9.0)).synthesized(1.0)  # the last
     speed = SynthesisSpeed()
+    assert speed.wall_per_audio == 1.0  # pessimistic until measured
     speed.measured(1.0, 4.0)
-    assert speed.wall_per_audio == pytest.approx(0.625)
+    assert speed.wall_per_audio == pytest.approx(0.25)  # the first measurement replaces it
+    speed.measured(3.0, 4.0)
+    assert speed.wall_per_audio == pytest.approx(0.5)  # later ones are smoothed
     speed.measured(1.0, 0.0)  # no audio: nothing learnt
-    assert speed.wall_per_audio == pytest.approx(0.625)
+    assert speed.wall_per_audio == pytest.approx(0.5)
 
 
 # -- the listener hands pieces over (stand-in models: event order, not the models) -------------
@@ -285,6 +288,8 @@ def test_the_first_cue_does_not_pay_the_voice_calibration(monkeypatch: pytest.Mo
     speech = synthesizer.synthesize("Hello there.", voice=VOICE)
     assert runs == ["Hello there."]  # no calibration sentence before it
     assert speech.duration_s > 0.3
+    # The load also timed it (the playout gate's first estimate, not an assumption).
+    assert CallModels().synthesis_speed("en").measurements == 1
 
 
 def test_real_piper_speaks_a_one_word_and_a_punctuation_only_cue_in_pieces(
