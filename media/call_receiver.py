@@ -505,6 +505,10 @@ class ListenerPipeline:
             "words_dropped": 0,
             "translation_errors": 0,
             "tts_errors": 0,
+            # Speech in pieces: pieces synthesized, and utterances whose first piece went to
+            # the playout before their last was made (the gate opened early).
+            "tts_pieces": 0,
+            "tts_early_starts": 0,
         }
         self._closed = False
 
@@ -675,12 +679,15 @@ class ListenerPipeline:
                 self.counts["tts_errors"] += 1
                 break
             piece_wall = time.perf_counter() - piece_started
+            self.counts["tts_pieces"] += 1
             self._synthesis_speed.measured(piece_wall, speech.duration_s)
             self._write_speech(speech, cue)
             held.append(speech)
             last = index == len(pieces) - 1
             if gate.synthesized(speech.duration_s) or last:
                 if handed == 0:
+                    if not last:
+                        self.counts["tts_early_starts"] += 1
                     self.latency.add("tts_first", time.perf_counter() - started)
                     self.latency.add("speech", self._clock() - _speech_end(cue))
                 for speech_in_hand in held:

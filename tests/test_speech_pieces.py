@@ -190,6 +190,7 @@ def test_first_piece_reaches_the_playout_before_the_last_is_synthesized_with_sta
     assert {p.speech_end_s for p in pieces} == {_cue(TEXT).words[-1].end_s}
     summary = pipeline.summary()
     assert summary["latency"]["tts_first"]["count"] == 1  # type: ignore[index]
+    assert pipeline.counts["tts_pieces"] == 3 and pipeline.counts["tts_early_starts"] == 1
     # The received file holds the pieces back to back after the cue's start: no gap, no overlap.
     import wave
 
@@ -223,6 +224,7 @@ def test_a_slow_synthesizer_holds_pieces_back_until_the_rest_can_follow_with_sta
     pipeline.close()
     assert [e.split()[0] for e in events] == ["synthesized"] * 3 + ["played"] * 3
     assert events[-1] == "played final=True"
+    assert pipeline.counts["tts_pieces"] == 3 and pipeline.counts["tts_early_starts"] == 0
 
 
 def test_a_failing_piece_still_closes_the_utterance_for_the_playout_with_stand_in_models(
