@@ -22,6 +22,7 @@ from daemon.call_session import AudioSource, FileSource
 from media.asr import FeatureTranscriber
 from media.audio import load_audio
 from media.audio_devices import Direction, Microphone, PlayoutBuffer, Speaker, find_device
+from media.call_receiver import SpeechPiece
 from media.echo import EchoCanceller
 from schemas.messages import VoiceTraits
 
@@ -128,6 +129,8 @@ class Playout:
         self.speaker = speaker
         self._next_id = 0
         self._speech_ends: dict[int, float] = {}
+        #: The listener's utterance ids (per listener) -> ours (one sequence per playout).
+        self._ids: dict[int, int] = {}
         self.clock_offset_s: float | None = None
         self.mouth_to_ear_s: list[float] = []
 
@@ -142,11 +145,17 @@ class Playout:
         ALSA ``pulse`` plugin raises it when the process is starved of CPU): counted apart."""
         return self.speaker.device_underruns if self.speaker is not None else 0
 
-    def play(self, samples: npt.NDArray[np.float32], rate_hz: int, speech_end_s: float) -> None:
-        """Queue one utterance (called from the listener's worker thread)."""
-        self._next_id += 1
-        self._speech_ends[self._next_id] = speech_end_s
-        self.buffer.add(self._next_id, samples, rate_hz=rate_hz, final=True)
+    def play(self, piece: SpeechPiece) -> None:
+        """Queue a piece of an utterance (called from the listener's worker thread); the
+        pieces of one utterance play back to back, utterances in the order they began."""
+        if piece.utterance_id not in self._ids:
+            self._next_id += 1
+            self._ids[piece.utterance_id] = self._next_id
+            self._speech_ends[self._next_id] = piece.speech_end_s
+        ours = self._ids[piece.utterance_id]
+        if piece.final:
+            del self._ids[piece.utterance_id]
+        self.buffer.add(ours, piece.samples, rate_hz=piece.sample_rate, final=piece.final)
 
     def measured(self) -> list[float]:
         """Mouth-to-ear of every utterance heard so far (seconds)."""

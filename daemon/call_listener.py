@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import numpy as np
-import numpy.typing as npt
 import trio
 
 from codec.model import CodecModel, model_from_bundle
@@ -44,9 +42,11 @@ from media.call_receiver import (
     FrameIntake,
     ListenerPipeline,
     RecognizeResult,
+    SpeechPiece,
 )
 from media.captions import Cue
 from media.errors import MediaError
+from media.speech_pieces import SynthesisSpeed
 from media.streaming_asr import StreamingSettings, StreamingTranscriber
 from media.translate import Translator
 from media.tts import Synthesizer
@@ -68,6 +68,8 @@ class ListenerModels:
     transcriber: FeatureTranscriber
     translator: Translator
     synthesizer: Synthesizer
+    #: How fast ``synthesizer`` runs on this node (shared by its calls).
+    synthesis_speed: SynthesisSpeed
 
 
 def load_listener(models: CallModels, start: CallStart, bundle: WeightsBundle) -> ListenerModels:
@@ -80,6 +82,7 @@ def load_listener(models: CallModels, start: CallStart, bundle: WeightsBundle) -
         transcriber=models.transcriber(start.speaker_language),
         translator=models.translator(start.speaker_language, start.listener_language),
         synthesizer=models.synthesizer(start.listener_language),
+        synthesis_speed=models.synthesis_speed(start.listener_language),
     )
 
 
@@ -93,12 +96,12 @@ def open_listener(
     clock: Callable[[], float],
     load: RecognizerLoad | None = None,
     load_key: int = 0,
-    on_speech: Callable[[npt.NDArray[np.float32], int, float], None] | None = None,
+    on_speech: Callable[[SpeechPiece], None] | None = None,
     recognizer: trio.CapacityLimiter | None = None,
 ) -> ListenerRun:
     """A listener for the speaker of ``start`` writing into ``call_dir`` (raises
     CallLimitError for an unusable codec, MediaError/OSError for our side). ``on_speech``
-    hears each synthesized utterance (a speaker's playout)."""
+    hears each piece of synthesized speech as it may start playing (a speaker's playout)."""
     intake = FrameIntake(start, limits)
     pipeline = ListenerPipeline(
         start=start,
@@ -109,6 +112,7 @@ def open_listener(
         call_dir=call_dir,
         clock=clock,
         on_speech=on_speech,
+        synthesis_speed=loaded.synthesis_speed,
     )
     return ListenerRun(
         pipeline,

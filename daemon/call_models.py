@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -19,14 +20,22 @@ import numpy as np
 
 from media.asr import WHISPER_TEMPERATURES, DecodeOptions, FeatureTranscriber
 from media.models import WhisperChoice, WhisperStore, whisper_cache_dir
+from media.speech_pieces import SynthesisSpeed
 from media.streaming_asr import StreamingSettings
 from media.translate import TranslationConfig, Translator, language_key, select_translator
 from media.tts import Synthesizer, TtsConfig, select_synthesizer
+from schemas.messages import VoiceTraits
 
 if TYPE_CHECKING:
     from media.languages import LanguageMatrix
 
 __all__ = ["CallModels"]
+
+#: A plausible caller's voice: synthesizing with it makes a synthesizer calibrate its own.
+_WARM_UP_VOICE = VoiceTraits(median_pitch_hz=120.0, speaking_rate_wps=2.5)
+_WARM_UP_TEXT = "ok"
+#: Timed once at load (digits: every language reads them) to seed the playout gate.
+_SPEED_TEXT = "1, 2, 3, 4, 5, 6."
 
 
 #: The call's streaming recognizer (issue 16, tuning set of `parley bench asr-stream`, 8 voices):
@@ -89,6 +98,7 @@ class CallModels:
         self._matrix: LanguageMatrix | None = None
         self._translators: dict[tuple[str, str], Translator] = {}
         self._synthesizers: dict[str, Synthesizer] = {}
+        self._speeds: dict[str, SynthesisSpeed] = {}
 
     @classmethod
     def from_config(cls, config: object, *, home_root: Path | None = None) -> CallModels:
@@ -145,11 +155,23 @@ class CallModels:
         with self._lock:
             if key not in self._synthesizers:
                 synthesizer = select_synthesizer(language, self._tts)
-                # The first synthesis calibrates the voice (media/tts.py): do it now, not on
-                # the first cue of a call.
-                synthesizer.synthesize("ok")
+                # The first synthesis *with voice traits* calibrates the voice (media/tts.py:
+                # Kokoro's calibration sentence took 7.5 CPU s): do it now, not on the first
+                # cue of a call. It also times the synthesizer for the playout gate.
+                synthesizer.synthesize(_WARM_UP_TEXT, voice=_WARM_UP_VOICE)
+                speed = SynthesisSpeed()
+                started = time.perf_counter()
+                speech = synthesizer.synthesize(_SPEED_TEXT, voice=_WARM_UP_VOICE)
+                speed.measured(time.perf_counter() - started, speech.duration_s)
                 self._synthesizers[key] = synthesizer
+                self._speeds[key] = speed
             return self._synthesizers[key]
+
+    def synthesis_speed(self, language: str) -> SynthesisSpeed:
+        """How fast this node's synthesizer for ``language`` runs (loads it if needed)."""
+        self.synthesizer(language)
+        with self._lock:
+            return self._speeds[language_key(language)]
 
     def prepare(self, source: str, target: str) -> None:
         """Load everything a ``source`` -> ``target`` call needs (blocking: use a thread).

@@ -416,6 +416,9 @@ class PlayoutBuffer:
             while filled < frames and self._utterances:
                 current = self._utterances[0]
                 if current.started_at is None:
+                    if not current.pieces and current.final:
+                        self._utterances.popleft()  # nothing to play (a text without sound)
+                        continue
                     if not current.pieces:
                         break  # nothing of it yet: silence between utterances
                     current.started_at = self._position + filled

@@ -31,7 +31,11 @@ blocks the loop and translation of one cue overlaps recognition of the next:
    ``call.<dst>.vtt/.srt``, sent as a final ``Caption`` in the listener's language, and spoken
    with the caller's voice traits into ``received.<dst>.wav`` (16-bit PCM at the synthesizer's
    rate; each cue's speech starts no earlier than the cue, so the file follows the call's
-   timeline, late where synthesis is slower than speech).
+   timeline, late where synthesis is slower than speech). The text is synthesized in pieces
+   (:mod:`media.speech_pieces`): a short first piece, then growing ones, each handed to
+   ``on_speech`` (the playout) as a :class:`SpeechPiece` as soon as the audio in hand covers
+   the predicted time to make the rest, so the listener hears the start of a cue before its
+   end is synthesized.
 
 Clock: ``clock()`` is seconds since the call started *at the listener*, i.e. since ``CallStart``
 arrived. The caller sends ``CallStart`` and then paces its audio in real time from that moment,
@@ -43,7 +47,9 @@ delay is the error; on loopback, well under a millisecond). Every latency below 
 * ``decode``, ``asr``, ``translation``, ``tts``: compute time per message, push, or cue;
 * ``caption``: end of utterance -> finalized caption: when a cue is finished, minus the audio
   time its last word ends;
-* ``translated_caption`` and ``speech``: the same for its translation and its synthesized audio.
+* ``translated_caption`` and ``speech``: the same for its translation and the first piece of its
+  synthesized audio handed to the playout; ``tts_first`` is the synthesis time until then,
+  ``tts`` the whole cue's.
 
 If the caller does not pace its audio (a test may run faster than real time), the numbers are
 still computed but mean "relative to the audio clock"; the summary says how the caller paced.
@@ -73,6 +79,7 @@ from media.codec_stream import StreamingDecoder
 from media.errors import MediaError
 from media.features import FRAMES_PER_SECOND
 from media.latency import LatencyStats
+from media.speech_pieces import PlayoutGate, SynthesisSpeed, split_for_speech
 from media.streaming_asr import (
     CaptionEvent,
     FinalWords,
@@ -82,7 +89,7 @@ from media.streaming_asr import (
 )
 from media.subtitles import CaptionTracks, open_caption_tracks
 from media.translate import Translator, language_key
-from media.tts import Synthesizer
+from media.tts import Speech, Synthesizer
 from schemas.errors import RemoteProtocolError
 from schemas.messages import CallStart, Caption, CodecFrames, VoiceTraits, WordTime
 
@@ -98,6 +105,7 @@ __all__ = [
     "RecognizeResult",
     "SilenceGap",
     "SpeechEndMark",
+    "SpeechPiece",
     "TalkspurtDecoder",
     "TimelinePiece",
     "check_caption",
@@ -115,6 +123,7 @@ LATENCY_STAGES: Final = (
     "translation",
     "translated_caption",
     "tts",
+    "tts_first",
     "speech",
 )
 #: The caller's voice traits must be plausible for a human voice to be used.
@@ -405,6 +414,19 @@ def feed_transcriber(
     return fed
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class SpeechPiece:
+    """A piece of one cue's synthesized speech, handed to the playout in order; the pieces of
+    one utterance share ``utterance_id`` and the last one is ``final``."""
+
+    utterance_id: int
+    samples: npt.NDArray[np.float32]
+    sample_rate: int
+    #: The audio time the cue's speech ended on the speaker's side (mouth-to-ear's start).
+    speech_end_s: float
+    final: bool
+
+
 @dataclass(slots=True)
 class RecognizeResult:
     """What one recognition step produced: messages for the caller, cues to translate."""
@@ -438,11 +460,15 @@ class ListenerPipeline:
         call_dir: Path,
         clock: Callable[[], float],
         latency: LatencyStats | None = None,
-        on_speech: Callable[[npt.NDArray[np.float32], int, float], None] | None = None,
+        on_speech: Callable[[SpeechPiece], None] | None = None,
+        synthesis_speed: SynthesisSpeed | None = None,
     ) -> None:
-        #: Hears each utterance of speech we synthesize (samples, rate, the audio time its
-        #: speech ended on the speaker's side): a live speaker's playout.
+        #: Hears the speech we synthesize, piece by piece as each may start playing (stage 3):
+        #: a live speaker's playout.
         self._on_speech = on_speech
+        #: How fast our synthesizer runs (shared by the calls of a node: :class:`CallModels`).
+        self._synthesis_speed = synthesis_speed if synthesis_speed is not None else SynthesisSpeed()
+        self._utterance_ids = itertools.count(1)
         self._start = start
         self._source = start.speaker_language
         self._target = start.listener_language
@@ -479,6 +505,10 @@ class ListenerPipeline:
             "words_dropped": 0,
             "translation_errors": 0,
             "tts_errors": 0,
+            # Speech in pieces: pieces synthesized, and utterances whose first piece went to
+            # the playout before their last was made (the gate opened early).
+            "tts_pieces": 0,
+            "tts_early_starts": 0,
         }
         self._closed = False
 
@@ -632,19 +662,65 @@ class ListenerPipeline:
         return [caption]
 
     def _speak(self, text: str, cue: Cue) -> None:
-        if not text.strip():
+        pieces = split_for_speech(text)
+        if not pieces:
             return
+        utterance_id = next(self._utterance_ids)
+        gate = PlayoutGate([len(piece.split()) for piece in pieces], self._synthesis_speed)
+        held: list[Speech] = []
+        handed = 0  # pieces given to the playout so far
+        rate = 0  # theirs: every piece of one utterance reaches the playout at one rate
         started = time.perf_counter()
-        try:
-            speech = self._synthesizer.synthesize(text, voice=self._voice)
-        except MediaError:
-            self.counts["tts_errors"] += 1
+        for index, piece in enumerate(pieces):
+            piece_started = time.perf_counter()
+            try:
+                speech = self._synthesizer.synthesize(piece, voice=self._voice)
+            except MediaError:
+                self.counts["tts_errors"] += 1
+                break
+            piece_wall = time.perf_counter() - piece_started
+            self.counts["tts_pieces"] += 1
+            self._synthesis_speed.measured(piece_wall, speech.duration_s)
+            self._write_speech(speech, cue)
+            held.append(speech)
+            last = index == len(pieces) - 1
+            if gate.synthesized(speech.duration_s) or last:
+                if handed == 0:
+                    if not last:
+                        self.counts["tts_early_starts"] += 1
+                    self.latency.add("tts_first", time.perf_counter() - started)
+                    self.latency.add("speech", self._clock() - _speech_end(cue))
+                for speech_in_hand in held:
+                    handed += 1
+                    rate = speech_in_hand.sample_rate
+                    self._hand_over(utterance_id, speech_in_hand, cue,
+                                    final=last and speech_in_hand is held[-1])  # fmt: skip
+                held = []
+        else:
+            self.latency.add("tts", time.perf_counter() - started)
             return
-        self.latency.add("tts", time.perf_counter() - started)
+        # A piece failed: what was made still plays, and the utterance is closed for the
+        # playout (an open one would hold every later utterance back).
+        for speech_in_hand in held:
+            handed += 1
+            rate = speech_in_hand.sample_rate
+            self._hand_over(utterance_id, speech_in_hand, cue, final=False)
+        if handed:
+            self._hand_over(utterance_id, Speech(np.zeros(0, np.float32), rate), cue, final=True)
+
+    def _hand_over(self, utterance_id: int, speech: Speech, cue: Cue, *, final: bool) -> None:
         if self._on_speech is not None:
             self._on_speech(
-                np.asarray(speech.samples, dtype=np.float32), speech.sample_rate, _speech_end(cue)
+                SpeechPiece(
+                    utterance_id=utterance_id,
+                    samples=np.asarray(speech.samples, dtype=np.float32),
+                    sample_rate=speech.sample_rate,
+                    speech_end_s=_speech_end(cue),
+                    final=final,
+                )
             )
+
+    def _write_speech(self, speech: Speech, cue: Cue) -> None:
         if self._wav is None:
             # Private like every file the node writes (wave.open would create it 0644).
             descriptor = os.open(self._wav_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -666,7 +742,6 @@ class ListenerPipeline:
             frames = np.concatenate([np.zeros(gap, dtype="<i2"), frames])
         self._wav.writeframes(frames.tobytes())
         self._wav_samples += int(frames.shape[0])
-        self.latency.add("speech", self._clock() - _speech_end(cue))
 
     # -- end -------------------------------------------------------------------------------
 

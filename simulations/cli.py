@@ -272,6 +272,26 @@ def bench_echo(json_path: JsonOption = None) -> None:
     print_report(run(json_path))
 
 
+@bench_app.command("speech-pieces")
+def bench_speech_pieces(json_path: JsonOption = None) -> None:
+    """A cue's speech whole vs in pieces: time to first audio (CPU s), total CPU, WER."""
+    from simulations.bench_speech_pieces import run
+
+    report = run(json_path)
+    print_report(
+        {
+            language: {
+                mode: {
+                    key: value for key, value in figures.items() if key not in ("per_line", "heard")
+                }
+                for mode, figures in report[language].items()
+                if mode in ("whole", "pieces")
+            }
+            for language in ("pt", "en")
+        }
+    )
+
+
 @bench_app.command("web")
 def bench_web(json_path: JsonOption = None) -> None:
     """The web server: list page p95 (1,000 recordings), SSE delay, 200 MiB upload, RSS added."""
