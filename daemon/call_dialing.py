@@ -150,6 +150,9 @@ class ListenSettings:
     playout: Playout | None = None
     #: The node's one Whisper worker, shared with the calls it answers (None: this call's own).
     recognizer: trio.CapacityLimiter | None = None
+    #: The node's one synthesis worker, likewise; and how late speech may still be spoken.
+    speech: trio.CapacityLimiter | None = None
+    max_speech_delay_s: float | None = None
 
 
 def measure_voice(audio: npt.ArrayLike, transcriber: FeatureTranscriber) -> VoiceTraits:
@@ -295,6 +298,8 @@ async def place_call(
                 clock=lambda: time.monotonic() - answered_at,
                 on_speech=playout.play if playout is not None else None,
                 recognizer=listen.recognizer,
+                speech=listen.speech,
+                max_speech_delay_s=listen.max_speech_delay_s,
             )
         except (CallLimitError, MediaError, InvalidBundleError, OSError) as error:
             not_listening.append(str(error))

@@ -98,6 +98,8 @@ def open_listener(
     load_key: int = 0,
     on_speech: Callable[[SpeechPiece], None] | None = None,
     recognizer: trio.CapacityLimiter | None = None,
+    speech: trio.CapacityLimiter | None = None,
+    max_speech_delay_s: float | None = None,
 ) -> ListenerRun:
     """A listener for the speaker of ``start`` writing into ``call_dir`` (raises
     CallLimitError for an unusable codec, MediaError/OSError for our side). ``on_speech``
@@ -113,6 +115,7 @@ def open_listener(
         clock=clock,
         on_speech=on_speech,
         synthesis_speed=loaded.synthesis_speed,
+        max_speech_delay_s=max_speech_delay_s,
     )
     return ListenerRun(
         pipeline,
@@ -122,6 +125,7 @@ def open_listener(
         load=load,
         load_key=load_key,
         recognizer=recognizer,
+        speech=speech,
     )
 
 
@@ -138,8 +142,12 @@ class ListenerRun:
         load: RecognizerLoad | None = None,
         load_key: int = 0,
         recognizer: trio.CapacityLimiter | None = None,
+        speech: trio.CapacityLimiter | None = None,
     ) -> None:
         self.pipeline = pipeline
+        #: One translation and synthesis at a time for all calls sharing it: a synthesizer
+        #: uses every core it is given, and several at once starve the recognizer.
+        self._speech = speech if speech is not None else trio.CapacityLimiter(1)
         #: One recognition step at a time for all calls sharing it, in turn (FIFO): Whisper
         #: uses every core it is given, and interleaved steps make every call wait for all.
         self._recognizer = recognizer if recognizer is not None else trio.CapacityLimiter(1)
@@ -236,7 +244,8 @@ class ListenerRun:
     async def _translate(self) -> None:
         async with self._cues_receive:
             async for cue in self._cues_receive:
-                captions = await trio.to_thread.run_sync(self.pipeline.translate, cue)
+                async with self._speech:
+                    captions = await trio.to_thread.run_sync(self.pipeline.translate, cue)
                 if captions and self._send_captions is not None:
                     await self._send_captions(captions)
 

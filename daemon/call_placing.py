@@ -247,6 +247,8 @@ async def _hold(
                     on_captions=lambda made: live.add_captions("theirs", made),
                     playout=ours_audio.playout,
                     recognizer=service.recognizer,
+                    speech=service.speech,
+                    max_speech_delay_s=service.max_speech_delay_s,
                 ),
                 hang_up=live.hang_up,
                 protocol=live.protocol,

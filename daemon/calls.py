@@ -178,6 +178,10 @@ class CallService:
     recognizer: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     max_duration_s: float = 3600.0
     max_caption_delay_s: float = 10.0
+    #: One translation and synthesis at a time for all calls, in turn (see ListenerRun).
+    speech: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+    #: A translated cue ready later than this after its speech is shown, not spoken.
+    max_speech_delay_s: float | None = 20.0
     #: Called (in a worker thread) after a call's files are complete: the storage bound.
     after_call: Callable[[], object] | None = None
     #: Folders of the calls in progress (the storage bound never deletes them).
@@ -279,6 +283,7 @@ def make_call_handler(
         ),
         max_duration_s=call_config.max_duration_s,
         max_caption_delay_s=call_config.max_caption_delay_s,
+        max_speech_delay_s=call_config.max_speech_delay_s,
         after_call=node.enforce_storage_limits,
         observers=node.call_observers,  # shared: an observer may join before or after this
         answer_policy=AnswerPolicy(call_config.answer),
@@ -545,6 +550,8 @@ async def _answered_call(call: _Incoming) -> bool:
             load_key=load_key,
             on_speech=media.playout.play if media.playout is not None else None,
             recognizer=service.recognizer,
+            speech=service.speech,
+            max_speech_delay_s=service.max_speech_delay_s,
         )
         if media.playout is not None:
             live.playout = media.playout

@@ -336,6 +336,12 @@ class CallSection(_Section):
         "later than this (seconds).",
         in_range(0.5, 3600),
     )
+    max_speech_delay_s: float = setting(
+        20.0,
+        "Show but do not speak a translated sentence that is ready later than this after it "
+        "was said (seconds): a node behind on its calls keeps its captions live.",
+        in_range(1, 3600),
+    )
     answer: str = setting(
         "trusted",
         "'trusted' (answer trusted peers at once, others ring), 'ask' (every call rings until "

@@ -35,7 +35,10 @@ blocks the loop and translation of one cue overlaps recognition of the next:
    (:mod:`media.speech_pieces`): a short first piece, then growing ones, each handed to
    ``on_speech`` (the playout) as a :class:`SpeechPiece` as soon as the audio in hand covers
    the predicted time to make the rest, so the listener hears the start of a cue before its
-   end is synthesized.
+   end is synthesized. A cue whose translation is ready more than ``max_speech_delay_s``
+   after its speech ended (a node behind on its calls) is shown but not spoken
+   (``speech_shed``): late speech no longer fits the conversation, and synthesis would take
+   the cores the captions need.
 
 Clock: ``clock()`` is seconds since the call started *at the listener*, i.e. since ``CallStart``
 arrived. The caller sends ``CallStart`` and then paces its audio in real time from that moment,
@@ -462,7 +465,11 @@ class ListenerPipeline:
         latency: LatencyStats | None = None,
         on_speech: Callable[[SpeechPiece], None] | None = None,
         synthesis_speed: SynthesisSpeed | None = None,
+        max_speech_delay_s: float | None = None,
     ) -> None:
+        #: A cue whose translation is ready later than this after its speech ended is shown
+        #: but not spoken (None: always spoken); see :meth:`translate`.
+        self._max_speech_delay_s = max_speech_delay_s
         #: Hears the speech we synthesize, piece by piece as each may start playing (stage 3):
         #: a live speaker's playout.
         self._on_speech = on_speech
@@ -509,6 +516,8 @@ class ListenerPipeline:
             # the playout before their last was made (the gate opened early).
             "tts_pieces": 0,
             "tts_early_starts": 0,
+            # Cues shown but not spoken: their translation came past max_speech_delay_s.
+            "speech_shed": 0,
         }
         self._closed = False
 
@@ -658,7 +667,13 @@ class ListenerPipeline:
             words=(),
             voice=self._start.voice,
         )
-        self._speak(text, cue)
+        late_s = self._clock() - _speech_end(cue)
+        if self._max_speech_delay_s is not None and late_s > self._max_speech_delay_s:
+            # Speech this late no longer belongs to the conversation, and making it would take
+            # the cores the captions need (a node behind on several calls): show, don't speak.
+            self.counts["speech_shed"] += 1
+        else:
+            self._speak(text, cue)
         return [caption]
 
     def _speak(self, text: str, cue: Cue) -> None:

@@ -83,14 +83,15 @@ speech (partials and LocalAgreement) plus one per utterance end. Tried and measu
 a prompt of the last 30 committed words instead of audio context (WER 0.23 -> 1.4 on the tuning
 set: greedy decoding loops on the prompt); committing only at the utterance end (0.23 -> 0.27:
 the final decode alone loops on some voices); beam 5 for the final decode (0.36 -> 0.39 on the
-four hardest tuning voices, +8 % CPU). Session 5, same tuning set with the sender's DTX
-(``/tmp`` scripts, figures in the issue 16 note): the fallback on final decodes 0.243 -> 0.215
-(+11 % CPU, decodes that loop only); whole-recording decodes of the same codec features scored
-0.05 on a voice where the stream scored 0.43, so the call keeps more left context (20 s while
-pauses stay under 3 s, :data:`daemon.call_models.CALL_STREAMING`): 0.215 -> 0.181, at no
-extra encoder cost; committing a sentence at the speech offset when Whisper's text ends it
-(instead of at the utterance end) cut the CPU-clock latency p50 1.41 -> 1.26 s but cost
-0.181 -> 0.201 and was not kept.
+four hardest tuning voices, +8 % CPU).
+Session 5, same tuning set with the sender's DTX (figures in the issue 16 note): the fallback on
+final decodes 0.243 -> 0.215 (+11 % CPU, decodes that loop only). Whole-recording decodes of the
+same codec features scored 0.05 on a voice where the stream scored 0.43, so more left context
+was tried (20 s across pauses up to 3 s, a decode every 3 s): tuning 0.215 -> 0.181, but on the
+evaluation set no better (0.149 -> 0.153) with a later final decode (CPU-clock latency p50
+1.05 -> 1.65 s), so the call keeps 5 s (``daemon.call_models.CALL_STREAMING``). Committing a
+sentence at the speech offset when Whisper's text ends it (instead of at the utterance end) cut
+the tuning CPU-clock latency p50 1.41 -> 1.26 s but cost WER 0.181 -> 0.201; not kept.
 
 Time: audio time is frame index / 100 from the first frame pushed. Each ``FinalWords`` carries
 ``committed_at_s``, the caller's clock when the words were committed (``now_s`` given to ``push``

@@ -312,3 +312,32 @@ def test_real_piper_speaks_a_one_word_and_a_punctuation_only_cue_in_pieces(
     assert np.abs(np.concatenate(pulled)).max() > 0.05
     started = [p.utterance_id for p in playout.buffer.started]
     assert started == sorted(started) and len(started) >= 2
+
+
+def test_a_cue_translated_too_late_is_shown_but_not_spoken_with_stand_in_models(
+    tmp_path: Path, tiny_transcriber: FeatureTranscriber
+) -> None:
+    """A node behind on its calls keeps captions first: a cue whose translation is ready more
+    than max_speech_delay_s after its speech ended gets its caption, and no speech."""
+    for delay_s, spoken in ((2.0, False), (20.0, True), (None, True)):
+        events: list[str] = []
+        codec = new_model(CodecConfig())
+        start = CallStart(1, "en", "pt", codec_settings(codec, b"h" * 32), VOICE)
+        pipeline = ListenerPipeline(
+            start=start,
+            decoder=codec,
+            transcriber=StreamingTranscriber(tiny_transcriber),
+            translator=_IdentityTranslatorStandIn(),  # type: ignore[arg-type]
+            synthesizer=_RecordingSynthesizerStandIn(events),  # type: ignore[arg-type]
+            call_dir=tmp_path / f"call-{delay_s}",
+            clock=lambda: 10.0,  # the cue's speech ended at 5.45 s: 4.55 s late
+            on_speech=lambda piece, events=events: events.append("played"),
+            synthesis_speed=SynthesisSpeed(wall_per_audio=0.01),
+            max_speech_delay_s=delay_s,
+        )
+        captions = pipeline.translate(_cue(TEXT))
+        pipeline.close()
+        assert [caption.text for caption in captions] == [TEXT]
+        assert bool(events) is spoken, (delay_s, events)
+        assert pipeline.counts["speech_shed"] == (0 if spoken else 1)
+        assert pipeline.summary()["counts"]["speech_shed"] == pipeline.counts["speech_shed"]  # type: ignore[index]
