@@ -6,16 +6,16 @@ Theory of operation
    video) into 16 kHz mono float32, or raises a one-line ``AudioFileError``/``SilentAudioError``.
 2. *Features*: one ``log_mel`` over the whole recording, so the ``max - 8`` clamp is the same for
    every part, exactly as ``WhisperModel.transcribe`` computes it.
-3. *Transcribe in slices*: Whisper works on 30 s windows anyway. Rather than hand the whole array
-   to the decoder in one opaque call, :func:`plan_slices` cuts the recording into slices of at
-   most ``window_s`` (one Whisper window each), ending each slice in its last ``search_s``
-   seconds where a pause the Silero VAD found leaves the most silence on both sides (else at
-   the middle of the quietest stretch), so a cut never falls through a word and the next slice
-   starts on silence. Silences of 2 s and more are not decoded at all (``skip_silence``). Each
-   slice is decoded on its own and its word times are shifted by the slice's start; a word
-   faster-whisper's timing split ("d" + "'orteit") is joined again. That gives a
-   progress report per window, and since ``condition_on_previous_text`` is off by default the
-   decoder would not have carried context across windows anyway.
+3. *Transcribe span by span*: with ``skip_silence`` (the default) the Silero VAD's speech groups
+   (silences of 2 s and more left out, groups joined while they fit one window), else the whole
+   recording, each handed to the decoder whole. Inside a span, faster-whisper's own loop
+   windows it as ``WhisperModel.transcribe`` does: every window is 30 s of real audio except
+   the span's last, and the next window starts at the last complete word. (Cutting long spans
+   into slices of at most 30 s in VAD pauses, each zero-padded to a window, was tried in
+   session 4: on the tuning set it lost whole sentences, e.g. the first sentence of a 26 s
+   slice, and was less accurate than ``transcribe`` on the same features.) Word times are
+   shifted by the span's start; a word faster-whisper's timing split ("d" + "'orteit") is
+   joined again. Progress is reported per span.
 4. *Cues*: the timed words go through ``segment_words`` (line, duration and overlap rules of
    docs/design.md, "Captions and languages").
 5. *Translate*: for each target language, the cue texts are translated one per cue and put on the
@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
-import numpy as np
-
 from common.atomic import write_atomic
 from media.audio import load_audio
 from media.caption_formats import (
@@ -55,10 +53,9 @@ from media.caption_formats import (
 from media.captions import CaptionLayout, Cue, retime_text, segment_words
 from media.errors import MediaError
 from media.features import FRAMES_PER_SECOND, FloatArray, log_mel
-from media.speech_spans import SpeechMap, find_speech, group_spans
+from media.speech_spans import find_speech, group_spans
 from media.subtitles import SubtitleError, SubtitleFormat, render_document, track_path
 from media.translate import Translator, language_key
-from media.vad import frame_levels_db
 from schemas.messages import WordTime
 
 if TYPE_CHECKING:
@@ -70,23 +67,14 @@ __all__ = [
     "FeatureDecoder",
     "OutputExistsError",
     "Progress",
-    "SlicePlan",
     "SpeechRecognizer",
     "TranslatorFactory",
     "caption_recording",
-    "plan_slices",
     "transcribe_words",
 ]
 
 #: Whisper's window: a slice of at most this much audio is decoded as one window.
 WHISPER_WINDOW_S: Final = 30.0
-#: How far back from a slice's longest end to look for a quiet place to cut.
-CUT_SEARCH_S: Final = 5.0
-#: Levels are averaged over this span before the quietest point is chosen (a stop closure
-#: inside a word is ~50 ms; a pause between words or sentences is longer).
-CUT_SMOOTHING_S: Final = 0.2
-#: A VAD pause is a cut point only if the cut keeps this much silence on each side (50 ms).
-MIN_CUT_MARGIN_FRAMES: Final = 5
 #: Scripts Whisper writes without spaces: its words there are characters, never to be joined.
 _UNSPACED_LANGUAGES: Final = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 #: Share of the overall progress each stage accounts for (transcription dominates).
@@ -145,87 +133,6 @@ class CaptionResult:
     language_probability: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SlicePlan:
-    """Content frames ``[start_frame, end_frame)`` of the recording's log-mel, decoded together."""
-
-    start_frame: int
-    end_frame: int
-
-    @property
-    def start_s(self) -> float:
-        return self.start_frame / FRAMES_PER_SECOND
-
-
-def plan_slices(
-    levels_db: np.ndarray,
-    *,
-    window_frames: int,
-    search_frames: int,
-    smoothing_frames: int = 1,
-    pauses: Sequence[tuple[int, int]] = (),
-) -> list[SlicePlan]:
-    """Cut ``len(levels_db)`` content frames into slices of at most ``window_frames``.
-
-    A slice that cannot reach the end ends among its last ``search_frames`` frames, in this
-    order of preference:
-
-    1. inside one of ``pauses`` (``[start, end)`` frame ranges of silence, from the VAD), at the
-       place that leaves the most silence on *both* sides of the cut (the middle of the longest
-       pause; ties go to the latest), provided that is at least :data:`MIN_CUT_MARGIN_FRAMES`;
-    2. else at the quietest point (lowest moving average of ``smoothing_frames`` levels), in the
-       middle of the latest run of equally quiet frames: a pause of digital silence is cut in its
-       middle, not at the onset of the next word.
-
-    Pure function of its arguments.
-    """
-    if window_frames < 1:
-        raise ValueError(f"window_frames must be >= 1, got {window_frames}")
-    if not 0 <= search_frames < window_frames:
-        raise ValueError(f"search_frames must be in [0, {window_frames}), got {search_frames}")
-    if smoothing_frames < 1:
-        raise ValueError(f"smoothing_frames must be >= 1, got {smoothing_frames}")
-    levels = np.asarray(levels_db, dtype=np.float64)
-    total = int(levels.shape[0])
-    if smoothing_frames > 1 and total:
-        kernel = np.ones(smoothing_frames) / smoothing_frames
-        levels = np.convolve(levels, kernel, mode="same")
-    slices: list[SlicePlan] = []
-    start = 0
-    while total - start > window_frames:
-        longest_end = start + window_frames
-        earliest_end = longest_end - search_frames
-        end = _cut_in_pause(pauses, earliest_end, longest_end)
-        if end is None:
-            # A cut at frame k means the slice holds frames [start, k): pick the quietest k.
-            candidates = levels[earliest_end : longest_end + 1]
-            quiet = np.flatnonzero(candidates == candidates.min())
-            run_start = int(quiet[-1])
-            while run_start > 0 and run_start - 1 in quiet:
-                run_start -= 1
-            end = earliest_end + (run_start + int(quiet[-1])) // 2
-        slices.append(SlicePlan(start, end))
-        start = end
-    if total > start or not slices:
-        slices.append(SlicePlan(start, total))
-    return slices
-
-
-def _cut_in_pause(pauses: Sequence[tuple[int, int]], earliest: int, latest: int) -> int | None:
-    """The frame in ``[earliest, latest]`` with the most silence on both sides, or ``None``."""
-    best: tuple[int, int] | None = None  # (margin, cut)
-    for pause_start, pause_end in pauses:
-        if pause_end <= earliest or pause_start > latest:
-            continue
-        cut = min(max((pause_start + pause_end) // 2, earliest), latest)
-        margin = min(cut - pause_start, pause_end - cut)
-        if best is None or (margin, cut) >= best:
-            best = (margin, cut)
-    if best is None or best[0] < MIN_CUT_MARGIN_FRAMES:
-        return None
-    return best[1]
-
-
 def caption_recording(
     path: str | os.PathLike[str],
     *,
@@ -239,7 +146,6 @@ def caption_recording(
     layout: CaptionLayout | None = None,
     progress: Progress | None = None,
     window_s: float = WHISPER_WINDOW_S,
-    search_s: float = CUT_SEARCH_S,
     file_mode: int = 0o644,
     overwrite: bool = True,
     formats: Sequence[OutputFormat] = _DEFAULT_FORMATS,
@@ -276,8 +182,6 @@ def caption_recording(
     """
     if not (math.isfinite(window_s) and 1.0 <= window_s <= WHISPER_WINDOW_S):
         raise ValueError(f"window_s must be in [1, {WHISPER_WINDOW_S}], got {window_s}")
-    if not (math.isfinite(search_s) and 0.0 <= search_s < window_s):
-        raise ValueError(f"search_s must be in [0, window_s), got {search_s}")
     report: Progress = progress if progress is not None else _no_progress
     source_path = Path(path)
     layout = layout if layout is not None else CaptionLayout()
@@ -318,10 +222,10 @@ def caption_recording(
         raise ValueError("no transcriber")  # unreachable: one of the branches set it
 
     window_frames = round(window_s * FRAMES_PER_SECOND)
-    speech = _speech_if_needed(audio, mel, window_frames=window_frames, skip_silence=skip_silence)
+    speech = find_speech(audio) if skip_silence else None
     spans = (
         group_spans(speech.speech_groups(), window_frames=window_frames)
-        if skip_silence and speech is not None
+        if speech is not None
         else None
     )
     if not spans:
@@ -332,10 +236,7 @@ def caption_recording(
         mel,
         transcriber,
         spans=spans,
-        pauses=speech.pauses() if speech is not None else (),
         fallback_language=source_language,
-        window_frames=window_frames,
-        search_frames=round(search_s * FRAMES_PER_SECOND),
         progress=report,
     )
     duration_s = (mel.shape[1] - 1) / FRAMES_PER_SECOND
@@ -382,16 +283,6 @@ def _no_progress(stage: str, fraction: float) -> None:
     return None
 
 
-def _speech_if_needed(
-    audio: FloatArray, mel: FloatArray, *, window_frames: int, skip_silence: bool
-) -> SpeechMap | None:
-    """The VAD's view of the recording when something needs it: skipping silence, or a
-    recording longer than one window (its cut points)."""
-    if skip_silence or mel.shape[1] - 1 > window_frames:
-        return find_speech(audio)
-    return None
-
-
 def _build_translators(
     factory: TranslatorFactory, source: str, targets: Sequence[str]
 ) -> dict[str, Translator]:
@@ -419,57 +310,36 @@ def _transcribe(
     mel: FloatArray,
     transcriber: FeatureDecoder,
     *,
-    window_frames: int,
-    search_frames: int,
     progress: Progress,
     spans: Sequence[tuple[int, int]] | None = None,
-    pauses: Sequence[tuple[int, int]] = (),
     fallback_language: str = "en",
 ) -> tuple[str, list[WordTime], list[TimedSegment]]:
+    """Decode each of ``spans`` (content frames ``[start, end)``; default: the whole ``mel``)
+    whole: the decoder's loop windows a long span itself, as ``WhisperModel.transcribe`` does."""
     content_frames = mel.shape[1] - 1
-    levels = frame_levels_db(mel)[:content_frames]
-    smoothing_frames = max(1, round(CUT_SMOOTHING_S * FRAMES_PER_SECOND))
     if spans is None:
         spans = [(0, content_frames)]
-    slices: list[SlicePlan] = []
-    for start, span_end in spans:
-        end = min(span_end, content_frames)
-        inside = [
-            (max(low, start) - start, min(high, end) - start)
-            for low, high in pauses
-            if high > start and low < end
-        ]
-        slices.extend(
-            SlicePlan(piece.start_frame + start, piece.end_frame + start)
-            for piece in plan_slices(
-                levels[start:end],
-                window_frames=window_frames,
-                search_frames=search_frames,
-                smoothing_frames=smoothing_frames,
-                pauses=inside,
-            )
-            if piece.end_frame > piece.start_frame
-        )
+    pieces = [(start, min(end, content_frames)) for start, end in spans]
     words: list[WordTime] = []
     segments: list[TimedSegment] = []
     language = fallback_language
-    span = _PROGRESS_TRANSCRIBED - _PROGRESS_DECODED
-    for piece in slices:
-        # One frame past the slice: log_mel's layout ends with a frame the decoder drops as
-        # padding, so the slice keeps exactly its own content frames. (Padding a cut slice with
-        # the recording's silence instead of faster-whisper's zeros was tried: a whole window
-        # of it made Whisper re-decode the padding at every fallback temperature, and 1 s of it
-        # still left parley 1.5x faster-whisper's time on the eval prefix; see the bench.)
-        features = mel[:, piece.start_frame : piece.end_frame + 1]
+    share = _PROGRESS_TRANSCRIBED - _PROGRESS_DECODED
+    for start, end in pieces:
+        if end <= start:
+            continue
+        # One frame past the span: log_mel's layout ends with a frame the decoder drops as
+        # padding, so the span keeps exactly its own content frames.
+        features = mel[:, start : end + 1]
         transcript = _with_whole_words(transcriber.transcribe_features(features))
         language = transcript.language
-        # Nothing is said in the padding: times end with the slice.
-        end_s = piece.end_frame / FRAMES_PER_SECOND
-        shifted = _shifted_words(transcript, piece.start_s, end_s, words)
-        segments.extend(_shifted_segments(transcript, shifted, piece.start_s, end_s))
+        start_s = start / FRAMES_PER_SECOND
+        # Nothing is said in the padding: times end with the span.
+        end_s = end / FRAMES_PER_SECOND
+        shifted = _shifted_words(transcript, start_s, end_s, words)
+        segments.extend(_shifted_segments(transcript, shifted, start_s, end_s))
         words.extend(shifted)
-        done = (piece.end_frame / content_frames) if content_frames else 1.0
-        progress("transcribe", _PROGRESS_DECODED + span * done)
+        done = (end / content_frames) if content_frames else 1.0
+        progress("transcribe", _PROGRESS_DECODED + share * done)
     return language, words, segments
 
 
@@ -625,8 +495,6 @@ def transcribe_words(
     transcriber: FeatureDecoder,
     *,
     progress: Progress | None = None,
-    window_s: float = WHISPER_WINDOW_S,
-    search_s: float = CUT_SEARCH_S,
 ) -> tuple[str, list[WordTime], float]:
     """Language, timed words and duration of 16 kHz ``audio``, transcribed as
     :func:`caption_recording` does it (for callers that need the words, e.g. ``parley dub``).
@@ -634,14 +502,9 @@ def transcribe_words(
     ``progress`` gets the "transcribe" stage with fractions in [0.05, 0.85].
     """
     mel = log_mel(audio)
-    window_frames = round(window_s * FRAMES_PER_SECOND)
-    speech = _speech_if_needed(audio, mel, window_frames=window_frames, skip_silence=False)
     language, words, _segments = _transcribe(
         mel,
         transcriber,
-        pauses=speech.pauses() if speech is not None else (),
-        window_frames=window_frames,
-        search_frames=round(search_s * FRAMES_PER_SECOND),
         progress=progress if progress is not None else _no_progress,
     )
     return language, words, (mel.shape[1] - 1) / FRAMES_PER_SECOND

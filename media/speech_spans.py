@@ -3,10 +3,9 @@
 File captioning has the whole waveform, so it can ask the VAD two things, from one pass of the
 network (:func:`find_speech`):
 
-- *where to cut*: the pauses between stretches of speech (:meth:`SpeechMap.pauses`). A long
-  recording is decoded one Whisper window at a time; ending a window in the middle of a pause
-  means no word is split between two windows and each window starts and ends on silence, as
-  Whisper saw its training windows (``media.caption_file.plan_slices``).
+- *where the pauses are* (:meth:`SpeechMap.pauses`). File captioning no longer cuts long
+  recordings in them: slices cut in a pause and zero-padded to a window lost words against
+  faster-whisper's own windowing (``media.caption_file``, issue 19, session 5).
 - *what to skip*: long silences (:meth:`SpeechMap.speech_groups`, faster-whisper's own
   ``vad_filter`` rule: silences of at least 2 s, 400 ms of padding kept around speech). The
   groups are joined while they fit one window (:func:`group_spans`), so the decoder still sees a

@@ -5,8 +5,8 @@ voices (piper's joe, espeak-ng en-us and en-gb), taken round-robin. Two sets, ke
 
 - ``eval`` (the default, what the figures are reported on): the first :data:`EVAL_RECORDINGS`
   (list, voice) pairs, 617 s; ``minutes`` (default 10) takes a shorter prefix of them;
-- ``tuning``: the pairs after them (lists 7-10, 366 s), which the cut points and window padding
-  of ``media.caption_file`` were tuned on.
+- ``tuning``: the pairs after them (lists 7-10, 366 s), where ``media.caption_file``'s
+  windowing is diagnosed and tuned (never on ``eval``).
 
 Four systems on the embedded tiny.en (float32), each timed on every recording in turn (a
 ``systems`` subset may be asked for when time is short):

@@ -1,5 +1,6 @@
-"""Where file captioning cuts a long recording and what each window holds (issue 19): cuts in
-the middle of the VAD's pauses, and words that faster-whisper's timing split kept whole."""
+"""What file captioning hands its decoder (issue 19): a long recording whole (faster-whisper's
+loop windows it), the VAD's pauses and groups, and words that faster-whisper's timing split
+kept whole."""
 
 from __future__ import annotations
 
@@ -10,33 +11,9 @@ import numpy as np
 import numpy.typing as npt
 
 from media.asr import Segment, Transcript, Word
-from media.caption_file import SlicePlan, caption_recording, plan_slices
+from media.caption_file import caption_recording
 from media.speech_spans import SpeechMap
 from media.translate import Translator
-
-
-def test_a_cut_falls_in_the_middle_of_the_longest_pause_near_the_window_end() -> None:
-    levels = np.full(7000, -20.0)
-    # Two pauses inside the search span of the first slice: a short one late, a long one.
-    pauses = [(2600, 2700), (2900, 2930)]
-    plan = plan_slices(levels, window_frames=3000, search_frames=500, pauses=pauses)
-    assert plan[0] == SlicePlan(0, 2650)
-    # A pause reaching past the window's end: the cut keeps the most silence on both sides.
-    plan = plan_slices(levels, window_frames=3000, search_frames=500, pauses=[(2900, 3400)])
-    assert plan[0].end_frame == 3000  # 100 frames of silence each side beats 50
-    # A pause too short to keep 50 ms on each side is no cut point: the levels decide.
-    levels[2800:2850] = -90.0
-    plan = plan_slices(levels, window_frames=3000, search_frames=500, pauses=[(2700, 2705)])
-    assert plan[0].end_frame == 2824
-
-
-def test_digital_silence_is_cut_in_its_middle_not_at_the_next_word() -> None:
-    """Text-to-speech pauses are exact zeros: every frame of the pause is equally quiet. The
-    cut used to go to the latest of them, where the next word begins."""
-    levels = np.full(5000, -20.0)
-    levels[2600:2700] = -100.0
-    plan = plan_slices(levels, window_frames=3000, search_frames=500)
-    assert plan[0].end_frame == 2649
 
 
 def test_speech_map_pauses_and_groups() -> None:
@@ -82,7 +59,7 @@ def _write(path: Path, audio: npt.NDArray[np.float32]) -> Path:
     return path
 
 
-def test_a_slice_is_cut_in_a_pause_and_split_words_are_joined_with_stand_in_decoder(
+def test_a_long_recording_is_handed_over_whole_and_split_words_are_joined_with_stand_in_decoder(
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(7)
@@ -101,12 +78,11 @@ def test_a_slice_is_cut_in_a_pause_and_split_words_are_joined_with_stand_in_deco
         translator_factory=_no_translator,
         skip_silence=False,  # what the VAD makes of noise is not this test's business
     )
-    first, last = decoder.windows
-    # Cut in the 4 s pause, at its quietest (middle) point; each slice is handed over with
-    # the one frame log_mel's layout ends with.
-    cut = first.shape[1] - 1
-    assert 2850 < cut < 2950
-    assert last.shape[1] == 3500 - cut + 1
+    # Not cut into slices of at most one window: the decoder's own loop windows the 35 s (each
+    # window full of real audio, as WhisperModel.transcribe does), with the one frame log_mel's
+    # layout ends with.
+    (whole,) = decoder.windows
+    assert whole.shape[1] == 3500 + 1
     cues = result.tracks["en"]
     assert cues[0].text == "Close d'orteit."
     assert [w.word for w in cues[0].words] == ["Close", "d'orteit."]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import html
-import itertools
 import wave
 from pathlib import Path
 
@@ -14,17 +13,13 @@ import numpy as np
 import pytest
 import srt
 import webvtt
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from media.asr import FeatureTranscriber, Transcript
 from media.audio import load_audio
 from media.caption_file import (
     CaptionFileError,
     CaptionResult,
-    SlicePlan,
     caption_recording,
-    plan_slices,
 )
 from media.captions import CaptionLayout, Cue, retime_text
 from media.errors import AudioFileError, SilentAudioError
@@ -190,8 +185,8 @@ def _write_wav(path: Path, audio: np.ndarray, rate: int = 16_000) -> Path:
 def test_long_recording_is_decoded_in_slices_on_one_clock(
     speech_wav: Path, transcriber: FeatureTranscriber, tmp_path: Path
 ) -> None:
-    """Two utterances 2 s apart, with slices of at most 10 s: the cut falls in the pause and the
-    second utterance's cues sit where it was spoken."""
+    """Two utterances 2 s apart, spans of at most 10 s: the 2 s silence parts them, each is
+    decoded on its own and the second utterance's cues sit where it was spoken."""
     speech = load_audio(speech_wav)
     gap = np.zeros(32_000, dtype=np.float32)
     long_wav = _write_wav(tmp_path / "twice.wav", np.concatenate([speech, gap, speech]))
@@ -204,9 +199,8 @@ def test_long_recording_is_decoded_in_slices_on_one_clock(
         translator_factory=translator_for,
         progress=lambda stage, _fraction: stages.append(stage),
         window_s=10.0,
-        search_s=5.0,
     )
-    assert stages.count("transcribe") == 2  # one report per slice
+    assert stages.count("transcribe") == 2  # one report per span
     cues = _check_tracks_agree(result, "en")
     _check_layout(cues, result.duration_s)
     text = " ".join(cue.content.replace("\n", " ") for cue in cues)
@@ -300,45 +294,3 @@ def test_output_folder_that_is_a_file_is_refused(
             transcriber=transcriber,
             translator_factory=translator_for,
         )
-
-
-# -- slice planning (pure) ---------------------------------------------------------------------
-
-
-def test_cuts_fall_in_the_quietest_place() -> None:
-    levels = np.full(7000, -20.0)
-    levels[2700:2760] = -80.0  # a pause inside the search span of the first slice
-    levels[5300:5400] = -70.0
-    plan = plan_slices(levels, window_frames=3000, search_frames=500, smoothing_frames=20)
-    assert plan[0] == SlicePlan(0, plan[0].end_frame)
-    assert 2700 <= plan[0].end_frame <= 2760
-    assert 5300 <= plan[1].end_frame <= 5400
-    assert plan[-1].end_frame == 7000
-
-
-def test_short_recording_is_one_slice() -> None:
-    assert plan_slices(np.zeros(10), window_frames=3000, search_frames=500) == [SlicePlan(0, 10)]
-    assert plan_slices(np.zeros(0), window_frames=3000, search_frames=500) == [SlicePlan(0, 0)]
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    levels=st.lists(st.floats(-100, 0), min_size=1, max_size=400),
-    window=st.integers(2, 60),
-    search_fraction=st.floats(0, 0.99),
-    smoothing=st.integers(1, 10),
-)
-def test_slices_cover_the_recording_within_bounds(
-    levels: list[float], window: int, search_fraction: float, smoothing: int
-) -> None:
-    search = min(window - 1, int(window * search_fraction))
-    plan = plan_slices(
-        np.array(levels), window_frames=window, search_frames=search, smoothing_frames=smoothing
-    )
-    assert plan[0].start_frame == 0 and plan[-1].end_frame == len(levels)
-    for before, after in itertools.pairwise(plan):
-        assert before.end_frame == after.start_frame
-    for piece in plan:
-        assert 0 < piece.end_frame - piece.start_frame <= window
-    for piece in plan[:-1]:
-        assert piece.end_frame - piece.start_frame >= window - search
