@@ -88,7 +88,9 @@ def test_the_gate_opens_at_once_for_a_fast_synthesizer_and_waits_for_a_slow_one(
     speed.measured(1.0, 4.0)
     assert speed.wall_per_audio == pytest.approx(0.25)  # the first measurement replaces it
     speed.measured(3.0, 4.0)
-    assert speed.wall_per_audio == pytest.approx(0.5)  # later ones are smoothed
+    assert speed.wall_per_audio == pytest.approx(0.75)  # a slower one is believed at once
+    speed.measured(1.0, 4.0)
+    assert speed.wall_per_audio == pytest.approx(0.5)  # a faster one is smoothed
     speed.measured(1.0, 0.0)  # no audio: nothing learnt
     assert speed.wall_per_audio == pytest.approx(0.5)
 
