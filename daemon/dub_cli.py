@@ -22,7 +22,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
 
@@ -226,10 +226,12 @@ class _LoadOnFirstUse:
         self._factory = factory
         self._loaded: FeatureDecoder | None = None
 
-    def transcribe_features(self, mel: FloatArray) -> Transcript:
+    def transcribe_features(
+        self, mel: FloatArray, *, on_progress: Callable[[float], None] | None = None
+    ) -> Transcript:
         if self._loaded is None:
             self._loaded = self._factory()
-        return self._loaded.transcribe_features(mel)
+        return self._loaded.transcribe_features(mel, on_progress=on_progress)
 
 
 def _remove_empty(folder: Path) -> None:

@@ -935,8 +935,10 @@ class _TranscriberOnFirstUse:
     def __init__(self, get: Callable[[], FeatureDecoder]) -> None:
         self._get = get
 
-    def transcribe_features(self, mel: FloatArray) -> Transcript:
-        return self._get().transcribe_features(mel)
+    def transcribe_features(
+        self, mel: FloatArray, *, on_progress: Callable[[float], None] | None = None
+    ) -> Transcript:
+        return self._get().transcribe_features(mel, on_progress=on_progress)
 
 
 def transcript_json(result: CaptionResult) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import common.offline  # noqa: F401  (must precede faster_whisper / ctranslate2)
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -229,11 +230,17 @@ class FeatureTranscriber:
         return self.transcribe_features(log_mel(audio), options=options)
 
     def transcribe_features(
-        self, mel: npt.ArrayLike, *, options: DecodeOptions | None = None
+        self,
+        mel: npt.ArrayLike,
+        *,
+        options: DecodeOptions | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> Transcript:
         """Transcribe a normalised log-mel array ``(80, frames)`` in ``log_mel``'s layout.
 
         Pass the whole utterance (any length): windowing and 30 s padding happen inside.
+        ``on_progress`` hears, after each decoded segment, how many seconds of the features are
+        transcribed (a long recording decodes for minutes).
         """
         features = _as_features(mel)
         chosen = options if options is not None else self._options
@@ -246,9 +253,14 @@ class FeatureTranscriber:
                 language=language,
             )
             faster_options = _transcription_options(chosen, tokenizer)
-            decoded = list(
-                self._model.generate_segments(features, tokenizer, faster_options, False)
-            )
+            decoded = []
+            seconds = (features.shape[1] - 1) / (SAMPLE_RATE / HOP_LENGTH)
+            for segment in self._model.generate_segments(
+                features, tokenizer, faster_options, False
+            ):
+                decoded.append(segment)
+                if on_progress is not None:
+                    on_progress(min(float(segment.end), seconds))
         except UnsupportedLanguageError:
             raise
         except (RuntimeError, ValueError) as error:

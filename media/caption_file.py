@@ -105,7 +105,9 @@ class OutputExistsError(CaptionFileError):
 class FeatureDecoder(Protocol):
     """What ``caption_recording`` needs of an ASR engine (``media.asr.FeatureTranscriber``)."""
 
-    def transcribe_features(self, mel: FloatArray) -> Transcript: ...
+    def transcribe_features(
+        self, mel: FloatArray, *, on_progress: Callable[[float], None] | None = None
+    ) -> Transcript: ...
 
 
 class SpeechRecognizer(Protocol):
@@ -330,7 +332,15 @@ def _transcribe(
         # One frame past the span: log_mel's layout ends with a frame the decoder drops as
         # padding, so the span keeps exactly its own content frames.
         features = mel[:, start : end + 1]
-        transcript = _with_whole_words(transcriber.transcribe_features(features))
+
+        def report(seconds: float, start: int = start) -> None:
+            # Inside a long span (a talk with no 2 s silence): progress per decoded segment.
+            done = (start + seconds * FRAMES_PER_SECOND) / content_frames if content_frames else 1.0
+            progress("transcribe", _PROGRESS_DECODED + share * min(done, 1.0))
+
+        transcript = _with_whole_words(
+            transcriber.transcribe_features(features, on_progress=report)
+        )
         language = transcript.language
         start_s = start / FRAMES_PER_SECOND
         # Nothing is said in the padding: times end with the span.

@@ -38,7 +38,9 @@ class RecordingStandIn:
         self.windows: list[npt.NDArray[np.float32]] = []
         self.words = words
 
-    def transcribe_features(self, mel: npt.NDArray[np.float32]) -> Transcript:
+    def transcribe_features(
+        self, mel: npt.NDArray[np.float32], *, on_progress: object = None
+    ) -> Transcript:
         self.windows.append(np.array(mel))
         segment = Segment(
             start_s=0.0, end_s=2.0, text="".join(w.word for w in self.words), words=self.words

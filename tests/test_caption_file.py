@@ -200,7 +200,7 @@ def test_long_recording_is_decoded_in_slices_on_one_clock(
         progress=lambda stage, _fraction: stages.append(stage),
         window_s=10.0,
     )
-    assert stages.count("transcribe") == 2  # one report per span
+    assert stages.count("transcribe") >= 2  # per decoded segment, so at least one per span
     cues = _check_tracks_agree(result, "en")
     _check_layout(cues, result.duration_s)
     text = " ".join(cue.content.replace("\n", " ") for cue in cues)
@@ -244,7 +244,7 @@ class _CountingTranscriber:
         self.inner = inner
         self.calls = 0
 
-    def transcribe_features(self, mel: FloatArray) -> Transcript:
+    def transcribe_features(self, mel: FloatArray, *, on_progress: object = None) -> Transcript:
         self.calls += 1
         return self.inner.transcribe_features(mel)
 

@@ -71,11 +71,19 @@ def transcribed(recording: Path) -> list[str]:
 def test_a_recording_longer_than_a_window_gets_the_words_transcribe_gets(
     recording: Path, transcribed: list[str], tmp_path: Path, skip_silence: bool
 ) -> None:
+    reports: list[float] = []
     result = caption_recording(
         recording,
         out_dir=tmp_path,
         transcriber=FeatureTranscriber(whisper_model()),
         translator_factory=_no_translator,
         skip_silence=skip_silence,
+        progress=lambda stage, fraction: (
+            reports.append(fraction) if stage == "transcribe" else None
+        ),
     )
     assert normalized_words(" ".join(cue.text for cue in result.tracks["en"])) == transcribed
+    # A span is decoded whole, and progress still moves inside it (per decoded segment):
+    # a recording with no 2 s silence is one span, and would otherwise show none until its end.
+    assert len(reports) >= 5, reports
+    assert reports == sorted(reports)

@@ -33,7 +33,9 @@ class CountingDecoder:
         self.inner = FeatureTranscriber(whisper_model())
         self.windows = 0
 
-    def transcribe_features(self, mel: npt.NDArray[np.float32]) -> Transcript:
+    def transcribe_features(
+        self, mel: npt.NDArray[np.float32], *, on_progress: object = None
+    ) -> Transcript:
         model = self.inner.model
         encode = model.encode
 

@@ -195,7 +195,7 @@ async def test_interrupted_job_is_requeued_and_processed(speech_wav: Path, root:
 class _ExplodingTranscriber:
     """A fake that raises a bug-like error: the runner must record it and carry on."""
 
-    def transcribe_features(self, mel: FloatArray) -> Transcript:
+    def transcribe_features(self, mel: FloatArray, *, on_progress: object = None) -> Transcript:
         raise KeyError("a bug")
 
 
@@ -256,7 +256,7 @@ class _GatedTranscriber:
         self.release = threading.Event()
         self.returned = threading.Event()
 
-    def transcribe_features(self, mel: FloatArray) -> Transcript:
+    def transcribe_features(self, mel: FloatArray, *, on_progress: object = None) -> Transcript:
         self.entered.set()
         self.release.wait(30)
         try:
