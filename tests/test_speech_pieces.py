@@ -72,17 +72,26 @@ def test_one_word_punctuation_only_and_a_very_long_sentence() -> None:
 
 
 def test_the_gate_opens_at_once_for_a_fast_synthesizer_and_waits_for_a_slow_one() -> None:
-    fast = PlayoutGate([5, 10, 5], SynthesisSpeed(wall_per_audio=0.1))
+    fast = PlayoutGate([5, 10, 5], SynthesisSpeed(wall_per_audio=0.1), margin=1.25)
     assert fast.synthesized(audio_s=2.0)  # 15 words left ≈ 0.75 s of synthesis, 2 s ahead
     # 0.5 s per second of audio: the 10-word piece (≈ 2.5 s to make) would be late after 2 s.
-    medium = PlayoutGate([5, 10, 5], SynthesisSpeed(wall_per_audio=0.5))
+    medium = PlayoutGate([5, 10, 5], SynthesisSpeed(wall_per_audio=0.5), margin=1.25)
     assert not medium.synthesized(audio_s=2.0)
     assert medium.synthesized(audio_s=4.0)  # 6 s ahead, 5 words ≈ 1.25 s to make
     assert medium.synthesized(audio_s=2.0)  # open stays open
     # Only the next piece matters when later ones have enough audio ahead of them.
-    assert PlayoutGate([6, 2, 40], SynthesisSpeed(wall_per_audio=0.9)).synthesized(2.4) is False
-    assert PlayoutGate([6, 2, 4], SynthesisSpeed(wall_per_audio=0.5)).synthesized(2.4)
-    assert PlayoutGate([3], SynthesisSpeed(wall_per_audio=9.0)).synthesized(1.0)  # the last
+    assert (
+        PlayoutGate([6, 2, 40], SynthesisSpeed(wall_per_audio=0.9), margin=1.25).synthesized(2.4)
+        is False
+    )
+    assert PlayoutGate([6, 2, 4], SynthesisSpeed(wall_per_audio=0.5), margin=1.25).synthesized(2.4)
+    assert PlayoutGate([3], SynthesisSpeed(wall_per_audio=9.0), margin=1.25).synthesized(
+        1.0
+    )  # the last
+    # The default margin: a piper-fast synthesizer starts at its first piece, a Kokoro-fast
+    # one (about 0.35 wall s per audio s idle) plays its cue whole rather than risk a gap.
+    assert PlayoutGate([6, 9, 13], SynthesisSpeed(wall_per_audio=0.1)).synthesized(2.0)
+    assert not PlayoutGate([6, 9, 13], SynthesisSpeed(wall_per_audio=0.35)).synthesized(2.0)
     speed = SynthesisSpeed()
     assert speed.wall_per_audio == 1.0  # pessimistic until measured
     speed.measured(1.0, 4.0)
